@@ -1,0 +1,131 @@
+//! The API's one error type. Handlers return `ApiError`; `render_errors` turns it into a
+//! `uforgeError` document in the negotiated format, with the request's method and path.
+//! Details of 5xx errors are logged, never sent.
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::wire::{Document, Format, LocalizedMessage, UForgeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("authentication required: give a valid user login and password (HTTP Basic)")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("this resource is available as application/xml or application/json only")]
+    NotAcceptable,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> ApiError {
+        match e {
+            // The database is down or saturated: the client may retry; nothing was stored.
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::error!(error = %e, "database unavailable");
+                ApiError::Unavailable(
+                    "the database is unavailable; nothing was stored, retry later".into(),
+                )
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+/// Carried from the handler to `render_errors` in the response extensions.
+#[derive(Clone)]
+struct ErrorMessage {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        let message = match &self {
+            ApiError::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                "internal server error".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut response = status.into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Basic realm="pimage""#),
+            );
+        }
+        response
+            .extensions_mut()
+            .insert(ErrorMessage { status, message });
+        response
+    }
+}
+
+/// Middleware: writes the body of every `ApiError` response as a `uforgeError`.
+pub async fn render_errors(request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    // The path only: the query may hold an API key signature.
+    let uri = request.uri().path().to_string();
+    let format = Format::from_accept(request.headers()).unwrap_or(Format::Xml);
+    let mut response = next.run(request).await;
+    let Some(error) = response.extensions_mut().remove::<ErrorMessage>() else {
+        return response;
+    };
+    let doc = Document::new(
+        "uforgeError",
+        UForgeError {
+            localized_error_msg: LocalizedMessage {
+                message: error.message,
+            },
+            request_method: method,
+            request_uri: uri,
+            status_code: error.status.as_u16(),
+            timestamp: chrono::Utc::now(),
+        },
+    );
+    let mut rendered = doc.render(format, error.status);
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            rendered.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    rendered
+}

@@ -1,0 +1,120 @@
+//! The HTTP API (axum): routes under `/api`, XML or JSON both ways, `uforgeError` errors.
+//!
+//! `Application::build` binds the listener (port 0 picks a free port, for tests),
+//! `run_until_stopped` serves until the shutdown token fires and drains in-flight requests.
+
+mod auth;
+mod error;
+mod publish_request;
+mod routes;
+mod wire;
+pub mod xml;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::{delete, get};
+use axum::Router;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+pub use auth::PUBLISH_ENTITLEMENT;
+pub use error::ApiError;
+
+use crate::config::Settings;
+use crate::outbox;
+use crate::queue::Publisher;
+use crate::secrets::SecretBox;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub publisher: Arc<Publisher>,
+    pub secrets: SecretBox,
+    pub max_body_bytes: usize,
+}
+
+pub fn router(state: AppState) -> Router {
+    let images = "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images";
+    Router::new()
+        .route("/api/status", get(routes::service_status))
+        .route(images, get(routes::list_images))
+        .route(&format!("{images}/{{itid}}"), get(routes::get_image))
+        .route(
+            &format!("{images}/{{itid}}/pimages"),
+            get(routes::list_tickets_of_image).post(routes::publish),
+        )
+        .route(
+            &format!("{images}/{{itid}}/pimages/{{pitid}}"),
+            get(routes::get_ticket).delete(routes::delete_ticket),
+        )
+        .route(
+            &format!("{images}/{{itid}}/pimages/{{pitid}}/status"),
+            get(routes::get_ticket_status),
+        )
+        .route(
+            &format!("{images}/{{itid}}/pimages/{{pitid}}/cancel"),
+            delete(routes::cancel_ticket),
+        )
+        .route("/api/users/{uid}/pimages", get(routes::list_user_tickets))
+        .route(
+            "/api/users/{uid}/pimages/status",
+            get(routes::list_user_statuses),
+        )
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn(error::render_errors))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects to Postgres (applying migrations) and binds the listen address.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
+        let secrets = SecretBox::from_base64_key(&settings.secrets.key)?;
+        let pool = crate::store::connect_and_migrate(&settings.database).await?;
+        let publisher = Arc::new(Publisher::new(settings.amqp.clone(), "pimage-api"));
+        let listener = TcpListener::bind(settings.api.listen).await?;
+        Ok(Application {
+            listener,
+            state: AppState {
+                pool,
+                publisher,
+                secrets,
+                max_body_bytes: settings.api.max_body_bytes,
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Serves (and runs the outbox relay) until `shutdown`, then finishes in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let relay = tokio::spawn(outbox::run_relay(
+            self.state.pool.clone(),
+            self.state.publisher.clone(),
+            shutdown.clone(),
+        ));
+        tracing::info!(addr = %self.local_addr(), "API listening");
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        relay.await?;
+        Ok(())
+    }
+}

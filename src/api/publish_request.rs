@@ -1,0 +1,280 @@
+//! The body of `POST …/pimages`, read from XML or JSON and checked.
+
+use serde::Deserialize;
+
+use super::xml::{self, Element};
+use crate::secrets::Secret;
+
+/// Longest text accepted in a name field.
+const MAX_NAME_LEN: usize = 255;
+const MAX_URL_LEN: usize = 2048;
+
+/// A checked publish request for an OpenStack cloud account.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub display_name: Option<String>,
+    pub public_image: bool,
+    pub keystone_domain: String,
+    pub keystone_project: String,
+    pub account_name: Option<String>,
+    pub keystone_url: String,
+    pub keystone_version: String,
+    pub glance_url: Option<String>,
+    pub login: String,
+    pub password: Secret,
+}
+
+/// Fields as they arrive, before checks. Both wire formats fill this.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct RawRequest {
+    display_name: Option<String>,
+    public_image: Option<BoolField>,
+    keystone_domain: Option<String>,
+    keystone_project: Option<String>,
+    tenant_name: Option<String>,
+    cred_account: Option<RawAccount>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct RawAccount {
+    name: Option<String>,
+    target_platform: Option<RawPlatform>,
+    keystone_url: Option<String>,
+    keystone_version: Option<String>,
+    glance_url: Option<String>,
+    login: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawPlatform {
+    name: Option<String>,
+}
+
+/// JSON clients send `true` or `"true"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum BoolField {
+    Bool(bool),
+    Text(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{0}")]
+pub struct InvalidRequest(pub String);
+
+pub fn from_xml(body: &[u8]) -> Result<PublishRequest, InvalidRequest> {
+    let root = xml::parse(body).map_err(|e| InvalidRequest(e.to_string()))?;
+    if root.name != "publishImage" {
+        return Err(InvalidRequest(format!(
+            "the XML root element must be publishImage, not {}",
+            root.name
+        )));
+    }
+    let owned = |el: &Element, name: &str| el.text_of(name).map(str::to_string);
+    let account = root.child("credAccount").map(|acc| RawAccount {
+        name: owned(acc, "name"),
+        target_platform: acc.child("targetPlatform").map(|p| RawPlatform {
+            name: owned(p, "name"),
+        }),
+        keystone_url: owned(acc, "keystoneUrl"),
+        keystone_version: owned(acc, "keystoneVersion"),
+        glance_url: owned(acc, "glanceUrl"),
+        login: owned(acc, "login"),
+        // A password is taken verbatim: spaces may be part of it.
+        password: acc
+            .child("password")
+            .map(|p| p.text.clone())
+            .filter(|p| !p.is_empty()),
+    });
+    check(RawRequest {
+        display_name: owned(&root, "displayName"),
+        public_image: owned(&root, "publicImage").map(BoolField::Text),
+        keystone_domain: owned(&root, "keystoneDomain"),
+        keystone_project: owned(&root, "keystoneProject"),
+        tenant_name: owned(&root, "tenantName"),
+        cred_account: account,
+    })
+}
+
+pub fn from_json(body: &[u8]) -> Result<PublishRequest, InvalidRequest> {
+    let raw: RawRequest =
+        serde_json::from_slice(body).map_err(|e| InvalidRequest(format!("malformed JSON: {e}")))?;
+    check(raw)
+}
+
+fn check(raw: RawRequest) -> Result<PublishRequest, InvalidRequest> {
+    let account = raw
+        .cred_account
+        .ok_or_else(|| InvalidRequest("credAccount is required".into()))?;
+    let platform = account
+        .target_platform
+        .and_then(|p| p.name)
+        .map(|n| n.trim().to_lowercase())
+        .unwrap_or_else(|| "openstack".into());
+    if platform != "openstack" {
+        return Err(InvalidRequest(format!(
+            "credAccount/targetPlatform/name '{platform}' is not supported: only openstack is"
+        )));
+    }
+    let keystone_version = account
+        .keystone_version
+        .map(|v| v.trim().to_lowercase())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "v3".into());
+    if keystone_version != "v3" && keystone_version != "3" {
+        return Err(InvalidRequest(format!(
+            "credAccount/keystoneVersion '{keystone_version}' is not supported: only Keystone v3 is (tenantName-based v2.0 login was removed from OpenStack)"
+        )));
+    }
+    if raw.tenant_name.is_some() && raw.keystone_project.is_none() {
+        return Err(InvalidRequest(
+            "tenantName is a Keystone v2.0 field: give keystoneProject and keystoneDomain instead"
+                .into(),
+        ));
+    }
+    let keystone_url =
+        url_field("credAccount/keystoneUrl", account.keystone_url, true)?.expect("required");
+    let glance_url = url_field("credAccount/glanceUrl", account.glance_url, false)?;
+    let login = text_field("credAccount/login", account.login, true)?.expect("required");
+    let password = account
+        .password
+        .ok_or_else(|| InvalidRequest("credAccount/password is required".into()))?;
+    if password.len() > 1024 || password.chars().any(|c| c.is_control()) {
+        return Err(InvalidRequest(
+            "credAccount/password is not a valid password".into(),
+        ));
+    }
+    let keystone_project =
+        text_field("keystoneProject", raw.keystone_project, true)?.expect("required");
+    let keystone_domain = text_field("keystoneDomain", raw.keystone_domain, false)?
+        .unwrap_or_else(|| "Default".into());
+    let display_name = text_field("displayName", raw.display_name, false)?;
+    let account_name = text_field("credAccount/name", account.name, false)?;
+    let public_image = match raw.public_image {
+        None => false,
+        Some(BoolField::Bool(b)) => b,
+        Some(BoolField::Text(t)) => match t.trim() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            other => {
+                return Err(InvalidRequest(format!(
+                    "publicImage must be true or false, not '{other}'"
+                )))
+            }
+        },
+    };
+    Ok(PublishRequest {
+        display_name,
+        public_image,
+        keystone_domain,
+        keystone_project,
+        account_name,
+        keystone_url,
+        keystone_version: "v3".into(),
+        glance_url,
+        login,
+        password: Secret::new(password),
+    })
+}
+
+fn text_field(
+    name: &str,
+    value: Option<String>,
+    required: bool,
+) -> Result<Option<String>, InvalidRequest> {
+    let value = value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    match value {
+        None if required => Err(InvalidRequest(format!("{name} is required"))),
+        None => Ok(None),
+        Some(v) if v.chars().count() > MAX_NAME_LEN => Err(InvalidRequest(format!(
+            "{name} is longer than {MAX_NAME_LEN} characters"
+        ))),
+        Some(v) if v.chars().any(|c| c.is_control()) => Err(InvalidRequest(format!(
+            "{name} contains control characters"
+        ))),
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+fn url_field(
+    name: &str,
+    value: Option<String>,
+    required: bool,
+) -> Result<Option<String>, InvalidRequest> {
+    let value = value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    match value {
+        None if required => Err(InvalidRequest(format!("{name} is required"))),
+        None => Ok(None),
+        Some(v) => {
+            let parsed = url::Url::parse(&v)
+                .map_err(|e| InvalidRequest(format!("{name} '{v}' is not a URL: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https")
+                || parsed.host().is_none()
+                || v.len() > MAX_URL_LEN
+            {
+                return Err(InvalidRequest(format!(
+                    "{name} '{v}' must be an http or https URL"
+                )));
+            }
+            Ok(Some(v))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CANONICAL: &str = include_str!("../../tests/fixtures/publish-request.canonical.xml");
+    const SDK: &str = include_str!("../../tests/fixtures/publish-request.sdk.xml");
+    const SEED: &str = include_str!("../../tests/fixtures/publish-request.seed.xml");
+
+    #[test]
+    fn accepts_the_three_spec_examples() {
+        let c = from_xml(CANONICAL.as_bytes()).unwrap();
+        assert_eq!(c.login, "demo");
+        assert_eq!(c.password.expose(), "demopass");
+        assert_eq!(c.keystone_project, "demo");
+        assert_eq!(c.glance_url.as_deref(), Some("http://127.0.0.1:9292"));
+        assert!(!c.public_image);
+        let s = from_xml(SDK.as_bytes()).unwrap();
+        assert_eq!(s.display_name.as_deref(), Some("My image"));
+        assert!(s.public_image);
+        let seed = from_xml(SEED.as_bytes()).unwrap();
+        assert_eq!(seed.keystone_domain, "Keystone Domain Example");
+        assert_eq!(seed.keystone_url, "http://ip:5000");
+    }
+
+    #[test]
+    fn json_uses_the_same_field_names() {
+        let r = from_json(
+            br#"{"displayName":"x","publicImage":"true","keystoneProject":"p","credAccount":{"targetPlatform":{"name":"openstack"},"keystoneUrl":"http://k:5000","login":"u","password":"pw"}}"#,
+        )
+        .unwrap();
+        assert!(r.public_image);
+        assert_eq!(r.keystone_domain, "Default");
+    }
+
+    #[test]
+    fn says_which_field_is_wrong() {
+        let err = |body: &str| from_json(body.as_bytes()).unwrap_err().0;
+        assert_eq!(err("{}"), "credAccount is required");
+        assert!(err(
+            r#"{"keystoneProject":"p","credAccount":{"keystoneUrl":"http://k","login":"u"}}"#
+        )
+        .contains("credAccount/password"));
+        assert!(err(r#"{"keystoneProject":"p","credAccount":{"keystoneUrl":"ftp://k","login":"u","password":"x"}}"#).contains("keystoneUrl"));
+        assert!(err(r#"{"keystoneProject":"p","credAccount":{"keystoneVersion":"v2.0","keystoneUrl":"http://k","login":"u","password":"x"}}"#).contains("v2.0"));
+        assert!(err(r#"{"keystoneProject":"p","credAccount":{"targetPlatform":{"name":"aws"},"keystoneUrl":"http://k","login":"u","password":"x"}}"#).contains("aws"));
+        assert!(err(r#"{"keystoneProject":"p","displayName":"a\u0001b","credAccount":{"keystoneUrl":"http://k","login":"u","password":"x"}}"#).contains("control"));
+        assert!(err("[1,2").contains("malformed JSON"));
+    }
+}

@@ -1,0 +1,348 @@
+//! Route handlers: parse and check the request, call the store, answer a document.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::publish_request::{self, PublishRequest};
+use super::wire::{
+    Document, Format, ImageDoc, Images, OpStatus, OpStatuses, PublishImage, PublishImages,
+    ServiceStatus,
+};
+use super::AppState;
+use crate::outbox;
+use crate::store::tickets::{self, CancelOutcome, NewTicket};
+use crate::store::{images, Image, Ticket};
+
+type PathParams = Path<HashMap<String, String>>;
+
+fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
+    Format::from_accept(headers).ok_or(ApiError::NotAcceptable)
+}
+
+/// A path id: a positive 64-bit integer.
+fn id_param(params: &HashMap<String, String>, name: &str) -> Result<i64, ApiError> {
+    let raw = params.get(name).map(String::as_str).unwrap_or("");
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::BadRequest(format!("{name} must be a positive integer, not '{raw}'"))
+    })
+}
+
+fn uid_param(params: &HashMap<String, String>) -> &str {
+    params.get("uid").map(String::as_str).unwrap_or("")
+}
+
+async fn resolve_image(
+    state: &AppState,
+    caller: &Caller,
+    params: &HashMap<String, String>,
+) -> Result<Image, ApiError> {
+    let uid = uid_param(params);
+    caller.authorize(uid)?;
+    let (siid, sid, itid) = (
+        id_param(params, "siid")?,
+        id_param(params, "sid")?,
+        id_param(params, "itid")?,
+    );
+    images::find(&state.pool, uid, siid, sid, itid)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no image {itid} in scan {sid} of scanned instance {siid}"
+            ))
+        })
+}
+
+async fn resolve_ticket(
+    state: &AppState,
+    caller: &Caller,
+    params: &HashMap<String, String>,
+) -> Result<Ticket, ApiError> {
+    let image = resolve_image(state, caller, params).await?;
+    let pitid = id_param(params, "pitid")?;
+    tickets::get_of_image(&state.pool, image.id, pitid)
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!("no publish ticket {pitid} for image {}", image.id))
+        })
+}
+
+/// `GET /api/status`: lets clients check they can talk to the server (no login needed).
+pub async fn service_status(headers: HeaderMap) -> Result<Response, ApiError> {
+    let doc = Document::new(
+        "serviceStatus",
+        ServiceStatus {
+            alive: true,
+            version: env!("CARGO_PKG_VERSION"),
+        },
+    );
+    Ok(doc.render(format_of(&headers)?, StatusCode::OK))
+}
+
+pub async fn list_images(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(params): PathParams,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let format = format_of(&headers)?;
+    let uid = uid_param(&params);
+    caller.authorize(uid)?;
+    let (siid, sid) = (id_param(&params, "siid")?, id_param(&params, "sid")?);
+    let list = images::list_in_scan(&state.pool, uid, siid, sid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no scan {sid} in scanned instance {siid}")))?;
+    let (doc, digest) = Images::document(&list);
+    Ok(doc.render_cached(format, &digest, &headers))
+}
+
+pub async fn get_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(params): PathParams,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let format = format_of(&headers)?;
+    let image = resolve_image(&state, &caller, &params).await?;
+    let (doc, digest) = ImageDoc::document(&image);
+    Ok(doc.render_cached(format, &digest, &headers))
+}
+
+/// `POST …/images/{itid}/pimages`: store the ticket, hand it to RabbitMQ, answer at once.
+pub async fn publish(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(params): PathParams,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let format = format_of(&headers)?;
+    let image = resolve_image(&state, &caller, &params).await?;
+    let bytes = axum::body::to_bytes(body, state.max_body_bytes)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(state.max_body_bytes))?;
+    let request = parse_publish_body(&headers, &bytes)?;
+    if tokio::fs::metadata(&image.file_path).await.is_err() {
+        return Err(ApiError::Conflict(format!(
+            "image {} ('{}') is not ready to publish: its file is missing on the server",
+            image.id, image.name
+        )));
+    }
+    let sealed = state.secrets.seal(&request.password);
+    let display_name = request
+        .display_name
+        .clone()
+        .unwrap_or_else(|| image.name.clone());
+    let (ticket, outbox_id) = tickets::create(
+        &state.pool,
+        &NewTicket {
+            image_id: image.id,
+            user_id: caller_owner_id(&state, &caller, &image).await?,
+            display_name: &display_name,
+            public_image: request.public_image,
+            account_name: request.account_name.as_deref(),
+            keystone_url: &request.keystone_url,
+            keystone_version: &request.keystone_version,
+            keystone_domain: &request.keystone_domain,
+            keystone_project: &request.keystone_project,
+            glance_url: request.glance_url.as_deref(),
+            cloud_login: &request.login,
+            cloud_password_enc: &sealed,
+            bytes_total: image.size_bytes,
+        },
+    )
+    .await?;
+    tracing::info!(ticket_id = ticket.id, image_id = image.id, "ticket stored");
+    outbox::hand_off(&state.pool, &state.publisher, ticket.id, outbox_id).await;
+
+    let (doc, digest) = PublishImage::document(&ticket);
+    let mut response = doc.render(format, StatusCode::CREATED);
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/{}", ticket.uri())) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+/// The ticket belongs to the image's owner, also when an administrator files it.
+async fn caller_owner_id(
+    state: &AppState,
+    caller: &Caller,
+    image: &Image,
+) -> Result<i64, ApiError> {
+    if caller.0.login == image.owner_login {
+        return Ok(caller.0.id);
+    }
+    crate::store::users::find_by_login(&state.pool, &image.owner_login)
+        .await?
+        .map(|u| u.id)
+        .ok_or_else(|| ApiError::NotFound(format!("no user '{}'", image.owner_login)))
+}
+
+fn parse_publish_body(headers: &HeaderMap, body: &[u8]) -> Result<PublishRequest, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let parsed =
+        match content_type.as_str() {
+            "application/xml" | "text/xml" => publish_request::from_xml(body),
+            "application/json" => publish_request::from_json(body),
+            "" => return Err(ApiError::UnsupportedMediaType(
+                "send the publishImage body with Content-Type application/xml or application/json"
+                    .into(),
+            )),
+            other => {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                "Content-Type '{other}' is not supported: use application/xml or application/json"
+            )))
+            }
+        };
+    parsed.map_err(|e| ApiError::BadRequest(e.0))
+}
+
+pub async fn list_tickets_of_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(params): PathParams,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let format = format_of(&headers)?;
+    let image = resolve_image(&state, &caller, &params).await?;
+    let list = tickets::list_of_image(&state.pool, image.id).await?;
+    let (doc, digest) = PublishImages::document(&list);
+    Ok(doc.render_cached(format, &digest, &headers))
+}
+
+pub async fn get_ticket(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(params): PathParams,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let format = format_of(&headers)?;
+    let ticket = resolve_ticket(&state, &caller, &params).await?;
+    let (doc, digest) = PublishImage::document(&ticket);
+    Ok(doc.render_cached(format, &digest, &headers))
+}
+
+pub async fn get_ticket_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(params): PathParams,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let format = format_of(&headers)?;
+    let ticket = resolve_ticket(&state, &caller, &params).await?;
+    let status = OpStatus::of(&ticket);
+    let digest = status.digest.clone();
+    Ok(Document::new("status", status).render_cached(format, &digest, &headers))
+}
+
+/// `DELETE …/pimages/{pitid}/cancel`.
+pub async fn cancel_ticket(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(params): PathParams,
+) -> Result<Response, ApiError> {
+    let ticket = resolve_ticket(&state, &caller, &params).await?;
+    match tickets::request_cancel(&state.pool, ticket.id).await? {
+        CancelOutcome::Cancelled | CancelOutcome::Requested => {
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        CancelOutcome::AlreadyFinished(s) => Err(ApiError::Conflict(format!(
+            "publish ticket {} has already ended ({}); there is nothing to cancel",
+            ticket.id,
+            serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        ))),
+        CancelOutcome::NotFound => Err(ApiError::NotFound(format!(
+            "no publish ticket {}",
+            ticket.id
+        ))),
+    }
+}
+
+/// `DELETE …/pimages/{pitid}`: removes the record; a running upload is cancelled first
+/// (its worker sees the ticket gone and deletes the partial cloud image).
+pub async fn delete_ticket(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(params): PathParams,
+) -> Result<Response, ApiError> {
+    let ticket = resolve_ticket(&state, &caller, &params).await?;
+    if !ticket.state.is_final() {
+        tickets::request_cancel(&state.pool, ticket.id).await?;
+    }
+    tickets::delete(&state.pool, ticket.id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The optional `img` filter of the user-level lists: an image id or an image URI.
+fn image_filter(query: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
+    let Some(raw) = query.get("img").map(|s| s.trim()).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let last = raw.trim_end_matches('/').rsplit('/').next().unwrap_or(raw);
+    last.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("img must be an image id or image URI, not '{raw}'"))
+        })
+}
+
+pub async fn list_user_tickets(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(params): PathParams,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let format = format_of(&headers)?;
+    let uid = uid_param(&params);
+    caller.authorize(uid)?;
+    let list = tickets::list_of_user(&state.pool, uid, image_filter(&query)?).await?;
+    let (doc, digest) = PublishImages::document(&list);
+    Ok(doc.render_cached(format, &digest, &headers))
+}
+
+pub async fn list_user_statuses(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(params): PathParams,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let format = format_of(&headers)?;
+    let uid = uid_param(&params);
+    caller.authorize(uid)?;
+    let list = tickets::list_of_user(&state.pool, uid, image_filter(&query)?).await?;
+    let (doc, digest) = OpStatuses::document(&list);
+    Ok(doc.render_cached(format, &digest, &headers))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such resource".into())
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed("this method is not allowed on this resource".into())
+}

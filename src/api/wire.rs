@@ -1,0 +1,478 @@
+//! What the API sends: one struct per schema type, fields in schema order (inherited
+//! fields first), serialised as JSON directly and as XML through `xml::to_xml`.
+
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use md5::{Digest, Md5};
+use serde::Serialize;
+
+use super::xml;
+use crate::store::{Image, Ticket, TicketState};
+
+/// The answer format, from `Accept`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Xml,
+    Json,
+}
+
+impl Format {
+    /// XML where `Accept` is absent or accepts anything; `None` when it accepts neither.
+    pub fn from_accept(headers: &HeaderMap) -> Option<Format> {
+        let Some(accept) = headers.get(header::ACCEPT) else {
+            return Some(Format::Xml);
+        };
+        let accept = accept.to_str().ok()?;
+        // Media ranges in order of preference (q values, then position).
+        let mut ranges: Vec<(f32, usize, String)> = accept
+            .split(',')
+            .enumerate()
+            .map(|(i, part)| {
+                let mut params = part.split(';');
+                let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
+                let q = params
+                    .filter_map(|p| {
+                        p.trim()
+                            .strip_prefix("q=")
+                            .and_then(|q| q.parse::<f32>().ok())
+                    })
+                    .next()
+                    .unwrap_or(1.0);
+                (q, i, media)
+            })
+            .filter(|(q, _, media)| *q > 0.0 && !media.is_empty())
+            .collect();
+        ranges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        ranges
+            .into_iter()
+            .find_map(|(_, _, media)| match media.as_str() {
+                "application/xml" | "text/xml" | "*/*" | "application/*" => Some(Format::Xml),
+                "application/json" => Some(Format::Json),
+                _ => None,
+            })
+    }
+}
+
+/// A document ready to send: the root element name and the serialisable body.
+pub struct Document<T: Serialize> {
+    pub root: &'static str,
+    pub body: T,
+}
+
+impl<T: Serialize> Document<T> {
+    pub fn new(root: &'static str, body: T) -> Document<T> {
+        Document { root, body }
+    }
+
+    pub fn render(&self, format: Format, status: StatusCode) -> Response {
+        let value = serde_json::to_value(&self.body).expect("wire types always serialise");
+        match format {
+            // Exactly `application/xml`: the UForge SDK compares the header verbatim.
+            Format::Xml => (
+                status,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/xml"),
+                )],
+                xml::to_xml(self.root, &value),
+            )
+                .into_response(),
+            Format::Json => (
+                status,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                value.to_string(),
+            )
+                .into_response(),
+        }
+    }
+
+    /// A `200` with an `ETag`, or `304` when the client's `If-None-Match` names it.
+    pub fn render_cached(&self, format: Format, digest: &str, request: &HeaderMap) -> Response {
+        let etag = format!(
+            "\"{digest}-{}\"",
+            if format == Format::Xml { "x" } else { "j" }
+        );
+        let matches = request
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+        let mut response = if matches {
+            StatusCode::NOT_MODIFIED.into_response()
+        } else {
+            self.render(format, StatusCode::OK)
+        };
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            response.headers_mut().insert(header::ETAG, v);
+        }
+        response
+    }
+}
+
+pub fn digest_of(parts: &[&str]) -> String {
+    let mut h = Md5::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+fn ticket_digest(t: &Ticket) -> String {
+    digest_of(&[&t.id.to_string(), &t.updated_at.to_rfc3339()])
+}
+
+fn image_digest(i: &Image) -> String {
+    digest_of(&[&i.id.to_string(), &i.updated_at.to_rfc3339()])
+}
+
+/// `OpStatus`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpStatus {
+    pub created: DateTime<Utc>,
+    pub db_id: i64,
+    pub digest: String,
+    pub last_modified: DateTime<Utc>,
+    pub bytes_loaded: i64,
+    pub bytes_total: i64,
+    pub cancelled: bool,
+    pub complete: bool,
+    pub detailed_error: bool,
+    pub detailed_error_msg: Option<String>,
+    pub error: bool,
+    pub error_message: Option<String>,
+    pub eta: Option<DateTime<Utc>>,
+    pub message: String,
+    pub parent_uri: String,
+    pub percentage: i32,
+    pub published: bool,
+    /// A duration carried as a date after the epoch, as UForge's Java server writes it.
+    pub total_time: Option<DateTime<Utc>>,
+    pub uri: String,
+}
+
+impl OpStatus {
+    pub fn of(t: &Ticket) -> OpStatus {
+        let total_time = t
+            .finished_at
+            .zip(t.started_at.or(Some(t.created_at)))
+            .map(|(end, start)| DateTime::<Utc>::UNIX_EPOCH + (end - start));
+        OpStatus {
+            created: t.created_at,
+            db_id: t.id,
+            digest: ticket_digest(t),
+            last_modified: t.updated_at,
+            bytes_loaded: t.bytes_loaded,
+            bytes_total: t.bytes_total,
+            cancelled: t.state == TicketState::Cancelled,
+            complete: t.state == TicketState::Complete,
+            detailed_error: t.detailed_error_msg.is_some(),
+            detailed_error_msg: t.detailed_error_msg.clone(),
+            error: t.state == TicketState::Error,
+            error_message: t.error_message.clone(),
+            eta: t.eta,
+            message: t.message.clone(),
+            parent_uri: t.uri(),
+            percentage: t.percentage,
+            published: t.state == TicketState::Complete,
+            total_time,
+            uri: format!("{}/status", t.uri()),
+        }
+    }
+}
+
+/// `TargetPlatform` (only its name and type are known here).
+#[derive(Debug, Serialize)]
+pub struct TargetPlatform {
+    pub name: &'static str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+/// `CredAccountOpenStack`, without the password.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredAccount {
+    pub name: Option<String>,
+    pub target_platform: TargetPlatform,
+    pub secrets_missing: bool,
+    pub glance_url: Option<String>,
+    pub keystone_url: String,
+    pub login: String,
+    pub keystone_version: String,
+}
+
+/// `PublishImageOpenStack`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishImage {
+    pub created: DateTime<Utc>,
+    pub db_id: i64,
+    pub digest: String,
+    pub last_modified: DateTime<Utc>,
+    pub status: OpStatus,
+    pub parent_uri: String,
+    pub cred_account: CredAccount,
+    pub name: String,
+    pub status_uri: String,
+    pub uri: String,
+    pub cloud_id: Option<String>,
+    pub image_uri: String,
+    pub keystone_domain: String,
+    pub keystone_project: String,
+    pub display_name: String,
+    pub public_image: bool,
+}
+
+impl PublishImage {
+    pub fn of(t: &Ticket) -> PublishImage {
+        PublishImage {
+            created: t.created_at,
+            db_id: t.id,
+            digest: ticket_digest(t),
+            last_modified: t.updated_at,
+            status: OpStatus::of(t),
+            parent_uri: t.image_uri(),
+            cred_account: CredAccount {
+                name: t.account_name.clone(),
+                target_platform: TargetPlatform {
+                    name: "openstack",
+                    kind: "openstack",
+                },
+                secrets_missing: true,
+                glance_url: t.glance_url.clone(),
+                keystone_url: t.keystone_url.clone(),
+                login: t.cloud_login.clone(),
+                keystone_version: t.keystone_version.clone(),
+            },
+            name: t.display_name.clone(),
+            status_uri: format!("{}/status", t.uri()),
+            uri: t.uri(),
+            // Only a published ticket names its cloud image: before that the id is internal.
+            cloud_id: (t.state == TicketState::Complete)
+                .then(|| t.cloud_id.clone())
+                .flatten(),
+            image_uri: t.image_uri(),
+            keystone_domain: t.keystone_domain.clone(),
+            keystone_project: t.keystone_project.clone(),
+            display_name: t.display_name.clone(),
+            public_image: t.public_image,
+        }
+    }
+
+    pub fn document(t: &Ticket) -> (Document<PublishImage>, String) {
+        (
+            Document::new("publishImage", PublishImage::of(t)),
+            ticket_digest(t),
+        )
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishImageList {
+    pub publish_image: Vec<PublishImage>,
+}
+
+/// `PublishImages`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishImages {
+    pub total: usize,
+    pub publish_images: PublishImageList,
+}
+
+impl PublishImages {
+    pub fn document(tickets: &[Ticket]) -> (Document<PublishImages>, String) {
+        let digests: Vec<String> = tickets.iter().map(ticket_digest).collect();
+        let digest = digest_of(&digests.iter().map(String::as_str).collect::<Vec<_>>());
+        let body = PublishImages {
+            total: tickets.len(),
+            publish_images: PublishImageList {
+                publish_image: tickets.iter().map(PublishImage::of).collect(),
+            },
+        };
+        (Document::new("publishImages", body), digest)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpStatusList {
+    pub status: Vec<OpStatus>,
+}
+
+/// `OpStatuses`.
+#[derive(Debug, Serialize)]
+pub struct OpStatuses {
+    pub total: usize,
+    pub statuses: OpStatusList,
+}
+
+impl OpStatuses {
+    pub fn document(tickets: &[Ticket]) -> (Document<OpStatuses>, String) {
+        let digests: Vec<String> = tickets.iter().map(ticket_digest).collect();
+        let digest = digest_of(&digests.iter().map(String::as_str).collect::<Vec<_>>());
+        let body = OpStatuses {
+            total: tickets.len(),
+            statuses: OpStatusList {
+                status: tickets.iter().map(OpStatus::of).collect(),
+            },
+        };
+        (Document::new("statuses", body), digest)
+    }
+}
+
+/// `ImageFormat` (its name from the schema's enumeration).
+#[derive(Debug, Serialize)]
+pub struct ImageFormat {
+    pub name: &'static str,
+}
+
+/// The schema's format name for a Glance disk format.
+fn format_name(disk_format: &str) -> &'static str {
+    match disk_format {
+        "qcow2" => "qcow2",
+        "vhd" => "vhd",
+        "vmdk" => "openstackvmdk",
+        "vdi" => "openstackvdi",
+        "vhdx" => "openstackvhd",
+        "iso" => "ISO",
+        _ => "raw",
+    }
+}
+
+/// `Image`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageDoc {
+    pub created: DateTime<Utc>,
+    pub db_id: i64,
+    pub digest: String,
+    pub last_modified: DateTime<Utc>,
+    pub md5sum: String,
+    pub sha256sum: String,
+    pub size: i64,
+    pub parent_uri: String,
+    pub base_publish_images_uri: String,
+    pub file_name: String,
+    pub file_size: i64,
+    pub format: ImageFormat,
+    pub image_created: bool,
+    pub name: String,
+    pub uri: String,
+}
+
+impl ImageDoc {
+    pub fn of(i: &Image) -> ImageDoc {
+        ImageDoc {
+            created: i.created_at,
+            db_id: i.id,
+            digest: image_digest(i),
+            last_modified: i.updated_at,
+            md5sum: i.md5sum.clone(),
+            sha256sum: i.sha256sum.clone(),
+            size: i.size_bytes,
+            parent_uri: format!(
+                "users/{}/scannedinstances/{}/scans/{}",
+                i.owner_login, i.scanned_instance_id, i.scan_id
+            ),
+            base_publish_images_uri: format!("{}/pimages", i.uri()),
+            file_name: i.file_name.clone(),
+            file_size: i.size_bytes,
+            format: ImageFormat {
+                name: format_name(&i.format),
+            },
+            image_created: true,
+            name: i.name.clone(),
+            uri: i.uri(),
+        }
+    }
+
+    pub fn document(i: &Image) -> (Document<ImageDoc>, String) {
+        (Document::new("image", ImageDoc::of(i)), image_digest(i))
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImageList {
+    pub image: Vec<ImageDoc>,
+}
+
+/// `Images`.
+#[derive(Debug, Serialize)]
+pub struct Images {
+    pub total: usize,
+    pub images: ImageList,
+}
+
+impl Images {
+    pub fn document(images: &[Image]) -> (Document<Images>, String) {
+        let digests: Vec<String> = images.iter().map(image_digest).collect();
+        let digest = digest_of(&digests.iter().map(String::as_str).collect::<Vec<_>>());
+        let body = Images {
+            total: images.len(),
+            images: ImageList {
+                image: images.iter().map(ImageDoc::of).collect(),
+            },
+        };
+        (Document::new("images", body), digest)
+    }
+}
+
+/// `ServiceStatus`.
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    pub alive: bool,
+    pub version: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LocalizedMessage {
+    pub message: String,
+}
+
+/// `UForgeError`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UForgeError {
+    pub localized_error_msg: LocalizedMessage,
+    pub request_method: String,
+    pub request_uri: String,
+    pub status_code: u16,
+    pub timestamp: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> Option<Format> {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+        Format::from_accept(&h)
+    }
+
+    #[test]
+    fn negotiates_the_answer_format() {
+        assert_eq!(Format::from_accept(&HeaderMap::new()), Some(Format::Xml));
+        assert_eq!(accept("*/*"), Some(Format::Xml));
+        assert_eq!(accept("application/json"), Some(Format::Json));
+        assert_eq!(
+            accept("text/html, application/json;q=0.9"),
+            Some(Format::Json)
+        );
+        assert_eq!(
+            accept("application/xml;q=0.5, application/json"),
+            Some(Format::Json)
+        );
+        assert_eq!(
+            accept("application/json;q=0, application/xml"),
+            Some(Format::Xml)
+        );
+        assert_eq!(accept("text/html"), None);
+    }
+}

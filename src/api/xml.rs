@@ -1,0 +1,241 @@
+//! XML on the wire: writing documents from their JSON shape (field order = schema order),
+//! and reading request bodies leniently, as a JAXB server would.
+
+use quick_xml::events::Event;
+use quick_xml::Reader;
+use serde_json::Value;
+
+pub const UFORGE_NS: &str = "http://www.usharesoft.com/uforge";
+const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
+
+/// Nesting deeper than this is refused: no real document comes close.
+const MAX_DEPTH: usize = 32;
+
+/// The concrete type of abstract elements: the only cloud target is OpenStack.
+fn xsi_type(element: &str) -> Option<&'static str> {
+    match element {
+        "publishImage" => Some("ns0:PublishImageOpenStack"),
+        "credAccount" => Some("ns0:CredAccountOpenStack"),
+        _ => None,
+    }
+}
+
+/// Writes `doc` (a JSON object whose keys are in schema order) as the document `root`:
+/// qualified root, unqualified children, arrays as repeated elements, nulls left out.
+pub fn to_xml(root: &str, doc: &Value) -> String {
+    let mut out = String::from(r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?>"#);
+    out.push_str(&format!(
+        r#"<ns0:{root} xmlns:ns0="{UFORGE_NS}" xmlns:xsi="{XSI_NS}""#
+    ));
+    if let Some(t) = xsi_type(root) {
+        out.push_str(&format!(r#" xsi:type="{t}""#));
+    }
+    out.push('>');
+    write_children(&mut out, doc);
+    out.push_str(&format!("</ns0:{root}>"));
+    out
+}
+
+fn write_children(out: &mut String, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            for (name, child) in map {
+                write_element(out, name, child);
+            }
+        }
+        other => out.push_str(&escape(&scalar_text(other))),
+    }
+}
+
+fn write_element(out: &mut String, name: &str, value: &Value) {
+    match value {
+        Value::Null => {}
+        Value::Array(items) => items.iter().for_each(|item| write_element(out, name, item)),
+        _ => {
+            out.push('<');
+            out.push_str(name);
+            if let Some(t) = xsi_type(name) {
+                out.push_str(&format!(r#" xsi:type="{t}""#));
+            }
+            out.push('>');
+            write_children(out, value);
+            out.push_str("</");
+            out.push_str(name);
+            out.push('>');
+        }
+    }
+}
+
+fn scalar_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn escape(text: &str) -> String {
+    // XML 1.0 cannot carry most control characters at all, even escaped: drop them.
+    let clean: String = text
+        .chars()
+        .filter(|&c| c == '\t' || c == '\n' || c == '\r' || c >= ' ')
+        .collect();
+    quick_xml::escape::escape(clean.as_str()).into_owned()
+}
+
+/// An element of a request body: local name (prefix dropped), text, children.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Element {
+    pub name: String,
+    pub text: String,
+    pub children: Vec<Element>,
+}
+
+impl Element {
+    pub fn child(&self, name: &str) -> Option<&Element> {
+        self.children.iter().find(|c| c.name == name)
+    }
+
+    /// Trimmed text of a child; `None` when absent or empty ("empty fields are left out").
+    pub fn text_of(&self, name: &str) -> Option<&str> {
+        self.child(name)
+            .map(|c| c.text.trim())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum XmlError {
+    #[error("malformed XML: {0}")]
+    Malformed(String),
+    #[error("XML with a DTD or entity declarations is not accepted")]
+    Dtd,
+    #[error("XML nested deeper than {MAX_DEPTH} elements is not accepted")]
+    TooDeep,
+    #[error("the XML body is empty")]
+    Empty,
+}
+
+/// Parses a body without resolving namespaces: prefixes are dropped, so an undeclared
+/// `xsi:` prefix (the seed example) is accepted. DTDs are refused, so no entity can expand.
+pub fn parse(body: &[u8]) -> Result<Element, XmlError> {
+    let mut reader = Reader::from_reader(body);
+    reader.config_mut().trim_text(true);
+    reader.config_mut().expand_empty_elements = true;
+    let mut stack: Vec<Element> = Vec::new();
+    let mut root: Option<Element> = None;
+    let mut buf = Vec::new();
+    loop {
+        let event = reader.read_event_into(&mut buf).map_err(|e| {
+            XmlError::Malformed(format!("{e} at byte {}", reader.buffer_position()))
+        })?;
+        match event {
+            Event::Start(start) => {
+                if root.is_some() {
+                    return Err(XmlError::Malformed("content after the root element".into()));
+                }
+                if stack.len() >= MAX_DEPTH {
+                    return Err(XmlError::TooDeep);
+                }
+                let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
+                stack.push(Element {
+                    name,
+                    ..Default::default()
+                });
+            }
+            Event::End(_) => {
+                let done = stack
+                    .pop()
+                    .ok_or_else(|| XmlError::Malformed("unbalanced end tag".into()))?;
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(done),
+                    None => root = Some(done),
+                }
+            }
+            Event::Text(text) => {
+                let text = text
+                    .unescape()
+                    .map_err(|e| XmlError::Malformed(e.to_string()))?;
+                match stack.last_mut() {
+                    Some(el) => el.text.push_str(&text),
+                    None => {
+                        return Err(XmlError::Malformed("text outside the root element".into()))
+                    }
+                }
+            }
+            Event::CData(data) => {
+                let text = String::from_utf8_lossy(&data.into_inner()).into_owned();
+                if let Some(el) = stack.last_mut() {
+                    el.text.push_str(&text);
+                }
+            }
+            Event::DocType(_) => return Err(XmlError::Dtd),
+            Event::Eof => break,
+            Event::Decl(_) | Event::PI(_) | Event::Comment(_) | Event::Empty(_) => {}
+        }
+        buf.clear();
+    }
+    if !stack.is_empty() {
+        return Err(XmlError::Malformed(
+            "the document ends inside an element".into(),
+        ));
+    }
+    root.ok_or(XmlError::Empty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn writes_qualified_root_ordered_children_and_xsi_types() {
+        let doc =
+            json!({"dbId": 3, "credAccount": {"login": "a<b"}, "skip": null, "publicImage": false});
+        let xml = to_xml("publishImage", &doc);
+        assert!(xml.contains(r#"<ns0:publishImage xmlns:ns0="http://www.usharesoft.com/uforge""#));
+        assert!(xml.contains(r#"xsi:type="ns0:PublishImageOpenStack""#));
+        assert!(xml.contains(
+            r#"<dbId>3</dbId><credAccount xsi:type="ns0:CredAccountOpenStack"><login>a&lt;b</login></credAccount><publicImage>false</publicImage>"#
+        ));
+        assert!(!xml.contains("skip"));
+    }
+
+    #[test]
+    fn arrays_become_repeated_elements() {
+        let xml = to_xml(
+            "statuses",
+            &json!({"total": 2, "statuses": {"status": [{"percentage": 1}, {"percentage": 2}]}}),
+        );
+        assert!(xml.contains("<statuses><status><percentage>1</percentage></status><status><percentage>2</percentage></status></statuses>"));
+    }
+
+    #[test]
+    fn reads_undeclared_prefixes_and_drops_them() {
+        let root = parse(b"<ns0:publishImage xmlns:ns0=\"x\"><xsi:type></xsi:type><displayName> A &amp; B </displayName></ns0:publishImage>").unwrap();
+        assert_eq!(root.name, "publishImage");
+        assert_eq!(root.text_of("displayName"), Some("A & B"));
+        assert_eq!(root.text_of("type"), None);
+    }
+
+    #[test]
+    fn refuses_dtds_and_entity_bombs() {
+        let bomb = br#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]><a>&lol2;</a>"#;
+        assert_eq!(parse(bomb), Err(XmlError::Dtd));
+        assert!(matches!(
+            parse(b"<a>&undefined;</a>"),
+            Err(XmlError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_deep_nesting_and_broken_documents() {
+        let deep = "<a>".repeat(100) + &"</a>".repeat(100);
+        assert_eq!(parse(deep.as_bytes()), Err(XmlError::TooDeep));
+        assert!(matches!(parse(b"<a><b></a>"), Err(XmlError::Malformed(_))));
+        assert!(matches!(
+            parse(b"<a></a><b></b>"),
+            Err(XmlError::Malformed(_))
+        ));
+        assert_eq!(parse(b"  "), Err(XmlError::Empty));
+    }
+}

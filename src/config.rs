@@ -1,0 +1,101 @@
+//! Typed settings, layered: `config/default.toml`, then `config/<PIMAGE_ENV>.toml` if
+//! `PIMAGE_ENV` is set, then `PIMAGE__SECTION__KEY` environment variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::secrets::Secret;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub api: ApiSettings,
+    pub worker: WorkerSettings,
+    pub storage: StorageSettings,
+    pub secrets: SecretSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    pub url: Secret,
+    pub queue: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    pub concurrency: u16,
+    pub progress_interval_ms: u64,
+    pub lease_seconds: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageSettings {
+    pub image_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecretSettings {
+    /// Base64 of the 32-byte AES-256-GCM key for cloud passwords.
+    pub key: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Loads settings from `config_dir` and the process environment.
+    pub fn load(config_dir: &Path) -> Result<Settings, config::ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(config_dir.join("default.toml")));
+        if let Ok(env) = std::env::var("PIMAGE_ENV") {
+            builder =
+                builder.add_source(config::File::from(config_dir.join(format!("{env}.toml"))));
+        }
+        builder
+            .add_source(
+                config::Environment::with_prefix("PIMAGE")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()
+    }
+
+    /// Where config files live: `PIMAGE_CONFIG_DIR`, else `./config`.
+    pub fn default_dir() -> PathBuf {
+        std::env::var_os("PIMAGE_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"))
+    }
+
+    /// The effective settings as TOML-like text, with every secret masked.
+    pub fn describe(&self) -> String {
+        format!("{self:#?}")
+    }
+}

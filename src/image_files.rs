@@ -1,0 +1,128 @@
+//! Image files on disk: checking a file against its declared format, checksumming it, and
+//! placing it in the shared image directory that every worker reads.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use md5::Md5;
+use sha2::{Digest, Sha256};
+
+/// Glance v2 disk formats pimage can publish.
+pub const DISK_FORMATS: &[&str] = &["raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso", "ploop"];
+
+#[derive(Debug)]
+pub struct ImageFile {
+    pub path: PathBuf,
+    pub file_name: String,
+    pub size: u64,
+    pub md5: String,
+    pub sha256: String,
+}
+
+/// Checks `source` against `format`, copies it into `image_dir` (unless `in_place`), and
+/// returns its final path and checksums.
+pub fn prepare(
+    source: &Path,
+    format: &str,
+    image_dir: &Path,
+    in_place: bool,
+) -> anyhow::Result<ImageFile> {
+    if !DISK_FORMATS.contains(&format) {
+        anyhow::bail!(
+            "unknown format '{format}': use one of {}",
+            DISK_FORMATS.join(", ")
+        );
+    }
+    let mut file = std::fs::File::open(source)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", source.display()))?;
+    check_magic(&mut file, format, source)?;
+    let file_name = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    let path = if in_place {
+        std::fs::canonicalize(source)?
+    } else {
+        std::fs::create_dir_all(image_dir)?;
+        let target =
+            std::fs::canonicalize(image_dir)?.join(format!("{}-{file_name}", uuid::Uuid::new_v4()));
+        std::fs::copy(source, &target)?;
+        target
+    };
+    let (size, md5, sha256) = checksums(&path)?;
+    Ok(ImageFile {
+        path,
+        file_name,
+        size,
+        md5,
+        sha256,
+    })
+}
+
+/// Glance refuses data that does not match the declared format: catch it at registration.
+fn check_magic(file: &mut std::fs::File, format: &str, source: &Path) -> anyhow::Result<()> {
+    let mut head = [0u8; 8];
+    let n = file.read(&mut head)?;
+    let expected: &[u8] = match format {
+        "qcow2" => b"QFI\xfb",
+        "vhdx" => b"vhdxfile",
+        _ => &[],
+    };
+    if !expected.is_empty() && head[..n].get(..expected.len()) != Some(expected) {
+        anyhow::bail!(
+            "{} is not a {format} file (its header does not match)",
+            source.display()
+        );
+    }
+    Ok(())
+}
+
+fn checksums(path: &Path) -> anyhow::Result<(u64, String, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut md5 = Md5::new();
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        md5.update(&buf[..n]);
+        sha.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((
+        size,
+        hex::encode(md5.finalize()),
+        hex::encode(sha.finalize()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_unknown_formats_and_wrong_headers() {
+        let dir = std::env::temp_dir().join(format!("pimage-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("x.img");
+        std::fs::write(&f, b"not a qcow2 at all").unwrap();
+        assert!(prepare(&f, "exe", &dir, true)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown format"));
+        assert!(prepare(&f, "qcow2", &dir, true)
+            .unwrap_err()
+            .to_string()
+            .contains("not a qcow2"));
+        let raw = prepare(&f, "raw", &dir.join("store"), false).unwrap();
+        assert_eq!(raw.size, 18);
+        assert_eq!(raw.md5, "b12e8d2f9cab8dab0bcbe923394ae31f");
+        assert!(raw
+            .path
+            .starts_with(std::fs::canonicalize(dir.join("store")).unwrap()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,36 @@
+//! pimage: publishes UForge machine images to OpenStack clouds, as an asynchronous job worker.
+//!
+//! A publish call flows API → Postgres → RabbitMQ → worker → Keystone + Glance:
+//!
+//! | module        | concern                                                                  |
+//! |---------------|--------------------------------------------------------------------------|
+//! | [`api`]       | HTTP routes, auth, XML/JSON representations, `uforgeError` answers       |
+//! | [`store`]     | Postgres: users, images, tickets (state, lease, status); all the SQL     |
+//! | [`outbox`]    | hands stored tickets to RabbitMQ (at once, or later by the relay)        |
+//! | [`queue`]     | RabbitMQ: queue declaration, confirmed publishing, consuming             |
+//! | [`worker`]    | claims tickets, uploads, writes progress, ends each ticket               |
+//! | [`cloud`]     | Keystone v3 login and Glance v2 calls                                    |
+//! | [`image_files`] | image files on disk: format check, checksums, shared directory        |
+//! | [`secrets`]   | `Secret`, cloud-password encryption, user-password hashing               |
+//! | [`config`]    | typed settings from `config/` and `PIMAGE__…` variables                  |
+//! | [`telemetry`] | logging and shutdown signals                                             |
+//! | [`cli`]       | the `pimage` subcommands                                                 |
+//!
+//! Dependencies point one way: `cli` → `api`/`worker` → `outbox`/`queue`/`cloud`/`store`
+//! → `secrets`/`config`.
+//!
+//! Error types by layer: `store` returns `sqlx::Error`; `queue` `QueueError`; `cloud`
+//! `CloudError` (a user-facing summary plus the cloud's detail); `api` maps everything to
+//! `ApiError`; the worker turns failures into a ticket in `error`; `cli` uses `anyhow`.
+
+pub mod api;
+pub mod cli;
+pub mod cloud;
+pub mod config;
+pub mod image_files;
+pub mod outbox;
+pub mod queue;
+pub mod secrets;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,170 @@
+//! RabbitMQ: the hand-off of tickets from the API to the workers.
+//!
+//! One durable quorum queue (`amqp.queue`) carries `{"ticketId": N}` messages, persistent
+//! and publisher-confirmed. Messages that keep failing are dead-lettered to `<queue>.dead`
+//! after `DELIVERY_LIMIT` deliveries. A message only says "look at ticket N": Postgres holds
+//! the ticket, so a duplicate or stale message is harmless (the claim refuses it).
+
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::config::AmqpSettings;
+
+/// Deliveries after which RabbitMQ dead-letters a message instead of redelivering it.
+const DELIVERY_LIMIT: i64 = 20;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketMessage {
+    pub ticket_id: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ refused the message (nack)")]
+    Nacked,
+}
+
+/// Opens a connection whose name shows in the management UI.
+pub async fn connect(
+    settings: &AmqpSettings,
+    connection_name: &str,
+) -> Result<Connection, QueueError> {
+    let props =
+        ConnectionProperties::default().with_connection_name(connection_name.to_string().into());
+    Ok(Connection::connect(settings.url.expose(), props).await?)
+}
+
+/// Declares the work queue and its dead-letter queue (idempotent).
+pub async fn declare(channel: &Channel, queue: &str) -> Result<(), QueueError> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let dead = format!("{queue}.dead");
+    channel
+        .queue_declare(dead.as_str().into(), durable, quorum_args(None))
+        .await?;
+    channel
+        .queue_declare(queue.into(), durable, quorum_args(Some(&dead)))
+        .await?;
+    Ok(())
+}
+
+fn quorum_args(dead_letter_to: Option<&str>) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    if let Some(dead) = dead_letter_to {
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(dead.into()),
+        );
+    }
+    args
+}
+
+/// Publishes ticket messages with confirms, reconnecting when the connection was lost.
+pub struct Publisher {
+    settings: AmqpSettings,
+    connection_name: String,
+    channel: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl Publisher {
+    pub fn new(settings: AmqpSettings, connection_name: impl Into<String>) -> Publisher {
+        Publisher {
+            settings,
+            connection_name: connection_name.into(),
+            channel: Mutex::new(None),
+        }
+    }
+
+    async fn channel(&self) -> Result<Channel, QueueError> {
+        let mut slot = self.channel.lock().await;
+        if let Some((conn, ch)) = slot.as_ref() {
+            if conn.status().connected() && ch.status().connected() {
+                return Ok(ch.clone());
+            }
+        }
+        *slot = None;
+        let conn = connect(&self.settings, &self.connection_name).await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        declare(&ch, &self.settings.queue).await?;
+        *slot = Some((conn, ch.clone()));
+        Ok(ch)
+    }
+
+    /// Returns once RabbitMQ has confirmed the message is stored.
+    pub async fn publish(&self, message: TicketMessage) -> Result<(), QueueError> {
+        let channel = self.channel().await?;
+        let payload = serde_json::to_vec(&message).expect("a ticket message always serialises");
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(""),
+                self.settings.queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &payload,
+                BasicProperties::default()
+                    .with_delivery_mode(2) // persistent
+                    .with_content_type("application/json".into()),
+            )
+            .await?
+            .await?;
+        if confirm.is_ack() && confirm.take_message().is_none() {
+            Ok(())
+        } else {
+            Err(QueueError::Nacked)
+        }
+    }
+
+    /// True when a channel could be opened (used by readiness checks).
+    pub async fn is_reachable(&self) -> bool {
+        self.channel().await.is_ok()
+    }
+}
+
+/// Opens a consumer with `prefetch` unacknowledged deliveries at most.
+pub async fn consume(
+    connection: &Connection,
+    queue: &str,
+    prefetch: u16,
+    consumer_tag: &str,
+) -> Result<(Channel, Consumer), QueueError> {
+    let channel = connection.create_channel().await?;
+    declare(&channel, queue).await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            consumer_tag.into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}

@@ -1,0 +1,145 @@
+//! Scanned instances, scans and the generated images users publish.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// An image, addressed as users/{owner}/scannedinstances/{siid}/scans/{sid}/images/{id}.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Image {
+    pub id: i64,
+    pub scan_id: i64,
+    pub scanned_instance_id: i64,
+    pub owner_login: String,
+    pub name: String,
+    pub file_path: String,
+    pub file_name: String,
+    pub format: String,
+    pub size_bytes: i64,
+    pub md5sum: String,
+    pub sha256sum: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Image {
+    pub fn uri(&self) -> String {
+        format!(
+            "users/{}/scannedinstances/{}/scans/{}/images/{}",
+            self.owner_login, self.scanned_instance_id, self.scan_id, self.id
+        )
+    }
+}
+
+pub struct NewImage<'a> {
+    pub owner_id: i64,
+    pub name: &'a str,
+    pub file_path: &'a str,
+    pub file_name: &'a str,
+    pub format: &'a str,
+    pub size_bytes: i64,
+    pub md5sum: &'a str,
+    pub sha256sum: &'a str,
+}
+
+const SELECT_IMAGE: &str = "SELECT i.id, i.scan_id, s.scanned_instance_id, u.login AS owner_login, i.name,
+        i.file_path, i.file_name, i.format, i.size_bytes, i.md5sum, i.sha256sum, i.created_at, i.updated_at
+   FROM images i
+   JOIN scans s ON s.id = i.scan_id
+   JOIN scanned_instances si ON si.id = s.scanned_instance_id
+   JOIN users u ON u.id = si.user_id";
+
+/// Creates a scanned instance and a scan holding one new image, in one transaction.
+pub async fn register(pool: &PgPool, new: &NewImage<'_>) -> Result<Image, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let siid: i64 = sqlx::query_scalar(
+        "INSERT INTO scanned_instances (user_id, name) VALUES ($1, $2) RETURNING id",
+    )
+    .bind(new.owner_id)
+    .bind(new.name)
+    .fetch_one(&mut *tx)
+    .await?;
+    let sid: i64 = sqlx::query_scalar(
+        "INSERT INTO scans (scanned_instance_id, name) VALUES ($1, $2) RETURNING id",
+    )
+    .bind(siid)
+    .bind(new.name)
+    .fetch_one(&mut *tx)
+    .await?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO images (scan_id, name, file_path, file_name, format, size_bytes, md5sum, sha256sum)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+    )
+    .bind(sid)
+    .bind(new.name)
+    .bind(new.file_path)
+    .bind(new.file_name)
+    .bind(new.format)
+    .bind(new.size_bytes)
+    .bind(new.md5sum)
+    .bind(new.sha256sum)
+    .fetch_one(&mut *tx)
+    .await?;
+    let image = sqlx::query_as::<_, Image>(&format!("{SELECT_IMAGE} WHERE i.id = $1"))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(image)
+}
+
+/// The image at that path, if the whole chain of ids exists and belongs to `owner_login`.
+pub async fn find(
+    pool: &PgPool,
+    owner_login: &str,
+    siid: i64,
+    sid: i64,
+    itid: i64,
+) -> Result<Option<Image>, sqlx::Error> {
+    sqlx::query_as::<_, Image>(&format!(
+        "{SELECT_IMAGE} WHERE u.login = $1 AND s.scanned_instance_id = $2 AND i.scan_id = $3 AND i.id = $4"
+    ))
+    .bind(owner_login)
+    .bind(siid)
+    .bind(sid)
+    .bind(itid)
+    .fetch_optional(pool)
+    .await
+}
+
+/// All images of a scan; `None` when the scan does not exist under that owner.
+pub async fn list_in_scan(
+    pool: &PgPool,
+    owner_login: &str,
+    siid: i64,
+    sid: i64,
+) -> Result<Option<Vec<Image>>, sqlx::Error> {
+    let scan_exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM scans s JOIN scanned_instances si ON si.id = s.scanned_instance_id
+                          JOIN users u ON u.id = si.user_id
+                         WHERE u.login = $1 AND si.id = $2 AND s.id = $3)",
+    )
+    .bind(owner_login)
+    .bind(siid)
+    .bind(sid)
+    .fetch_one(pool)
+    .await?;
+    if !scan_exists {
+        return Ok(None);
+    }
+    let images = sqlx::query_as::<_, Image>(&format!(
+        "{SELECT_IMAGE} WHERE u.login = $1 AND s.scanned_instance_id = $2 AND i.scan_id = $3 ORDER BY i.id"
+    ))
+    .bind(owner_login)
+    .bind(siid)
+    .bind(sid)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(images))
+}
+
+pub async fn get(pool: &PgPool, id: i64) -> Result<Option<Image>, sqlx::Error> {
+    sqlx::query_as::<_, Image>(&format!("{SELECT_IMAGE} WHERE i.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}

@@ -1,0 +1,388 @@
+//! Test harness: a real API (and optionally worker) on port 0, a fresh Postgres database
+//! and a fresh RabbitMQ queue per test, against the real services on 127.0.0.1.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lapin::options::QueueDeleteOptions;
+use pimage::api::Application;
+use pimage::config::Settings;
+use pimage::secrets::{self, Secret, SecretBox};
+use pimage::store::{self, images, users, Image, NewImage};
+use pimage::worker::Worker;
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+pub const XSD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/uforge-publish.xsd"
+);
+
+/// The demo cloud started by `scripts/openstack-lab up`.
+pub fn keystone_url() -> String {
+    std::env::var("PIMAGE_TEST_KEYSTONE_URL").unwrap_or_else(|_| "http://127.0.0.1:5000/v3".into())
+}
+pub fn glance_url() -> String {
+    std::env::var("PIMAGE_TEST_GLANCE_URL").unwrap_or_else(|_| "http://127.0.0.1:9292".into())
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub settings: Settings,
+    pub client: reqwest::Client,
+    pub dir: PathBuf,
+    db_name: String,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub fn settings_for_test(db_name: &str, queue: &str) -> Settings {
+    let mut settings = Settings::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config")))
+        .expect("config/default.toml loads");
+    let base = std::env::var("PIMAGE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    settings.database.url = Secret::new(format!("{base}/{db_name}"));
+    settings.amqp.queue = queue.to_string();
+    settings.api.listen = "127.0.0.1:0".parse().unwrap();
+    settings.worker.progress_interval_ms = 200;
+    settings.secrets.key = Secret::new("ZGV2LW9ubHkta2V5LWRvLW5vdC11c2UtaW4tcHJvZCE=");
+    settings
+}
+
+/// Starts the API (and a worker when `with_worker`) on a fresh database and queue.
+pub async fn spawn_app(with_worker: bool) -> TestApp {
+    // Logs only on request: the services' own logs are on stderr, not captured by the runner.
+    if std::env::var_os("PIMAGE_TEST_LOG").is_some() {
+        pimage::telemetry::init(pimage::config::LogFormat::Text);
+    }
+    let id = Uuid::new_v4().simple().to_string();
+    let db_name = format!("pimage_test_{id}");
+    let settings = settings_for_test(&db_name, &format!("pimage.test.{id}"));
+    let base = settings
+        .database
+        .url
+        .expose()
+        .rsplit_once('/')
+        .unwrap()
+        .0
+        .to_string();
+    let mut admin = PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("Postgres on 127.0.0.1:5432");
+    admin
+        .execute(format!(r#"CREATE DATABASE "{db_name}""#).as_str())
+        .await
+        .unwrap();
+
+    let app = Application::build(&settings).await.expect("API builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = CancellationToken::new();
+    let mut tasks = vec![];
+    let token = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        app.run_until_stopped(token).await.expect("API runs")
+    }));
+    let pool = store::connect_and_migrate(&settings.database)
+        .await
+        .unwrap();
+    if with_worker {
+        let worker = Worker::new(
+            pool.clone(),
+            settings.worker.clone(),
+            settings.amqp.clone(),
+            SecretBox::from_base64_key(&settings.secrets.key).unwrap(),
+        );
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            worker.run(token).await.expect("worker runs")
+        }));
+    }
+    let dir = std::env::temp_dir().join(format!("pimage-test-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    TestApp {
+        address,
+        pool,
+        settings,
+        client: reqwest::Client::new(),
+        dir,
+        db_name,
+        shutdown,
+        tasks,
+    }
+}
+
+impl TestApp {
+    /// Stops the API and worker, then removes the test's queues, database and files.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+        if let Ok(conn) = pimage::queue::connect(&self.settings.amqp, "pimage-test-cleanup").await {
+            if let Ok(ch) = conn.create_channel().await {
+                for q in [
+                    self.settings.amqp.queue.clone(),
+                    format!("{}.dead", self.settings.amqp.queue),
+                ] {
+                    let _ = ch
+                        .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                }
+            }
+        }
+        self.pool.close().await;
+        let base = self
+            .settings
+            .database
+            .url
+            .expose()
+            .rsplit_once('/')
+            .unwrap()
+            .0
+            .to_string();
+        if let Ok(mut admin) = PgConnection::connect(&format!("{base}/postgres")).await {
+            let _ = admin
+                .execute(
+                    format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.db_name).as_str(),
+                )
+                .await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    pub async fn add_user(&self, login: &str, entitlements: &[&str], admin: bool) {
+        let hash = secrets::hash_password(&Secret::new(PASSWORD));
+        let ents: Vec<String> = entitlements.iter().map(|e| e.to_string()).collect();
+        users::upsert(&self.pool, login, &hash, admin, &ents)
+            .await
+            .unwrap();
+    }
+
+    /// Registers `file` for `owner` as the CLI does (in place).
+    pub async fn register_image(&self, owner: &str, file: &Path, format: &str) -> Image {
+        let user = users::find_by_login(&self.pool, owner)
+            .await
+            .unwrap()
+            .expect("user exists");
+        let f = pimage::image_files::prepare(file, format, &self.dir, true).unwrap();
+        images::register(
+            &self.pool,
+            &NewImage {
+                owner_id: user.id,
+                name: &f.file_name,
+                file_path: &f.path.to_string_lossy(),
+                file_name: &f.file_name,
+                format,
+                size_bytes: f.size as i64,
+                md5sum: &f.md5,
+                sha256sum: &f.sha256,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A small raw image file with random content.
+    pub fn raw_file(&self, name: &str, bytes: usize) -> PathBuf {
+        let path = self.dir.join(name);
+        let data: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
+        std::fs::write(&path, data).unwrap();
+        path
+    }
+
+    /// A real qcow2 (qemu-img) holding `mib` MiB of random data.
+    pub fn qcow2_file(&self, name: &str, mib: usize) -> PathBuf {
+        let raw = self.dir.join(format!("{name}.raw"));
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("head -c {mib}M /dev/urandom > '{}'", raw.display()))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let path = self.dir.join(name);
+        let status = Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&path)
+            .status()
+            .expect("qemu-img is installed");
+        assert!(status.success());
+        std::fs::remove_file(raw).unwrap();
+        path
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/api/{}", self.address, path.trim_start_matches('/'))
+    }
+
+    pub fn get(&self, path: &str, user: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(self.url(path))
+            .basic_auth(user, Some(PASSWORD))
+    }
+
+    /// POSTs a publish body for `image` as `user`.
+    pub async fn publish(
+        &self,
+        user: &str,
+        image_uri: &str,
+        content_type: &str,
+        body: String,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("{image_uri}/pimages")))
+            .basic_auth(user, Some(PASSWORD))
+            .header("Content-Type", content_type)
+            .header("Accept", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls the ticket status (JSON) until it is complete, failed or cancelled.
+    pub async fn wait_final(
+        &self,
+        user: &str,
+        ticket_uri: &str,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let started = Instant::now();
+        loop {
+            let status: serde_json::Value = self
+                .get(&format!("{ticket_uri}/status"), user)
+                .header("Accept", "application/json")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if status["complete"] == true || status["error"] == true || status["cancelled"] == true
+            {
+                return status;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "ticket {ticket_uri} not final after {timeout:?}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A JSON publish body for the demo cloud (project `demo`).
+pub fn publish_json(display_name: &str, login: &str, password: &str, project: &str) -> String {
+    serde_json::json!({
+        "displayName": display_name,
+        "publicImage": false,
+        "keystoneDomain": "Default",
+        "keystoneProject": project,
+        "credAccount": {
+            "targetPlatform": {"name": "openstack"},
+            "keystoneUrl": keystone_url(),
+            "glanceUrl": glance_url(),
+            "keystoneVersion": "v3",
+            "login": login,
+            "password": password
+        }
+    })
+    .to_string()
+}
+
+/// Checks an XML document against the vendored UForge schema with xmllint.
+pub fn assert_valid_xml(xml: &str) {
+    let path = std::env::temp_dir().join(format!("pimage-xsd-{}.xml", Uuid::new_v4()));
+    std::fs::write(&path, xml).unwrap();
+    let out = Command::new("xmllint")
+        .args(["--noout", "--schema", XSD])
+        .arg(&path)
+        .output()
+        .expect("xmllint is installed (libxml2-utils)");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "XML does not validate against the XSD:\n{}\n{xml}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Keystone token + Glance access as the demo user, to check what the cloud holds.
+pub struct DemoCloud {
+    token: String,
+    client: reqwest::Client,
+}
+
+impl DemoCloud {
+    pub async fn login() -> DemoCloud {
+        let client = reqwest::Client::new();
+        let body = serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": "demo", "domain": {"name": "Default"}, "password": "demopass"}}},
+            "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}}}});
+        let url = format!("{}/auth/tokens", keystone_url().trim_end_matches('/'));
+        let resp = client
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .expect("Keystone answers");
+        assert_eq!(resp.status(), 201, "demo login to Keystone");
+        let token = resp.headers()["x-subject-token"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        DemoCloud { token, client }
+    }
+
+    pub async fn image(&self, id: &str) -> Option<serde_json::Value> {
+        let resp = self
+            .client
+            .get(format!("{}/v2/images/{id}", glance_url()))
+            .header("X-Auth-Token", &self.token)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 404 {
+            return None;
+        }
+        Some(resp.json().await.unwrap())
+    }
+
+    /// Images carrying a ticket's property.
+    pub async fn images_of_ticket(&self, ticket_key: &str) -> Vec<serde_json::Value> {
+        let resp: serde_json::Value = self
+            .client
+            .get(format!("{}/v2/images", glance_url()))
+            .query(&[(pimage::cloud::TICKET_PROPERTY, ticket_key)])
+            .header("X-Auth-Token", &self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        resp["images"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn delete(&self, id: &str) {
+        let _ = self
+            .client
+            .delete(format!("{}/v2/images/{id}", glance_url()))
+            .header("X-Auth-Token", &self.token)
+            .send()
+            .await;
+    }
+}
+
+pub fn md5_of(path: &Path) -> String {
+    use md5::Digest;
+    let mut h = md5::Md5::new();
+    let mut f = std::fs::File::open(path).unwrap();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex::encode(h.finalize())
+}

@@ -1,0 +1,307 @@
+//! End to end: API → Postgres → RabbitMQ → worker → real Keystone + Glance
+//! (started by `scripts/openstack-lab up`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{md5_of, publish_json, spawn_app, DemoCloud, PASSWORD};
+use reqwest::StatusCode;
+
+async fn ticket_key(app: &common::TestApp, ticket_id: i64) -> String {
+    let key: uuid::Uuid =
+        sqlx::query_scalar("SELECT ticket_key FROM publish_tickets WHERE id = $1")
+            .bind(ticket_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    key.to_string()
+}
+
+#[tokio::test]
+async fn publishes_a_64_mib_qcow2_into_glance() {
+    let app = spawn_app(true).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let file = app.qcow2_file("disk.qcow2", 64);
+    let image = app.register_image("alice", &file, "qcow2").await;
+
+    let started = Instant::now();
+    let resp = app
+        .publish(
+            "alice",
+            &image.uri(),
+            "application/json",
+            publish_json("e2e image ✓", "demo", "demopass", "demo"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let ticket: serde_json::Value = resp.json().await.unwrap();
+    let ticket_uri = ticket["uri"].as_str().unwrap().to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the publish call answers at once"
+    );
+
+    // Progress is visible while it uploads, and never goes down.
+    let mut last_percentage = 0;
+    let mut saw_progress = false;
+    let status = loop {
+        let s: serde_json::Value = app
+            .get(&format!("{ticket_uri}/status"), "alice")
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let p = s["percentage"].as_i64().unwrap();
+        assert!(
+            p >= last_percentage,
+            "percentage went down: {last_percentage} -> {p}"
+        );
+        last_percentage = p;
+        if s["bytesLoaded"].as_i64().unwrap() > 0 && s["complete"] == false {
+            saw_progress = true;
+            assert_eq!(s["bytesTotal"].as_i64().unwrap(), image.size_bytes);
+        }
+        if s["complete"] == true || s["error"] == true {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "not done in 180 s: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let elapsed = started.elapsed();
+    println!(
+        "64 MiB end to end: {:.2} s (saw progress: {saw_progress})",
+        elapsed.as_secs_f64()
+    );
+    assert_eq!(status["complete"], true, "{status}");
+    assert_eq!(status["published"], true);
+    assert_eq!(status["percentage"], 100);
+    assert_eq!(status["error"], false);
+
+    let ticket: serde_json::Value = app
+        .get(&ticket_uri, "alice")
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cloud_id = ticket["cloudId"]
+        .as_str()
+        .expect("a published ticket names its Glance image")
+        .to_string();
+    let xml = app
+        .get(&ticket_uri, "alice")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    common::assert_valid_xml(&xml);
+    assert!(xml.contains(&format!("<cloudId>{cloud_id}</cloudId>")));
+
+    let cloud = DemoCloud::login().await;
+    let glance = cloud
+        .image(&cloud_id)
+        .await
+        .expect("the image is in Glance");
+    assert_eq!(glance["status"], "active");
+    assert_eq!(glance["name"], "e2e image ✓");
+    assert_eq!(glance["disk_format"], "qcow2");
+    assert_eq!(glance["visibility"], "private");
+    assert_eq!(glance["checksum"], md5_of(&file).as_str());
+    assert_eq!(glance["size"].as_i64().unwrap(), image.size_bytes);
+    let key = ticket_key(&app, ticket["dbId"].as_i64().unwrap()).await;
+    assert_eq!(glance[pimage::cloud::TICKET_PROPERTY], key.as_str());
+    assert_eq!(
+        cloud.images_of_ticket(&key).await.len(),
+        1,
+        "exactly one image for the ticket"
+    );
+
+    cloud.delete(&cloud_id).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_cloud_password_ends_in_error_and_leaves_nothing() {
+    let app = spawn_app(true).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let file = app.raw_file("small.raw", 1 << 20);
+    let image = app.register_image("alice", &file, "raw").await;
+    let resp = app
+        .publish(
+            "alice",
+            &image.uri(),
+            "application/json",
+            publish_json("wrong pw", "demo", "not-the-password", "demo"),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let ticket: serde_json::Value = resp.json().await.unwrap();
+    let status = app
+        .wait_final(
+            "alice",
+            ticket["uri"].as_str().unwrap(),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(status["error"], true, "{status}");
+    assert_eq!(status["complete"], false);
+    let message = status["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("wrong cloud password") && message.contains("'demo'"),
+        "{message}"
+    );
+    assert_eq!(status["detailedError"], true);
+    assert!(
+        !status.to_string().contains("not-the-password"),
+        "no password in the status"
+    );
+    let key = ticket_key(&app, ticket["dbId"].as_i64().unwrap()).await;
+    assert!(
+        DemoCloud::login()
+            .await
+            .images_of_ticket(&key)
+            .await
+            .is_empty(),
+        "no image left in Glance"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_public_image_refused_by_glance_is_explained_and_cleaned_up() {
+    let app = spawn_app(true).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let file = app.raw_file("pub.raw", 1 << 20);
+    let image = app.register_image("alice", &file, "raw").await;
+    let mut body: serde_json::Value =
+        serde_json::from_str(&publish_json("public", "demo", "demopass", "demo")).unwrap();
+    body["publicImage"] = true.into();
+    let resp = app
+        .publish("alice", &image.uri(), "application/json", body.to_string())
+        .await;
+    let ticket: serde_json::Value = resp.json().await.unwrap();
+    let status = app
+        .wait_final(
+            "alice",
+            ticket["uri"].as_str().unwrap(),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(status["error"], true, "{status}");
+    assert!(
+        status["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("public image"),
+        "{status}"
+    );
+    let key = ticket_key(&app, ticket["dbId"].as_i64().unwrap()).await;
+    assert!(DemoCloud::login()
+        .await
+        .images_of_ticket(&key)
+        .await
+        .is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_ticket_is_never_started_and_a_finished_one_cannot_be_cancelled() {
+    // No worker yet: the ticket waits in the queue.
+    let app = spawn_app(false).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let file = app.raw_file("c.raw", 1 << 20);
+    let image = app.register_image("alice", &file, "raw").await;
+    let body = publish_json("cancel me", "demo", "demopass", "demo");
+    let first: serde_json::Value = app
+        .publish("alice", &image.uri(), "application/json", body.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second: serde_json::Value = app
+        .publish("alice", &image.uri(), "application/json", body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cancel = |uri: &str| {
+        app.client
+            .delete(app.url(&format!("{uri}/cancel")))
+            .basic_auth("alice", Some(PASSWORD))
+            .send()
+    };
+    assert_eq!(
+        cancel(first["uri"].as_str().unwrap())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+
+    // Now a worker takes both messages: the cancelled ticket stays cancelled.
+    let worker = pimage::worker::Worker::new(
+        app.pool.clone(),
+        app.settings.worker.clone(),
+        app.settings.amqp.clone(),
+        pimage::secrets::SecretBox::from_base64_key(&app.settings.secrets.key).unwrap(),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    let done = app
+        .wait_final(
+            "alice",
+            second["uri"].as_str().unwrap(),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(done["complete"], true, "{done}");
+    let cancelled = app
+        .wait_final(
+            "alice",
+            first["uri"].as_str().unwrap(),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(cancelled["cancelled"], true);
+    assert_eq!(
+        cancelled["bytesLoaded"], 0,
+        "the cancelled ticket never uploaded"
+    );
+    let key = ticket_key(&app, first["dbId"].as_i64().unwrap()).await;
+    let cloud = DemoCloud::login().await;
+    assert!(cloud.images_of_ticket(&key).await.is_empty());
+
+    // Cancel after complete: 409.
+    let resp = cancel(second["uri"].as_str().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let ticket: serde_json::Value = app
+        .get(second["uri"].as_str().unwrap(), "alice")
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cloud_id = ticket["cloudId"].as_str().unwrap();
+    assert_eq!(
+        cloud.image(cloud_id).await.unwrap()["status"],
+        "active",
+        "cancel after complete leaves the image"
+    );
+    cloud.delete(cloud_id).await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    app.stop().await;
+}
