@@ -1,5 +1,8 @@
 //! OpenStack: Keystone v3 login (osauth), Glance v2 image create / upload / delete through
 //! the osauth session, and reading an image back with the `openstack` crate.
+//!
+//! Every failure is a `CloudError`: a summary in plain words for the user, the cloud's own
+//! answer as detail, and a `Cause` that `CloudError::is_transient` classifies.
 
 use std::time::Duration;
 
@@ -7,13 +10,17 @@ use osauth::common::IdOrName;
 use osauth::identity::Password;
 use osauth::services::IMAGE;
 use osauth::{ErrorKind, Session};
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::Response;
 use serde::Deserialize;
 
 use crate::secrets::Secret;
 
 /// Glance property naming the ticket an image belongs to: a retried job finds its image by it.
 pub const TICKET_PROPERTY: &str = "pimage_ticket";
+
+/// Longest cloud answer kept as detail.
+const MAX_DETAIL: usize = 2000;
 
 /// Where and as whom to publish (a `CredAccountOpenStack` plus the project scope).
 #[derive(Debug, Clone)]
@@ -26,23 +33,175 @@ pub struct OpenStackAccount {
     pub project: String,
 }
 
+/// What went wrong, as far as retrying is concerned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cause {
+    /// No answer: connection refused or reset, timeout, cut response.
+    Transport,
+    /// An HTTP error answer.
+    Http {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// Keystone refused the credentials or the scope (permanent: retrying cannot fix it).
+    LoginRefused,
+    /// Bad account settings (URLs): permanent.
+    Config,
+    /// Glance answered, but not with what it should have.
+    BadAnswer,
+}
+
 /// A failure talking to the cloud: `summary` is for the user, `detail` is the cloud's answer.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{summary}")]
 pub struct CloudError {
     pub summary: String,
     pub detail: Option<String>,
-    pub kind: Option<ErrorKind>,
+    pub cause: Cause,
 }
 
 impl CloudError {
-    fn new(summary: impl Into<String>, err: &osauth::Error) -> CloudError {
+    fn from_osauth(summary: impl Into<String>, err: &osauth::Error) -> CloudError {
+        let cause = match err.kind() {
+            ErrorKind::ProtocolError | ErrorKind::OperationTimedOut => Cause::Transport,
+            ErrorKind::InternalServerError => Cause::Http {
+                status: 500,
+                retry_after: None,
+            },
+            ErrorKind::AuthenticationFailed => Cause::Http {
+                status: 401,
+                retry_after: None,
+            },
+            ErrorKind::AccessDenied => Cause::Http {
+                status: 403,
+                retry_after: None,
+            },
+            ErrorKind::ResourceNotFound | ErrorKind::EndpointNotFound => Cause::Http {
+                status: 404,
+                retry_after: None,
+            },
+            ErrorKind::Conflict => Cause::Http {
+                status: 409,
+                retry_after: None,
+            },
+            ErrorKind::InvalidConfig => Cause::Config,
+            ErrorKind::InvalidInput => Cause::Http {
+                status: 400,
+                retry_after: None,
+            },
+            _ => Cause::BadAnswer,
+        };
         CloudError {
             summary: summary.into(),
-            detail: Some(err.to_string()),
-            kind: Some(err.kind()),
+            detail: Some(clip(err.to_string())),
+            cause,
         }
     }
+
+    fn transport(summary: impl Into<String>, err: &reqwest::Error) -> CloudError {
+        CloudError {
+            summary: summary.into(),
+            detail: Some(clip(error_chain(err))),
+            cause: Cause::Transport,
+        }
+    }
+
+    /// The one classifier: may a new attempt succeed where this one failed?
+    ///
+    /// Transient: no answer at all, 408, 429, 5xx, and 401 from Glance (an expired token: the
+    /// next attempt logs in again). Everything else is permanent: refused credentials or
+    /// scope, 400, 403, 404, 409, 413 (quota, size), 415 (format), bad settings.
+    pub fn is_transient(&self) -> bool {
+        match &self.cause {
+            Cause::Transport => true,
+            Cause::Http { status, .. } => matches!(status, 401 | 408 | 429 | 500..=599),
+            Cause::LoginRefused | Cause::Config | Cause::BadAnswer => false,
+        }
+    }
+
+    /// How long the cloud asked us to wait (`Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match &self.cause {
+            Cause::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A short reason for status messages: "Glance answered 503", "connection failed".
+    pub fn short_reason(&self) -> String {
+        match &self.cause {
+            Cause::Http { status, .. } => format!("the cloud answered {status}"),
+            Cause::Transport => "the connection failed".into(),
+            _ => self.summary.clone(),
+        }
+    }
+}
+
+fn clip(mut text: String) -> String {
+    if text.len() > MAX_DETAIL {
+        let mut end = MAX_DETAIL;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Turns an error answer into a `CloudError` (keeping status and `Retry-After`).
+async fn check(
+    response: Response,
+    summary: impl FnOnce(u16) -> String,
+) -> Result<Response, CloudError> {
+    let status = response.status();
+    if !status.is_client_error() && !status.is_server_error() {
+        return Ok(response);
+    }
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = response.text().await.unwrap_or_default();
+    Err(CloudError {
+        summary: summary(status.as_u16()),
+        detail: Some(clip(format!("HTTP {status}: {}", glance_message(&body)))),
+        cause: Cause::Http {
+            status: status.as_u16(),
+            retry_after,
+        },
+    })
+}
+
+/// The message of an OpenStack JSON error body, or the body itself.
+fn glance_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .map(|m| {
+            m.replace("<br />", " ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| body.trim().to_string())
 }
 
 /// A logged-in session on one project.
@@ -59,63 +218,64 @@ pub struct GlanceImage {
     pub size: Option<u64>,
 }
 
+fn http_client() -> Result<reqwest::Client, CloudError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        // A few calls per ticket: a fresh connection each costs nothing next to the upload,
+        // and never races a server (uwsgi http-socket) that closes idle connections.
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| CloudError::transport("could not set up an HTTP client", &e))
+}
+
 impl Glance {
     /// Logs in to Keystone v3 (user in `domain`, scoped to `project` in the same domain).
     pub async fn login(account: &OpenStackAccount) -> Result<Glance, CloudError> {
-        let who = format!(
-            "user '{}' in domain '{}' for project '{}'",
-            account.user, account.domain, account.project
-        );
+        let client = http_client()?;
         let auth = Password::new(
             &account.keystone_url,
             account.user.clone(),
             account.password.expose(),
             account.domain.clone(),
         )
-        .map_err(|e| {
-            CloudError::new(
-                format!("invalid keystoneUrl '{}'", account.keystone_url),
-                &e,
-            )
+        .map_err(|e| CloudError {
+            summary: format!("keystoneUrl '{}' is not a valid URL", account.keystone_url),
+            detail: Some(e.to_string()),
+            cause: Cause::Config,
         })?
         .with_project_scope(
             IdOrName::from_name(account.project.clone()),
             IdOrName::from_name(account.domain.clone()),
         );
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            // A few calls per ticket: a fresh connection each costs nothing next to the upload,
-            // and never races a server (uwsgi http-socket) that closes idle connections.
-            .pool_max_idle_per_host(0)
-            .build()
-            .map_err(|e| CloudError {
-                summary: "could not set up an HTTP client".into(),
-                detail: Some(e.to_string()),
-                kind: None,
-            })?;
-        let mut session = Session::new_with_client(client, auth).await.map_err(|e| {
-            let summary = match e.kind() {
-                ErrorKind::AuthenticationFailed => format!(
-                    "Keystone refused the login of {who}: wrong cloud password or user name, \
-                     or the project does not exist or the user has no role in it"
-                ),
-                ErrorKind::AccessDenied => format!("Keystone denied access to {who}"),
-                ErrorKind::ResourceNotFound => format!(
-                    "no Keystone v3 identity service at '{}' (check keystoneUrl)",
-                    account.keystone_url
-                ),
-                _ => format!(
-                    "could not log in to Keystone at '{}' as {who}",
-                    account.keystone_url
-                ),
-            };
-            CloudError::new(summary, &e)
-        })?;
+        let mut session = match Session::new_with_client(client.clone(), auth).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == ErrorKind::AuthenticationFailed => {
+                return Err(explain_refused_login(&client, account, &e).await)
+            }
+            Err(e) => {
+                let summary = match e.kind() {
+                    ErrorKind::ProtocolError | ErrorKind::OperationTimedOut => {
+                        format!("could not reach Keystone at '{}'", account.keystone_url)
+                    }
+                    ErrorKind::ResourceNotFound => {
+                        format!(
+                            "no Keystone v3 identity service at '{}' (check keystoneUrl)",
+                            account.keystone_url
+                        )
+                    }
+                    _ => format!(
+                        "Keystone at '{}' failed to log in user '{}'",
+                        account.keystone_url, account.user
+                    ),
+                };
+                return Err(CloudError::from_osauth(summary, &e));
+            }
+        };
         if let Some(url) = &account.glance_url {
             let url = url::Url::parse(url).map_err(|e| CloudError {
-                summary: format!("invalid glanceUrl '{url}'"),
+                summary: format!("glanceUrl '{url}' is not a valid URL"),
                 detail: Some(e.to_string()),
-                kind: None,
+                cause: Cause::Config,
             })?;
             session.set_endpoint_override(IMAGE, url);
         }
@@ -137,29 +297,33 @@ impl Glance {
             "visibility": if public { "public" } else { "private" },
             TICKET_PROPERTY: ticket_key,
         });
-        self.session
+        let response = self
+            .session
             .post(IMAGE, &["images"])
             .header(ACCEPT, "application/json")
             .json(&body)
-            .fetch::<GlanceImage>()
+            .send_unchecked()
             .await
             .map_err(|e| {
-                let summary = match e.kind() {
-                    ErrorKind::AccessDenied if public => {
-                        "Glance refused to create a public image: this cloud account may not \
-                         publish public images (publish it with publicImage=false, or ask the \
-                         cloud administrator)"
-                            .to_string()
-                    }
-                    ErrorKind::AccessDenied => {
-                        "Glance refused to create the image (forbidden)".into()
-                    }
-                    ErrorKind::InvalidInput => {
-                        format!("Glance refused the image definition (disk format '{disk_format}')")
-                    }
-                    _ => "Glance could not create the image".into(),
-                };
-                CloudError::new(summary, &e)
+                CloudError::from_osauth("could not reach Glance to create the image", &e)
+            })?;
+        let response = check(response, |status| match status {
+            403 if public => "Glance refused to create a public image: this cloud account may not publish \
+                              public images (publish with publicImage=false, or ask the cloud administrator)"
+                .to_string(),
+            403 => "Glance refused to create the image (forbidden)".into(),
+            400 => format!("Glance refused the image definition (disk format '{disk_format}', name '{name}')"),
+            413 => "Glance refused the image: quota exceeded".into(),
+            s => format!("Glance failed to create the image (HTTP {s})"),
+        })
+        .await?;
+        response
+            .json::<GlanceImage>()
+            .await
+            .map_err(|e| CloudError {
+                summary: "Glance answered the image creation with something unreadable".into(),
+                detail: Some(e.to_string()),
+                cause: Cause::BadAnswer,
             })
     }
 
@@ -171,37 +335,35 @@ impl Glance {
         body: reqwest::Body,
         length: u64,
     ) -> Result<(), CloudError> {
-        self.session
+        let response = self
+            .session
             .put(IMAGE, &["images", image_id, "file"])
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, length)
             .body(body)
-            .send()
+            .send_unchecked()
             .await
-            .map(|_| ())
-            .map_err(|e| {
-                let summary = match e.kind() {
-                    ErrorKind::InvalidInput | ErrorKind::IncompatibleApiVersion => {
-                        "Glance refused the image data (does the file match its format?)"
-                            .to_string()
-                    }
-                    ErrorKind::AccessDenied => {
-                        "Glance refused the upload (forbidden or quota)".into()
-                    }
-                    _ => "the upload to Glance failed".into(),
-                };
-                CloudError::new(summary, &e)
-            })
+            .map_err(|e| CloudError::from_osauth("the upload to Glance was cut off", &e))?;
+        check(response, |status| match status {
+            413 => "Glance refused the image data: quota or size limit exceeded".to_string(),
+            415 | 400 => {
+                "Glance refused the image data: the file does not match its disk format".into()
+            }
+            403 => "Glance refused the upload (forbidden)".into(),
+            409 | 410 => "the image was removed from Glance during the upload".into(),
+            s => format!("the upload to Glance failed (HTTP {s})"),
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Reads an image back (status, checksum, size) through the `openstack` crate.
     pub async fn image(&self, image_id: &str) -> Result<GlanceImage, CloudError> {
         let cloud = openstack::Cloud::from(self.session.clone());
-        let image = cloud
-            .get_image(image_id)
-            .await
-            .map_err(|e| CloudError::new(format!("could not read Glance image {image_id}"), &e))?;
+        let image = cloud.get_image(image_id).await.map_err(|e| {
+            CloudError::from_osauth(format!("could not read Glance image {image_id}"), &e)
+        })?;
         Ok(GlanceImage {
             id: image.id().clone(),
             status: image.status().to_string(),
@@ -212,35 +374,159 @@ impl Glance {
 
     /// Deletes an image; an image that is already gone counts as deleted.
     pub async fn delete_image(&self, image_id: &str) -> Result<(), CloudError> {
-        match self
+        let response = self
             .session
             .delete(IMAGE, &["images", image_id])
             .header(ACCEPT, "application/json")
-            .send()
+            .send_unchecked()
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::ResourceNotFound => Ok(()),
-            Err(e) => Err(CloudError::new(
-                format!("could not delete Glance image {image_id}"),
-                &e,
-            )),
+            .map_err(|e| {
+                CloudError::from_osauth(
+                    format!("could not reach Glance to delete image {image_id}"),
+                    &e,
+                )
+            })?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(());
         }
+        check(response, |s| {
+            format!("Glance refused to delete image {image_id} (HTTP {s})")
+        })
+        .await
+        .map(|_| ())
     }
 
-    /// Ids of the images carrying this ticket's property.
+    /// The images carrying this ticket's property.
     pub async fn images_of_ticket(&self, ticket_key: &str) -> Result<Vec<GlanceImage>, CloudError> {
         #[derive(Deserialize)]
         struct Page {
             images: Vec<GlanceImage>,
         }
-        self.session
+        let response = self
+            .session
             .get(IMAGE, &["images"])
             .header(ACCEPT, "application/json")
             .query(&[(TICKET_PROPERTY, ticket_key)])
-            .fetch::<Page>()
+            .send_unchecked()
+            .await
+            .map_err(|e| CloudError::from_osauth("could not reach Glance to list images", &e))?;
+        let response = check(response, |s| {
+            format!("Glance failed to list images (HTTP {s})")
+        })
+        .await?;
+        response
+            .json::<Page>()
             .await
             .map(|p| p.images)
-            .map_err(|e| CloudError::new("could not list Glance images", &e))
+            .map_err(|e| CloudError {
+                summary: "Glance answered the image list with something unreadable".into(),
+                detail: Some(e.to_string()),
+                cause: Cause::BadAnswer,
+            })
+    }
+}
+
+/// Keystone answers 401 both to a wrong password and to a project the user cannot reach.
+/// An unscoped login with the same password tells them apart.
+async fn explain_refused_login(
+    client: &reqwest::Client,
+    account: &OpenStackAccount,
+    err: &osauth::Error,
+) -> CloudError {
+    let base = account.keystone_url.trim_end_matches('/');
+    let tokens = if base.ends_with("/v3") {
+        format!("{base}/auth/tokens")
+    } else {
+        format!("{base}/v3/auth/tokens")
+    };
+    let body = serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": account.user, "domain": {"name": account.domain}, "password": account.password.expose()}}}}});
+    let unscoped_ok = match client.post(tokens).json(&body).send().await {
+        Ok(r) => r.status().is_success(),
+        Err(_) => false,
+    };
+    let summary = if unscoped_ok {
+        format!(
+            "project '{}' not found in domain '{}', or user '{}' has no role in it",
+            account.project, account.domain, account.user
+        )
+    } else {
+        format!(
+            "wrong cloud password for user '{}' in domain '{}' (or no such user or domain in Keystone)",
+            account.user, account.domain
+        )
+    };
+    CloudError {
+        summary,
+        detail: Some(clip(err.to_string())),
+        cause: Cause::LoginRefused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(status: u16) -> CloudError {
+        CloudError {
+            summary: String::new(),
+            detail: None,
+            cause: Cause::Http {
+                status,
+                retry_after: None,
+            },
+        }
+    }
+
+    #[test]
+    fn transient_faults_are_retried() {
+        for status in [500, 502, 503, 504, 429, 408, 401] {
+            assert!(http(status).is_transient(), "HTTP {status} is transient");
+        }
+        let cut = CloudError {
+            summary: String::new(),
+            detail: None,
+            cause: Cause::Transport,
+        };
+        assert!(cut.is_transient(), "connection refused / reset / timeout");
+    }
+
+    #[test]
+    fn permanent_faults_are_not() {
+        for status in [400, 403, 404, 409, 413, 415] {
+            assert!(!http(status).is_transient(), "HTTP {status} is permanent");
+        }
+        for cause in [Cause::LoginRefused, Cause::Config, Cause::BadAnswer] {
+            let e = CloudError {
+                summary: String::new(),
+                detail: None,
+                cause,
+            };
+            assert!(!e.is_transient());
+        }
+    }
+
+    #[test]
+    fn retry_after_is_kept() {
+        let e = CloudError {
+            summary: String::new(),
+            detail: None,
+            cause: Cause::Http {
+                status: 429,
+                retry_after: Some(Duration::from_secs(7)),
+            },
+        };
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(http(503).retry_after(), None);
+    }
+
+    #[test]
+    fn glance_error_bodies_are_made_readable() {
+        let body = r#"{"message": "Image disk_format qcow2 does not match stream data raw<br /><br />\n\n\n", "code": "415", "title": "x"}"#;
+        assert_eq!(
+            glance_message(body),
+            "Image disk_format qcow2 does not match stream data raw"
+        );
+        assert_eq!(glance_message(" plain "), "plain");
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::retry::RetrySettings;
 use crate::secrets::Secret;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +43,7 @@ pub struct WorkerSettings {
     pub concurrency: u16,
     pub progress_interval_ms: u64,
     pub lease_seconds: u32,
+    pub retry: RetrySettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -9,7 +9,8 @@
 //! | [`outbox`]    | hands stored tickets to RabbitMQ (at once, or later by the relay)        |
 //! | [`queue`]     | RabbitMQ: queue declaration, confirmed publishing, consuming             |
 //! | [`worker`]    | claims tickets, uploads, writes progress, ends each ticket               |
-//! | [`cloud`]     | Keystone v3 login and Glance v2 calls                                    |
+//! | [`cloud`]     | Keystone v3 login and Glance v2 calls; which failures are transient      |
+//! | [`retry`]     | backoff with full jitter, attempts and deadline, for transient failures  |
 //! | [`image_files`] | image files on disk: format check, checksums, shared directory        |
 //! | [`secrets`]   | `Secret`, cloud-password encryption, user-password hashing               |
 //! | [`config`]    | typed settings from `config/` and `PIMAGE__…` variables                  |
@@ -30,6 +31,7 @@ pub mod config;
 pub mod image_files;
 pub mod outbox;
 pub mod queue;
+pub mod retry;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

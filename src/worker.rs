@@ -1,9 +1,12 @@
 //! The worker: takes tickets from RabbitMQ, claims them in Postgres, and publishes the
-//! image to Glance while writing progress.
+//! image to Glance while writing progress, retrying transient failures.
 //!
 //! A delivery is acknowledged only after the ticket reached a final state (or turned out
 //! not to be ours), so prefetch = `concurrency` bounds the uploads one process runs.
+//! Cancels arrive by Postgres NOTIFY (`CancelWatch`); the progress writes, which report a
+//! requested cancel too, are the fallback.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,6 +14,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
 use md5::{Digest, Md5};
+use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
@@ -20,9 +24,10 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::cloud::{CloudError, Glance, OpenStackAccount};
 use crate::config::{AmqpSettings, WorkerSettings};
 use crate::queue::{self, TicketMessage};
+use crate::retry::{retry, Retryable};
 use crate::secrets::{Secret, SecretBox};
-use crate::store::images;
-use crate::store::tickets::{self, Claim, Heartbeat, Outcome, Progress};
+use crate::store::tickets::{self, Claim, Heartbeat, Outcome, Progress, CANCEL_CHANNEL};
+use crate::store::{images, Image};
 
 /// Read size for the upload stream: large enough for full-speed loopback, small enough that
 /// memory stays flat whatever the file size.
@@ -34,6 +39,7 @@ pub struct Worker {
     settings: WorkerSettings,
     amqp: AmqpSettings,
     secrets: SecretBox,
+    cancels: CancelWatch,
     /// host:pid, shown as lease owner and RabbitMQ consumer tag.
     id: String,
 }
@@ -54,6 +60,7 @@ impl Worker {
             settings,
             amqp,
             secrets,
+            cancels: CancelWatch::default(),
             id,
         }
     }
@@ -62,6 +69,11 @@ impl Worker {
     /// connection drops; then waits for running uploads to finish.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
+        let watch = tokio::spawn(
+            self.cancels
+                .clone()
+                .run(self.pool.clone(), shutdown.clone()),
+        );
         let mut delay = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
             match self.consume_until_lost(&shutdown, &tracker).await {
@@ -78,6 +90,7 @@ impl Worker {
         }
         tracker.close();
         tracker.wait().await;
+        let _ = watch.await;
         info!("worker stopped");
         Ok(())
     }
@@ -87,8 +100,8 @@ impl Worker {
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
     ) -> anyhow::Result<()> {
-        let conn = queue::connect(&self.amqp, &format!("pimage-worker@{}", self.id)).await?;
         let tag = format!("pimage-worker@{}", self.id);
+        let conn = queue::connect(&self.amqp, &tag).await?;
         let (channel, mut consumer) = queue::consume(
             &conn,
             &self.amqp.queue,
@@ -149,7 +162,13 @@ impl Worker {
             return Ok(());
         };
         info!(attempt = claim.ticket.attempts, "claimed");
-        let outcome = self.publish(&claim).await?;
+        let cancel = self.cancels.register(ticket_id);
+        let outcome = self.publish(&claim, &cancel).await;
+        self.cancels.unregister(ticket_id);
+        let Some(outcome) = outcome? else {
+            warn!("lost the ticket to another worker; stopped");
+            return Ok(());
+        };
         match &outcome {
             Outcome::Published { cloud_id, .. } => info!(cloud_id, "published"),
             Outcome::Failed { error_message, .. } => warn!(error_message, "failed"),
@@ -161,141 +180,248 @@ impl Worker {
         Ok(())
     }
 
-    async fn publish(&self, claim: &Claim) -> Result<Outcome, sqlx::Error> {
+    /// The ticket's outcome; `None` when the claim was lost (someone else finishes it).
+    async fn publish(
+        &self,
+        claim: &Claim,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Outcome>, sqlx::Error> {
         let ticket = &claim.ticket;
         let Some(image) = images::get(&self.pool, ticket.image_id).await? else {
-            return Ok(failed(
+            return Ok(Some(failed(
                 format!("image {} no longer exists", ticket.image_id),
                 None,
-            ));
+            )));
         };
         let password = match self.secrets.open(&ticket.cloud_password_enc) {
             Ok(p) => p,
-            Err(e) => return Ok(failed(e.to_string(), None)),
+            Err(e) => return Ok(Some(failed(e.to_string(), None))),
         };
-        let file = match tokio::fs::File::open(&image.file_path).await {
-            Ok(f) => f,
-            Err(e) => {
-                return Ok(failed(
-                    format!(
-                        "the file of image {} ('{}') is missing or unreadable on the server",
-                        image.id, image.name
-                    ),
-                    Some(e.to_string()),
-                ))
+        let job = Job {
+            worker: self,
+            claim,
+            image: &image,
+            cancel,
+            account: OpenStackAccount {
+                keystone_url: ticket.keystone_url.clone(),
+                glance_url: ticket.glance_url.clone(),
+                user: ticket.cloud_login.clone(),
+                password: password.clone(),
+                domain: ticket.keystone_domain.clone(),
+                project: ticket.keystone_project.clone(),
+            },
+            checksum_retried: std::sync::atomic::AtomicBool::new(false),
+        };
+        let max = self.settings.retry.max_attempts;
+        let job = &job;
+        let result = retry(
+            &self.settings.retry,
+            cancel,
+            |attempt| job.attempt(attempt, max),
+            |notice| {
+                let reason = notice.error.reason();
+                let message = notice.message(&reason);
+                warn!(attempt = notice.next_attempt, delay = ?notice.delay, reason, "transient failure, retrying");
+                async move { job.report(&job.step(message)).await }
+            },
+        )
+        .await;
+        Ok(Some(match result {
+            Ok(cloud_id) => Outcome::Published { cloud_id, bytes: image.size_bytes },
+            Err(AttemptError::Cloud(e)) => cloud_failure(e, &password),
+            Err(AttemptError::Permanent { summary, detail }) => failed(summary, detail),
+            Err(AttemptError::ChecksumMismatch { detail }) => failed(
+                "Glance's checksum of the uploaded image still differed from the file's after a re-upload".into(),
+                Some(detail),
+            ),
+            Err(AttemptError::Cancelled) => Outcome::Cancelled,
+            Err(AttemptError::Lost) => return Ok(None),
+            Err(AttemptError::Store(e)) => return Err(e),
+        }))
+    }
+}
+
+/// One ticket's publication, shared by its attempts.
+struct Job<'a> {
+    worker: &'a Worker,
+    claim: &'a Claim,
+    image: &'a Image,
+    cancel: &'a CancellationToken,
+    account: OpenStackAccount,
+    /// A checksum mismatch earns one re-upload, not more.
+    checksum_retried: std::sync::atomic::AtomicBool,
+}
+
+/// Why an attempt ended without publishing.
+#[derive(Debug)]
+enum AttemptError {
+    Cloud(CloudError),
+    /// A failure no retry can fix (missing file, …).
+    Permanent {
+        summary: String,
+        detail: Option<String>,
+    },
+    /// Glance stored bytes whose checksum differs from the file's.
+    ChecksumMismatch {
+        detail: String,
+    },
+    Cancelled,
+    /// Another worker holds the ticket now.
+    Lost,
+    Store(sqlx::Error),
+}
+
+impl AttemptError {
+    fn reason(&self) -> String {
+        match self {
+            AttemptError::Cloud(e) => e.short_reason(),
+            AttemptError::ChecksumMismatch { .. } => {
+                "Glance's checksum differed, uploading again".into()
             }
-        };
-        let account = OpenStackAccount {
-            keystone_url: ticket.keystone_url.clone(),
-            glance_url: ticket.glance_url.clone(),
-            user: ticket.cloud_login.clone(),
-            password: password.clone(),
-            domain: ticket.keystone_domain.clone(),
-            project: ticket.keystone_project.clone(),
-        };
-        let total = image.size_bytes;
-        let step = |message: String| Progress {
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason())
+    }
+}
+
+impl Retryable for AttemptError {
+    fn is_transient(&self) -> bool {
+        match self {
+            AttemptError::Cloud(e) => e.is_transient(),
+            AttemptError::ChecksumMismatch { .. } => true,
+            _ => false,
+        }
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AttemptError::Cloud(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+    fn cancelled() -> Self {
+        AttemptError::Cancelled
+    }
+}
+
+impl From<CloudError> for AttemptError {
+    fn from(e: CloudError) -> Self {
+        AttemptError::Cloud(e)
+    }
+}
+
+impl From<sqlx::Error> for AttemptError {
+    fn from(e: sqlx::Error) -> Self {
+        AttemptError::Store(e)
+    }
+}
+
+impl Job<'_> {
+    fn step(&self, message: String) -> Progress {
+        Progress {
             message,
             bytes_loaded: 0,
-            bytes_total: total,
+            bytes_total: self.image.size_bytes,
             percentage: 0,
             eta: None,
-        };
-
-        if self
-            .heartbeat(
-                claim,
-                &step(format!("logging in to Keystone as '{}'", account.user)),
-            )
-            .await?
-            != Heartbeat::Held
-        {
-            return Ok(Outcome::Cancelled);
         }
-        let glance = match Glance::login(&account).await {
-            Ok(g) => g,
-            Err(e) => return Ok(cloud_failure(e, &password)),
-        };
-
-        self.heartbeat(claim, &step("creating the image in Glance".into()))
-            .await?;
-        let created = match glance
-            .create_image(
-                &ticket.display_name,
-                &image.format,
-                ticket.public_image,
-                &ticket.ticket_key.to_string(),
-            )
-            .await
-        {
-            Ok(i) => i,
-            Err(e) => return Ok(cloud_failure(e, &password)),
-        };
-        tickets::set_cloud_id(&self.pool, ticket.id, claim.token, &created.id).await?;
-
-        let result = self.upload(claim, &glance, &created.id, file, total).await;
-        let outcome = match result {
-            Ok(UploadEnd::Done { md5 }) => match glance.image(&created.id).await {
-                Ok(img)
-                    if img.status == "active" && img.checksum.as_deref() == Some(md5.as_str()) =>
-                {
-                    if md5 != image.md5sum {
-                        Some(failed(
-                            format!("the file of image {} changed on disk since it was registered (checksum differs)", image.id),
-                            Some(format!("registered md5 {}, uploaded md5 {md5}", image.md5sum)),
-                        ))
-                    } else {
-                        return Ok(Outcome::Published {
-                            cloud_id: created.id,
-                            bytes: total,
-                        });
-                    }
-                }
-                Ok(img) => Some(failed(
-                    "Glance did not store the image intact (status or checksum differs)".into(),
-                    Some(format!(
-                        "Glance status {}, checksum {:?}; uploaded md5 {md5}",
-                        img.status, img.checksum
-                    )),
-                )),
-                Err(e) => Some(cloud_failure(e, &password)),
-            },
-            Ok(UploadEnd::Cancelled) => None,
-            Ok(UploadEnd::Lost) => return Ok(Outcome::Cancelled),
-            Err(UploadError::Cloud(e)) => Some(cloud_failure(e, &password)),
-            Err(UploadError::Store(e)) => return Err(e),
-        };
-        // Failed or cancelled: leave nothing behind in the cloud.
-        if let Err(e) = glance.delete_image(&created.id).await {
-            warn!(image = %created.id, error = %e, "could not delete the partial Glance image");
-        }
-        Ok(outcome.unwrap_or(Outcome::Cancelled))
     }
 
-    async fn heartbeat(
-        &self,
-        claim: &Claim,
-        progress: &Progress,
-    ) -> Result<Heartbeat, sqlx::Error> {
-        tickets::report_progress(
-            &self.pool,
-            claim.ticket.id,
-            claim.token,
+    /// Writes progress (a heartbeat); a requested cancel or a lost claim ends the attempt.
+    async fn report(&self, progress: &Progress) -> Result<(), AttemptError> {
+        let w = self.worker;
+        match tickets::report_progress(
+            &w.pool,
+            self.claim.ticket.id,
+            self.claim.token,
             progress,
-            self.settings.lease_seconds,
+            w.settings.lease_seconds,
         )
-        .await
+        .await?
+        {
+            Heartbeat::Held if self.cancel.is_cancelled() => Err(AttemptError::Cancelled),
+            Heartbeat::Held => Ok(()),
+            Heartbeat::CancelRequested => Err(AttemptError::Cancelled),
+            Heartbeat::Lost => Err(AttemptError::Lost),
+        }
     }
 
-    /// Streams the file while a reporter writes progress every `progress_interval_ms`.
-    async fn upload(
+    /// One attempt: log in, settle images left by earlier attempts, create, upload, verify.
+    async fn attempt(&self, attempt: u32, max: u32) -> Result<String, AttemptError> {
+        let of = if attempt > 1 {
+            format!(" (attempt {attempt} of {max})")
+        } else {
+            String::new()
+        };
+        self.report(&self.step(format!(
+            "logging in to Keystone as '{}'{of}",
+            self.account.user
+        )))
+        .await?;
+        let file = tokio::fs::File::open(&self.image.file_path)
+            .await
+            .map_err(|e| AttemptError::Permanent {
+                summary: format!(
+                    "the file of image {} ('{}') is missing or unreadable on the server",
+                    self.image.id, self.image.name
+                ),
+                detail: Some(e.to_string()),
+            })?;
+        let glance = Glance::login(&self.account).await?;
+        let key = self.claim.ticket.ticket_key.to_string();
+
+        // Never two images for one ticket: reuse a finished one, remove unfinished ones.
+        for existing in glance.images_of_ticket(&key).await? {
+            if existing.status == "active"
+                && existing.checksum.as_deref() == Some(self.image.md5sum.as_str())
+            {
+                info!(image = %existing.id, "an earlier attempt already published it");
+                return Ok(existing.id);
+            }
+            glance.delete_image(&existing.id).await?;
+        }
+
+        self.report(&self.step(format!("creating the image in Glance{of}")))
+            .await?;
+        let created = glance
+            .create_image(
+                &self.claim.ticket.display_name,
+                &self.image.format,
+                self.claim.ticket.public_image,
+                &key,
+            )
+            .await?;
+        tickets::set_cloud_id(
+            &self.worker.pool,
+            self.claim.ticket.id,
+            self.claim.token,
+            &created.id,
+        )
+        .await?;
+        let result = self
+            .upload_and_verify(&glance, &created.id, file, &of)
+            .await;
+        if result.is_err() {
+            // Leave nothing behind: the next attempt (if any) starts from a new image.
+            if let Err(e) = glance.delete_image(&created.id).await {
+                warn!(image = %created.id, error = %e, "could not delete the partial Glance image");
+            }
+        }
+        result.map(|()| created.id)
+    }
+
+    async fn upload_and_verify(
         &self,
-        claim: &Claim,
         glance: &Glance,
         image_id: &str,
         file: tokio::fs::File,
-        total: i64,
-    ) -> Result<UploadEnd, UploadError> {
+        of: &str,
+    ) -> Result<(), AttemptError> {
+        let total = self.image.size_bytes;
         let sent = Arc::new(AtomicU64::new(0));
         let hasher = Arc::new(Mutex::new(Md5::new()));
         let body = {
@@ -312,40 +438,107 @@ impl Worker {
         tokio::pin!(upload);
 
         let started = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(
-            self.settings.progress_interval_ms.max(100),
-        ));
+        let interval = Duration::from_millis(self.worker.settings.progress_interval_ms.max(100));
+        let mut tick = tokio::time::interval(interval);
         tick.tick().await;
         loop {
             tokio::select! {
-                result = &mut upload => {
-                    result.map_err(UploadError::Cloud)?;
-                    let md5 = hex::encode(hasher.lock().expect("md5 lock").clone().finalize());
-                    return Ok(UploadEnd::Done { md5 });
-                }
+                result = &mut upload => { result?; break; }
+                // Dropping `upload` closes the connection: Glance puts the image back to queued.
+                _ = self.cancel.cancelled() => return Err(AttemptError::Cancelled),
                 _ = tick.tick() => {
-                    let progress = upload_progress(sent.load(Ordering::Relaxed) as i64, total, started.elapsed());
-                    match self.heartbeat(claim, &progress).await.map_err(UploadError::Store)? {
-                        Heartbeat::Held => {}
-                        // Dropping `upload` closes the connection: Glance puts the image back to queued.
-                        Heartbeat::CancelRequested => return Ok(UploadEnd::Cancelled),
-                        Heartbeat::Lost => return Ok(UploadEnd::Lost),
-                    }
+                    let mut progress = upload_progress(sent.load(Ordering::Relaxed) as i64, total, started.elapsed());
+                    progress.message.push_str(of);
+                    self.report(&progress).await?;
                 }
             }
+        }
+        let md5 = hex::encode(hasher.lock().expect("md5 lock").clone().finalize());
+        if md5 != self.image.md5sum {
+            return Err(AttemptError::Permanent {
+                summary: format!(
+                    "the file of image {} changed on disk since it was registered (checksum differs)",
+                    self.image.id
+                ),
+                detail: Some(format!("registered md5 {}, read md5 {md5}", self.image.md5sum)),
+            });
+        }
+        let stored = glance.image(image_id).await?;
+        if stored.status == "active" && stored.checksum.as_deref() == Some(md5.as_str()) {
+            return Ok(());
+        }
+        let detail = format!(
+            "Glance status {}, checksum {:?}; file md5 {md5}",
+            stored.status, stored.checksum
+        );
+        if self.checksum_retried.swap(true, Ordering::Relaxed) {
+            Err(AttemptError::Permanent {
+                summary: "Glance's checksum of the uploaded image still differed from the file's after a re-upload"
+                    .into(),
+                detail: Some(detail),
+            })
+        } else {
+            Err(AttemptError::ChecksumMismatch { detail })
         }
     }
 }
 
-enum UploadEnd {
-    Done { md5: String },
-    Cancelled,
-    Lost,
+/// Tickets this worker runs, by id, with the token that cancels each; fed by Postgres NOTIFY.
+#[derive(Clone, Default)]
+struct CancelWatch {
+    running: Arc<Mutex<HashMap<i64, CancellationToken>>>,
 }
 
-enum UploadError {
-    Cloud(CloudError),
-    Store(sqlx::Error),
+impl CancelWatch {
+    fn register(&self, ticket_id: i64) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.running
+            .lock()
+            .expect("cancel map")
+            .insert(ticket_id, token.clone());
+        token
+    }
+
+    fn unregister(&self, ticket_id: i64) {
+        self.running.lock().expect("cancel map").remove(&ticket_id);
+    }
+
+    fn cancel(&self, ticket_id: i64) {
+        if let Some(token) = self.running.lock().expect("cancel map").get(&ticket_id) {
+            info!(ticket_id, "cancel requested");
+            token.cancel();
+        }
+    }
+
+    /// Listens until `shutdown`, reconnecting after errors (progress writes cover the gap).
+    async fn run(self, pool: PgPool, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let listened = async {
+                let mut listener = PgListener::connect_with(&pool).await?;
+                listener.listen(CANCEL_CHANNEL).await?;
+                loop {
+                    let note = listener.recv().await?;
+                    if let Ok(id) = note.payload().parse::<i64>() {
+                        self.cancel(id);
+                    }
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), sqlx::Error>(())
+            };
+            tokio::select! {
+                result = listened => {
+                    if let Err(e) = result {
+                        warn!(error = %e, "cancel listener lost Postgres; reconnecting");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
 }
 
 fn failed(error_message: String, detail: Option<String>) -> Outcome {
@@ -357,6 +550,11 @@ fn failed(error_message: String, detail: Option<String>) -> Outcome {
 
 /// The user-facing failure, with the cloud's answer scrubbed of the password.
 fn cloud_failure(e: CloudError, password: &Secret) -> Outcome {
+    let summary = if e.is_transient() {
+        format!("gave up retrying: {}", e.summary)
+    } else {
+        e.summary
+    };
     let detail = e.detail.map(|d| {
         if password.is_empty() {
             d
@@ -364,7 +562,7 @@ fn cloud_failure(e: CloudError, password: &Secret) -> Outcome {
             d.replace(password.expose(), "***")
         }
     });
-    failed(e.summary, detail)
+    failed(summary, detail)
 }
 
 fn upload_progress(sent: i64, total: i64, elapsed: Duration) -> Progress {
@@ -395,6 +593,7 @@ fn upload_progress(sent: i64, total: i64, elapsed: Duration) -> Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::Cause;
 
     #[test]
     fn progress_stays_below_100_until_published() {
@@ -416,11 +615,31 @@ mod tests {
         let e = CloudError {
             summary: "x".into(),
             detail: Some("bad pw s3cr3t!".into()),
-            kind: None,
+            cause: Cause::LoginRefused,
         };
         match cloud_failure(e, &Secret::new("s3cr3t!")) {
-            Outcome::Failed { detail, .. } => assert_eq!(detail.as_deref(), Some("bad pw ***")),
+            Outcome::Failed {
+                detail,
+                error_message,
+            } => {
+                assert_eq!(detail.as_deref(), Some("bad pw ***"));
+                assert_eq!(error_message, "x");
+            }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_checksum_mismatch_earns_a_retry_and_missing_files_do_not() {
+        assert!(AttemptError::ChecksumMismatch {
+            detail: String::new()
+        }
+        .is_transient());
+        assert!(!AttemptError::Permanent {
+            summary: String::new(),
+            detail: None
+        }
+        .is_transient());
+        assert!(!AttemptError::Cancelled.is_transient());
     }
 }

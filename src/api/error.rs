@@ -31,6 +31,9 @@ pub enum ApiError {
     NotAcceptable,
     #[error("{0}")]
     Unavailable(String),
+    /// The cloud refused or failed a call made for the request.
+    #[error("{0}")]
+    CloudFailed(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -48,6 +51,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::CloudFailed(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -15,6 +15,7 @@ use super::wire::{
     ServiceStatus,
 };
 use super::AppState;
+use crate::cloud::{Glance, OpenStackAccount};
 use crate::outbox;
 use crate::store::tickets::{self, CancelOutcome, NewTicket};
 use crate::store::{images, Image, Ticket};
@@ -279,19 +280,61 @@ pub async fn cancel_ticket(
     }
 }
 
-/// `DELETE …/pimages/{pitid}`: removes the record; a running upload is cancelled first
-/// (its worker sees the ticket gone and deletes the partial cloud image).
+/// `DELETE …/pimages/{pitid}[?deleteCloudImage=true]`: removes the record. A running upload
+/// is cancelled first (its worker deletes the partial image). The published image stays in
+/// the cloud unless `deleteCloudImage=true`; if the cloud refuses that, the record is kept.
 pub async fn delete_ticket(
     State(state): State<AppState>,
     caller: Caller,
     Path(params): PathParams,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    let delete_cloud_image = match query.get("deleteCloudImage").map(|v| v.trim()) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "deleteCloudImage must be true or false, not '{other}'"
+            )))
+        }
+    };
     let ticket = resolve_ticket(&state, &caller, &params).await?;
     if !ticket.state.is_final() {
         tickets::request_cancel(&state.pool, ticket.id).await?;
+    } else if let (true, Some(cloud_id)) = (delete_cloud_image, ticket.cloud_id.as_deref()) {
+        delete_cloud_image_of(&state, &ticket, cloud_id).await?;
     }
     tickets::delete(&state.pool, ticket.id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn delete_cloud_image_of(
+    state: &AppState,
+    ticket: &Ticket,
+    cloud_id: &str,
+) -> Result<(), ApiError> {
+    let password = state
+        .secrets
+        .open(&ticket.cloud_password_enc)
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let account = OpenStackAccount {
+        keystone_url: ticket.keystone_url.clone(),
+        glance_url: ticket.glance_url.clone(),
+        user: ticket.cloud_login.clone(),
+        password,
+        domain: ticket.keystone_domain.clone(),
+        project: ticket.keystone_project.clone(),
+    };
+    let glance = Glance::login(&account).await.map_err(|e| {
+        ApiError::CloudFailed(format!(
+            "the cloud image {cloud_id} was not deleted, and the ticket was kept: {e}"
+        ))
+    })?;
+    glance.delete_image(cloud_id).await.map_err(|e| {
+        ApiError::CloudFailed(format!(
+            "the cloud image {cloud_id} was not deleted, and the ticket was kept: {e}"
+        ))
+    })
 }
 
 /// The optional `img` filter of the user-level lists: an image id or an image URI.

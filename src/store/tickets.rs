@@ -208,6 +208,9 @@ pub enum CancelOutcome {
     NotFound,
 }
 
+/// Postgres NOTIFY channel carrying the ids of tickets whose cancel was requested.
+pub const CANCEL_CHANNEL: &str = "pimage_ticket_cancel";
+
 pub async fn request_cancel(pool: &PgPool, id: i64) -> Result<CancelOutcome, sqlx::Error> {
     // One statement, so a worker's concurrent claim sees either the cancel or nothing.
     let row: Option<(TicketState, TicketState)> = sqlx::query_as(
@@ -228,7 +231,15 @@ pub async fn request_cancel(pool: &PgPool, id: i64) -> Result<CancelOutcome, sql
     .await?;
     Ok(match row {
         Some((TicketState::Queued, _)) => CancelOutcome::Cancelled,
-        Some(_) => CancelOutcome::Requested,
+        Some(_) => {
+            // Wakes the worker that runs it at once; its progress writes are the fallback.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CANCEL_CHANNEL)
+                .bind(id.to_string())
+                .execute(pool)
+                .await?;
+            CancelOutcome::Requested
+        }
         None => match get(pool, id).await? {
             Some(t) => CancelOutcome::AlreadyFinished(t.state),
             None => CancelOutcome::NotFound,

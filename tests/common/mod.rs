@@ -2,6 +2,8 @@
 //! and a fresh RabbitMQ queue per test, against the real services on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -50,6 +52,9 @@ pub fn settings_for_test(db_name: &str, queue: &str) -> Settings {
     settings.amqp.queue = queue.to_string();
     settings.api.listen = "127.0.0.1:0".parse().unwrap();
     settings.worker.progress_interval_ms = 200;
+    settings.worker.retry.min_delay_ms = 300;
+    settings.worker.retry.max_delay_ms = 2000;
+    settings.worker.retry.deadline_secs = 600;
     settings.secrets.key = Secret::new("ZGV2LW9ubHkta2V5LWRvLW5vdC11c2UtaW4tcHJvZCE=");
     settings
 }
@@ -117,6 +122,20 @@ pub async fn spawn_app(with_worker: bool) -> TestApp {
 }
 
 impl TestApp {
+    /// Starts a worker in this process; it stops with the app.
+    pub fn start_worker(&mut self) {
+        let worker = Worker::new(
+            self.pool.clone(),
+            self.settings.worker.clone(),
+            self.settings.amqp.clone(),
+            SecretBox::from_base64_key(&self.settings.secrets.key).unwrap(),
+        );
+        let token = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            worker.run(token).await.expect("worker runs")
+        }));
+    }
+
     /// Stops the API and worker, then removes the test's queues, database and files.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -245,6 +264,49 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Polls the status every 50 ms until it is final; returns every distinct status seen.
+    pub async fn watch_until_final(
+        &self,
+        user: &str,
+        ticket_uri: &str,
+        timeout: Duration,
+    ) -> Vec<serde_json::Value> {
+        let started = Instant::now();
+        let mut seen: Vec<serde_json::Value> = vec![];
+        loop {
+            let mut status = self.status(user, ticket_uri).await;
+            let final_ = status["complete"] == true
+                || status["error"] == true
+                || status["cancelled"] == true;
+            // Timestamps and digests change on every write; keep what a user reads.
+            for noisy in ["lastModified", "digest", "eta", "totalTime"] {
+                status.as_object_mut().unwrap().remove(noisy);
+            }
+            if seen.last() != Some(&status) {
+                seen.push(status);
+            }
+            if final_ {
+                return seen;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "ticket {ticket_uri} not final after {timeout:?}: {seen:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn status(&self, user: &str, ticket_uri: &str) -> serde_json::Value {
+        self.get(&format!("{ticket_uri}/status"), user)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Polls the ticket status (JSON) until it is complete, failed or cancelled.
     pub async fn wait_final(
         &self,
@@ -278,6 +340,17 @@ impl TestApp {
 
 /// A JSON publish body for the demo cloud (project `demo`).
 pub fn publish_json(display_name: &str, login: &str, password: &str, project: &str) -> String {
+    publish_json_via(display_name, login, password, project, &glance_url())
+}
+
+/// The same, with Glance reached at `glance` (e.g. through the fault proxy).
+pub fn publish_json_via(
+    display_name: &str,
+    login: &str,
+    password: &str,
+    project: &str,
+    glance: &str,
+) -> String {
     serde_json::json!({
         "displayName": display_name,
         "publicImage": false,
@@ -286,7 +359,7 @@ pub fn publish_json(display_name: &str, login: &str, password: &str, project: &s
         "credAccount": {
             "targetPlatform": {"name": "openstack"},
             "keystoneUrl": keystone_url(),
-            "glanceUrl": glance_url(),
+            "glanceUrl": glance,
             "keystoneVersion": "v3",
             "login": login,
             "password": password

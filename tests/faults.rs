@@ -1,0 +1,447 @@
+//! Faults a user must be able to trust pimage with: retries, permanent errors in plain
+//! words, cancel and delete. Real Keystone and Glance; Glance faults come from the
+//! fault-injecting TCP proxy (`common::fault_proxy`) placed between the worker and Glance.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::fault_proxy::FaultProxy;
+use common::{publish_json, publish_json_via, spawn_app, DemoCloud, TestApp, PASSWORD};
+use reqwest::StatusCode;
+
+const MIB: u64 = 1 << 20;
+
+async fn ticket_key(app: &TestApp, ticket_uri: &str) -> String {
+    let id: i64 = ticket_uri.rsplit('/').next().unwrap().parse().unwrap();
+    let key: uuid::Uuid =
+        sqlx::query_scalar("SELECT ticket_key FROM publish_tickets WHERE id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    key.to_string()
+}
+
+async fn publish(app: &TestApp, image_uri: &str, body: String) -> String {
+    let resp = app
+        .publish("alice", image_uri, "application/json", body)
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let ticket: serde_json::Value = resp.json().await.unwrap();
+    ticket["uri"].as_str().unwrap().to_string()
+}
+
+async fn cloud_id(app: &TestApp, ticket_uri: &str) -> Option<String> {
+    let t: serde_json::Value = app
+        .get(ticket_uri, "alice")
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    t["cloudId"].as_str().map(str::to_string)
+}
+
+fn messages(seen: &[serde_json::Value]) -> Vec<String> {
+    seen.iter()
+        .map(|s| s["message"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn assert_percentage_never_drops(seen: &[serde_json::Value]) {
+    let p: Vec<i64> = seen
+        .iter()
+        .map(|s| s["percentage"].as_i64().unwrap())
+        .collect();
+    assert!(
+        p.windows(2).all(|w| w[0] <= w[1]),
+        "percentage went down: {p:?}"
+    );
+}
+
+async fn alice_app() -> TestApp {
+    let app = spawn_app(true).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    app
+}
+
+#[tokio::test]
+async fn glance_503_twice_then_recovers_with_one_image() {
+    let app = alice_app().await;
+    let proxy = FaultProxy::start("127.0.0.1:9292").await;
+    proxy.fail_with_status("PUT", "/file", 503, 2);
+    proxy.throttle(48 * MIB); // each upload takes over a second: every attempt is visible
+    let file = app.qcow2_file("d.qcow2", 64);
+    let image = app.register_image("alice", &file, "qcow2").await;
+    let ticket = publish(
+        &app,
+        &image.uri(),
+        publish_json_via("after 503", "demo", "demopass", "demo", &proxy.url),
+    )
+    .await;
+
+    let seen = app
+        .watch_until_final("alice", &ticket, Duration::from_secs(120))
+        .await;
+    let last = seen.last().unwrap();
+    assert_eq!(last["complete"], true, "{seen:#?}");
+    assert_eq!(proxy.injected(), 2);
+    let msgs = messages(&seen);
+    assert!(
+        msgs.iter().any(|m| m.contains("attempt 2 of 6")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("attempt 3 of 6")),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("retrying in") && m.contains("503")),
+        "{msgs:#?}"
+    );
+    assert!(
+        !msgs.iter().any(|m| m.contains("attempt 4 of")),
+        "{msgs:#?}"
+    );
+    assert_percentage_never_drops(&seen);
+
+    let cloud = DemoCloud::login().await;
+    let images = cloud
+        .images_of_ticket(&ticket_key(&app, &ticket).await)
+        .await;
+    assert_eq!(
+        images.len(),
+        1,
+        "exactly one image for the ticket: {images:#?}"
+    );
+    assert_eq!(images[0]["status"], "active");
+    assert_eq!(images[0]["checksum"], common::md5_of(&file).as_str());
+    cloud.delete(images[0]["id"].as_str().unwrap()).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_reset_at_half_of_a_256_mib_upload_is_survived() {
+    let app = alice_app().await;
+    let proxy = FaultProxy::start("127.0.0.1:9292").await;
+    let file = app.qcow2_file("big.qcow2", 256);
+    let size = std::fs::metadata(&file).unwrap().len();
+    proxy.reset_after("PUT", "/file", size / 2, 1);
+    let image = app.register_image("alice", &file, "qcow2").await;
+    let ticket = publish(
+        &app,
+        &image.uri(),
+        publish_json_via("after reset", "demo", "demopass", "demo", &proxy.url),
+    )
+    .await;
+
+    let seen = app
+        .watch_until_final("alice", &ticket, Duration::from_secs(240))
+        .await;
+    assert_eq!(seen.last().unwrap()["complete"], true, "{seen:#?}");
+    assert_eq!(proxy.injected(), 1);
+    assert!(messages(&seen).iter().any(|m| m.contains("attempt 2 of 6")));
+    assert_percentage_never_drops(&seen);
+    let puts = proxy.seen().iter().filter(|r| r.starts_with("PUT")).count();
+    assert_eq!(puts, 2, "one cut upload, one whole: {:?}", proxy.seen());
+
+    let cloud = DemoCloud::login().await;
+    let images = cloud
+        .images_of_ticket(&ticket_key(&app, &ticket).await)
+        .await;
+    assert_eq!(images.len(), 1, "{images:#?}");
+    assert_eq!(images[0]["size"].as_u64().unwrap(), size);
+    cloud.delete(images[0]["id"].as_str().unwrap()).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_requests_waits_for_retry_after() {
+    let app = alice_app().await;
+    let proxy = FaultProxy::start("127.0.0.1:9292").await;
+    proxy.fail_with_retry_after("POST", "/images", 429, 2, 1);
+    let file = app.raw_file("r.raw", MIB as usize);
+    let image = app.register_image("alice", &file, "raw").await;
+    let started = Instant::now();
+    let ticket = publish(
+        &app,
+        &image.uri(),
+        publish_json_via("429", "demo", "demopass", "demo", &proxy.url),
+    )
+    .await;
+    let seen = app
+        .watch_until_final("alice", &ticket, Duration::from_secs(60))
+        .await;
+    assert_eq!(seen.last().unwrap()["complete"], true, "{seen:#?}");
+    assert!(
+        messages(&seen)
+            .iter()
+            .any(|m| m.starts_with("retrying in 2 s, attempt 2 of 6")),
+        "{seen:#?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "it waited as Retry-After asked"
+    );
+    let cloud = DemoCloud::login().await;
+    cloud.delete(&cloud_id(&app, &ticket).await.unwrap()).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_cloud_password_fails_within_5_s_without_retries() {
+    let app = alice_app().await;
+    let file = app.raw_file("w.raw", MIB as usize);
+    let image = app.register_image("alice", &file, "raw").await;
+    let started = Instant::now();
+    let ticket = publish(
+        &app,
+        &image.uri(),
+        publish_json("wrong pw", "demo", "not-the-password", "demo"),
+    )
+    .await;
+    let seen = app
+        .watch_until_final("alice", &ticket, Duration::from_secs(30))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "error within 5 s, took {:?}",
+        started.elapsed()
+    );
+    let last = seen.last().unwrap();
+    assert_eq!(last["error"], true, "{seen:#?}");
+    let message = last["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("wrong cloud password for user 'demo'"),
+        "{message}"
+    );
+    assert_eq!(last["detailedError"], true);
+    assert!(
+        last["detailedErrorMsg"]
+            .as_str()
+            .unwrap()
+            .contains("authenticat"),
+        "{last}"
+    );
+    assert!(
+        !messages(&seen).iter().any(|m| m.contains("retrying")),
+        "no retries: {seen:#?}"
+    );
+    assert!(!format!("{seen:?}").contains("not-the-password"));
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM publish_tickets")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1);
+    assert!(DemoCloud::login()
+        .await
+        .images_of_ticket(&ticket_key(&app, &ticket).await)
+        .await
+        .is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_project_is_named_in_the_error() {
+    let app = alice_app().await;
+    let file = app.raw_file("p.raw", MIB as usize);
+    let image = app.register_image("alice", &file, "raw").await;
+    let ticket = publish(
+        &app,
+        &image.uri(),
+        publish_json("no project", "demo", "demopass", "nosuchproject"),
+    )
+    .await;
+    let last = app
+        .wait_final("alice", &ticket, Duration::from_secs(30))
+        .await;
+    assert_eq!(last["error"], true, "{last}");
+    let message = last["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("project 'nosuchproject' not found in domain 'Default'"),
+        "{message}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_image_file_deleted_before_the_upload_is_named_in_the_error() {
+    let mut app = spawn_app(false).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let file = app.raw_file("vanishing.raw", MIB as usize);
+    let image = app.register_image("alice", &file, "raw").await;
+    let ticket = publish(
+        &app,
+        &image.uri(),
+        publish_json("gone", "demo", "demopass", "demo"),
+    )
+    .await;
+    std::fs::remove_file(&file).unwrap();
+    app.start_worker();
+    let last = app
+        .wait_final("alice", &ticket, Duration::from_secs(30))
+        .await;
+    assert_eq!(last["error"], true, "{last}");
+    let message = last["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "the file of image {} ('vanishing.raw') is missing",
+            image.id
+        )),
+        "{message}"
+    );
+    assert!(DemoCloud::login()
+        .await
+        .images_of_ticket(&ticket_key(&app, &ticket).await)
+        .await
+        .is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_upload_within_2_s_and_leaves_nothing() {
+    let app = alice_app().await;
+    let proxy = FaultProxy::start("127.0.0.1:9292").await;
+    proxy.throttle(4 * MIB); // 64 MiB at 4 MiB/s: a 16 s upload
+    let file = app.qcow2_file("slow.qcow2", 64);
+    let image = app.register_image("alice", &file, "qcow2").await;
+    let ticket = publish(
+        &app,
+        &image.uri(),
+        publish_json_via("to cancel", "demo", "demopass", "demo", &proxy.url),
+    )
+    .await;
+    let started = Instant::now();
+    while app.status("alice", &ticket).await["bytesLoaded"]
+        .as_i64()
+        .unwrap()
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the upload starts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = app
+        .client
+        .delete(app.url(&format!("{ticket}/cancel")))
+        .basic_auth("alice", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let cancelled_at = Instant::now();
+    // The upload's connection is gone within 2 s (the proxy sees it close).
+    while proxy.uploads_in_flight() > 0 {
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(2),
+            "the upload still runs 2 s after the cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Then the partial image is deleted and the status says so.
+    let last = app
+        .wait_final("alice", &ticket, Duration::from_secs(10))
+        .await;
+    assert_eq!(last["cancelled"], true, "{last}");
+    assert!(
+        last["bytesLoaded"].as_i64().unwrap() < image.size_bytes,
+        "it really was cut short"
+    );
+    assert!(DemoCloud::login()
+        .await
+        .images_of_ticket(&ticket_key(&app, &ticket).await)
+        .await
+        .is_empty());
+    // Cancel again: it has ended.
+    let again = app
+        .client
+        .delete(app.url(&format!("{ticket}/cancel")))
+        .basic_auth("alice", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn delete_keeps_the_cloud_image_unless_asked_to_remove_it() {
+    let app = alice_app().await;
+    let file = app.raw_file("k.raw", MIB as usize);
+    let image = app.register_image("alice", &file, "raw").await;
+    let cloud = DemoCloud::login().await;
+    let delete = |uri: String| {
+        app.client
+            .delete(app.url(&uri))
+            .basic_auth("alice", Some(PASSWORD))
+            .send()
+    };
+
+    let kept = publish(
+        &app,
+        &image.uri(),
+        publish_json("kept", "demo", "demopass", "demo"),
+    )
+    .await;
+    assert_eq!(
+        app.wait_final("alice", &kept, Duration::from_secs(60))
+            .await["complete"],
+        true
+    );
+    let kept_id = cloud_id(&app, &kept).await.unwrap();
+    assert_eq!(
+        delete(kept.clone()).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.get(&kept, "alice").send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        cloud.image(&kept_id).await.expect("still in Glance")["status"],
+        "active"
+    );
+
+    let removed = publish(
+        &app,
+        &image.uri(),
+        publish_json("removed", "demo", "demopass", "demo"),
+    )
+    .await;
+    assert_eq!(
+        app.wait_final("alice", &removed, Duration::from_secs(60))
+            .await["complete"],
+        true
+    );
+    let removed_id = cloud_id(&app, &removed).await.unwrap();
+    let bad = delete(format!("{removed}?deleteCloudImage=maybe"))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        delete(format!("{removed}?deleteCloudImage=true"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        cloud
+            .image(&removed_id)
+            .await
+            .is_none_or(|i| i["status"] == "deleted"),
+        "gone from Glance"
+    );
+    assert_eq!(
+        app.get(&removed, "alice").send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    cloud.delete(&kept_id).await;
+    app.stop().await;
+}
