@@ -43,6 +43,12 @@ pub struct WorkerSettings {
     pub concurrency: u16,
     pub progress_interval_ms: u64,
     pub lease_seconds: u32,
+    /// Claims a ticket may use up before it ends in error (a poison ticket).
+    pub max_ticket_attempts: i32,
+    /// How often every process runs the rescuer, in seconds.
+    pub rescue_interval_secs: u64,
+    /// On SIGTERM, how long running uploads may take to finish before they are handed back.
+    pub shutdown_grace_secs: u64,
     pub retry: RetrySettings,
 }
 

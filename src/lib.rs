@@ -8,6 +8,7 @@
 //! | [`store`]     | Postgres: users, images, tickets (state, lease, status); all the SQL     |
 //! | [`outbox`]    | hands stored tickets to RabbitMQ (at once, or later by the relay)        |
 //! | [`queue`]     | RabbitMQ: queue declaration, confirmed publishing, consuming             |
+//! | [`rescuer`]   | re-queues tickets whose worker died (expired lease); gives up on poison  |
 //! | [`worker`]    | claims tickets, uploads, writes progress, ends each ticket               |
 //! | [`cloud`]     | Keystone v3 login and Glance v2 calls; which failures are transient      |
 //! | [`retry`]     | backoff with full jitter, attempts and deadline, for transient failures  |
@@ -31,6 +32,7 @@ pub mod config;
 pub mod image_files;
 pub mod outbox;
 pub mod queue;
+pub mod rescuer;
 pub mod retry;
 pub mod secrets;
 pub mod store;

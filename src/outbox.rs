@@ -8,18 +8,25 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::queue::{Publisher, TicketMessage};
+use crate::queue::{Publisher, QueueError, TicketMessage};
 use crate::store::tickets;
 
 /// Rows younger than this are left to the request that wrote them.
 const RELAY_MIN_AGE_SECS: f64 = 5.0;
 const RELAY_INTERVAL: Duration = Duration::from_secs(2);
 const RELAY_BATCH: i64 = 200;
+const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Publishes one freshly stored ticket. On failure the row stays for the relay, and the
 /// ticket is still safe in Postgres.
 pub async fn hand_off(pool: &PgPool, publisher: &Publisher, ticket_id: i64, outbox_id: i64) {
-    match publisher.publish(TicketMessage { ticket_id }).await {
+    // Bounded: with RabbitMQ down or stuck, the caller (often an API request) goes on at once.
+    let published = tokio::time::timeout(
+        HAND_OFF_TIMEOUT,
+        publisher.publish(TicketMessage { ticket_id }),
+    )
+    .await;
+    match published.unwrap_or_else(|_| Err(QueueError::Timeout)) {
         Ok(()) => {
             if let Err(e) = tickets::outbox_done(pool, outbox_id).await {
                 // The relay will publish it again; the worker's claim makes that harmless.
@@ -58,7 +65,12 @@ pub async fn relay_once(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<
     let rows = tickets::outbox_claim_stale(&mut tx, RELAY_MIN_AGE_SECS, RELAY_BATCH).await?;
     let mut published = 0;
     for (outbox_id, ticket_id) in rows {
-        publisher.publish(TicketMessage { ticket_id }).await?;
+        tokio::time::timeout(
+            HAND_OFF_TIMEOUT,
+            publisher.publish(TicketMessage { ticket_id }),
+        )
+        .await
+        .unwrap_or(Err(QueueError::Timeout))?;
         tickets::outbox_delete_in(&mut tx, outbox_id).await?;
         published += 1;
     }

@@ -5,9 +5,12 @@
 //! after `DELIVERY_LIMIT` deliveries. A message only says "look at ticket N": Postgres holds
 //! the ticket, so a duplicate or stale message is harmless (the claim refuses it).
 
+use std::time::Duration;
+
+use futures::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
@@ -31,6 +34,8 @@ pub enum QueueError {
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ refused the message (nack)")]
     Nacked,
+    #[error("RabbitMQ did not confirm the message in time")]
+    Timeout,
 }
 
 /// Opens a connection whose name shows in the management UI.
@@ -146,25 +151,48 @@ impl Publisher {
     }
 }
 
-/// Opens a consumer with `prefetch` unacknowledged deliveries at most.
-pub async fn consume(
+/// Opens a channel on the work queue with `prefetch` unacknowledged deliveries at most.
+pub async fn channel(
     connection: &Connection,
     queue: &str,
     prefetch: u16,
-    consumer_tag: &str,
-) -> Result<(Channel, Consumer), QueueError> {
+) -> Result<Channel, QueueError> {
     let channel = connection.create_channel().await?;
     declare(&channel, queue).await?;
     channel
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
-    let consumer = channel
+    Ok(channel)
+}
+
+pub async fn start_consuming(
+    channel: &Channel,
+    queue: &str,
+    consumer_tag: &str,
+) -> Result<Consumer, QueueError> {
+    Ok(channel
         .basic_consume(
             queue.into(),
             consumer_tag.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
-        .await?;
-    Ok((channel, consumer))
+        .await?)
+}
+
+/// Cancels the consumer and gives back any delivery that arrived before the cancel took
+/// effect (RabbitMQ sends those before `cancel-ok`, so they are already buffered).
+pub async fn stop_consuming(channel: &Channel, consumer_tag: &str, consumer: Option<Consumer>) {
+    let Some(mut consumer) = consumer else { return };
+    let _ = channel
+        .basic_cancel(consumer_tag.into(), BasicCancelOptions::default())
+        .await;
+    while let Ok(Some(Ok(delivery))) =
+        tokio::time::timeout(Duration::from_millis(50), consumer.next()).await
+    {
+        let _ = delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: true })
+            .await;
+    }
 }

@@ -1,8 +1,10 @@
 //! The worker: takes tickets from RabbitMQ, claims them in Postgres, and publishes the
 //! image to Glance while writing progress, retrying transient failures.
 //!
-//! A delivery is acknowledged only after the ticket reached a final state (or turned out
-//! not to be ours), so prefetch = `concurrency` bounds the uploads one process runs.
+//! A delivery is taken only while an upload slot is free, and acknowledged as soon as the
+//! ticket is claimed in Postgres (a lease with a fencing token); from then on Postgres, not
+//! RabbitMQ, tracks the job. Progress writes extend the lease; if the worker dies, the
+//! rescuer re-queues the ticket once the lease expires.
 //! Cancels arrive by Postgres NOTIFY (`CancelWatch`); the progress writes, which report a
 //! requested cancel too, are the fallback.
 
@@ -12,10 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::Consumer;
 use md5::{Digest, Md5};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,11 +27,12 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::cloud::{CloudError, Glance, OpenStackAccount};
 use crate::config::{AmqpSettings, WorkerSettings};
-use crate::queue::{self, TicketMessage};
+use crate::queue::{self, Publisher, TicketMessage};
 use crate::retry::{retry, Retryable};
 use crate::secrets::{Secret, SecretBox};
 use crate::store::tickets::{self, Claim, Heartbeat, Outcome, Progress, CANCEL_CHANNEL};
 use crate::store::{images, Image};
+use crate::{outbox, rescuer};
 
 /// Read size for the upload stream: large enough for full-speed loopback, small enough that
 /// memory stays flat whatever the file size.
@@ -40,6 +45,8 @@ pub struct Worker {
     amqp: AmqpSettings,
     secrets: SecretBox,
     cancels: CancelWatch,
+    /// Hands released and rescued tickets back to the queue.
+    publisher: Arc<Publisher>,
     /// host:pid, shown as lease owner and RabbitMQ consumer tag.
     id: String,
 }
@@ -55,28 +62,52 @@ impl Worker {
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "unknown-host".into());
         let id = format!("{host}:{}", std::process::id());
+        let publisher = Arc::new(Publisher::new(
+            amqp.clone(),
+            format!("pimage-worker-publisher@{id}"),
+        ));
         Worker {
             pool,
             settings,
             amqp,
             secrets,
             cancels: CancelWatch::default(),
+            publisher,
             id,
         }
     }
 
     /// Consumes until `shutdown` fires, reconnecting to RabbitMQ with backoff when the
-    /// connection drops; then waits for running uploads to finish.
+    /// connection drops. Then running uploads get `shutdown_grace_secs` to finish; after
+    /// that they are aborted and handed back to the queue without counting an attempt.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let tracker = TaskTracker::new();
-        let watch = tokio::spawn(
+        let uploads = TaskTracker::new();
+        let abort = CancellationToken::new();
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1) as usize));
+        let background = TaskTracker::new();
+        background.spawn(
             self.cancels
                 .clone()
                 .run(self.pool.clone(), shutdown.clone()),
         );
+        background.spawn(outbox::run_relay(
+            self.pool.clone(),
+            self.publisher.clone(),
+            shutdown.clone(),
+        ));
+        background.spawn(rescuer::run(
+            self.pool.clone(),
+            self.publisher.clone(),
+            self.settings.max_ticket_attempts,
+            Duration::from_secs(self.settings.rescue_interval_secs.max(1)),
+            shutdown.clone(),
+        ));
         let mut delay = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
-            match self.consume_until_lost(&shutdown, &tracker).await {
+            match self
+                .consume_until_lost(&shutdown, &uploads, &slots, &abort)
+                .await
+            {
                 Ok(()) => delay = Duration::from_millis(200),
                 Err(e) => {
                     warn!(error = %e, retry_in = ?delay, "lost RabbitMQ, reconnecting");
@@ -88,34 +119,59 @@ impl Worker {
                 }
             }
         }
-        tracker.close();
-        tracker.wait().await;
-        let _ = watch.await;
+        uploads.close();
+        let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
+        if !uploads.is_empty() {
+            info!(
+                running = uploads.len(),
+                ?grace,
+                "waiting for running uploads to finish"
+            );
+        }
+        if tokio::time::timeout(grace, uploads.wait()).await.is_err() {
+            warn!(
+                running = uploads.len(),
+                "grace period over: handing running uploads back to the queue"
+            );
+            abort.cancel();
+            uploads.wait().await;
+        }
+        background.close();
+        background.wait().await;
         info!("worker stopped");
         Ok(())
     }
 
+    /// Takes deliveries only while an upload slot is free, and acknowledges each as soon as
+    /// the ticket is claimed in Postgres: no delivery is held for the length of an upload.
     async fn consume_until_lost(
         &self,
         shutdown: &CancellationToken,
-        tracker: &TaskTracker,
+        uploads: &TaskTracker,
+        slots: &Arc<Semaphore>,
+        abort: &CancellationToken,
     ) -> anyhow::Result<()> {
         let tag = format!("pimage-worker@{}", self.id);
         let conn = queue::connect(&self.amqp, &tag).await?;
-        let (channel, mut consumer) = queue::consume(
-            &conn,
-            &self.amqp.queue,
-            self.settings.concurrency.max(1),
-            &tag,
-        )
-        .await?;
-        info!(queue = %self.amqp.queue, concurrency = self.settings.concurrency, "worker consuming");
+        let channel = queue::channel(&conn, &self.amqp.queue, 1).await?;
+        info!(queue = %self.amqp.queue, concurrency = self.settings.concurrency, "worker connected");
+        let mut consumer: Option<Consumer> = None;
         loop {
-            let delivery = tokio::select! {
-                d = consumer.next() => d,
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("the slot semaphore is never closed"),
                 _ = shutdown.cancelled() => {
-                    // Stop taking new work; running uploads finish on their own.
-                    let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    queue::stop_consuming(&channel, &tag, consumer.take()).await;
+                    return Ok(());
+                }
+            };
+            if consumer.is_none() {
+                consumer = Some(queue::start_consuming(&channel, &self.amqp.queue, &tag).await?);
+            }
+            let next = consumer.as_mut().expect("consumer started above").next();
+            let delivery = tokio::select! {
+                d = next => d,
+                _ = shutdown.cancelled() => {
+                    queue::stop_consuming(&channel, &tag, consumer.take()).await;
                     return Ok(());
                 }
             };
@@ -128,53 +184,80 @@ impl Worker {
                 Ok(m) => m,
                 Err(e) => {
                     error!(error = %e, "unreadable message, dead-lettering it");
-                    let _ = delivery
+                    delivery
                         .acker
                         .reject(BasicRejectOptions { requeue: false })
-                        .await;
+                        .await?;
                     continue;
                 }
             };
-            let worker = self.clone();
-            tracker.spawn(async move {
-                let span = info_span!("ticket", ticket_id = message.ticket_id);
-                match worker.process(message.ticket_id).instrument(span).await {
-                    Ok(()) => {
-                        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                    }
-                    Err(e) => {
-                        // Postgres is unreachable: leave the message to be redelivered.
-                        error!(ticket_id = message.ticket_id, error = %e, "could not process ticket");
-                        let _ = delivery.acker.reject(BasicRejectOptions { requeue: true }).await;
-                    }
+            let ticket_id = message.ticket_id;
+            match tickets::claim(&self.pool, ticket_id, &self.id, self.settings.lease_seconds).await
+            {
+                Ok(Some(claim)) => {
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    let worker = self.clone();
+                    let abort = abort.clone();
+                    uploads.spawn(
+                        async move {
+                            let _slot = permit;
+                            if let Err(e) = worker.run_claim(claim, &abort).await {
+                                // The lease runs out and the rescuer re-queues the ticket.
+                                error!(error = %e, "lost Postgres while running the ticket");
+                            }
+                        }
+                        .instrument(info_span!("ticket", ticket_id)),
+                    );
                 }
-            });
+                Ok(None) => {
+                    info!(ticket_id, "ticket not claimable (ended, cancelled, or owned by a live worker); dropping the message");
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
+                Err(e) => {
+                    error!(ticket_id, error = %e, "cannot claim: Postgres unavailable; the message goes back");
+                    delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: true })
+                        .await?;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            if slots.available_permits() == 0 {
+                // Full: let other workers take the next tickets.
+                queue::stop_consuming(&channel, &tag, consumer.take()).await;
+            }
         }
     }
 
-    /// Claims and runs one ticket. `Err` only for store failures; cloud failures end the
-    /// ticket in `error` and return `Ok`.
-    pub async fn process(&self, ticket_id: i64) -> Result<(), sqlx::Error> {
-        let Some(claim) =
-            tickets::claim(&self.pool, ticket_id, &self.id, self.settings.lease_seconds).await?
-        else {
-            info!("ticket not claimable (ended, cancelled, or owned by a live worker); skipping");
-            return Ok(());
-        };
+    /// Runs a claimed ticket to its end, or hands it back when `abort` fires.
+    async fn run_claim(&self, claim: Claim, abort: &CancellationToken) -> Result<(), sqlx::Error> {
+        let ticket_id = claim.ticket.id;
         info!(attempt = claim.ticket.attempts, "claimed");
-        let cancel = self.cancels.register(ticket_id);
+        let cancel = self.cancels.register(ticket_id, abort);
         let outcome = self.publish(&claim, &cancel).await;
         self.cancels.unregister(ticket_id);
-        let Some(outcome) = outcome? else {
-            warn!("lost the ticket to another worker; stopped");
-            return Ok(());
+        let outcome = match outcome? {
+            None => {
+                warn!("lost the ticket to another worker; stopped");
+                return Ok(());
+            }
+            Some(Outcome::Cancelled) if abort.is_cancelled() => {
+                if let Some(outbox_id) =
+                    tickets::release(&self.pool, ticket_id, claim.token).await?
+                {
+                    info!("handed the ticket back to the queue");
+                    outbox::hand_off(&self.pool, &self.publisher, ticket_id, outbox_id).await;
+                }
+                return Ok(());
+            }
+            Some(outcome) => outcome,
         };
         match &outcome {
             Outcome::Published { cloud_id, .. } => info!(cloud_id, "published"),
             Outcome::Failed { error_message, .. } => warn!(error_message, "failed"),
             Outcome::Cancelled => info!("cancelled"),
         }
-        if !tickets::finish(&self.pool, claim.ticket.id, claim.token, &outcome).await? {
+        if !tickets::finish(&self.pool, ticket_id, claim.token, &outcome).await? {
             warn!("lost the ticket before finishing; another worker owns it");
         }
         Ok(())
@@ -490,8 +573,9 @@ struct CancelWatch {
 }
 
 impl CancelWatch {
-    fn register(&self, ticket_id: i64) -> CancellationToken {
-        let token = CancellationToken::new();
+    /// The ticket's cancel token; it also fires with `parent` (the worker's abort).
+    fn register(&self, ticket_id: i64, parent: &CancellationToken) -> CancellationToken {
+        let token = parent.child_token();
         self.running
             .lock()
             .expect("cancel map")

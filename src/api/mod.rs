@@ -24,9 +24,9 @@ pub use auth::PUBLISH_ENTITLEMENT;
 pub use error::ApiError;
 
 use crate::config::Settings;
-use crate::outbox;
 use crate::queue::Publisher;
 use crate::secrets::SecretBox;
+use crate::{outbox, rescuer};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    rescue: (i32, std::time::Duration),
 }
 
 impl Application {
@@ -90,6 +91,10 @@ impl Application {
                 secrets,
                 max_body_bytes: settings.api.max_body_bytes,
             },
+            rescue: (
+                settings.worker.max_ticket_attempts,
+                std::time::Duration::from_secs(settings.worker.rescue_interval_secs.max(1)),
+            ),
         })
     }
 
@@ -103,11 +108,19 @@ impl Application {
         self.local_addr().port()
     }
 
-    /// Serves (and runs the outbox relay) until `shutdown`, then finishes in-flight requests.
+    /// Serves (and runs the outbox relay and the rescuer) until `shutdown`, then finishes
+    /// in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let relay = tokio::spawn(outbox::run_relay(
             self.state.pool.clone(),
             self.state.publisher.clone(),
+            shutdown.clone(),
+        ));
+        let rescuer = tokio::spawn(rescuer::run(
+            self.state.pool.clone(),
+            self.state.publisher.clone(),
+            self.rescue.0,
+            self.rescue.1,
             shutdown.clone(),
         ));
         tracing::info!(addr = %self.local_addr(), "API listening");
@@ -115,6 +128,7 @@ impl Application {
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
         relay.await?;
+        rescuer.await?;
         Ok(())
     }
 }

@@ -454,3 +454,73 @@ pub async fn finish(
     };
     Ok(query.execute(pool).await?.rows_affected() == 1)
 }
+
+/// What one rescuer pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rescued {
+    /// Tickets re-queued, with the outbox row each got: (ticket id, outbox id).
+    pub requeued: Vec<(i64, i64)>,
+    /// Tickets ended in `error` because they used up their attempts.
+    pub gave_up: Vec<i64>,
+}
+
+/// Re-queues running tickets whose lease expired (their worker stopped writing progress),
+/// and ends in `error` those that already had `max_attempts` claims. One statement each,
+/// under row locks: two rescuers running at once never both take the same ticket.
+pub async fn rescue_expired(pool: &PgPool, max_attempts: i32) -> Result<Rescued, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let gave_up: Vec<i64> = sqlx::query_scalar(
+        "UPDATE publish_tickets SET state = 'error', eta = NULL,
+             error_message = 'gave up after ' || attempts || ' attempts: the worker running it stopped each time',
+             message = 'failed: gave up after ' || attempts || ' attempts',
+             lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+          WHERE state = 'running' AND lease_expires_at < now() AND attempts >= $1
+         RETURNING id",
+    )
+    .bind(max_attempts)
+    .fetch_all(&mut *tx)
+    .await?;
+    let requeued: Vec<(i64, i64)> = sqlx::query_as(
+        "WITH lost AS (
+             UPDATE publish_tickets SET state = 'queued', eta = NULL,
+                 message = 'worker lost, resuming on another worker',
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+              WHERE state = 'running' AND lease_expires_at < now()
+             RETURNING id)
+         INSERT INTO ticket_outbox (ticket_id) SELECT id FROM lost RETURNING ticket_id, id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Rescued { requeued, gave_up })
+}
+
+/// Gives a claimed ticket back (graceful shutdown): queued again at once, with an outbox
+/// row (its id is returned), and this attempt not counted. `None`: the claim was lost.
+pub async fn release(pool: &PgPool, id: i64, token: i64) -> Result<Option<i64>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let released = sqlx::query(
+        "UPDATE publish_tickets SET state = 'queued', attempts = GREATEST(attempts - 1, 0), eta = NULL,
+             message = 'worker stopped, resuming on another worker', cloud_id = NULL,
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+          WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
+    )
+    .bind(id)
+    .bind(token)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let outbox_id = if released {
+        Some(
+            sqlx::query_scalar("INSERT INTO ticket_outbox (ticket_id) VALUES ($1) RETURNING id")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?,
+        )
+    } else {
+        None
+    };
+    tx.commit().await?;
+    Ok(outbox_id)
+}

@@ -1,0 +1,56 @@
+//! The rescuer: re-queues tickets whose worker stopped writing progress (its lease expired),
+//! and gives up on tickets that used up their attempts. Judged by heartbeat age, never by
+//! total runtime, so a long upload that keeps reporting is never taken away. Every process
+//! may run it; concurrent passes are safe (see `tickets::rescue_expired`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::outbox;
+use crate::queue::Publisher;
+use crate::store::tickets;
+
+/// One pass: returns how many tickets were re-queued and how many given up.
+pub async fn rescue_once(
+    pool: &PgPool,
+    publisher: &Publisher,
+    max_attempts: i32,
+) -> Result<(usize, usize), sqlx::Error> {
+    let rescued = tickets::rescue_expired(pool, max_attempts).await?;
+    for &(ticket_id, outbox_id) in &rescued.requeued {
+        info!(ticket_id, "worker lost (lease expired): ticket re-queued");
+        metrics::counter!("pimage_rescues_total").increment(1);
+        outbox::hand_off(pool, publisher, ticket_id, outbox_id).await;
+    }
+    for ticket_id in &rescued.gave_up {
+        warn!(
+            ticket_id,
+            max_attempts, "ticket used up its attempts: ended in error"
+        );
+        metrics::counter!("pimage_tickets_given_up_total").increment(1);
+    }
+    Ok((rescued.requeued.len(), rescued.gave_up.len()))
+}
+
+/// Runs a pass every `interval` until `shutdown`.
+pub async fn run(
+    pool: PgPool,
+    publisher: Arc<Publisher>,
+    max_attempts: i32,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = rescue_once(&pool, &publisher, max_attempts).await {
+            warn!(error = %e, "rescuer pass failed");
+        }
+    }
+}
