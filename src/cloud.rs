@@ -22,6 +22,10 @@ pub const TICKET_PROPERTY: &str = "pimage_ticket";
 /// Longest cloud answer kept as detail.
 const MAX_DETAIL: usize = 2000;
 
+/// Limit for every call but the upload (which may take hours): a hung cloud is a transient
+/// failure, not a stuck worker.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Where and as whom to publish (a `CredAccountOpenStack` plus the project scope).
 #[derive(Debug, Clone)]
 pub struct OpenStackAccount {
@@ -247,7 +251,13 @@ impl Glance {
             IdOrName::from_name(account.project.clone()),
             IdOrName::from_name(account.domain.clone()),
         );
-        let mut session = match Session::new_with_client(client.clone(), auth).await {
+        let login = tokio::time::timeout(CALL_TIMEOUT, Session::new_with_client(client.clone(), auth));
+        let login = login.await.map_err(|_| CloudError {
+            summary: format!("Keystone at '{}' did not answer within {} s", account.keystone_url, CALL_TIMEOUT.as_secs()),
+            detail: None,
+            cause: Cause::Transport,
+        })?;
+        let mut session = match login {
             Ok(s) => s,
             Err(e) if e.kind() == ErrorKind::AuthenticationFailed => {
                 return Err(explain_refused_login(&client, account, &e).await)
@@ -300,6 +310,7 @@ impl Glance {
         let response = self
             .session
             .post(IMAGE, &["images"])
+            .timeout(CALL_TIMEOUT)
             .header(ACCEPT, "application/json")
             .json(&body)
             .send_unchecked()
@@ -377,6 +388,7 @@ impl Glance {
         let response = self
             .session
             .delete(IMAGE, &["images", image_id])
+            .timeout(CALL_TIMEOUT)
             .header(ACCEPT, "application/json")
             .send_unchecked()
             .await
@@ -405,6 +417,7 @@ impl Glance {
         let response = self
             .session
             .get(IMAGE, &["images"])
+            .timeout(CALL_TIMEOUT)
             .header(ACCEPT, "application/json")
             .query(&[(TICKET_PROPERTY, ticket_key)])
             .send_unchecked()

@@ -3,132 +3,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::processes::{free_port, sigterm_and_wait, wait_for_api, Env, BIN};
 use common::{publish_json, DemoCloud};
-use sqlx::{Connection, Executor, PgConnection};
-
-const BIN: &str = env!("CARGO_BIN_EXE_pimage");
-
-struct Env {
-    db_name: String,
-    queue: String,
-    dir: std::path::PathBuf,
-}
-
-impl Env {
-    async fn new() -> Env {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let db_name = format!("pimage_test_{id}");
-        let mut admin = PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .unwrap();
-        admin
-            .execute(format!(r#"CREATE DATABASE "{db_name}""#).as_str())
-            .await
-            .unwrap();
-        let dir = std::env::temp_dir().join(format!("pimage-cli-{id}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        Env {
-            db_name,
-            queue: format!("pimage.test.{id}"),
-            dir,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("PIMAGE_ENV", "dev")
-            .env(
-                "PIMAGE__DATABASE__URL",
-                format!("postgres://postgres@127.0.0.1:5432/{}", self.db_name),
-            )
-            .env("PIMAGE__AMQP__QUEUE", &self.queue)
-            .env("PIMAGE__STORAGE__IMAGE_DIR", self.dir.join("store"))
-            .env("PIMAGE__WORKER__PROGRESS_INTERVAL_MS", "200");
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    fn run_ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "pimage {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn spawn(&self, args: &[&str], port: Option<u16>) -> Child {
-        let mut cmd = self.command(args);
-        if let Some(port) = port {
-            cmd.env("PIMAGE__API__LISTEN", format!("127.0.0.1:{port}"));
-        }
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    }
-
-    async fn drop_all(self) {
-        let mut admin = PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .unwrap();
-        let _ = admin
-            .execute(format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.db_name).as_str())
-            .await;
-        let _ = std::fs::remove_dir_all(&self.dir);
-        if let Ok(conn) =
-            lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
-                .await
-        {
-            if let Ok(ch) = conn.create_channel().await {
-                for q in [self.queue.clone(), format!("{}.dead", self.queue)] {
-                    let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
-                }
-            }
-        }
-    }
-}
-
-fn sigterm_and_wait(mut child: Child, what: &str) {
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "{what} exits cleanly on SIGTERM, got {status}"
-            );
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{what} did not stop within 20 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test]
 async fn help_documents_every_subcommand() {
@@ -242,15 +121,12 @@ async fn api_and_worker_processes_publish_and_stop_on_sigterm() {
         "raw",
     ]);
     let port = free_port();
-    let api = env.spawn(&["api"], Some(port));
-    let worker = env.spawn(&["worker"], None);
+    let api = env.spawn(&["api"], Some(port), "api");
+    let worker = env.spawn(&["worker"], None, "worker");
     let base = format!("http://127.0.0.1:{port}/api");
     let client = reqwest::Client::new();
+    wait_for_api(&base).await;
     let started = Instant::now();
-    while client.get(format!("{base}/status")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "api answers");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let resp = client
         .post(format!("{base}/{}/pimages", uri.trim()))
         .basic_auth("alice", Some("alice-pw"))
@@ -295,7 +171,7 @@ async fn api_and_worker_processes_publish_and_stop_on_sigterm() {
     let cloud_id = ticket["cloudId"].as_str().unwrap();
     assert_eq!(cloud.image(cloud_id).await.unwrap()["status"], "active");
     cloud.delete(cloud_id).await;
-    sigterm_and_wait(api, "pimage api");
-    sigterm_and_wait(worker, "pimage worker");
+    sigterm_and_wait(api, "pimage api", Duration::from_secs(20)).await;
+    sigterm_and_wait(worker, "pimage worker", Duration::from_secs(20)).await;
     env.drop_all().await;
 }

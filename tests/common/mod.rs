@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod processes;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -440,6 +441,31 @@ impl DemoCloud {
             .await
             .unwrap();
         resp["images"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Every image of the project that carries a ticket property: (image id, ticket key).
+    pub async fn images_with_ticket_property(&self) -> Vec<(String, String)> {
+        let mut out = vec![];
+        let mut next = Some("/v2/images?limit=1000".to_string());
+        while let Some(path) = next {
+            let page: serde_json::Value = self
+                .client
+                .get(format!("{}{path}", glance_url()))
+                .header("X-Auth-Token", &self.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            for image in page["images"].as_array().unwrap() {
+                if let Some(key) = image[pimage::cloud::TICKET_PROPERTY].as_str() {
+                    out.push((image["id"].as_str().unwrap().to_string(), key.to_string()));
+                }
+            }
+            next = page["next"].as_str().map(str::to_string);
+        }
+        out
     }
 
     pub async fn delete(&self, id: &str) {
