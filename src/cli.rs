@@ -7,9 +7,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{Application, PUBLISH_ENTITLEMENT};
 use crate::config::Settings;
+use crate::queue::Publisher;
 use crate::secrets::{self, Secret, SecretBox};
+use crate::store::tickets::{self, TicketState};
 use crate::store::{self, images, users, NewImage};
-use crate::{image_files, telemetry, worker::Worker};
+use crate::{health, image_files, outbox, telemetry, worker::Worker};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,8 +46,27 @@ pub enum Command {
     /// Manage images that can be published.
     #[command(subcommand)]
     Images(ImagesCommand),
+    /// Inspect tickets, and run a failed one again.
+    #[command(subcommand)]
+    Tickets(TicketsCommand),
     /// Print the effective configuration, secrets masked.
     Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TicketsCommand {
+    /// The newest tickets (id, state, progress, owner, image, cloud id, message).
+    List {
+        /// Only tickets in this state: queued, running, complete, error, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Everything about one ticket (never its cloud password).
+    Show { id: i64 },
+    /// Queue a failed or cancelled ticket again.
+    Retry { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,14 +124,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker => {
             let secrets = SecretBox::from_base64_key(&settings.secrets.key)?;
             let pool = store::connect_and_migrate(&settings.database).await?;
-            Worker::new(
+            let worker = Worker::new(
                 pool,
                 settings.worker.clone(),
                 settings.amqp.clone(),
                 secrets,
-            )
-            .run(shutdown_on_signal())
-            .await?;
+            );
+            let shutdown = shutdown_on_signal();
+            health::serve(settings.worker.listen, worker.probes(), shutdown.clone()).await?;
+            worker.run(shutdown).await?;
         }
         Command::Users(UsersCommand::Add {
             login,
@@ -165,6 +187,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             println!("{}", image.uri());
         }
+        Command::Tickets(command) => {
+            let pool = store::connect_and_migrate(&settings.database).await?;
+            tickets_command(&pool, &settings, command).await?;
+        }
         Command::Config => println!("{}", settings.describe()),
     }
     Ok(())
@@ -178,4 +204,88 @@ fn shutdown_on_signal() -> CancellationToken {
         trigger.cancel();
     });
     token
+}
+
+async fn tickets_command(
+    pool: &sqlx::PgPool,
+    settings: &Settings,
+    command: TicketsCommand,
+) -> anyhow::Result<()> {
+    match command {
+        TicketsCommand::List { state, limit } => {
+            let state = match state.as_deref() {
+                None => None,
+                Some(s) => Some(TicketState::parse(&s.to_lowercase()).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "unknown state '{s}': queued, running, complete, error or cancelled"
+                    )
+                })?),
+            };
+            println!(
+                "{:>8}  {:<9}  {:>4}  {:<12}  {:>8}  {:<36}  message",
+                "id", "state", "%", "user", "image", "cloud id"
+            );
+            for t in tickets::list_recent(pool, state, limit).await? {
+                println!(
+                    "{:>8}  {:<9}  {:>4}  {:<12}  {:>8}  {:<36}  {}",
+                    t.id,
+                    t.state.as_str(),
+                    t.percentage,
+                    t.owner_login,
+                    t.image_id,
+                    t.cloud_id.as_deref().unwrap_or("-"),
+                    t.message
+                );
+            }
+        }
+        TicketsCommand::Show { id } => {
+            let t = tickets::get(pool, id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no ticket {id}"))?;
+            let lines = [
+                ("id", t.id.to_string()),
+                ("uri", t.uri()),
+                ("state", t.state.as_str().to_string()),
+                ("attempts", t.attempts.to_string()),
+                ("message", t.message.clone()),
+                ("percentage", t.percentage.to_string()),
+                ("bytes", format!("{} of {}", t.bytes_loaded, t.bytes_total)),
+                ("error", t.error_message.clone().unwrap_or_default()),
+                ("detail", t.detailed_error_msg.clone().unwrap_or_default()),
+                ("cloud id", t.cloud_id.clone().unwrap_or_default()),
+                ("display name", t.display_name.clone()),
+                (
+                    "keystone",
+                    format!(
+                        "{} as {} in {}/{}",
+                        t.keystone_url, t.cloud_login, t.keystone_domain, t.keystone_project
+                    ),
+                ),
+                (
+                    "glance",
+                    t.glance_url
+                        .clone()
+                        .unwrap_or_else(|| "(from the catalog)".into()),
+                ),
+                ("ticket key", t.ticket_key.to_string()),
+                ("created", t.created_at.to_rfc3339()),
+                (
+                    "finished",
+                    t.finished_at.map(|d| d.to_rfc3339()).unwrap_or_default(),
+                ),
+            ];
+            for (k, v) in lines {
+                println!("{k:>13}: {v}");
+            }
+        }
+        TicketsCommand::Retry { id } => {
+            let Some(outbox_id) = tickets::retry(pool, id).await? else {
+                anyhow::bail!("ticket {id} does not exist, or has not failed or been cancelled: only those can be retried");
+            };
+            let publisher = Publisher::new(settings.amqp.clone(), "pimage-cli");
+            outbox::hand_off(pool, &publisher, id, outbox_id).await;
+            println!("ticket {id} queued again");
+        }
+    }
+    Ok(())
 }

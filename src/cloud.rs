@@ -251,9 +251,14 @@ impl Glance {
             IdOrName::from_name(account.project.clone()),
             IdOrName::from_name(account.domain.clone()),
         );
-        let login = tokio::time::timeout(CALL_TIMEOUT, Session::new_with_client(client.clone(), auth));
+        let login =
+            tokio::time::timeout(CALL_TIMEOUT, Session::new_with_client(client.clone(), auth));
         let login = login.await.map_err(|_| CloudError {
-            summary: format!("Keystone at '{}' did not answer within {} s", account.keystone_url, CALL_TIMEOUT.as_secs()),
+            summary: format!(
+                "Keystone at '{}' did not answer within {} s",
+                account.keystone_url,
+                CALL_TIMEOUT.as_secs()
+            ),
             detail: None,
             cause: Cause::Transport,
         })?;

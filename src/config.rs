@@ -40,6 +40,8 @@ pub struct ApiSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
+    /// Where the worker serves /healthz, /readyz and /metrics.
+    pub listen: SocketAddr,
     pub concurrency: u16,
     pub progress_interval_ms: u64,
     pub lease_seconds: u32,

@@ -14,6 +14,7 @@
 //! | [`retry`]     | backoff with full jitter, attempts and deadline, for transient failures  |
 //! | [`image_files`] | image files on disk: format check, checksums, shared directory        |
 //! | [`secrets`]   | `Secret`, cloud-password encryption, user-password hashing               |
+//! | [`health`]    | `/healthz`, `/readyz`, `/metrics` (API and worker)                        |
 //! | [`config`]    | typed settings from `config/` and `PIMAGE__…` variables                  |
 //! | [`telemetry`] | logging and shutdown signals                                             |
 //! | [`cli`]       | the `pimage` subcommands                                                 |
@@ -29,6 +30,7 @@ pub mod api;
 pub mod cli;
 pub mod cloud;
 pub mod config;
+pub mod health;
 pub mod image_files;
 pub mod outbox;
 pub mod queue;

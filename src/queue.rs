@@ -139,8 +139,10 @@ impl Publisher {
             .await?
             .await?;
         if confirm.is_ack() && confirm.take_message().is_none() {
+            metrics::counter!("pimage_queue_publish_total", "result" => "confirmed").increment(1);
             Ok(())
         } else {
+            metrics::counter!("pimage_queue_publish_total", "result" => "refused").increment(1);
             Err(QueueError::Nacked)
         }
     }

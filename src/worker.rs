@@ -77,6 +77,14 @@ impl Worker {
         }
     }
 
+    /// What the worker's `/readyz` checks.
+    pub fn probes(&self) -> crate::health::Probes {
+        crate::health::Probes {
+            pool: self.pool.clone(),
+            publisher: self.publisher.clone(),
+        }
+    }
+
     /// Consumes until `shutdown` fires, reconnecting to RabbitMQ with backoff when the
     /// connection drops. Then running uploads get `shutdown_grace_secs` to finish; after
     /// that they are aborted and handed back to the queue without counting an attempt.
@@ -198,6 +206,7 @@ impl Worker {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                     let worker = self.clone();
                     let abort = abort.clone();
+                    let span = info_span!("ticket", ticket_id, attempt = claim.ticket.attempts);
                     uploads.spawn(
                         async move {
                             let _slot = permit;
@@ -206,7 +215,7 @@ impl Worker {
                                 error!(error = %e, "lost Postgres while running the ticket");
                             }
                         }
-                        .instrument(info_span!("ticket", ticket_id)),
+                        .instrument(span),
                     );
                 }
                 Ok(None) => {
@@ -232,9 +241,17 @@ impl Worker {
     /// Runs a claimed ticket to its end, or hands it back when `abort` fires.
     async fn run_claim(&self, claim: Claim, abort: &CancellationToken) -> Result<(), sqlx::Error> {
         let ticket_id = claim.ticket.id;
-        info!(attempt = claim.ticket.attempts, "claimed");
+        info!("claimed");
         let cancel = self.cancels.register(ticket_id, abort);
+        let keeper = tokio::spawn(keep_lease(
+            self.pool.clone(),
+            ticket_id,
+            claim.token,
+            self.settings.lease_seconds,
+            cancel.clone(),
+        ));
         let outcome = self.publish(&claim, &cancel).await;
+        keeper.abort();
         self.cancels.unregister(ticket_id);
         let outcome = match outcome? {
             None => {
@@ -252,11 +269,21 @@ impl Worker {
             }
             Some(outcome) => outcome,
         };
-        match &outcome {
-            Outcome::Published { cloud_id, .. } => info!(cloud_id, "published"),
-            Outcome::Failed { error_message, .. } => warn!(error_message, "failed"),
-            Outcome::Cancelled => info!("cancelled"),
-        }
+        let label = match &outcome {
+            Outcome::Published { cloud_id, .. } => {
+                info!(cloud_id, "published");
+                "complete"
+            }
+            Outcome::Failed { error_message, .. } => {
+                warn!(error_message, "failed");
+                "error"
+            }
+            Outcome::Cancelled => {
+                info!("cancelled");
+                "cancelled"
+            }
+        };
+        metrics::counter!("pimage_tickets_finished_total", "outcome" => label).increment(1);
         if !tickets::finish(&self.pool, ticket_id, claim.token, &outcome).await? {
             warn!("lost the ticket before finishing; another worker owns it");
         }
@@ -305,6 +332,7 @@ impl Worker {
                 let reason = notice.error.reason();
                 let message = notice.message(&reason);
                 warn!(attempt = notice.next_attempt, delay = ?notice.delay, reason, "transient failure, retrying");
+                metrics::counter!("pimage_retries_total", "cause" => notice.error.cause_label()).increment(1);
                 async move { job.report(&job.step(message)).await }
             },
         )
@@ -355,6 +383,19 @@ enum AttemptError {
 }
 
 impl AttemptError {
+    /// The `cause` label of the retry metric.
+    fn cause_label(&self) -> String {
+        match self {
+            AttemptError::Cloud(e) => match &e.cause {
+                crate::cloud::Cause::Http { status, .. } => format!("http_{status}"),
+                crate::cloud::Cause::Transport => "connection".into(),
+                _ => "other".into(),
+            },
+            AttemptError::ChecksumMismatch { .. } => "checksum".into(),
+            _ => "other".into(),
+        }
+    }
+
     fn reason(&self) -> String {
         match self {
             AttemptError::Cloud(e) => e.short_reason(),
@@ -513,6 +554,7 @@ impl Job<'_> {
                 if let Ok(bytes) = &chunk {
                     hasher.lock().expect("md5 lock").update(bytes);
                     sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    metrics::counter!("pimage_upload_bytes_total").increment(bytes.len() as u64);
                 }
                 chunk
             })
@@ -536,6 +578,8 @@ impl Job<'_> {
                 }
             }
         }
+        metrics::histogram!("pimage_upload_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         let md5 = hex::encode(hasher.lock().expect("md5 lock").clone().finalize());
         if md5 != self.image.md5sum {
             return Err(AttemptError::Permanent {
@@ -562,6 +606,29 @@ impl Job<'_> {
             })
         } else {
             Err(AttemptError::ChecksumMismatch { detail })
+        }
+    }
+}
+
+/// Keeps the lease alive for as long as the ticket runs, whatever step it is in: the lease
+/// must expire only when the worker is gone. A third of the lease between writes leaves room
+/// for two missed ones. Stops the job when the claim is lost or a cancel is requested.
+async fn keep_lease(pool: PgPool, id: i64, token: i64, lease_secs: u32, stop: CancellationToken) {
+    let every = Duration::from_millis((lease_secs as u64 * 1000 / 3).max(200));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        match tickets::extend_lease(&pool, id, token, lease_secs).await {
+            Ok(Heartbeat::Held) => {}
+            Ok(Heartbeat::CancelRequested) => stop.cancel(),
+            Ok(Heartbeat::Lost) => {
+                warn!(ticket_id = id, "lease lost to another worker: stopping");
+                metrics::counter!("pimage_leases_lost_total").increment(1);
+                stop.cancel();
+            }
+            Err(e) => warn!(ticket_id = id, error = %e, "could not extend the lease"),
         }
     }
 }

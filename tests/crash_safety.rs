@@ -20,15 +20,23 @@ use sqlx::PgPool;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn progress() -> Progress {
-    Progress { message: "x".into(), bytes_loaded: 1, bytes_total: 2, percentage: 50, eta: None }
+    Progress {
+        message: "x".into(),
+        bytes_loaded: 1,
+        bytes_total: 2,
+        percentage: 50,
+        eta: None,
+    }
 }
 
 async fn expire_lease(pool: &PgPool, id: i64) {
-    sqlx::query("UPDATE publish_tickets SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE publish_tickets SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 /// A queued ticket for alice, stored through the API (no worker runs).
@@ -36,10 +44,20 @@ async fn queued_ticket(app: &common::TestApp) -> (i64, String) {
     app.add_user("alice", &["migration_publish"], false).await;
     let file = app.raw_file("t.raw", 1 << 20);
     let image = app.register_image("alice", &file, "raw").await;
-    let resp = app.publish("alice", &image.uri(), "application/json", publish_json("t", "demo", "demopass", "demo")).await;
+    let resp = app
+        .publish(
+            "alice",
+            &image.uri(),
+            "application/json",
+            publish_json("t", "demo", "demopass", "demo"),
+        )
+        .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let t: serde_json::Value = resp.json().await.unwrap();
-    (t["dbId"].as_i64().unwrap(), t["uri"].as_str().unwrap().to_string())
+    (
+        t["dbId"].as_i64().unwrap(),
+        t["uri"].as_str().unwrap().to_string(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,18 +65,47 @@ async fn fencing_refuses_a_stale_workers_writes() {
     let _serial = SERIAL.lock().await;
     let app = spawn_app(false).await;
     let (id, _) = queued_ticket(&app).await;
-    let first = tickets::claim(&app.pool, id, "worker-a", 60).await.unwrap().expect("claimable");
-    assert!(tickets::claim(&app.pool, id, "worker-b", 60).await.unwrap().is_none(), "a live lease is not taken");
+    let first = tickets::claim(&app.pool, id, "worker-a", 60)
+        .await
+        .unwrap()
+        .expect("claimable");
+    assert!(
+        tickets::claim(&app.pool, id, "worker-b", 60)
+            .await
+            .unwrap()
+            .is_none(),
+        "a live lease is not taken"
+    );
     expire_lease(&app.pool, id).await;
-    let second = tickets::claim(&app.pool, id, "worker-b", 60).await.unwrap().expect("an expired lease is taken");
+    let second = tickets::claim(&app.pool, id, "worker-b", 60)
+        .await
+        .unwrap()
+        .expect("an expired lease is taken");
     assert!(second.token > first.token);
     assert_eq!(second.ticket.attempts, 2);
     // The stale worker can neither write progress nor finish the ticket.
-    assert_eq!(tickets::report_progress(&app.pool, id, first.token, &progress(), 60).await.unwrap(), Heartbeat::Lost);
-    let outcome = Outcome::Published { cloud_id: "stale".into(), bytes: 1 };
-    assert!(!tickets::finish(&app.pool, id, first.token, &outcome).await.unwrap());
-    assert!(!tickets::set_cloud_id(&app.pool, id, first.token, "stale").await.unwrap());
-    assert_eq!(tickets::report_progress(&app.pool, id, second.token, &progress(), 60).await.unwrap(), Heartbeat::Held);
+    assert_eq!(
+        tickets::report_progress(&app.pool, id, first.token, &progress(), 60)
+            .await
+            .unwrap(),
+        Heartbeat::Lost
+    );
+    let outcome = Outcome::Published {
+        cloud_id: "stale".into(),
+        bytes: 1,
+    };
+    assert!(!tickets::finish(&app.pool, id, first.token, &outcome)
+        .await
+        .unwrap());
+    assert!(!tickets::set_cloud_id(&app.pool, id, first.token, "stale")
+        .await
+        .unwrap());
+    assert_eq!(
+        tickets::report_progress(&app.pool, id, second.token, &progress(), 60)
+            .await
+            .unwrap(),
+        Heartbeat::Held
+    );
     let t = tickets::get(&app.pool, id).await.unwrap().unwrap();
     assert_eq!(t.cloud_id, None);
     assert_eq!(t.message, "x", "the new owner's write went through");
@@ -71,9 +118,18 @@ async fn the_rescuer_requeues_an_expired_lease_once_and_the_ticket_completes() {
     let mut app = spawn_app(false).await;
     let (id, uri) = queued_ticket(&app).await;
     // A worker claims the ticket and dies before it writes any progress.
-    tickets::claim(&app.pool, id, "dead-worker:1", 60).await.unwrap().unwrap();
+    tickets::claim(&app.pool, id, "dead-worker:1", 60)
+        .await
+        .unwrap()
+        .unwrap();
     let publisher = Publisher::new(app.settings.amqp.clone(), "test");
-    assert_eq!(pimage::rescuer::rescue_once(&app.pool, &publisher, 5).await.unwrap(), (0, 0), "a live lease stays");
+    assert_eq!(
+        pimage::rescuer::rescue_once(&app.pool, &publisher, 5)
+            .await
+            .unwrap(),
+        (0, 0),
+        "a live lease stays"
+    );
     expire_lease(&app.pool, id).await;
     // Two rescuers at once: the ticket is re-queued exactly once.
     let (a, b) = tokio::join!(
@@ -89,7 +145,10 @@ async fn the_rescuer_requeues_an_expired_lease_once_and_the_ticket_completes() {
     assert_eq!(last["complete"], true, "{last}");
     let t = tickets::get(&app.pool, id).await.unwrap().unwrap();
     assert_eq!(t.attempts, 2, "the lost attempt is counted");
-    DemoCloud::login().await.delete(t.cloud_id.as_deref().unwrap()).await;
+    DemoCloud::login()
+        .await
+        .delete(t.cloud_id.as_deref().unwrap())
+        .await;
     app.stop().await;
 }
 
@@ -100,14 +159,22 @@ async fn a_ticket_that_keeps_losing_its_worker_ends_in_error() {
     let (id, uri) = queued_ticket(&app).await;
     let publisher = Publisher::new(app.settings.amqp.clone(), "test");
     for n in 1..=3 {
-        tickets::claim(&app.pool, id, &format!("crashing-worker:{n}"), 60).await.unwrap().expect("claimable");
+        tickets::claim(&app.pool, id, &format!("crashing-worker:{n}"), 60)
+            .await
+            .unwrap()
+            .expect("claimable");
         expire_lease(&app.pool, id).await;
-        let (requeued, gave_up) = pimage::rescuer::rescue_once(&app.pool, &publisher, 3).await.unwrap();
+        let (requeued, gave_up) = pimage::rescuer::rescue_once(&app.pool, &publisher, 3)
+            .await
+            .unwrap();
         assert_eq!((requeued, gave_up), if n < 3 { (1, 0) } else { (0, 1) });
     }
     let last = app.status("alice", &uri).await;
     assert_eq!(last["error"], true);
-    assert_eq!(last["errorMessage"], "gave up after 3 attempts: the worker running it stopped each time");
+    assert_eq!(
+        last["errorMessage"],
+        "gave up after 3 attempts: the worker running it stopped each time"
+    );
     app.stop().await;
 }
 
@@ -116,7 +183,11 @@ struct RabbitOutage;
 
 impl RabbitOutage {
     fn begin() -> RabbitOutage {
-        let ok = Command::new("rabbitmqctl").args(["-q", "stop_app"]).status().unwrap().success();
+        let ok = Command::new("rabbitmqctl")
+            .args(["-q", "stop_app"])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "rabbitmqctl stop_app");
         RabbitOutage
     }
@@ -124,10 +195,16 @@ impl RabbitOutage {
 
 impl Drop for RabbitOutage {
     fn drop(&mut self) {
-        let ok = Command::new("rabbitmqctl").args(["-q", "start_app"]).status().unwrap().success();
+        let ok = Command::new("rabbitmqctl")
+            .args(["-q", "start_app"])
+            .status()
+            .unwrap()
+            .success();
         assert!(ok, "rabbitmqctl start_app");
         let started = Instant::now();
-        while std::net::TcpStream::connect("127.0.0.1:5672").is_err() && started.elapsed() < Duration::from_secs(30) {
+        while std::net::TcpStream::connect("127.0.0.1:5672").is_err()
+            && started.elapsed() < Duration::from_secs(30)
+        {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -142,20 +219,54 @@ async fn a_publish_made_while_rabbitmq_is_down_is_delivered_after_it_comes_back(
     let image = app.register_image("alice", &file, "raw").await;
     let outage = RabbitOutage::begin();
     let started = Instant::now();
-    let resp = app.publish("alice", &image.uri(), "application/json", publish_json("while down", "demo", "demopass", "demo")).await;
-    assert_eq!(resp.status(), StatusCode::CREATED, "Postgres holds the ticket: accepted while RabbitMQ is down");
-    assert!(started.elapsed() < Duration::from_secs(5), "answered without waiting for RabbitMQ");
-    let uri = resp.json::<serde_json::Value>().await.unwrap()["uri"].as_str().unwrap().to_string();
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM ticket_outbox").fetch_one(&app.pool).await.unwrap();
+    let resp = app
+        .publish(
+            "alice",
+            &image.uri(),
+            "application/json",
+            publish_json("while down", "demo", "demopass", "demo"),
+        )
+        .await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "Postgres holds the ticket: accepted while RabbitMQ is down"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered without waiting for RabbitMQ"
+    );
+    let uri = resp.json::<serde_json::Value>().await.unwrap()["uri"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM ticket_outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(pending, 1, "waiting in the outbox");
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(outage);
     let last = app.wait_final("alice", &uri, Duration::from_secs(90)).await;
     assert_eq!(last["complete"], true, "{last}");
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM ticket_outbox").fetch_one(&app.pool).await.unwrap();
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM ticket_outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(pending, 0);
-    let t: serde_json::Value = app.get(&uri, "alice").header("Accept", "application/json").send().await.unwrap().json().await.unwrap();
-    DemoCloud::login().await.delete(t["cloudId"].as_str().unwrap()).await;
+    let t: serde_json::Value = app
+        .get(&uri, "alice")
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    DemoCloud::login()
+        .await
+        .delete(t["cloudId"].as_str().unwrap())
+        .await;
     app.stop().await;
 }
 
@@ -171,20 +282,42 @@ struct Cluster {
 impl Cluster {
     async fn start(mut env: Env, workers: usize) -> Cluster {
         env.run_ok(&["migrate"]);
-        let out = env.command(&["users", "add", "alice"]).env("PIMAGE_USER_PASSWORD", PASSWORD).output().unwrap();
+        let out = env
+            .command(&["users", "add", "alice"])
+            .env("PIMAGE_USER_PASSWORD", PASSWORD)
+            .output()
+            .unwrap();
         assert!(out.status.success());
         env.set("PIMAGE__WORKER__RESCUE_INTERVAL_SECS", 1);
         let port = free_port();
         let api = env.spawn(&["api"], Some(port), "api");
         let base = format!("http://127.0.0.1:{port}/api");
         wait_for_api(&base).await;
-        let workers = (0..workers).map(|i| env.spawn(&["worker"], None, &format!("worker-{i}"))).collect();
+        let workers = (0..workers)
+            .map(|i| env.spawn(&["worker"], None, &format!("worker-{i}")))
+            .collect();
         let pool = PgPool::connect(&env.database_url()).await.unwrap();
-        Cluster { env, api, workers, base, pool }
+        Cluster {
+            env,
+            api,
+            workers,
+            base,
+            pool,
+        }
     }
 
     fn register(&self, file: &std::path::Path, format: &str) -> String {
-        let out = self.env.run_ok(&["images", "register", "--user", "alice", "--in-place", "--file", file.to_str().unwrap(), "--format", format]);
+        let out = self.env.run_ok(&[
+            "images",
+            "register",
+            "--user",
+            "alice",
+            "--in-place",
+            "--file",
+            file.to_str().unwrap(),
+            "--format",
+            format,
+        ]);
         out.trim().to_string()
     }
 
@@ -200,14 +333,18 @@ impl Cluster {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::CREATED);
         let t: serde_json::Value = resp.json().await.unwrap();
-        (t["dbId"].as_i64().unwrap(), t["uri"].as_str().unwrap().to_string())
+        (
+            t["dbId"].as_i64().unwrap(),
+            t["uri"].as_str().unwrap().to_string(),
+        )
     }
 
     async fn states(&self) -> HashMap<String, i64> {
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT state, count(*) FROM publish_tickets GROUP BY state")
-            .fetch_all(&self.pool)
-            .await
-            .unwrap();
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM publish_tickets GROUP BY state")
+                .fetch_all(&self.pool)
+                .await
+                .unwrap();
         rows.into_iter().collect()
     }
 
@@ -230,18 +367,34 @@ async fn sigterm_during_an_upload_hands_the_ticket_to_another_worker() {
     let proxy = FaultProxy::start("127.0.0.1:9292").await;
     proxy.throttle(8 << 20); // 48 MiB at 8 MiB/s: a 6 s upload
     let file = cluster.env.dir.join("slow.raw");
-    std::fs::write(&file, (0..(48u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(
+        &file,
+        (0..(48u32 << 20))
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     let image = cluster.register(&file, "raw");
-    let (id, _) = cluster.publish(&image, publish_json_via("handed over", "demo", "demopass", "demo", &proxy.url)).await;
+    let (id, _) = cluster
+        .publish(
+            &image,
+            publish_json_via("handed over", "demo", "demopass", "demo", &proxy.url),
+        )
+        .await;
     let started = Instant::now();
     while proxy.uploads_in_flight() == 0 {
-        assert!(started.elapsed() < Duration::from_secs(30), "the upload starts");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the upload starts"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A second worker is there to take over; then the first gets SIGTERM mid-upload.
     let mut cluster = cluster;
     let first = cluster.workers.remove(0);
-    cluster.workers.push(cluster.env.spawn(&["worker"], None, "worker-second"));
+    cluster
+        .workers
+        .push(cluster.env.spawn(&["worker"], None, "worker-second"));
     sigterm_and_wait(first, "the first worker", Duration::from_secs(15)).await;
     let t = tickets::get(&cluster.pool, id).await.unwrap().unwrap();
     assert!(!t.state.is_final(), "handed back, not ended: {:?}", t.state);
@@ -251,15 +404,27 @@ async fn sigterm_during_an_upload_hands_the_ticket_to_another_worker() {
         if t.state.is_final() {
             break t;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "the second worker finishes it");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the second worker finishes it"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(t.state, tickets::TicketState::Complete, "{}", t.message);
-    assert_eq!(t.attempts, 1, "a hand-over on shutdown does not count as an attempt");
+    assert_eq!(
+        t.attempts, 1,
+        "a hand-over on shutdown does not count as an attempt"
+    );
     let log = std::fs::read_to_string(cluster.env.dir.join("worker-0.log")).unwrap();
     assert!(log.contains("handed the ticket back to the queue"), "{log}");
     let cloud = DemoCloud::login().await;
-    assert_eq!(cloud.images_of_ticket(&t.ticket_key.to_string()).await.len(), 1);
+    assert_eq!(
+        cloud
+            .images_of_ticket(&t.ticket_key.to_string())
+            .await
+            .len(),
+        1
+    );
     cloud.delete(t.cloud_id.as_deref().unwrap()).await;
     cluster.stop().await;
 }
@@ -282,13 +447,30 @@ async fn chaos_kills_restarts_and_resets_lose_nothing() {
     let mut images = vec![];
     for n in 1..=10u32 {
         let file = cluster.env.dir.join(format!("img-{n}.raw"));
-        std::fs::write(&file, (0..(n << 20)).map(|i| (i.wrapping_mul(n + 7) >> 9) as u8).collect::<Vec<u8>>()).unwrap();
+        std::fs::write(
+            &file,
+            (0..(n << 20))
+                .map(|i| (i.wrapping_mul(n + 7) >> 9) as u8)
+                .collect::<Vec<u8>>(),
+        )
+        .unwrap();
         images.push(cluster.register(&file, "raw"));
     }
     let mut ids = vec![];
     for round in 0..10 {
         for image in &images {
-            let (id, _) = cluster.publish(image, publish_json_via(&format!("chaos {round}"), "demo", "demopass", "demo", &proxy.url)).await;
+            let (id, _) = cluster
+                .publish(
+                    image,
+                    publish_json_via(
+                        &format!("chaos {round}"),
+                        "demo",
+                        "demopass",
+                        "demo",
+                        &proxy.url,
+                    ),
+                )
+                .await;
             ids.push(id);
         }
     }
@@ -307,7 +489,12 @@ async fn chaos_kills_restarts_and_resets_lose_nothing() {
         let mut child = cluster.workers.remove(victim);
         signal(&child, "-KILL");
         let _ = child.wait();
-        cluster.workers.insert(victim, cluster.env.spawn(&["worker"], None, &format!("worker-{victim}")));
+        cluster.workers.insert(
+            victim,
+            cluster
+                .env
+                .spawn(&["worker"], None, &format!("worker-{victim}")),
+        );
         if kill == 6 || kill == 13 {
             let outage = RabbitOutage::begin();
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -320,13 +507,23 @@ async fn chaos_kills_restarts_and_resets_lose_nothing() {
     // Everything ends, and ends complete.
     let states = loop {
         let states = cluster.states().await;
-        if states.keys().all(|s| s == "complete" || s == "error" || s == "cancelled") {
+        if states
+            .keys()
+            .all(|s| s == "complete" || s == "error" || s == "cancelled")
+        {
             break states;
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "not all final after 10 min: {states:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "not all final after 10 min: {states:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert_eq!(states.get("complete"), Some(&100), "all 100 complete: {states:?}");
+    assert_eq!(
+        states.get("complete"),
+        Some(&100),
+        "all 100 complete: {states:?}"
+    );
     let (attempts, rescued): (i64, i64) = sqlx::query_as(
         "SELECT sum(attempts)::bigint, count(*) FILTER (WHERE attempts > 1) FROM publish_tickets",
     )
@@ -340,20 +537,32 @@ async fn chaos_kills_restarts_and_resets_lose_nothing() {
     );
 
     // Glance holds exactly one image per ticket, the one the ticket names; none stray.
-    let rows: Vec<(uuid::Uuid, Option<String>)> = sqlx::query_as("SELECT ticket_key, cloud_id FROM publish_tickets")
-        .fetch_all(&cluster.pool)
-        .await
-        .unwrap();
+    let rows: Vec<(uuid::Uuid, Option<String>)> =
+        sqlx::query_as("SELECT ticket_key, cloud_id FROM publish_tickets")
+            .fetch_all(&cluster.pool)
+            .await
+            .unwrap();
     let cloud = DemoCloud::login().await;
     let keys: HashSet<String> = rows.iter().map(|r| r.0.to_string()).collect();
     let in_glance = cloud.images_with_ticket_property().await;
-    let ours: Vec<&(String, String)> = in_glance.iter().filter(|(_, key)| keys.contains(key)).collect();
-    assert_eq!(ours.len(), 100, "exactly 100 images in Glance for the 100 tickets");
+    let ours: Vec<&(String, String)> = in_glance
+        .iter()
+        .filter(|(_, key)| keys.contains(key))
+        .collect();
+    assert_eq!(
+        ours.len(),
+        100,
+        "exactly 100 images in Glance for the 100 tickets"
+    );
     let distinct: HashSet<&String> = ours.iter().map(|(_, key)| key).collect();
     assert_eq!(distinct.len(), 100, "no ticket has two images");
     for (key, cloud_id) in &rows {
-        let id = cloud_id.as_deref().expect("complete tickets name their image");
-        assert!(ours.iter().any(|(img, k)| img == id && k == &key.to_string()));
+        let id = cloud_id
+            .as_deref()
+            .expect("complete tickets name their image");
+        assert!(ours
+            .iter()
+            .any(|(img, k)| img == id && k == &key.to_string()));
     }
     for (id, _) in ours {
         cloud.delete(id).await;

@@ -5,6 +5,7 @@
 
 mod auth;
 mod error;
+mod observe;
 mod publish_request;
 mod routes;
 mod wire;
@@ -18,7 +19,6 @@ use axum::Router;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
 
 pub use auth::PUBLISH_ENTITLEMENT;
 pub use error::ApiError;
@@ -26,7 +26,7 @@ pub use error::ApiError;
 use crate::config::Settings;
 use crate::queue::Publisher;
 use crate::secrets::SecretBox;
-use crate::{outbox, rescuer};
+use crate::{health, outbox, rescuer};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -38,7 +38,11 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let images = "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images";
-    Router::new()
+    let probes = health::Probes {
+        pool: state.pool.clone(),
+        publisher: state.publisher.clone(),
+    };
+    let api = Router::new()
         .route("/api/status", get(routes::service_status))
         .route(images, get(routes::list_images))
         .route(&format!("{images}/{{itid}}"), get(routes::get_image))
@@ -63,11 +67,14 @@ pub fn router(state: AppState) -> Router {
             "/api/users/{uid}/pimages/status",
             get(routes::list_user_statuses),
         )
+        // Route templates (not raw paths) label the HTTP metrics.
+        .route_layer(axum::middleware::from_fn(observe::http_metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn(error::render_errors))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state);
+    api.merge(health::routes(probes))
+        .layer(axum::middleware::from_fn(observe::request_span))
 }
 
 pub struct Application {

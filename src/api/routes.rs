@@ -159,6 +159,7 @@ pub async fn publish(
     )
     .await?;
     tracing::info!(ticket_id = ticket.id, image_id = image.id, "ticket stored");
+    metrics::counter!("pimage_publish_requests_total").increment(1);
     outbox::hand_off(&state.pool, &state.publisher, ticket.id, outbox_id).await;
 
     let (doc, digest) = PublishImage::document(&ticket);
@@ -268,10 +269,7 @@ pub async fn cancel_ticket(
         CancelOutcome::AlreadyFinished(s) => Err(ApiError::Conflict(format!(
             "publish ticket {} has already ended ({}); there is nothing to cancel",
             ticket.id,
-            serde_json::to_value(s)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
+            s.as_str()
         ))),
         CancelOutcome::NotFound => Err(ApiError::NotFound(format!(
             "no publish ticket {}",

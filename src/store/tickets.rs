@@ -8,9 +8,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
 pub enum TicketState {
     Queued,
     Running,
@@ -20,6 +19,28 @@ pub enum TicketState {
 }
 
 impl TicketState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketState::Queued => "queued",
+            TicketState::Running => "running",
+            TicketState::Complete => "complete",
+            TicketState::Error => "error",
+            TicketState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TicketState> {
+        [
+            TicketState::Queued,
+            TicketState::Running,
+            TicketState::Complete,
+            TicketState::Error,
+            TicketState::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
     pub fn is_final(self) -> bool {
         matches!(
             self,
@@ -381,6 +402,31 @@ pub async fn report_progress(
     })
 }
 
+/// Extends the lease without touching the status (between progress writes, e.g. while
+/// Keystone is slow to answer), and reports a requested cancel or a lost claim.
+pub async fn extend_lease(
+    pool: &PgPool,
+    id: i64,
+    token: i64,
+    lease_secs: u32,
+) -> Result<Heartbeat, sqlx::Error> {
+    let cancel: Option<bool> = sqlx::query_scalar(
+        "UPDATE publish_tickets SET lease_expires_at = now() + make_interval(secs => $3)
+          WHERE id = $1 AND fencing_token = $2 AND state = 'running'
+         RETURNING cancel_requested",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(lease_secs as f64)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match cancel {
+        None => Heartbeat::Lost,
+        Some(true) => Heartbeat::CancelRequested,
+        Some(false) => Heartbeat::Held,
+    })
+}
+
 /// Records the Glance image id as soon as it exists, so cleanup can find it.
 pub async fn set_cloud_id(
     pool: &PgPool,
@@ -523,4 +569,69 @@ pub async fn release(pool: &PgPool, id: i64, token: i64) -> Result<Option<i64>, 
     };
     tx.commit().await?;
     Ok(outbox_id)
+}
+
+// ---- operators -----------------------------------------------------------------------
+
+/// The newest tickets, optionally of one state, for `pimage tickets list`.
+pub async fn list_recent(
+    pool: &PgPool,
+    state: Option<TicketState>,
+    limit: i64,
+) -> Result<Vec<Ticket>, sqlx::Error> {
+    sqlx::query_as::<_, Ticket>(&format!(
+        "{SELECT_TICKET} WHERE ($1::text IS NULL OR t.state = $1) ORDER BY t.id DESC LIMIT $2"
+    ))
+    .bind(state)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Runs a failed or cancelled ticket again: queued, status reset, with an outbox row (its id
+/// is returned). `None`: no such ticket, or it has not failed or been cancelled.
+pub async fn retry(pool: &PgPool, id: i64) -> Result<Option<i64>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let reset = sqlx::query(
+        "UPDATE publish_tickets SET state = 'queued', attempts = 0, cancel_requested = false,
+             message = 'queued again by an operator, waiting for a worker', percentage = 0,
+             bytes_loaded = 0, eta = NULL, error_message = NULL, detailed_error_msg = NULL,
+             cloud_id = NULL, lease_owner = NULL, lease_expires_at = NULL, started_at = NULL,
+             finished_at = NULL, updated_at = now()
+          WHERE id = $1 AND state IN ('error', 'cancelled')",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let outbox_id = if reset {
+        Some(
+            sqlx::query_scalar("INSERT INTO ticket_outbox (ticket_id) VALUES ($1) RETURNING id")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?,
+        )
+    } else {
+        None
+    };
+    tx.commit().await?;
+    Ok(outbox_id)
+}
+
+// ---- metrics -------------------------------------------------------------------------
+
+pub async fn count_by_state(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT state, count(*) FROM publish_tickets GROUP BY state")
+        .fetch_all(pool)
+        .await
+}
+
+/// Outbox rows waiting, and the age in seconds of the oldest.
+pub async fn outbox_lag(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) FROM ticket_outbox",
+    )
+    .fetch_one(pool)
+    .await
 }

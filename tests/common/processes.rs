@@ -20,11 +20,21 @@ impl Env {
     pub async fn new() -> Env {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("pimage_test_{id}");
-        let mut admin = PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
-        admin.execute(format!(r#"CREATE DATABASE "{db_name}""#).as_str()).await.unwrap();
+        let mut admin = PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .unwrap();
+        admin
+            .execute(format!(r#"CREATE DATABASE "{db_name}""#).as_str())
+            .await
+            .unwrap();
         let dir = std::env::temp_dir().join(format!("pimage-proc-{id}"));
         std::fs::create_dir_all(&dir).unwrap();
-        Env { db_name, queue: format!("pimage.test.{id}"), dir, vars: vec![] }
+        Env {
+            db_name,
+            queue: format!("pimage.test.{id}"),
+            dir,
+            vars: vec![],
+        }
     }
 
     pub fn database_url(&self) -> String {
@@ -43,7 +53,8 @@ impl Env {
             .env("PIMAGE__DATABASE__URL", self.database_url())
             .env("PIMAGE__AMQP__QUEUE", &self.queue)
             .env("PIMAGE__STORAGE__IMAGE_DIR", self.dir.join("store"))
-            .env("PIMAGE__WORKER__PROGRESS_INTERVAL_MS", "200");
+            .env("PIMAGE__WORKER__PROGRESS_INTERVAL_MS", "200")
+            .env("PIMAGE__WORKER__LISTEN", "127.0.0.1:0");
         for (k, v) in &self.vars {
             cmd.env(k, v);
         }
@@ -56,7 +67,11 @@ impl Env {
 
     pub fn run_ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "pimage {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pimage {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -75,10 +90,17 @@ impl Env {
     }
 
     pub async fn drop_all(self) {
-        let mut admin = PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
-        let _ = admin.execute(format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.db_name).as_str()).await;
+        let mut admin = PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .unwrap();
+        let _ = admin
+            .execute(format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.db_name).as_str())
+            .await;
         let _ = std::fs::remove_dir_all(&self.dir);
-        if let Ok(conn) = lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default()).await {
+        if let Ok(conn) =
+            lapin::Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f", Default::default())
+                .await
+        {
             if let Ok(ch) = conn.create_channel().await {
                 for q in [self.queue.clone(), format!("{}.dead", self.queue)] {
                     let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
@@ -90,7 +112,11 @@ impl Env {
 
 pub fn signal(child: &Child, signal: &str) {
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap()
+        .success());
 }
 
 /// Sends SIGTERM and waits (without blocking the runtime) for a clean exit.
@@ -99,23 +125,36 @@ pub async fn sigterm_and_wait(mut child: Child, what: &str, within: Duration) {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{what} exits cleanly on SIGTERM, got {status}");
+            assert!(
+                status.success(),
+                "{what} exits cleanly on SIGTERM, got {status}"
+            );
             return;
         }
-        assert!(started.elapsed() < within, "{what} did not stop within {within:?} of SIGTERM");
+        assert!(
+            started.elapsed() < within,
+            "{what} did not stop within {within:?} of SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits until `GET {base}/status` answers.
 pub async fn wait_for_api(base: &str) {
     let started = Instant::now();
     while reqwest::get(format!("{base}/status")).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(20), "the API answers at {base}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the API answers at {base}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
