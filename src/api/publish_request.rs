@@ -181,16 +181,27 @@ fn check(raw: RawRequest) -> Result<PublishRequest, InvalidRequest> {
     })
 }
 
+/// The trimmed value, `None` when absent or blank; an error when required and missing.
+fn present(
+    name: &str,
+    value: Option<String>,
+    required: bool,
+) -> Result<Option<String>, InvalidRequest> {
+    match value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+    {
+        None if required => Err(InvalidRequest(format!("{name} is required"))),
+        other => Ok(other),
+    }
+}
+
 fn text_field(
     name: &str,
     value: Option<String>,
     required: bool,
 ) -> Result<Option<String>, InvalidRequest> {
-    let value = value
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty());
-    match value {
-        None if required => Err(InvalidRequest(format!("{name} is required"))),
+    match present(name, value, required)? {
         None => Ok(None),
         Some(v) if v.chars().count() > MAX_NAME_LEN => Err(InvalidRequest(format!(
             "{name} is longer than {MAX_NAME_LEN} characters"
@@ -207,11 +218,7 @@ fn url_field(
     value: Option<String>,
     required: bool,
 ) -> Result<Option<String>, InvalidRequest> {
-    let value = value
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty());
-    match value {
-        None if required => Err(InvalidRequest(format!("{name} is required"))),
+    match present(name, value, required)? {
         None => Ok(None),
         Some(v) => {
             let parsed = url::Url::parse(&v)

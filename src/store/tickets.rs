@@ -155,14 +155,22 @@ pub async fn create(pool: &PgPool, new: &NewTicket<'_>) -> Result<(Ticket, i64),
     .bind(new.bytes_total)
     .fetch_one(&mut *tx)
     .await?;
-    let outbox_id: i64 =
-        sqlx::query_scalar("INSERT INTO ticket_outbox (ticket_id) VALUES ($1) RETURNING id")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+    let outbox_id = enqueue_in(&mut tx, id).await?;
     let ticket = fetch_in(&mut tx, id).await?;
     tx.commit().await?;
     Ok((ticket, outbox_id))
+}
+
+/// Adds the ticket's outbox row: the promise, in the caller's transaction, that it will be
+/// handed to RabbitMQ. Returns the row's id.
+async fn enqueue_in(
+    tx: &mut Transaction<'_, Postgres>,
+    ticket_id: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("INSERT INTO ticket_outbox (ticket_id) VALUES ($1) RETURNING id")
+        .bind(ticket_id)
+        .fetch_one(&mut **tx)
+        .await
 }
 
 async fn fetch_in(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<Ticket, sqlx::Error> {
@@ -558,12 +566,7 @@ pub async fn release(pool: &PgPool, id: i64, token: i64) -> Result<Option<i64>, 
     .rows_affected()
         == 1;
     let outbox_id = if released {
-        Some(
-            sqlx::query_scalar("INSERT INTO ticket_outbox (ticket_id) VALUES ($1) RETURNING id")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?,
-        )
+        Some(enqueue_in(&mut tx, id).await?)
     } else {
         None
     };
@@ -606,12 +609,7 @@ pub async fn retry(pool: &PgPool, id: i64) -> Result<Option<i64>, sqlx::Error> {
     .rows_affected()
         == 1;
     let outbox_id = if reset {
-        Some(
-            sqlx::query_scalar("INSERT INTO ticket_outbox (ticket_id) VALUES ($1) RETURNING id")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?,
-        )
+        Some(enqueue_in(&mut tx, id).await?)
     } else {
         None
     };
