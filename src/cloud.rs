@@ -459,7 +459,13 @@ async fn explain_refused_login(
     };
     let body = serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
         "name": account.user, "domain": {"name": account.domain}, "password": account.password.expose()}}}}});
-    let unscoped_ok = match client.post(tokens).json(&body).send().await {
+    let unscoped_ok = match client
+        .post(tokens)
+        .timeout(CALL_TIMEOUT)
+        .json(&body)
+        .send()
+        .await
+    {
         Ok(r) => r.status().is_success(),
         Err(_) => false,
     };

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::Consumer;
 use md5::{Digest, Md5};
 use sqlx::postgres::PgListener;
@@ -37,6 +37,11 @@ use crate::{outbox, rescuer};
 /// Read size for the upload stream: large enough for full-speed loopback, small enough that
 /// memory stays flat whatever the file size.
 const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// An upload that moves no byte for this long is cut and retried.
+const STALL_LIMIT: Duration = Duration::from_secs(120);
+/// How long Glance may take to answer once it has every byte (it hashes the whole file).
+const ANSWER_LIMIT: Duration = Duration::from_secs(900);
 
 #[derive(Clone)]
 pub struct Worker {
@@ -200,41 +205,54 @@ impl Worker {
                 }
             };
             let ticket_id = message.ticket_id;
-            match tickets::claim(&self.pool, ticket_id, &self.id, self.settings.lease_seconds).await
-            {
-                Ok(Some(claim)) => {
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
-                    let worker = self.clone();
-                    let abort = abort.clone();
-                    let span = info_span!("ticket", ticket_id, attempt = claim.ticket.attempts);
-                    uploads.spawn(
-                        async move {
-                            let _slot = permit;
-                            if let Err(e) = worker.run_claim(claim, &abort).await {
-                                // The lease runs out and the rescuer re-queues the ticket.
-                                error!(error = %e, "lost Postgres while running the ticket");
+            let claim = loop {
+                match tickets::claim(&self.pool, ticket_id, &self.id, self.settings.lease_seconds)
+                    .await
+                {
+                    Ok(claim) => break claim,
+                    // Keep the delivery (bouncing it would count towards the delivery limit)
+                    // and try again once Postgres is back.
+                    Err(e) => {
+                        error!(ticket_id, error = %e, "cannot claim: Postgres unavailable; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                            _ = shutdown.cancelled() => {
+                                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                                queue::stop_consuming(&channel, &tag, consumer.take()).await;
+                                return Ok(());
                             }
                         }
-                        .instrument(span),
-                    );
+                    }
                 }
-                Ok(None) => {
-                    info!(ticket_id, "ticket not claimable (ended, cancelled, or owned by a live worker); dropping the message");
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
-                }
-                Err(e) => {
-                    error!(ticket_id, error = %e, "cannot claim: Postgres unavailable; the message goes back");
-                    delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: true })
-                        .await?;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+            };
+            let Some(claim) = claim else {
+                info!(ticket_id, "ticket not claimable (ended, cancelled, or owned by a live worker); dropping the message");
+                drop(permit);
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                continue;
+            };
             if slots.available_permits() == 0 {
-                // Full: let other workers take the next tickets.
+                // That was the last free slot: stop consuming while this delivery is still
+                // unacknowledged (prefetch 1), so RabbitMQ has nothing to push that we would
+                // have to bounce.
                 queue::stop_consuming(&channel, &tag, consumer.take()).await;
             }
+            let worker = self.clone();
+            let abort = abort.clone();
+            let span = info_span!("ticket", ticket_id, attempt = claim.ticket.attempts);
+            uploads.spawn(
+                async move {
+                    let _slot = permit;
+                    if let Err(e) = worker.run_claim(claim, &abort).await {
+                        // The lease runs out and the rescuer re-queues the ticket.
+                        error!(error = %e, "lost Postgres while running the ticket");
+                    }
+                }
+                .instrument(span),
+            );
+            // Acknowledged once the ticket is ours in Postgres and its task runs; a failed
+            // ack only means a redelivery, which the claim then refuses.
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
         }
     }
 
@@ -243,15 +261,16 @@ impl Worker {
         let ticket_id = claim.ticket.id;
         info!("claimed");
         let cancel = self.cancels.register(ticket_id, abort);
-        let keeper = tokio::spawn(keep_lease(
+        // Aborted on drop too: a panicking upload must not keep renewing the lease.
+        let keeper = AbortOnDrop(tokio::spawn(keep_lease(
             self.pool.clone(),
             ticket_id,
             claim.token,
             self.settings.lease_seconds,
             cancel.clone(),
-        ));
+        )));
         let outcome = self.publish(&claim, &cancel).await;
-        keeper.abort();
+        drop(keeper);
         self.cancels.unregister(ticket_id);
         let outcome = match outcome? {
             None => {
@@ -264,8 +283,10 @@ impl Worker {
                 {
                     info!("handed the ticket back to the queue");
                     outbox::hand_off(&self.pool, &self.publisher, ticket_id, outbox_id).await;
+                    return Ok(());
                 }
-                return Ok(());
+                // Not handed back: its user cancelled it meanwhile (or the claim is lost).
+                Outcome::Cancelled
             }
             Some(outcome) => outcome,
         };
@@ -458,15 +479,24 @@ impl Job<'_> {
     /// Writes progress (a heartbeat); a requested cancel or a lost claim ends the attempt.
     async fn report(&self, progress: &Progress) -> Result<(), AttemptError> {
         let w = self.worker;
-        match tickets::report_progress(
+        let written = tickets::report_progress(
             &w.pool,
             self.claim.ticket.id,
             self.claim.token,
             progress,
             w.settings.lease_seconds,
         )
-        .await?
-        {
+        .await;
+        // A Postgres blip must not kill a long upload: the lease keeper owns the lease, and
+        // the next write tells whether the ticket is still ours.
+        let heartbeat = match written {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %e, "could not write progress; going on");
+                return Ok(());
+            }
+        };
+        match heartbeat {
             Heartbeat::Held if self.cancel.is_cancelled() => Err(AttemptError::Cancelled),
             Heartbeat::Held => Ok(()),
             Heartbeat::CancelRequested => Err(AttemptError::Cancelled),
@@ -519,16 +549,29 @@ impl Job<'_> {
                 &key,
             )
             .await?;
-        tickets::set_cloud_id(
+        let result = match tickets::set_cloud_id(
             &self.worker.pool,
             self.claim.ticket.id,
             self.claim.token,
             &created.id,
         )
-        .await?;
-        let result = self
-            .upload_and_verify(&glance, &created.id, file, &of)
-            .await;
+        .await
+        {
+            Ok(true) => {
+                self.upload_and_verify(&glance, &created.id, file, &of)
+                    .await
+            }
+            Ok(false) => Err(AttemptError::Lost),
+            Err(e) => Err(AttemptError::Store(e)),
+        };
+        // Still ours after the upload? Only then may this image become the ticket's.
+        let result = match result {
+            Ok(()) => {
+                self.report(&self.step(format!("checking the image in Glance{of}")))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         if result.is_err() {
             // Leave nothing behind: the next attempt (if any) starts from a new image.
             if let Err(e) = glance.delete_image(&created.id).await {
@@ -563,6 +606,7 @@ impl Job<'_> {
         tokio::pin!(upload);
 
         let started = Instant::now();
+        let (mut last_sent, mut last_move) = (0u64, Instant::now());
         let interval = Duration::from_millis(self.worker.settings.progress_interval_ms.max(100));
         let mut tick = tokio::time::interval(interval);
         tick.tick().await;
@@ -572,7 +616,20 @@ impl Job<'_> {
                 // Dropping `upload` closes the connection: Glance puts the image back to queued.
                 _ = self.cancel.cancelled() => return Err(AttemptError::Cancelled),
                 _ = tick.tick() => {
-                    let mut progress = upload_progress(sent.load(Ordering::Relaxed) as i64, total, started.elapsed());
+                    let now_sent = sent.load(Ordering::Relaxed);
+                    if now_sent != last_sent {
+                        (last_sent, last_move) = (now_sent, Instant::now());
+                    }
+                    // Glance takes no more bytes, or never answers once it has them all.
+                    let limit = if (now_sent as i64) < total { STALL_LIMIT } else { ANSWER_LIMIT };
+                    if last_move.elapsed() > limit {
+                        return Err(AttemptError::Cloud(CloudError {
+                            summary: format!("the upload to Glance stalled for {} s", limit.as_secs()),
+                            detail: Some(format!("{now_sent} of {total} bytes sent")),
+                            cause: crate::cloud::Cause::Transport,
+                        }));
+                    }
+                    let mut progress = upload_progress(now_sent as i64, total, started.elapsed());
                     progress.message.push_str(of);
                     self.report(&progress).await?;
                 }
@@ -607,6 +664,14 @@ impl Job<'_> {
         } else {
             Err(AttemptError::ChecksumMismatch { detail })
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -59,15 +59,26 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
-        match e {
-            // The database is down or saturated: the client may retry; nothing was stored.
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::error!(error = %e, "database unavailable");
-                ApiError::Unavailable(
-                    "the database is unavailable; nothing was stored, retry later".into(),
-                )
-            }
-            other => ApiError::Internal(other.into()),
+        // Down, restarting or saturated: the client may retry; nothing was stored.
+        let unavailable = match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => true,
+            // Connection failures (08…) and shutdowns (57P0…) reported by the server.
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            _ => false,
+        };
+        if unavailable {
+            tracing::error!(error = %e, "database unavailable");
+            ApiError::Unavailable(
+                "the database is unavailable; nothing was stored, retry later".into(),
+            )
+        } else {
+            ApiError::Internal(e.into())
         }
     }
 }

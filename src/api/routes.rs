@@ -126,7 +126,15 @@ pub async fn publish(
     let image = resolve_image(&state, &caller, &params).await?;
     let bytes = axum::body::to_bytes(body, state.max_body_bytes)
         .await
-        .map_err(|_| ApiError::PayloadTooLarge(state.max_body_bytes))?;
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::PayloadTooLarge(state.max_body_bytes)
+            } else {
+                ApiError::BadRequest(format!("the request body could not be read: {e}"))
+            }
+        })?;
     let request = parse_publish_body(&headers, &bytes)?;
     if tokio::fs::metadata(&image.file_path).await.is_err() {
         return Err(ApiError::Conflict(format!(

@@ -92,10 +92,9 @@ impl<T: Serialize> Document<T> {
 
     /// A `200` with an `ETag`, or `304` when the client's `If-None-Match` names it.
     pub fn render_cached(&self, format: Format, digest: &str, request: &HeaderMap) -> Response {
-        let etag = format!(
-            "\"{digest}-{}\"",
-            if format == Format::Xml { "x" } else { "j" }
-        );
+        // The ETag is the object's digest (the contract); `Vary: Accept` keeps caches from
+        // mixing its XML and JSON forms.
+        let etag = format!("\"{digest}\"");
         let matches = request
             .get(header::IF_NONE_MATCH)
             .and_then(|v| v.to_str().ok())
@@ -108,6 +107,9 @@ impl<T: Serialize> Document<T> {
         if let Ok(v) = HeaderValue::from_str(&etag) {
             response.headers_mut().insert(header::ETAG, v);
         }
+        response
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("accept"));
         response
     }
 }

@@ -77,7 +77,9 @@ fn escape(text: &str) -> String {
     // XML 1.0 cannot carry most control characters at all, even escaped: drop them.
     let clean: String = text
         .chars()
-        .filter(|&c| c == '\t' || c == '\n' || c == '\r' || c >= ' ')
+        .filter(|&c| {
+            (c == '\t' || c == '\n' || c == '\r' || c >= ' ') && c != '\u{FFFE}' && c != '\u{FFFF}'
+        })
         .collect();
     quick_xml::escape::escape(clean.as_str()).into_owned()
 }
@@ -119,7 +121,8 @@ pub enum XmlError {
 /// `xsi:` prefix (the seed example) is accepted. DTDs are refused, so no entity can expand.
 pub fn parse(body: &[u8]) -> Result<Element, XmlError> {
     let mut reader = Reader::from_reader(body);
-    reader.config_mut().trim_text(true);
+    // Text is kept as sent (a password may start or end with a space); `text_of` trims.
+    reader.config_mut().trim_text(false);
     reader.config_mut().expand_empty_elements = true;
     let mut stack: Vec<Element> = Vec::new();
     let mut root: Option<Element> = None;
@@ -157,6 +160,7 @@ pub fn parse(body: &[u8]) -> Result<Element, XmlError> {
                     .map_err(|e| XmlError::Malformed(e.to_string()))?;
                 match stack.last_mut() {
                     Some(el) => el.text.push_str(&text),
+                    None if text.trim().is_empty() => {}
                     None => {
                         return Err(XmlError::Malformed("text outside the root element".into()))
                     }
@@ -215,6 +219,15 @@ mod tests {
         assert_eq!(root.name, "publishImage");
         assert_eq!(root.text_of("displayName"), Some("A & B"));
         assert_eq!(root.text_of("type"), None);
+    }
+
+    #[test]
+    fn keeps_text_as_sent_and_drops_characters_xml_cannot_carry() {
+        let root =
+            parse(b"<?xml version=\"1.0\"?>\n<a>\n  <password> pw </password>\n</a>\n").unwrap();
+        assert_eq!(root.child("password").unwrap().text, " pw ");
+        let xml = to_xml("status", &json!({"message": "a\u{1}b\u{FFFE}c"}));
+        assert!(xml.contains("<message>abc</message>"), "{xml}");
     }
 
     #[test]

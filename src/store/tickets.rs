@@ -509,6 +509,9 @@ pub async fn finish(
     Ok(query.execute(pool).await?.rows_affected() == 1)
 }
 
+/// A queued ticket untouched this long is handed to RabbitMQ again (see `rescue_expired`).
+const STALE_QUEUED_SECS: f64 = 600.0;
+
 /// What one rescuer pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Rescued {
@@ -534,7 +537,16 @@ pub async fn rescue_expired(pool: &PgPool, max_attempts: i32) -> Result<Rescued,
     .bind(max_attempts)
     .fetch_all(&mut *tx)
     .await?;
-    let requeued: Vec<(i64, i64)> = sqlx::query_as(
+    // A cancel requested while the worker was lost is honoured now, not re-queued.
+    sqlx::query(
+        "UPDATE publish_tickets SET state = 'cancelled', eta = NULL,
+             message = 'cancelled (its worker was lost before it could stop)',
+             lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+          WHERE state = 'running' AND lease_expires_at < now() AND cancel_requested",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let mut requeued: Vec<(i64, i64)> = sqlx::query_as(
         "WITH lost AS (
              UPDATE publish_tickets SET state = 'queued', eta = NULL,
                  message = 'worker lost, resuming on another worker',
@@ -545,6 +557,22 @@ pub async fn rescue_expired(pool: &PgPool, max_attempts: i32) -> Result<Rescued,
     )
     .fetch_all(&mut *tx)
     .await?;
+    // Safety net for a message lost on the way (dead-lettered, purged queue): a ticket
+    // queued for long with no outbox row gets a new one. Duplicates are harmless: the
+    // claim takes a ticket once.
+    let stale: Vec<(i64, i64)> = sqlx::query_as(
+        "WITH stale AS (
+             UPDATE publish_tickets t SET updated_at = now()
+              WHERE t.state = 'queued' AND NOT t.cancel_requested
+                AND t.updated_at < now() - make_interval(secs => $1)
+                AND NOT EXISTS (SELECT 1 FROM ticket_outbox o WHERE o.ticket_id = t.id)
+             RETURNING t.id)
+         INSERT INTO ticket_outbox (ticket_id) SELECT id FROM stale RETURNING ticket_id, id",
+    )
+    .bind(STALE_QUEUED_SECS)
+    .fetch_all(&mut *tx)
+    .await?;
+    requeued.extend(stale);
     tx.commit().await?;
     Ok(Rescued { requeued, gave_up })
 }
@@ -557,7 +585,7 @@ pub async fn release(pool: &PgPool, id: i64, token: i64) -> Result<Option<i64>, 
         "UPDATE publish_tickets SET state = 'queued', attempts = GREATEST(attempts - 1, 0), eta = NULL,
              message = 'worker stopped, resuming on another worker', cloud_id = NULL,
              lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-          WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
+          WHERE id = $1 AND fencing_token = $2 AND state = 'running' AND NOT cancel_requested",
     )
     .bind(id)
     .bind(token)

@@ -315,10 +315,7 @@ async fn forward(
                 if forwarded >= content_length {
                     break;
                 }
-                let n = match client_read.read(&mut chunk).await {
-                    Ok(n) => n,
-                    Err(_) => 0,
-                };
+                let n = client_read.read(&mut chunk).await.unwrap_or_default();
                 if n == 0 {
                     // The client went away mid-body: so does the upstream request.
                     to_client.abort();
