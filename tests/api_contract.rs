@@ -212,6 +212,20 @@ async fn get_answers_304_when_the_etag_matches() {
     ] {
         let first = app.get(&path, "alice").send().await.unwrap();
         let etag = first.headers()["etag"].to_str().unwrap().to_string();
+        assert_eq!(first.headers()["vary"], "accept");
+        let body = first.text().await.unwrap();
+        let digest = body
+            .split("<digest>")
+            .nth(1)
+            .unwrap()
+            .split("</digest>")
+            .next()
+            .unwrap();
+        assert_eq!(
+            etag,
+            format!("\"{digest}\""),
+            "the ETag is the object's digest"
+        );
         let second = app
             .get(&path, "alice")
             .header("If-None-Match", &etag)

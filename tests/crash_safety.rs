@@ -178,6 +178,80 @@ async fn a_ticket_that_keeps_losing_its_worker_ends_in_error() {
     app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_requested_while_the_worker_was_lost_is_honoured_not_requeued() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app(false).await;
+    let (id, uri) = queued_ticket(&app).await;
+    let claim = tickets::claim(&app.pool, id, "dying-worker:1", 60)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        tickets::request_cancel(&app.pool, id).await.unwrap(),
+        tickets::CancelOutcome::Requested
+    );
+    // A worker shutting down must not hand a cancelled ticket back.
+    assert_eq!(
+        tickets::release(&app.pool, id, claim.token).await.unwrap(),
+        None
+    );
+    expire_lease(&app.pool, id).await;
+    let publisher = Publisher::new(app.settings.amqp.clone(), "test");
+    assert_eq!(
+        pimage::rescuer::rescue_once(&app.pool, &publisher, 5)
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+    let last = app.status("alice", &uri).await;
+    assert_eq!(last["cancelled"], true, "{last}");
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM ticket_outbox")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0, "nothing re-queued");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_whose_message_was_lost_is_published_again() {
+    let _serial = SERIAL.lock().await;
+    let mut app = spawn_app(false).await;
+    let (id, uri) = queued_ticket(&app).await;
+    // Its message is gone (purged, dead-lettered) and it has sat queued for 11 minutes.
+    let conn = pimage::queue::connect(&app.settings.amqp, "test")
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_purge(app.settings.amqp.queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE publish_tickets SET updated_at = now() - interval '11 minutes' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let publisher = Publisher::new(app.settings.amqp.clone(), "test");
+    assert_eq!(
+        pimage::rescuer::rescue_once(&app.pool, &publisher, 5)
+            .await
+            .unwrap(),
+        (1, 0)
+    );
+    app.start_worker();
+    let last = app.wait_final("alice", &uri, Duration::from_secs(60)).await;
+    assert_eq!(last["complete"], true, "{last}");
+    let t = tickets::get(&app.pool, id).await.unwrap().unwrap();
+    DemoCloud::login()
+        .await
+        .delete(t.cloud_id.as_deref().unwrap())
+        .await;
+    app.stop().await;
+}
+
 /// Stops RabbitMQ's broker (all connections drop; the port closes) until dropped or `start`.
 struct RabbitOutage;
 

@@ -261,6 +261,18 @@ mod tests {
     }
 
     #[test]
+    fn an_xml_password_is_taken_verbatim() {
+        let body = CANONICAL.replace(
+            "<password>demopass</password>",
+            "<password> pass word </password>",
+        );
+        assert_eq!(
+            from_xml(body.as_bytes()).unwrap().password.expose(),
+            " pass word "
+        );
+    }
+
+    #[test]
     fn json_uses_the_same_field_names() {
         let r = from_json(
             br#"{"displayName":"x","publicImage":"true","keystoneProject":"p","credAccount":{"targetPlatform":{"name":"openstack"},"keystoneUrl":"http://k:5000","login":"u","password":"pw"}}"#,
