@@ -328,15 +328,7 @@ async fn a_publish_made_while_rabbitmq_is_down_is_delivered_after_it_comes_back(
         .await
         .unwrap();
     assert_eq!(pending, 0);
-    let t: serde_json::Value = app
-        .get(&uri, "alice")
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t: serde_json::Value = app.get_json("alice", &uri).await;
     DemoCloud::login()
         .await
         .delete(t["cloudId"].as_str().unwrap())

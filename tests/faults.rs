@@ -12,15 +12,9 @@ use reqwest::StatusCode;
 
 const MIB: u64 = 1 << 20;
 
-async fn ticket_key(app: &TestApp, ticket_uri: &str) -> String {
-    let id: i64 = ticket_uri.rsplit('/').next().unwrap().parse().unwrap();
-    let key: uuid::Uuid =
-        sqlx::query_scalar("SELECT ticket_key FROM publish_tickets WHERE id = $1")
-            .bind(id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    key.to_string()
+/// The ticket id at the end of a ticket URI.
+fn ticket_id(ticket_uri: &str) -> i64 {
+    ticket_uri.rsplit('/').next().unwrap().parse().unwrap()
 }
 
 async fn publish(app: &TestApp, image_uri: &str, body: String) -> String {
@@ -33,15 +27,7 @@ async fn publish(app: &TestApp, image_uri: &str, body: String) -> String {
 }
 
 async fn cloud_id(app: &TestApp, ticket_uri: &str) -> Option<String> {
-    let t: serde_json::Value = app
-        .get(ticket_uri, "alice")
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t: serde_json::Value = app.get_json("alice", ticket_uri).await;
     t["cloudId"].as_str().map(str::to_string)
 }
 
@@ -111,7 +97,7 @@ async fn glance_503_twice_then_recovers_with_one_image() {
 
     let cloud = DemoCloud::login().await;
     let images = cloud
-        .images_of_ticket(&ticket_key(&app, &ticket).await)
+        .images_of_ticket(&app.ticket_key(ticket_id(&ticket)).await)
         .await;
     assert_eq!(
         images.len(),
@@ -151,7 +137,7 @@ async fn a_connection_reset_at_half_of_a_256_mib_upload_is_survived() {
 
     let cloud = DemoCloud::login().await;
     let images = cloud
-        .images_of_ticket(&ticket_key(&app, &ticket).await)
+        .images_of_ticket(&app.ticket_key(ticket_id(&ticket)).await)
         .await;
     assert_eq!(images.len(), 1, "{images:#?}");
     assert_eq!(images[0]["size"].as_u64().unwrap(), size);
@@ -239,7 +225,7 @@ async fn a_wrong_cloud_password_fails_within_5_s_without_retries() {
     assert_eq!(attempts, 1);
     assert!(DemoCloud::login()
         .await
-        .images_of_ticket(&ticket_key(&app, &ticket).await)
+        .images_of_ticket(&app.ticket_key(ticket_id(&ticket)).await)
         .await
         .is_empty());
     app.stop().await;
@@ -296,7 +282,7 @@ async fn an_image_file_deleted_before_the_upload_is_named_in_the_error() {
     );
     assert!(DemoCloud::login()
         .await
-        .images_of_ticket(&ticket_key(&app, &ticket).await)
+        .images_of_ticket(&app.ticket_key(ticket_id(&ticket)).await)
         .await
         .is_empty());
     app.stop().await;
@@ -355,7 +341,7 @@ async fn cancel_stops_a_running_upload_within_2_s_and_leaves_nothing() {
     );
     assert!(DemoCloud::login()
         .await
-        .images_of_ticket(&ticket_key(&app, &ticket).await)
+        .images_of_ticket(&app.ticket_key(ticket_id(&ticket)).await)
         .await
         .is_empty());
     // Cancel again: it has ended.

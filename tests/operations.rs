@@ -94,15 +94,7 @@ async fn metrics_move_after_a_publish() {
     for line in after.lines() {
         assert!(!line.contains("demopass"), "no secret in metrics");
     }
-    let cloud_id: serde_json::Value = app
-        .get(uri, "alice")
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cloud_id: serde_json::Value = app.get_json("alice", uri).await;
     common::DemoCloud::login()
         .await
         .delete(cloud_id["cloudId"].as_str().unwrap())
@@ -260,15 +252,7 @@ async fn an_operator_inspects_and_retries_a_failed_ticket() {
     let again = cli(&app, &["tickets", "retry", &id]);
     assert!(!again.status.success(), "a complete ticket is not retried");
     assert!(String::from_utf8_lossy(&again.stderr).contains("only those can be retried"));
-    let t: serde_json::Value = app
-        .get(&uri, "alice")
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t: serde_json::Value = app.get_json("alice", &uri).await;
     common::DemoCloud::login()
         .await
         .delete(t["cloudId"].as_str().unwrap())

@@ -8,16 +8,6 @@ use std::time::{Duration, Instant};
 use common::{md5_of, publish_json, spawn_app, DemoCloud, PASSWORD};
 use reqwest::StatusCode;
 
-async fn ticket_key(app: &common::TestApp, ticket_id: i64) -> String {
-    let key: uuid::Uuid =
-        sqlx::query_scalar("SELECT ticket_key FROM publish_tickets WHERE id = $1")
-            .bind(ticket_id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    key.to_string()
-}
-
 #[tokio::test]
 async fn publishes_a_64_mib_qcow2_into_glance() {
     let app = spawn_app(true).await;
@@ -46,15 +36,7 @@ async fn publishes_a_64_mib_qcow2_into_glance() {
     let mut last_percentage = 0;
     let mut saw_progress = false;
     let status = loop {
-        let s: serde_json::Value = app
-            .get(&format!("{ticket_uri}/status"), "alice")
-            .header("Accept", "application/json")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s: serde_json::Value = app.get_json("alice", &format!("{ticket_uri}/status")).await;
         let p = s["percentage"].as_i64().unwrap();
         assert!(
             p >= last_percentage,
@@ -84,15 +66,7 @@ async fn publishes_a_64_mib_qcow2_into_glance() {
     assert_eq!(status["percentage"], 100);
     assert_eq!(status["error"], false);
 
-    let ticket: serde_json::Value = app
-        .get(&ticket_uri, "alice")
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ticket: serde_json::Value = app.get_json("alice", &ticket_uri).await;
     let cloud_id = ticket["cloudId"]
         .as_str()
         .expect("a published ticket names its Glance image")
@@ -119,7 +93,7 @@ async fn publishes_a_64_mib_qcow2_into_glance() {
     assert_eq!(glance["visibility"], "private");
     assert_eq!(glance["checksum"], md5_of(&file).as_str());
     assert_eq!(glance["size"].as_i64().unwrap(), image.size_bytes);
-    let key = ticket_key(&app, ticket["dbId"].as_i64().unwrap()).await;
+    let key = app.ticket_key(ticket["dbId"].as_i64().unwrap()).await;
     assert_eq!(glance[pimage::cloud::TICKET_PROPERTY], key.as_str());
     assert_eq!(
         cloud.images_of_ticket(&key).await.len(),
@@ -159,7 +133,7 @@ async fn a_public_image_refused_by_glance_is_explained_and_cleaned_up() {
             .contains("public image"),
         "{status}"
     );
-    let key = ticket_key(&app, ticket["dbId"].as_i64().unwrap()).await;
+    let key = app.ticket_key(ticket["dbId"].as_i64().unwrap()).await;
     assert!(DemoCloud::login()
         .await
         .images_of_ticket(&key)
@@ -231,22 +205,14 @@ async fn a_cancelled_ticket_is_never_started_and_a_finished_one_cannot_be_cancel
         cancelled["bytesLoaded"], 0,
         "the cancelled ticket never uploaded"
     );
-    let key = ticket_key(&app, first["dbId"].as_i64().unwrap()).await;
+    let key = app.ticket_key(first["dbId"].as_i64().unwrap()).await;
     let cloud = DemoCloud::login().await;
     assert!(cloud.images_of_ticket(&key).await.is_empty());
 
     // Cancel after complete: 409.
     let resp = cancel(second["uri"].as_str().unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::CONFLICT);
-    let ticket: serde_json::Value = app
-        .get(second["uri"].as_str().unwrap(), "alice")
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ticket = app.get_json("alice", second["uri"].as_str().unwrap()).await;
     let cloud_id = ticket["cloudId"].as_str().unwrap();
     assert_eq!(
         cloud.image(cloud_id).await.unwrap()["status"],

@@ -297,8 +297,9 @@ impl TestApp {
         }
     }
 
-    pub async fn status(&self, user: &str, ticket_uri: &str) -> serde_json::Value {
-        self.get(&format!("{ticket_uri}/status"), user)
+    /// GET `path` as JSON.
+    pub async fn get_json(&self, user: &str, path: &str) -> serde_json::Value {
+        self.get(path, user)
             .header("Accept", "application/json")
             .send()
             .await
@@ -306,6 +307,20 @@ impl TestApp {
             .json()
             .await
             .unwrap()
+    }
+
+    pub async fn status(&self, user: &str, ticket_uri: &str) -> serde_json::Value {
+        self.get_json(user, &format!("{ticket_uri}/status")).await
+    }
+
+    /// The Glance property value that names a ticket's image.
+    pub async fn ticket_key(&self, ticket_id: i64) -> String {
+        let key: Uuid = sqlx::query_scalar("SELECT ticket_key FROM publish_tickets WHERE id = $1")
+            .bind(ticket_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        key.to_string()
     }
 
     /// Polls the ticket status (JSON) until it is complete, failed or cancelled.
