@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Application, PUBLISH_ENTITLEMENT};
+use crate::api::{new_api_key, Application, PUBLISH_ENTITLEMENT};
 use crate::config::Settings;
 use crate::queue::Publisher;
 use crate::secrets::{self, Secret, SecretBox};
@@ -43,6 +43,9 @@ pub enum Command {
     /// Manage API users.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Manage API keys (the SDK's apiKey + signature scheme).
+    #[command(subcommand, name = "apikeys")]
+    ApiKeys(ApiKeysCommand),
     /// Manage images that can be published.
     #[command(subcommand)]
     Images(ImagesCommand),
@@ -88,6 +91,23 @@ pub enum UsersCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ApiKeysCommand {
+    /// Create an API key for a user; prints the public key and the secret key (shown once).
+    Create {
+        /// Owner's login.
+        #[arg(long)]
+        user: String,
+    },
+    /// The public keys of a user's API keys.
+    List {
+        #[arg(long)]
+        user: String,
+    },
+    /// Delete an API key.
+    Revoke { public_key: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ImagesCommand {
     /// Register an image file for a user; prints the image URI to publish.
     Register {
@@ -128,6 +148,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 pool,
                 settings.worker.clone(),
                 settings.amqp.clone(),
+                settings.cloud.clone(),
                 secrets,
             );
             let shutdown = shutdown_on_signal();
@@ -152,6 +173,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "user {login} (id {id}) entitlements: {}",
                 entitlements.join(",")
             );
+        }
+        Command::ApiKeys(command) => {
+            let pool = store::connect_and_migrate(&settings.database).await?;
+            api_keys_command(&pool, &settings, command).await?;
         }
         Command::Images(ImagesCommand::Register {
             user,
@@ -192,6 +217,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tickets_command(&pool, &settings, command).await?;
         }
         Command::Config => println!("{}", settings.describe()),
+    }
+    Ok(())
+}
+
+async fn api_keys_command(
+    pool: &sqlx::PgPool,
+    settings: &Settings,
+    command: ApiKeysCommand,
+) -> anyhow::Result<()> {
+    let owner = |login: String| async move {
+        users::find_by_login(pool, &login)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no user '{login}': create it with `pimage users add`"))
+    };
+    match command {
+        ApiKeysCommand::Create { user } => {
+            let owner = owner(user).await?;
+            let secrets = SecretBox::from_base64_key(&settings.secrets.key)?;
+            let (public_key, secret_key) = new_api_key();
+            users::add_api_key(pool, owner.id, &public_key, &secrets.seal(&secret_key)).await?;
+            println!("apiKey:    {public_key}");
+            println!("secretKey: {}", secret_key.expose());
+            eprintln!("Keep the secret key now: it is stored encrypted and never shown again.");
+        }
+        ApiKeysCommand::List { user } => {
+            let owner = owner(user).await?;
+            for (public_key, created_at) in users::list_api_keys(pool, owner.id).await? {
+                println!("{public_key}  created {}", created_at.format("%F %T UTC"));
+            }
+        }
+        ApiKeysCommand::Revoke { public_key } => {
+            if !users::revoke_api_key(pool, &public_key).await? {
+                anyhow::bail!("no API key '{public_key}'");
+            }
+            println!("API key {public_key} revoked");
+        }
     }
     Ok(())
 }

@@ -4,6 +4,8 @@
 //! Every failure is a `CloudError`: a summary in plain words for the user, the cloud's own
 //! answer as detail, and a `Cause` that `CloudError::is_transient` classifies.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use osauth::common::IdOrName;
@@ -35,6 +37,158 @@ pub struct OpenStackAccount {
     pub password: Secret,
     pub domain: String,
     pub project: String,
+}
+
+/// Which addresses pimage may call on a user's behalf. Users name the Keystone (and Glance)
+/// to call, so without a guard they could make workers call the cloud metadata service or
+/// other internal endpoints, and read the answers back in error messages (SSRF).
+///
+/// Never allowed: link-local (169.254.0.0/16, the metadata service; fe80::/10), unspecified,
+/// multicast and broadcast addresses. Loopback only with `allow_loopback` (development).
+/// With `allowed_hosts` set, a URL's host must match one entry: a host name (`keystone.example.com`),
+/// a wildcard (`*.example.com`), or an address or network (`10.0.0.0/8`). Checked on the URLs
+/// users give (at publish time and before login), on every address a name resolves to (so
+/// DNS cannot point a listed name elsewhere), and on every redirect.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AddressPolicy {
+    pub allow_loopback: bool,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+}
+
+impl AddressPolicy {
+    /// `Err` says, in words for the user, why `url` may not be called.
+    pub fn check_url(&self, url: &url::Url) -> Result<(), String> {
+        let refuse = |why: &str| Err(format!("'{url}' {why}"));
+        if !matches!(url.scheme(), "http" | "https") {
+            return refuse("is not an http or https URL");
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return refuse("must not carry credentials");
+        }
+        let ip = match url.host() {
+            None => return refuse("has no host"),
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            Some(url::Host::Domain(_)) => None,
+        };
+        if let Some(ip) = ip {
+            self.check_ip(ip).map_err(|why| format!("'{url}' {why}"))?;
+        }
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        if !self.allowed_hosts.is_empty()
+            && !self
+                .allowed_hosts
+                .iter()
+                .any(|entry| host_matches(entry, &host, ip))
+        {
+            return refuse("is not on this service's list of allowed cloud hosts");
+        }
+        Ok(())
+    }
+
+    /// `Err` says why the address may not be called.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), String> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        let forbidden = match ip {
+            IpAddr::V4(v4) => {
+                v4.is_link_local() || v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()
+            }
+            IpAddr::V6(v6) => {
+                (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.is_unspecified() || v6.is_multicast()
+            }
+        };
+        if forbidden {
+            return Err(format!("is a link-local, multicast or unspecified address ({ip}): pimage never calls those"));
+        }
+        if ip.is_loopback() && !self.allow_loopback {
+            return Err(format!(
+                "is a loopback address ({ip}): not allowed on this service"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Does an `allowed_hosts` entry admit `host` (lower case; `ip` when it is an address)?
+fn host_matches(entry: &str, host: &str, ip: Option<IpAddr>) -> bool {
+    let entry = entry.trim().to_ascii_lowercase();
+    if let Some(suffix) = entry.strip_prefix("*.") {
+        return host.ends_with(&format!(".{suffix}"));
+    }
+    let (Some(ip), Some(network)) = (ip, parse_network(&entry)) else {
+        return entry == host;
+    };
+    let (base, bits) = network;
+    match (ip, base) {
+        (IpAddr::V4(ip), IpAddr::V4(base)) => {
+            let mask = u32::MAX.checked_shl(32 - bits.min(32)).unwrap_or(0);
+            u32::from(ip) & mask == u32::from(base) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(base)) => {
+            let mask = u128::MAX.checked_shl(128 - bits.min(128)).unwrap_or(0);
+            u128::from(ip) & mask == u128::from(base) & mask
+        }
+        _ => false,
+    }
+}
+
+/// `10.0.0.0/8`, or a single address as a full-length network.
+fn parse_network(entry: &str) -> Option<(IpAddr, u32)> {
+    let (addr, bits) = entry.split_once('/').unwrap_or((entry, ""));
+    let addr: IpAddr = addr.trim_matches(|c| c == '[' || c == ']').parse().ok()?;
+    let full = if addr.is_ipv4() { 32 } else { 128 };
+    let bits = if bits.is_empty() {
+        full
+    } else {
+        bits.parse().ok()?
+    };
+    (bits <= full).then_some((addr, bits))
+}
+
+/// Why the resolver refused a name, kept for the error message: osauth's errors drop their
+/// source, so the refusal cannot be read back from the failed call.
+type Refusal = Arc<std::sync::Mutex<Option<String>>>;
+
+/// Resolves names, keeping only the addresses the policy allows.
+struct GuardedResolver {
+    policy: AddressPolicy,
+    refusal: Refusal,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        let refusal = self.refusal.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let resolved: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut why_not = None;
+            let allowed: Vec<SocketAddr> = resolved
+                .into_iter()
+                .filter(|a| match policy.check_ip(a.ip()) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        why_not = Some(why);
+                        false
+                    }
+                })
+                .collect();
+            if allowed.is_empty() {
+                let why = format!(
+                    "host '{host}' {}",
+                    why_not.unwrap_or_else(|| "resolves to no address".into())
+                );
+                *refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
+                return Err(why.into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// What went wrong, as far as retrying is concerned.
@@ -222,20 +376,64 @@ pub struct GlanceImage {
     pub size: Option<u64>,
 }
 
-fn http_client() -> Result<reqwest::Client, CloudError> {
+fn http_client(policy: &AddressPolicy) -> Result<(reqwest::Client, Refusal), CloudError> {
+    let redirects = policy.clone();
+    let refusal = Refusal::default();
+    let resolver = GuardedResolver {
+        policy: policy.clone(),
+        refusal: refusal.clone(),
+    };
     reqwest::Client::builder()
+        .dns_resolver(Arc::new(resolver))
+        .redirect(reqwest::redirect::Policy::custom(
+            move |attempt| match redirects.check_url(attempt.url()) {
+                Err(why) => attempt.error(format!("refused to follow a redirect: {why}")),
+                Ok(()) if attempt.previous().len() >= 5 => attempt.error("too many redirects"),
+                Ok(()) => attempt.follow(),
+            },
+        ))
         .connect_timeout(Duration::from_secs(10))
         // A few calls per ticket: a fresh connection each costs nothing next to the upload,
         // and never races a server (uwsgi http-socket) that closes idle connections.
         .pool_max_idle_per_host(0)
         .build()
+        .map(|client| (client, refusal))
         .map_err(|e| CloudError::transport("could not set up an HTTP client", &e))
 }
 
 impl Glance {
     /// Logs in to Keystone v3 (user in `domain`, scoped to `project` in the same domain).
-    pub async fn login(account: &OpenStackAccount) -> Result<Glance, CloudError> {
-        let client = http_client()?;
+    /// Every address called must pass `policy`.
+    pub async fn login(
+        account: &OpenStackAccount,
+        policy: &AddressPolicy,
+    ) -> Result<Glance, CloudError> {
+        let refused = |name: &str, why: String| CloudError {
+            summary: format!("{name} {why}"),
+            detail: None,
+            cause: Cause::Config,
+        };
+        let keystone = url::Url::parse(&account.keystone_url).map_err(|e| CloudError {
+            summary: format!("keystoneUrl '{}' is not a valid URL", account.keystone_url),
+            detail: Some(e.to_string()),
+            cause: Cause::Config,
+        })?;
+        policy
+            .check_url(&keystone)
+            .map_err(|why| refused("keystoneUrl", why))?;
+        let (client, refusal) = http_client(policy)?;
+        // A name resolved only to addresses the policy forbids: permanent, and said plainly.
+        let resolver_refused = |summary: String| {
+            refusal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .map(|why| CloudError {
+                    summary: format!("{summary}: {why}"),
+                    detail: None,
+                    cause: Cause::Config,
+                })
+        };
         let auth = Password::new(
             &account.keystone_url,
             account.user.clone(),
@@ -268,6 +466,12 @@ impl Glance {
                 return Err(explain_refused_login(&client, account, &e).await)
             }
             Err(e) => {
+                if let Some(error) = resolver_refused(format!(
+                    "may not call Keystone at '{}'",
+                    account.keystone_url
+                )) {
+                    return Err(error);
+                }
                 let summary = match e.kind() {
                     ErrorKind::ProtocolError | ErrorKind::OperationTimedOut => {
                         format!("could not reach Keystone at '{}'", account.keystone_url)
@@ -292,7 +496,21 @@ impl Glance {
                 detail: Some(e.to_string()),
                 cause: Cause::Config,
             })?;
+            policy
+                .check_url(&url)
+                .map_err(|why| refused("glanceUrl", why))?;
             session.set_endpoint_override(IMAGE, url);
+        } else {
+            // Names in the catalog are checked when resolved; addresses only here.
+            let endpoint = session
+                .get_endpoint(IMAGE, std::iter::empty::<&str>())
+                .await
+                .map_err(|e| {
+                    CloudError::from_osauth("no Glance (image service) in the Keystone catalog", &e)
+                })?;
+            policy
+                .check_url(&endpoint)
+                .map_err(|why| refused("the catalog's Glance endpoint", why))?;
         }
         Ok(Glance { session })
     }
@@ -500,6 +718,58 @@ mod tests {
                 retry_after: None,
             },
         }
+    }
+
+    #[test]
+    fn the_address_policy_keeps_users_away_from_internal_endpoints() {
+        let strict = AddressPolicy::default();
+        let url = |u: &str| url::Url::parse(u).unwrap();
+        for bad in [
+            "http://169.254.169.254/latest/meta-data",
+            "http://[fe80::1]:5000",
+            "http://[::ffff:169.254.169.254]/",
+            "http://0.0.0.0:5000",
+            "http://127.0.0.1:5000",
+            "http://[::1]:5000",
+            "http://user:pw@keystone.example.com",
+            "file:///etc/passwd",
+        ] {
+            assert!(strict.check_url(&url(bad)).is_err(), "{bad}");
+        }
+        for good in [
+            "https://keystone.example.com:5000/v3",
+            "http://10.1.2.3:5000",
+            "http://[2001:db8::1]:9292",
+        ] {
+            assert!(strict.check_url(&url(good)).is_ok(), "{good}");
+        }
+        let dev = AddressPolicy {
+            allow_loopback: true,
+            ..Default::default()
+        };
+        assert!(dev.check_url(&url("http://127.0.0.1:5000")).is_ok());
+        assert!(dev.check_url(&url("http://169.254.169.254/")).is_err());
+
+        let listed = AddressPolicy {
+            allow_loopback: false,
+            allowed_hosts: vec![
+                "*.cloud.example.com".into(),
+                "10.0.0.0/8".into(),
+                "keystone.example.org".into(),
+            ],
+        };
+        assert!(listed
+            .check_url(&url("https://k.cloud.example.com"))
+            .is_ok());
+        assert!(listed.check_url(&url("http://10.200.0.5:5000")).is_ok());
+        assert!(listed
+            .check_url(&url("http://KEYSTONE.example.org"))
+            .is_ok());
+        assert!(listed
+            .check_url(&url("http://cloud.example.com.evil.net"))
+            .is_err());
+        assert!(listed.check_url(&url("http://11.0.0.1")).is_err());
+        assert!(listed.check_url(&url("http://example.org")).is_err());
     }
 
     #[test]

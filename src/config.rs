@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::cloud::AddressPolicy;
 use crate::retry::RetrySettings;
 use crate::secrets::Secret;
 
@@ -16,6 +17,8 @@ pub struct Settings {
     pub api: ApiSettings,
     pub worker: WorkerSettings,
     pub storage: StorageSettings,
+    /// Which cloud addresses users may make the service call.
+    pub cloud: AddressPolicy,
     pub secrets: SecretSettings,
     pub log: LogSettings,
 }
@@ -36,6 +39,12 @@ pub struct AmqpSettings {
 pub struct ApiSettings {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// Failed password logins one login name may have in `login_lockout_secs` before it is
+    /// locked for that long.
+    pub login_max_failures: i32,
+    pub login_lockout_secs: u64,
+    /// How long a verified password is remembered (0: verify every request).
+    pub credential_cache_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,7 +100,9 @@ impl Settings {
                 config::Environment::with_prefix("PIMAGE")
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("cloud.allowed_hosts"),
             )
             .build()?
             .try_deserialize()

@@ -12,7 +12,10 @@ use tracing::{info, warn};
 
 use crate::outbox;
 use crate::queue::Publisher;
-use crate::store::tickets;
+use crate::store::{tickets, users};
+
+/// Failed-login windows older than this are forgotten.
+const STALE_LOGIN_FAILURES: Duration = Duration::from_secs(24 * 3600);
 
 /// One pass: returns how many tickets were re-queued and how many given up.
 pub async fn rescue_once(
@@ -51,6 +54,10 @@ pub async fn run(
         }
         if let Err(e) = rescue_once(&pool, &publisher, max_attempts).await {
             warn!(error = %e, "rescuer pass failed");
+        }
+        // Failed-login counts of names typed once and never again would pile up.
+        if let Err(e) = users::purge_login_failures(&pool, STALE_LOGIN_FAILURES).await {
+            warn!(error = %e, "could not purge old failed-login counts");
         }
     }
 }

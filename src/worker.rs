@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::cloud::{CloudError, Glance, OpenStackAccount};
+use crate::cloud::{AddressPolicy, CloudError, Glance, OpenStackAccount};
 use crate::config::{AmqpSettings, WorkerSettings};
 use crate::queue::{self, Publisher, TicketMessage};
 use crate::retry::{retry, Retryable};
@@ -48,6 +48,7 @@ pub struct Worker {
     pool: PgPool,
     settings: WorkerSettings,
     amqp: AmqpSettings,
+    cloud_policy: AddressPolicy,
     secrets: SecretBox,
     cancels: CancelWatch,
     /// Hands released and rescued tickets back to the queue.
@@ -61,6 +62,7 @@ impl Worker {
         pool: PgPool,
         settings: WorkerSettings,
         amqp: AmqpSettings,
+        cloud_policy: AddressPolicy,
         secrets: SecretBox,
     ) -> Worker {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -75,6 +77,7 @@ impl Worker {
             pool,
             settings,
             amqp,
+            cloud_policy,
             secrets,
             cancels: CancelWatch::default(),
             publisher,
@@ -525,7 +528,7 @@ impl Job<'_> {
                 ),
                 detail: Some(e.to_string()),
             })?;
-        let glance = Glance::login(&self.account).await?;
+        let glance = Glance::login(&self.account, &self.worker.cloud_policy).await?;
         let key = self.claim.ticket.ticket_key.to_string();
 
         // Never two images for one ticket: reuse a finished one, remove unfinished ones.

@@ -181,6 +181,7 @@ async fn a_cancelled_ticket_is_never_started_and_a_finished_one_cannot_be_cancel
         app.pool.clone(),
         app.settings.worker.clone(),
         app.settings.amqp.clone(),
+        app.settings.cloud.clone(),
         pimage::secrets::SecretBox::from_base64_key(&app.settings.secrets.key).unwrap(),
     );
     let stop = tokio_util::sync::CancellationToken::new();

@@ -1,17 +1,40 @@
-//! Who is calling (HTTP Basic against the users table) and what they may reach.
+//! Who is calling, and what they may reach.
+//!
+//! Two ways in, as the UForge SDK sends them:
+//! - HTTP Basic, checked against argon2id hashes. The check is slow on purpose, so it runs on
+//!   the blocking pool, a few at a time (each takes ~19 MiB), and a credential that passed is
+//!   remembered for a short while (keyed by a salted digest, never the password) so a client
+//!   polling a status does not pay it every time. Failed logins count per login name, known or
+//!   not; past the limit the name is locked for a while (429).
+//! - API keys: `?apiKey=<public>&signature=<base64(HMAC-SHA1(secret, relative URL))>`.
+//!
+//! Unknown user, wrong password, unknown key and bad signature all get the same 401.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::secrets::{self, Secret};
+use crate::config::ApiSettings;
+use crate::secrets::{self, Secret, SecretBox};
 use crate::store::{users, User};
 
 /// The entitlement every publish route needs.
 pub const PUBLISH_ENTITLEMENT: &str = "migration_publish";
+
+/// Remembered credentials at most; past it the memory is cleared (and refilled by use).
+const MAX_REMEMBERED: usize = 10_000;
 
 /// An authenticated caller.
 pub struct Caller(pub User);
@@ -20,21 +43,176 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
-        let (login, password) = basic_credentials(parts).ok_or(ApiError::Unauthorized)?;
-        let user = users::find_by_login(&state.pool, &login).await?;
+        let user = match SignedUrl::parse(parts.uri.path(), parts.uri.query().unwrap_or(""))? {
+            Some(signed) => state.auth.by_api_key(&signed).await?,
+            None => {
+                let (login, password) = basic_credentials(parts).ok_or(ApiError::Unauthorized)?;
+                state.auth.by_password(login, password).await?
+            }
+        };
+        Ok(Caller(user))
+    }
+}
+
+impl Caller {
+    /// May this caller publish as `uid`? Another user's resources look absent (404).
+    pub fn authorize(&self, uid: &str) -> Result<(), ApiError> {
+        let user = &self.0;
+        if !user.has_entitlement(PUBLISH_ENTITLEMENT) {
+            return Err(ApiError::Forbidden(format!(
+                "user '{}' lacks the entitlement {PUBLISH_ENTITLEMENT}",
+                user.login
+            )));
+        }
+        // A uid no login can have names nobody, for administrators too.
+        if (user.login != uid && !user.is_admin) || !valid_login(uid) {
+            return Err(ApiError::NotFound(format!("no user '{uid}'")));
+        }
+        Ok(())
+    }
+}
+
+/// Checks credentials; shared by every request of one API process.
+pub struct Authenticator {
+    pool: PgPool,
+    secrets: SecretBox,
+    max_failures: i32,
+    lockout: Duration,
+    remember_for: Duration,
+    /// Salted digest of login + password → the password hash they were verified against.
+    /// Comparing that hash on use means a changed password ends the memory at once.
+    remembered: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    salt: [u8; 32],
+    verifying: Semaphore,
+}
+
+impl Authenticator {
+    pub fn new(pool: PgPool, secrets: SecretBox, settings: &ApiSettings) -> Arc<Authenticator> {
+        let mut salt = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut salt);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Arc::new(Authenticator {
+            pool,
+            secrets,
+            max_failures: settings.login_max_failures.max(1),
+            lockout: Duration::from_secs(settings.login_lockout_secs.max(1)),
+            remember_for: Duration::from_secs(settings.credential_cache_secs),
+            remembered: Mutex::new(HashMap::new()),
+            salt,
+            verifying: Semaphore::new(cores * 2),
+        })
+    }
+
+    async fn by_password(&self, login: String, password: Secret) -> Result<User, ApiError> {
+        // A name no user can have is refused at once, and not counted.
+        if !valid_login(&login) {
+            return Err(ApiError::Unauthorized);
+        }
+        let memory_key = self.memory_key(&login, &password);
+        if let Some(hash) = self.recall(&memory_key) {
+            match users::find_by_login(&self.pool, &login).await? {
+                Some(user) if user.password_hash == hash => return Ok(user),
+                _ => self.forget(&memory_key),
+            }
+        }
+        if let Some(left) = users::login_lock(&self.pool, &login).await? {
+            return Err(ApiError::too_many_logins(&login, left));
+        }
+        let user = users::find_by_login(&self.pool, &login).await?;
         // Verify against a dummy hash for unknown users too, so timing does not reveal them.
         let hash = user
             .as_ref()
             .map(|u| u.password_hash.clone())
             .unwrap_or_else(|| DUMMY_HASH.clone());
-        let valid = tokio::task::spawn_blocking(move || secrets::verify_password(&password, &hash))
-            .await
-            .map_err(|e| ApiError::Internal(e.into()))?;
+        let valid = {
+            let _permit = self
+                .verifying
+                .acquire()
+                .await
+                .map_err(|e| ApiError::Internal(e.into()))?;
+            let hash = hash.clone();
+            tokio::task::spawn_blocking(move || secrets::verify_password(&password, &hash))
+                .await
+                .map_err(|e| ApiError::Internal(e.into()))?
+        };
         match user {
-            Some(user) if valid => Ok(Caller(user)),
-            _ => Err(ApiError::Unauthorized),
+            Some(user) if valid => {
+                users::clear_login_failures(&self.pool, &login).await?;
+                self.remember(memory_key, hash);
+                Ok(user)
+            }
+            _ => {
+                metrics::counter!("pimage_login_failures_total").increment(1);
+                if users::record_login_failure(&self.pool, &login, self.max_failures, self.lockout)
+                    .await?
+                {
+                    tracing::warn!(login, "too many failed logins: login locked");
+                    return Err(ApiError::too_many_logins(&login, self.lockout));
+                }
+                Err(ApiError::Unauthorized)
+            }
         }
     }
+
+    async fn by_api_key(&self, signed: &SignedUrl) -> Result<User, ApiError> {
+        let Some((user, secret_enc)) = users::find_by_api_key(&self.pool, &signed.api_key).await?
+        else {
+            return Err(ApiError::Unauthorized);
+        };
+        let secret = self
+            .secrets
+            .open(&secret_enc)
+            .map_err(|e| ApiError::Internal(e.into()))?;
+        if signed.is_signed_by(&secret) {
+            Ok(user)
+        } else {
+            Err(ApiError::Unauthorized)
+        }
+    }
+
+    fn memory_key(&self, login: &str, password: &Secret) -> [u8; 32] {
+        let mut digest = Sha256::new();
+        digest.update(self.salt);
+        digest.update(login.as_bytes());
+        digest.update([0]);
+        digest.update(password.expose().as_bytes());
+        digest.finalize().into()
+    }
+
+    fn recall(&self, key: &[u8; 32]) -> Option<String> {
+        let remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        remembered
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < self.remember_for)
+            .map(|(hash, _)| hash.clone())
+    }
+
+    fn remember(&self, key: [u8; 32], hash: String) {
+        if self.remember_for.is_zero() {
+            return;
+        }
+        let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        if remembered.len() >= MAX_REMEMBERED {
+            remembered.retain(|_, (_, at)| at.elapsed() < self.remember_for);
+            if remembered.len() >= MAX_REMEMBERED {
+                remembered.clear();
+            }
+        }
+        remembered.insert(key, (hash, Instant::now()));
+    }
+
+    fn forget(&self, key: &[u8; 32]) {
+        let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        remembered.remove(key);
+    }
+}
+
+/// The syntax of a user login (as the `users` table enforces it).
+pub fn valid_login(login: &str) -> bool {
+    (1..=64).contains(&login.len())
+        && login
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 static DUMMY_HASH: std::sync::LazyLock<String> =
@@ -54,19 +232,157 @@ fn basic_credentials(parts: &Parts) -> Option<(String, Secret)> {
     Some((login.to_string(), Secret::new(password)))
 }
 
-impl Caller {
-    /// May this caller publish as `uid`? Another user's resources look absent (404).
-    pub fn authorize(&self, uid: &str) -> Result<(), ApiError> {
-        let user = &self.0;
-        if !user.has_entitlement(PUBLISH_ENTITLEMENT) {
-            return Err(ApiError::Forbidden(format!(
-                "user '{}' lacks the entitlement {PUBLISH_ENTITLEMENT}",
-                user.login
-            )));
+/// The API base; the signed relative URL is what follows it.
+const API_BASE: &str = "/api/";
+
+/// A request URL signed with an API key.
+#[derive(Debug, PartialEq)]
+pub struct SignedUrl {
+    api_key: String,
+    signature: Vec<u8>,
+    /// Path and query after the API base, with `apiKey`, without `signature`.
+    relative_url: String,
+}
+
+impl SignedUrl {
+    /// `None` when the URL carries no `apiKey` (the caller may use Basic instead).
+    pub fn parse(path: &str, query: &str) -> Result<Option<SignedUrl>, ApiError> {
+        let mut api_key = None;
+        let mut signature = None;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "signature" => signature = Some(value),
+                "apiKey" => {
+                    api_key = Some(value);
+                    kept.push(pair);
+                }
+                _ => kept.push(pair),
+            }
         }
-        if user.login != uid && !user.is_admin {
-            return Err(ApiError::NotFound(format!("no user '{uid}'")));
-        }
-        Ok(())
+        let Some(api_key) = api_key else {
+            return Ok(None);
+        };
+        let signature = signature
+            .map(percent_decode)
+            // A `+` sent unencoded arrives as a space in form encoding.
+            .map(|s| s.replace(' ', "+"))
+            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+            .ok_or(ApiError::Unauthorized)?;
+        let relative_path = path.strip_prefix(API_BASE).unwrap_or(path);
+        Ok(Some(SignedUrl {
+            api_key: percent_decode(api_key),
+            signature,
+            relative_url: format!("{relative_path}?{}", kept.join("&")),
+        }))
+    }
+
+    /// Constant-time check of the signature.
+    pub fn is_signed_by(&self, secret: &Secret) -> bool {
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.expose().as_bytes())
+            .expect("HMAC takes a key of any length");
+        mac.update(self.relative_url.as_bytes());
+        mac.verify_slice(&self.signature).is_ok()
+    }
+}
+
+/// What the SDK computes: base64(HMAC-SHA1(secret key, relative URL)).
+pub fn sign(secret: &str, relative_url: &str) -> String {
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes a key of any length");
+    mac.update(relative_url.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn percent_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={text}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// A new API key: (public key, secret key). The secret is shown once, then kept sealed.
+pub fn new_api_key() -> (String, Secret) {
+    let mut public = [0u8; 16];
+    let mut secret = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut public);
+    rand::thread_rng().fill_bytes(&mut secret);
+    (
+        hex::encode(public),
+        Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signed_url_is_the_relative_url_with_api_key_without_signature() {
+        let secret = Secret::new("s3cret");
+        let relative = "users/u/pimages?img=3&apiKey=abc";
+        let signature = sign(secret.expose(), relative);
+        let query = format!(
+            "img=3&apiKey=abc&signature={}",
+            url::form_urlencoded::byte_serialize(signature.as_bytes()).collect::<String>()
+        );
+        let signed = SignedUrl::parse("/api/users/u/pimages", &query)
+            .unwrap()
+            .unwrap();
+        assert_eq!(signed.relative_url, relative);
+        assert_eq!(signed.api_key, "abc");
+        assert!(signed.is_signed_by(&secret));
+        assert!(!signed.is_signed_by(&Secret::new("other")));
+        // The same signature on another URL fails.
+        let moved = SignedUrl::parse("/api/users/v/pimages", &query)
+            .unwrap()
+            .unwrap();
+        assert!(!moved.is_signed_by(&secret));
+    }
+
+    #[test]
+    fn an_unencoded_plus_in_the_signature_still_verifies() {
+        let secret = Secret::new("k");
+        let relative = "users/a/pimages?apiKey=p";
+        // Find a relative URL whose signature holds a '+'.
+        let (relative, signature) = (0..200)
+            .map(|i| format!("{relative}&n={i}"))
+            .map(|r| {
+                let s = sign(secret.expose(), &r);
+                (r, s)
+            })
+            .find(|(_, s)| s.contains('+'))
+            .expect("some signature has a +");
+        let query = format!(
+            "{}&signature={signature}",
+            &relative["users/a/pimages?".len()..]
+        );
+        let signed = SignedUrl::parse("/api/users/a/pimages", &query)
+            .unwrap()
+            .unwrap();
+        assert!(signed.is_signed_by(&secret));
+    }
+
+    #[test]
+    fn no_api_key_means_basic_and_a_garbled_signature_is_refused() {
+        assert_eq!(SignedUrl::parse("/api/x", "img=1").unwrap(), None);
+        assert!(matches!(
+            SignedUrl::parse("/api/x", "apiKey=a&signature=%%%"),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            SignedUrl::parse("/api/x", "apiKey=a"),
+            Err(ApiError::Unauthorized)
+        ));
+    }
+
+    #[test]
+    fn logins_follow_the_users_table_syntax() {
+        assert!(valid_login("demo.user-1_x"));
+        assert!(!valid_login(""));
+        assert!(!valid_login("a b"));
+        assert!(!valid_login("' OR 1=1 --"));
+        assert!(!valid_login(&"a".repeat(65)));
     }
 }

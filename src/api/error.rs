@@ -13,8 +13,13 @@ use super::wire::{Document, Format, LocalizedMessage, UForgeError};
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("authentication required: give a valid user login and password (HTTP Basic)")]
+    #[error("authentication required: give a valid user login and password (HTTP Basic), or a valid apiKey and signature")]
     Unauthorized,
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -43,6 +48,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -53,6 +59,18 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::CloudFailed(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl ApiError {
+    pub fn too_many_logins(login: &str, left: std::time::Duration) -> ApiError {
+        ApiError::TooManyRequests {
+            message: format!(
+                "too many failed logins for '{login}': it is locked for {} more seconds",
+                left.as_secs().max(1)
+            ),
+            retry_after: left,
         }
     }
 }
@@ -101,11 +119,20 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let mut response = status.into_response();
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(r#"Basic realm="pimage""#),
-            );
+        match &self {
+            ApiError::Unauthorized => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Basic realm="pimage""#),
+                );
+            }
+            ApiError::TooManyRequests { retry_after, .. } => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs().max(1)),
+                );
+            }
+            _ => {}
         }
         response
             .extensions_mut()

@@ -6,7 +6,7 @@
 mod auth;
 mod error;
 mod observe;
-mod publish_request;
+pub mod publish_request;
 mod routes;
 mod wire;
 pub mod xml;
@@ -20,9 +20,10 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use auth::PUBLISH_ENTITLEMENT;
+pub use auth::{new_api_key, sign, valid_login, PUBLISH_ENTITLEMENT};
 pub use error::ApiError;
 
+use crate::cloud::AddressPolicy;
 use crate::config::Settings;
 use crate::queue::Publisher;
 use crate::secrets::SecretBox;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub publisher: Arc<Publisher>,
     pub secrets: SecretBox,
+    pub auth: Arc<auth::Authenticator>,
+    pub cloud_policy: AddressPolicy,
     pub max_body_bytes: usize,
 }
 
@@ -44,6 +47,7 @@ pub fn router(state: AppState) -> Router {
     };
     let api = Router::new()
         .route("/api/status", get(routes::service_status))
+        .route("/api/openapi.json", get(routes::openapi))
         .route(images, get(routes::list_images))
         .route(&format!("{images}/{{itid}}"), get(routes::get_image))
         .route(
@@ -93,9 +97,11 @@ impl Application {
         Ok(Application {
             listener,
             state: AppState {
+                auth: auth::Authenticator::new(pool.clone(), secrets.clone(), &settings.api),
                 pool,
                 publisher,
                 secrets,
+                cloud_policy: settings.cloud.clone(),
                 max_body_bytes: settings.api.max_body_bytes,
             },
             rescue: (

@@ -100,7 +100,42 @@ pub fn from_xml(body: &[u8]) -> Result<PublishRequest, InvalidRequest> {
     })
 }
 
+/// A publish body as it arrived: its media type decides the reader.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BodyError {
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+}
+
+/// Reads a publish body by its `Content-Type` header value (parameters ignored).
+pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<PublishRequest, BodyError> {
+    let media_type = content_type
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media_type.as_str() {
+        "application/xml" | "text/xml" => Ok(from_xml(body)?),
+        "application/json" => Ok(from_json(body)?),
+        "" => Err(BodyError::UnsupportedMediaType(
+            "send the publishImage body with Content-Type application/xml or application/json"
+                .into(),
+        )),
+        other => Err(BodyError::UnsupportedMediaType(format!(
+            "Content-Type '{other}' is not supported: use application/xml or application/json"
+        ))),
+    }
+}
+
 pub fn from_json(body: &[u8]) -> Result<PublishRequest, InvalidRequest> {
+    if nesting_exceeds(body, xml::MAX_DEPTH) {
+        return Err(InvalidRequest(format!(
+            "the JSON body is nested deeper than {} levels",
+            xml::MAX_DEPTH
+        )));
+    }
     let raw: RawRequest =
         serde_json::from_slice(body).map_err(|e| InvalidRequest(format!("malformed JSON: {e}")))?;
     check(raw)
@@ -181,6 +216,35 @@ fn check(raw: RawRequest) -> Result<PublishRequest, InvalidRequest> {
     })
 }
 
+/// Whether JSON arrays and objects nest deeper than `max` (strings skipped), checked before
+/// parsing so that no deep document reaches the parser's recursion.
+fn nesting_exceeds(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// The trimmed value, `None` when absent or blank; an error when required and missing.
 fn present(
     name: &str,
@@ -223,7 +287,13 @@ fn url_field(
         Some(v) => {
             let parsed = url::Url::parse(&v)
                 .map_err(|e| InvalidRequest(format!("{name} '{v}' is not a URL: {e}")))?;
+            // The text as written, not only as parsed: `http:/host` parses (and would be
+            // stored as sent), but it is no URL a user meant (found by the fuzzer).
+            let written_with_authority = ["http://", "https://"]
+                .iter()
+                .any(|p| v.get(..p.len()).is_some_and(|s| s.eq_ignore_ascii_case(p)));
             if !matches!(parsed.scheme(), "http" | "https")
+                || !written_with_authority
                 || parsed.host().is_none()
                 || v.len() > MAX_URL_LEN
             {
@@ -295,5 +365,45 @@ mod tests {
         assert!(err(r#"{"keystoneProject":"p","credAccount":{"targetPlatform":{"name":"aws"},"keystoneUrl":"http://k","login":"u","password":"x"}}"#).contains("aws"));
         assert!(err(r#"{"keystoneProject":"p","displayName":"a\u0001b","credAccount":{"keystoneUrl":"http://k","login":"u","password":"x"}}"#).contains("control"));
         assert!(err("[1,2").contains("malformed JSON"));
+        // Found by the fuzzer: parses as a URL, but is not written as one.
+        assert!(err(r#"{"keystoneProject":"p","credAccount":{"keystoneUrl":"http:/k:5000","login":"u","password":"x"}}"#).contains("must be an http or https URL"));
+    }
+
+    #[test]
+    fn deep_json_is_refused_before_parsing() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(from_json(deep.as_bytes())
+            .unwrap_err()
+            .0
+            .contains("deeper than 32"));
+        let deep_object = format!(r#"{{"a":{}1{}}}"#, r#"{"a":"#.repeat(40), "}".repeat(40));
+        assert!(from_json(deep_object.as_bytes())
+            .unwrap_err()
+            .0
+            .contains("deeper"));
+        // Brackets inside strings do not count.
+        let in_string = format!(
+            r#"{{"displayName":"{}","keystoneProject":"p","credAccount":{{"keystoneUrl":"http://k","login":"u","password":"x"}}}}"#,
+            "[{\\\"".repeat(50)
+        );
+        assert!(from_json(in_string.as_bytes()).is_ok(), "{in_string}");
+    }
+
+    #[test]
+    fn the_media_type_picks_the_reader() {
+        let json = br#"{"keystoneProject":"p","credAccount":{"keystoneUrl":"http://k","login":"u","password":"x"}}"#;
+        assert!(parse(Some("application/json; charset=utf-8"), json).is_ok());
+        assert!(matches!(
+            parse(Some("text/plain"), json),
+            Err(BodyError::UnsupportedMediaType(m)) if m.contains("text/plain")
+        ));
+        assert!(matches!(
+            parse(None, json),
+            Err(BodyError::UnsupportedMediaType(_))
+        ));
+        assert!(matches!(
+            parse(Some("application/xml"), json),
+            Err(BodyError::Invalid(_))
+        ));
     }
 }

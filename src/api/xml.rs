@@ -9,7 +9,7 @@ pub const UFORGE_NS: &str = "http://www.usharesoft.com/uforge";
 const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
 
 /// Nesting deeper than this is refused: no real document comes close.
-const MAX_DEPTH: usize = 32;
+pub const MAX_DEPTH: usize = 32;
 
 /// The concrete type of abstract elements: the only cloud target is OpenStack.
 fn xsi_type(element: &str) -> Option<&'static str> {

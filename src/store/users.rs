@@ -1,4 +1,6 @@
-//! Users and their entitlements.
+//! Users, their entitlements and credentials (API keys, failed-login counts).
+
+use std::time::Duration;
 
 use sqlx::PgPool;
 
@@ -17,17 +19,136 @@ impl User {
     }
 }
 
+/// Columns of `User`; callers add their joins and WHERE clause.
+const USER_SELECT: &str = "SELECT u.id, u.login, u.password_hash, u.is_admin,
+        COALESCE(array_agg(e.entitlement) FILTER (WHERE e.entitlement IS NOT NULL), '{}') AS entitlements
+   FROM users u LEFT JOIN user_entitlements e ON e.user_id = u.id";
+
 pub async fn find_by_login(pool: &PgPool, login: &str) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as::<_, User>(
-        "SELECT u.id, u.login, u.password_hash, u.is_admin,
-                COALESCE(array_agg(e.entitlement) FILTER (WHERE e.entitlement IS NOT NULL), '{}') AS entitlements
-           FROM users u LEFT JOIN user_entitlements e ON e.user_id = u.id
-          WHERE u.login = $1
-          GROUP BY u.id",
+    sqlx::query_as::<_, User>(&format!("{USER_SELECT} WHERE u.login = $1 GROUP BY u.id"))
+        .bind(login)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The owner of an API key, and the key's sealed secret.
+pub async fn find_by_api_key(
+    pool: &PgPool,
+    public_key: &str,
+) -> Result<Option<(User, Vec<u8>)>, sqlx::Error> {
+    let Some((user_id, secret_enc)) = sqlx::query_as::<_, (i64, Vec<u8>)>(
+        "SELECT user_id, secret_enc FROM api_keys WHERE public_key = $1",
+    )
+    .bind(public_key)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let user = sqlx::query_as::<_, User>(&format!("{USER_SELECT} WHERE u.id = $1 GROUP BY u.id"))
+        .bind(user_id)
+        .fetch_one(pool)
+        .await?;
+    Ok(Some((user, secret_enc)))
+}
+
+pub async fn add_api_key(
+    pool: &PgPool,
+    user_id: i64,
+    public_key: &str,
+    secret_enc: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO api_keys (user_id, public_key, secret_enc) VALUES ($1, $2, $3)")
+        .bind(user_id)
+        .bind(public_key)
+        .bind(secret_enc)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Deletes an API key; false if there was none.
+pub async fn revoke_api_key(pool: &PgPool, public_key: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM api_keys WHERE public_key = $1")
+        .bind(public_key)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// The public keys of a user's API keys, oldest first.
+pub async fn list_api_keys(
+    pool: &PgPool,
+    user_id: i64,
+) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, sqlx::Error> {
+    sqlx::query_as("SELECT public_key, created_at FROM api_keys WHERE user_id = $1 ORDER BY id")
+        .bind(user_id)
+        .fetch_all(pool)
+        .await
+}
+
+/// How long `login` stays locked after too many failed logins; `None` if it is not locked.
+pub async fn login_lock(pool: &PgPool, login: &str) -> Result<Option<Duration>, sqlx::Error> {
+    let seconds: Option<f64> = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM locked_until - now())::float8 FROM login_failures
+          WHERE login = $1 AND locked_until > now()",
     )
     .bind(login)
     .fetch_optional(pool)
-    .await
+    .await?;
+    Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+}
+
+/// Counts a failed login in the current window (`window` long); at `max_failures` in one
+/// window the login is locked for `window`. Returns whether it is now locked.
+pub async fn record_login_failure(
+    pool: &PgPool,
+    login: &str,
+    max_failures: i32,
+    window: Duration,
+) -> Result<bool, sqlx::Error> {
+    let locked: bool = sqlx::query_scalar(
+        "INSERT INTO login_failures AS f (login, failures, window_started_at, locked_until)
+         VALUES ($1, 1, now(), CASE WHEN $2 <= 1 THEN now() + make_interval(secs => $3) END)
+         ON CONFLICT (login) DO UPDATE SET
+             failures = CASE WHEN f.window_started_at < now() - make_interval(secs => $3)
+                             THEN 1 ELSE f.failures + 1 END,
+             window_started_at = CASE WHEN f.window_started_at < now() - make_interval(secs => $3)
+                                      THEN now() ELSE f.window_started_at END,
+             locked_until = CASE
+                 WHEN f.window_started_at >= now() - make_interval(secs => $3) AND f.failures + 1 >= $2
+                 THEN now() + make_interval(secs => $3)
+                 ELSE f.locked_until END
+         RETURNING locked_until IS NOT NULL AND locked_until > now()",
+    )
+    .bind(login)
+    .bind(max_failures)
+    .bind(window.as_secs_f64())
+    .fetch_one(pool)
+    .await?;
+    Ok(locked)
+}
+
+/// A successful login forgets earlier failures.
+pub async fn clear_login_failures(pool: &PgPool, login: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM login_failures WHERE login = $1")
+        .bind(login)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Forgets failure windows that ended long ago (logins typed once, never again).
+pub async fn purge_login_failures(pool: &PgPool, older_than: Duration) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM login_failures
+          WHERE window_started_at < now() - make_interval(secs => $1)
+            AND (locked_until IS NULL OR locked_until < now())",
+    )
+    .bind(older_than.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 /// Creates a user, or replaces the password, flag and entitlements of an existing one.

@@ -53,6 +53,8 @@ pub fn settings_for_test(db_name: &str, queue: &str) -> Settings {
     settings.amqp.queue = queue.to_string();
     settings.api.listen = "127.0.0.1:0".parse().unwrap();
     settings.worker.progress_interval_ms = 200;
+    // The lab cloud listens on 127.0.0.1.
+    settings.cloud.allow_loopback = true;
     settings.worker.retry.min_delay_ms = 300;
     settings.worker.retry.max_delay_ms = 2000;
     settings.worker.retry.deadline_secs = 600;
@@ -62,13 +64,19 @@ pub fn settings_for_test(db_name: &str, queue: &str) -> Settings {
 
 /// Starts the API (and a worker when `with_worker`) on a fresh database and queue.
 pub async fn spawn_app(with_worker: bool) -> TestApp {
+    spawn_app_with(with_worker, |_| {}).await
+}
+
+/// `spawn_app`, with settings changed by `adjust` first.
+pub async fn spawn_app_with(with_worker: bool, adjust: impl FnOnce(&mut Settings)) -> TestApp {
     // Logs only on request: the services' own logs are on stderr, not captured by the runner.
     if std::env::var_os("PIMAGE_TEST_LOG").is_some() {
         pimage::telemetry::init(pimage::config::LogFormat::Text);
     }
     let id = Uuid::new_v4().simple().to_string();
     let db_name = format!("pimage_test_{id}");
-    let settings = settings_for_test(&db_name, &format!("pimage.test.{id}"));
+    let mut settings = settings_for_test(&db_name, &format!("pimage.test.{id}"));
+    adjust(&mut settings);
     let base = settings
         .database
         .url
@@ -101,6 +109,7 @@ pub async fn spawn_app(with_worker: bool) -> TestApp {
             pool.clone(),
             settings.worker.clone(),
             settings.amqp.clone(),
+            settings.cloud.clone(),
             SecretBox::from_base64_key(&settings.secrets.key).unwrap(),
         );
         let token = shutdown.clone();
@@ -129,6 +138,7 @@ impl TestApp {
             self.pool.clone(),
             self.settings.worker.clone(),
             self.settings.amqp.clone(),
+            self.settings.cloud.clone(),
             SecretBox::from_base64_key(&self.settings.secrets.key).unwrap(),
         );
         let token = self.shutdown.clone();

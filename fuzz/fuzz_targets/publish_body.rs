@@ -1,0 +1,31 @@
+//! Fuzzes the publish request body reader (XML and JSON): it must never panic, hang or
+//! recurse without bound, and whatever it accepts must satisfy the checks it promises.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pimage::api::publish_request::parse;
+
+fuzz_target!(|data: &[u8]| {
+    // The first byte picks the media type, so one corpus covers both readers.
+    let Some((&kind, body)) = data.split_first() else {
+        return;
+    };
+    let content_type = if kind % 2 == 0 { "application/xml" } else { "application/json" };
+    if let Ok(request) = parse(Some(content_type), body) {
+        for text in [
+            request.display_name.as_deref(),
+            Some(request.keystone_project.as_str()),
+            Some(request.keystone_domain.as_str()),
+            Some(request.login.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert!(!text.is_empty() && text.chars().count() <= 255);
+            assert!(!text.chars().any(char::is_control), "{text:?}");
+        }
+        let url = request.keystone_url.to_ascii_lowercase();
+        assert!(url.starts_with("http://") || url.starts_with("https://"), "{url}");
+        assert!(!request.password.expose().is_empty());
+    }
+});

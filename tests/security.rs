@@ -1,0 +1,792 @@
+//! Security (docs/SECURITY.md): every route against every access rule, API keys, the
+//! failed-login lock, hostile bodies and ids, cloud addresses users may not point at, and no
+//! secret in any log line, answer, metric or database row.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::processes::{free_port, sigterm_and_wait, wait_for_api, Env};
+use common::{publish_json, spawn_app, spawn_app_with, DemoCloud, TestApp, PASSWORD};
+use pimage::store::users;
+use reqwest::Method;
+
+/// Every route of the API: method, path under /api (with `{image}` and `{ticket}` filled per
+/// call), the status a permitted caller gets, and its OpenAPI path template.
+const ROUTES: [(&str, &str, u16, &str); 10] = [
+    (
+        "GET",
+        "{scan}/images",
+        200,
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images",
+    ),
+    (
+        "GET",
+        "{image}",
+        200,
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}",
+    ),
+    (
+        "GET",
+        "{image}/pimages",
+        200,
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimages",
+    ),
+    (
+        "POST",
+        "{image}/pimages",
+        201,
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimages",
+    ),
+    (
+        "GET",
+        "{ticket}",
+        200,
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimages/{pitid}",
+    ),
+    (
+        "DELETE",
+        "{ticket}",
+        204,
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimages/{pitid}",
+    ),
+    (
+        "GET",
+        "{ticket}/status",
+        200,
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimages/{pitid}/status",
+    ),
+    (
+        "DELETE",
+        "{ticket}/cancel",
+        204,
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimages/{pitid}/cancel",
+    ),
+    (
+        "GET",
+        "users/alice/pimages",
+        200,
+        "/api/users/{uid}/pimages",
+    ),
+    (
+        "GET",
+        "users/alice/pimages/status",
+        200,
+        "/api/users/{uid}/pimages/status",
+    ),
+];
+
+/// Who calls, and how.
+#[derive(Debug, Clone, Copy)]
+enum Caller {
+    Anonymous,
+    WrongPassword,
+    UnknownUser,
+    BadSignature,
+    NoEntitlement,
+    OtherUser,
+    Owner,
+    OwnerByApiKey,
+    Admin,
+}
+
+/// The status each caller must get, given the route's success status.
+fn expected(caller: Caller, ok: u16) -> u16 {
+    match caller {
+        Caller::Anonymous | Caller::WrongPassword | Caller::UnknownUser | Caller::BadSignature => {
+            401
+        }
+        Caller::NoEntitlement => 403,
+        Caller::OtherUser => 404,
+        Caller::Owner | Caller::OwnerByApiKey | Caller::Admin => ok,
+    }
+}
+
+const PUBLISH_BODY: &str = include_str!("fixtures/publish-request.canonical.xml");
+
+/// alice owns the image; bob publishes too; carol lacks the entitlement; root is an admin.
+async fn app_with_users() -> (TestApp, String) {
+    let app = spawn_app(false).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    app.add_user("bob", &["migration_publish"], false).await;
+    app.add_user("carol", &["other"], false).await;
+    app.add_user("root", &["migration_publish"], true).await;
+    let file = app.raw_file("disk.raw", 4096);
+    let image = app.register_image("alice", &file, "raw").await;
+    (app, image.uri())
+}
+
+async fn api_key_for(app: &TestApp, login: &str) -> (String, String) {
+    let user = users::find_by_login(&app.pool, login)
+        .await
+        .unwrap()
+        .unwrap();
+    let (public, secret) = pimage::api::new_api_key();
+    let sealed = pimage::secrets::SecretBox::from_base64_key(&app.settings.secrets.key)
+        .unwrap()
+        .seal(&secret);
+    users::add_api_key(&app.pool, user.id, &public, &sealed)
+        .await
+        .unwrap();
+    (public, secret.expose().to_string())
+}
+
+/// `path` (under /api, maybe with a query) signed as the SDK signs it.
+fn signed(path: &str, public: &str, secret: &str) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let relative = format!("{path}{sep}apiKey={public}");
+    let signature = pimage::api::sign(secret, &relative);
+    let encoded: String = url::form_urlencoded::byte_serialize(signature.as_bytes()).collect();
+    format!("{relative}&signature={encoded}")
+}
+
+#[tokio::test]
+async fn every_route_against_every_access_rule() {
+    let (app, image_uri) = app_with_users().await;
+    let (public, secret) = api_key_for(&app, "alice").await;
+    let scan = image_uri.rsplit_once("/images/").unwrap().0.to_string();
+    let callers = [
+        Caller::Anonymous,
+        Caller::WrongPassword,
+        Caller::UnknownUser,
+        Caller::BadSignature,
+        Caller::NoEntitlement,
+        Caller::OtherUser,
+        Caller::Owner,
+        Caller::OwnerByApiKey,
+        Caller::Admin,
+    ];
+    let mut checked = 0;
+    for (method, template, ok, _) in ROUTES {
+        for caller in callers {
+            // A fresh ticket for every call: DELETE routes consume theirs.
+            let ticket = {
+                let resp = app
+                    .publish("alice", &image_uri, "application/xml", PUBLISH_BODY.into())
+                    .await;
+                assert_eq!(resp.status(), 201);
+                let body: serde_json::Value = resp.json().await.unwrap();
+                body["uri"].as_str().unwrap().to_string()
+            };
+            let path = template
+                .replace("{scan}", &scan)
+                .replace("{ticket}", &ticket)
+                .replace("{image}", &image_uri);
+            let url_path = match caller {
+                Caller::OwnerByApiKey => signed(&path, &public, &secret),
+                Caller::BadSignature => signed(&path, &public, "not-the-secret"),
+                _ => path.clone(),
+            };
+            let mut request = app
+                .client
+                .request(
+                    Method::from_bytes(method.as_bytes()).unwrap(),
+                    app.url(&url_path),
+                )
+                .header("Accept", "application/json");
+            request = match caller {
+                Caller::Anonymous | Caller::OwnerByApiKey | Caller::BadSignature => request,
+                Caller::WrongPassword => request.basic_auth("alice", Some("not the password")),
+                Caller::UnknownUser => request.basic_auth("nobody", Some(PASSWORD)),
+                Caller::NoEntitlement => request.basic_auth("carol", Some(PASSWORD)),
+                Caller::OtherUser => request.basic_auth("bob", Some(PASSWORD)),
+                Caller::Owner => request.basic_auth("alice", Some(PASSWORD)),
+                Caller::Admin => request.basic_auth("root", Some(PASSWORD)),
+            };
+            if method == "POST" {
+                request = request
+                    .header("Content-Type", "application/xml")
+                    .body(PUBLISH_BODY);
+            }
+            let resp = request.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap();
+            assert_eq!(
+                status,
+                expected(caller, ok),
+                "{method} {path} as {caller:?}: {body}"
+            );
+            if status >= 400 {
+                let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(error["statusCode"], status, "a uforgeError: {body}");
+            }
+            // Wrong passwords count towards the lock; this table is about access rules.
+            sqlx::query("DELETE FROM login_failures")
+                .execute(&app.pool)
+                .await
+                .unwrap();
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, ROUTES.len() * callers.len());
+    // bob's attempts changed nothing of alice's.
+    let remaining: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM publish_tickets WHERE cancel_requested")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        remaining, 3,
+        "only owner, API key and admin cancelled (one each)"
+    );
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM publish_tickets")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        total, 90,
+        "90 set up + 3 published - 3 deleted, by permitted callers only"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served_and_lists_exactly_the_routes() {
+    let app = spawn_app(false).await;
+    let resp = app
+        .client
+        .get(app.url("openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "served without a login");
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let doc: serde_json::Value = resp.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let mut documented: Vec<(String, String)> = vec![];
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    let mut routes: Vec<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, _, _, p)| (m.to_string(), p.to_string()))
+        .chain([
+            ("GET".into(), "/api/status".into()),
+            ("GET".into(), "/api/openapi.json".into()),
+        ])
+        .collect();
+    documented.sort();
+    routes.sort();
+    assert_eq!(documented, routes);
+    // Every documented success status is the one the route answers.
+    for (method, _, ok, path) in ROUTES {
+        let responses = &doc["paths"][path][method.to_lowercase()]["responses"];
+        assert!(
+            responses.get(ok.to_string()).is_some(),
+            "{method} {path} documents {ok}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn api_keys_from_the_cli_sign_requests_and_can_be_revoked() {
+    let env = Env::new().await;
+    env.run_ok(&["migrate"]);
+    env.command(&["users", "add", "alice"])
+        .env("PIMAGE_USER_PASSWORD", "alice-pw")
+        .output()
+        .unwrap();
+    let created = env.run_ok(&["apikeys", "create", "--user", "alice"]);
+    let field = |name: &str| {
+        created
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {created}"))
+            .trim()
+            .to_string()
+    };
+    let (public, secret) = (field("apiKey:"), field("secretKey:"));
+    // The secret is shown once: never by `list`, never stored in clear.
+    let listed = env.run_ok(&["apikeys", "list", "--user", "alice"]);
+    assert!(
+        listed.contains(&public) && !listed.contains(&secret),
+        "{listed}"
+    );
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&env.database_url())
+        .await
+        .unwrap();
+    let sealed: Vec<u8> = sqlx::query_scalar("SELECT secret_enc FROM api_keys")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert!(!sealed.windows(secret.len()).any(|w| w == secret.as_bytes()));
+
+    let port = free_port();
+    let api = env.spawn(&["api"], Some(port), "api");
+    let base = format!("http://127.0.0.1:{port}/api");
+    wait_for_api(&base).await;
+    let client = reqwest::Client::new();
+    let get = |path: String| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            client
+                .get(format!("{base}/{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        get(signed("users/alice/pimages", &public, &secret)).await,
+        200
+    );
+    // Other query parameters are signed too.
+    let with_query = signed("users/alice/pimages/status?img=1", &public, &secret);
+    assert_eq!(get(with_query.clone()).await, 200);
+    // Changing anything the signature covers fails: path, query, key.
+    assert_eq!(get(with_query.replace("img=1", "img=2")).await, 401);
+    assert_eq!(
+        get(with_query.replace("users/alice", "users/bob")).await,
+        401
+    );
+    assert_eq!(
+        get(signed("users/alice/pimages", "0000", &secret)).await,
+        401
+    );
+    assert_eq!(
+        get(signed("users/alice/pimages", &public, "guess")).await,
+        401
+    );
+
+    assert!(env
+        .run_ok(&["apikeys", "revoke", &public])
+        .contains("revoked"));
+    assert_eq!(
+        get(signed("users/alice/pimages", &public, &secret)).await,
+        401
+    );
+    let again = env.run(&["apikeys", "revoke", &public]);
+    assert!(!again.status.success());
+    sigterm_and_wait(api, "pimage api", Duration::from_secs(20)).await;
+    env.drop_all().await;
+}
+
+#[tokio::test]
+async fn failed_logins_lock_the_login_name_known_or_not_then_unlock() {
+    let app = spawn_app_with(false, |s| {
+        s.api.login_max_failures = 3;
+        s.api.login_lockout_secs = 2;
+    })
+    .await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let call = |login: &'static str, password: &'static str| {
+        app.client
+            .get(app.url(&format!("users/{login}/pimages")))
+            .basic_auth(login, Some(password))
+            .send()
+    };
+    for login in ["alice", "nobody"] {
+        assert_eq!(call(login, "bad").await.unwrap().status(), 401);
+        assert_eq!(call(login, "bad").await.unwrap().status(), 401);
+        // The third failure locks the name: the same answer for a user and a non-user.
+        let locked = call(login, "bad").await.unwrap();
+        assert_eq!(locked.status(), 429, "{login}");
+        assert!(
+            locked.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                >= 1
+        );
+        assert!(locked
+            .text()
+            .await
+            .unwrap()
+            .contains("too many failed logins"));
+    }
+    // While locked, even the right password is not checked.
+    assert_eq!(call("alice", PASSWORD).await.unwrap().status(), 429);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(call("alice", PASSWORD).await.unwrap().status(), 200);
+    // A success forgets the failures: two more do not lock.
+    assert_eq!(call("alice", "bad").await.unwrap().status(), 401);
+    assert_eq!(call("alice", "bad").await.unwrap().status(), 401);
+    assert_eq!(call("alice", PASSWORD).await.unwrap().status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_changed_password_ends_the_remembered_login_at_once() {
+    let app = spawn_app(false).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let get = |password: &'static str| {
+        app.client
+            .get(app.url("users/alice/pimages"))
+            .basic_auth("alice", Some(password))
+            .send()
+    };
+    assert_eq!(get(PASSWORD).await.unwrap().status(), 200);
+    assert_eq!(get(PASSWORD).await.unwrap().status(), 200, "remembered");
+    let hash = pimage::secrets::hash_password(&pimage::secrets::Secret::new("new-password"));
+    users::upsert(
+        &app.pool,
+        "alice",
+        &hash,
+        false,
+        &["migration_publish".into()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(get(PASSWORD).await.unwrap().status(), 401);
+    assert_eq!(get("new-password").await.unwrap().status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_bodies_and_ids_get_4xx_and_store_nothing() {
+    let (app, image_uri) = app_with_users().await;
+    let post = |body: String, content_type: &'static str| {
+        app.client
+            .post(app.url(&format!("{image_uri}/pimages")))
+            .basic_auth("alice", Some(PASSWORD))
+            .header("Content-Type", content_type)
+            .header("Accept", "application/json")
+            .body(body)
+            .send()
+    };
+    // The billion laughs: lol9 would expand to 10^9 "lol"s.
+    let entities: String = (1..10)
+        .map(|i| {
+            let previous = if i == 1 {
+                String::new()
+            } else {
+                (i - 1).to_string()
+            };
+            format!(
+                r#"<!ENTITY lol{i} "{}">"#,
+                format!("&lol{previous};").repeat(10)
+            )
+        })
+        .collect();
+    let laughs = format!(
+        r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">{entities}]><publishImage>&lol9;</publishImage>"#
+    );
+    let external = r#"<?xml version="1.0"?><!DOCTYPE p [<!ENTITY x SYSTEM "file:///etc/passwd">]><publishImage><displayName>&x;</displayName></publishImage>"#;
+    let deep_xml = format!("{}{}", "<a>".repeat(40), "</a>".repeat(40));
+    let deep_json = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let big_json = format!(r#"{{"displayName":"{}"}}"#, "x".repeat(100_000));
+    let cases: Vec<(String, &str, u16, &str)> = vec![
+        (laughs, "application/xml", 400, "DTD"),
+        (external.into(), "application/xml", 400, "DTD"),
+        (deep_xml, "application/xml", 400, "deeper"),
+        (deep_json, "application/json", 400, "deeper than 32"),
+        (big_json, "application/json", 413, "larger than"),
+        (
+            "{\"credAccount\":".into(),
+            "application/json",
+            400,
+            "malformed JSON",
+        ),
+        ("<publishImage>".into(), "application/xml", 400, ""),
+    ];
+    for (body, content_type, status, needle) in cases {
+        let resp = post(body.clone(), content_type).await.unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            status,
+            "{}",
+            &body[..body.len().min(80)]
+        );
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(needle), "{text}");
+    }
+    // Display names: too long or with control characters are refused; anything else is kept.
+    let with_name = |name: &str| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&publish_json("x", "demo", "demopass", "demo")).unwrap();
+        v["displayName"] = name.into();
+        v.to_string()
+    };
+    for bad in ["a\u{0}b", "line\nbreak", "bell\u{7}", &"n".repeat(256)] {
+        let resp = post(with_name(bad), "application/json").await.unwrap();
+        assert_eq!(resp.status(), 400, "{bad:?}");
+    }
+    // Ids and logins: not numbers, negative, overflowing, SQL: 400 or 404, never 500.
+    let scan = image_uri.rsplit_once("/images/").unwrap().0;
+    for (path, status) in [
+        (format!("{scan}/images/1%27%20OR%20%271%27=%271"), 400),
+        (format!("{scan}/images/-1"), 400),
+        (format!("{scan}/images/9223372036854775808"), 400),
+        (format!("{scan}/images/1e3"), 400),
+        (
+            "users/alice%27%3B%20DROP%20TABLE%20users%3B--/pimages".into(),
+            404,
+        ),
+        ("users/%00/pimages".into(), 404),
+    ] {
+        for user in ["alice", "root"] {
+            let resp = app.get(&path, user).send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), status, "{path} as {user}");
+        }
+    }
+    // SQL in a login is just a wrong login.
+    let resp = app
+        .client
+        .get(app.url("users/alice/pimages"))
+        .basic_auth("alice' OR '1'='1", Some("x' OR '1'='1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let tickets: i64 = sqlx::query_scalar("SELECT count(*) FROM publish_tickets")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!((tickets, users), (0, 4), "nothing stored, nothing dropped");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cloud_urls_that_point_inside_are_refused() {
+    let app = spawn_app_with(true, |s| s.cloud.allow_loopback = false).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let file = app.raw_file("disk.raw", 4096);
+    let image = app.register_image("alice", &file, "raw").await;
+    let body = |keystone: &str, glance: &str| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&publish_json("x", "demo", "demopass", "demo")).unwrap();
+        v["credAccount"]["keystoneUrl"] = keystone.into();
+        v["credAccount"]["glanceUrl"] = glance.into();
+        v.to_string()
+    };
+    for (keystone, glance, needle) in [
+        (
+            "http://169.254.169.254/latest",
+            "http://10.0.0.1:9292",
+            "link-local",
+        ),
+        (
+            "http://[::ffff:a9fe:a9fe]/",
+            "http://10.0.0.1:9292",
+            "link-local",
+        ),
+        (
+            "http://127.0.0.1:5000/v3",
+            "http://10.0.0.1:9292",
+            "loopback",
+        ),
+        (
+            "http://10.0.0.1:5000/v3",
+            "http://127.0.0.1:9292",
+            "glanceUrl",
+        ),
+        (
+            "http://user:pw@keystone.example.com/v3",
+            "http://10.0.0.1:9292",
+            "credentials",
+        ),
+    ] {
+        let resp = app
+            .publish(
+                "alice",
+                &image.uri(),
+                "application/json",
+                body(keystone, glance),
+            )
+            .await;
+        assert_eq!(resp.status(), 400, "{keystone}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(needle), "{text}");
+    }
+    // A name is checked where it resolves: `localhost` passes the API, not the worker.
+    let resp = app
+        .publish(
+            "alice",
+            &image.uri(),
+            "application/json",
+            body("http://localhost:5000/v3", "http://localhost:9292"),
+        )
+        .await;
+    assert_eq!(resp.status(), 201);
+    let ticket: serde_json::Value = resp.json().await.unwrap();
+    let status = app
+        .wait_final(
+            "alice",
+            ticket["uri"].as_str().unwrap(),
+            Duration::from_secs(120),
+        )
+        .await;
+    assert_eq!(status["error"], true, "{status}");
+    // Permanent, said plainly, and not retried.
+    let message = status["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("may not call Keystone") && message.contains("loopback"),
+        "{status}"
+    );
+    assert!(!message.contains("gave up retrying"), "{status}");
+    app.stop().await;
+}
+
+/// A full publish, and a failed one, by real processes logging at debug level: neither the
+/// cloud password nor the user's password appears in a log line, an answer, a metric, or a
+/// database row.
+#[tokio::test]
+async fn no_secret_in_logs_answers_metrics_or_rows() {
+    const USER_PASSWORD: &str = "Us3r-pa55word-9c1e";
+    const CLOUD_PASSWORD: &str = "demopass"; // the lab's demo user
+    const WRONG_CLOUD_PASSWORD: &str = "Wr0ng-cl0ud-pa55-4b7d";
+    let mut env = Env::new().await;
+    env.set("RUST_LOG", "debug");
+    env.set("PIMAGE__LOG__FORMAT", "json");
+    env.run_ok(&["migrate"]);
+    env.command(&["users", "add", "alice"])
+        .env("PIMAGE_USER_PASSWORD", USER_PASSWORD)
+        .output()
+        .unwrap();
+    let file = env.dir.join("disk.raw");
+    std::fs::write(&file, vec![3u8; 1_000_000]).unwrap();
+    let uri = env.run_ok(&[
+        "images",
+        "register",
+        "--user",
+        "alice",
+        "--file",
+        file.to_str().unwrap(),
+        "--format",
+        "raw",
+    ]);
+    let metrics_port = free_port();
+    let port = free_port();
+    let api = env.spawn(&["api"], Some(port), "api");
+    let worker = env
+        .command(&["worker"])
+        .env(
+            "PIMAGE__WORKER__LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(env.dir.join("worker.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}/api");
+    wait_for_api(&base).await;
+    let client = reqwest::Client::new();
+    let mut answers = String::new();
+    let mut cloud_ids = vec![];
+    for (password, complete) in [(CLOUD_PASSWORD, true), (WRONG_CLOUD_PASSWORD, false)] {
+        let resp = client
+            .post(format!("{base}/{}/pimages", uri.trim()))
+            .basic_auth("alice", Some(USER_PASSWORD))
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .body(publish_json("secret test", "demo", password, "demo"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let ticket: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(ticket["credAccount"]["secretsMissing"], true);
+        let ticket_uri = ticket["uri"].as_str().unwrap().to_string();
+        let started = Instant::now();
+        let status = loop {
+            let s: serde_json::Value = client
+                .get(format!("{base}/{ticket_uri}/status"))
+                .basic_auth("alice", Some(USER_PASSWORD))
+                .header("Accept", "application/json")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if s["complete"] == true || s["error"] == true {
+                break s;
+            }
+            assert!(started.elapsed() < Duration::from_secs(90), "{s}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(status["complete"], complete, "{status}");
+        for accept in ["application/json", "application/xml"] {
+            for path in [
+                ticket_uri.clone(),
+                format!("{ticket_uri}/status"),
+                "users/alice/pimages".into(),
+            ] {
+                let text = client
+                    .get(format!("{base}/{path}"))
+                    .basic_auth("alice", Some(USER_PASSWORD))
+                    .header("Accept", accept)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                answers.push_str(&text);
+            }
+        }
+        let full: serde_json::Value = serde_json::from_str(
+            &client
+                .get(format!("{base}/{ticket_uri}"))
+                .basic_auth("alice", Some(USER_PASSWORD))
+                .header("Accept", "application/json")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        if let Some(id) = full["cloudId"].as_str() {
+            cloud_ids.push(id.to_string());
+        }
+    }
+    for url in [
+        format!("http://127.0.0.1:{port}/metrics"),
+        format!("http://127.0.0.1:{metrics_port}/metrics"),
+    ] {
+        answers.push_str(&reqwest::get(url).await.unwrap().text().await.unwrap());
+    }
+    sigterm_and_wait(api, "pimage api", Duration::from_secs(20)).await;
+    sigterm_and_wait(worker, "pimage worker", Duration::from_secs(30)).await;
+
+    let logs = std::fs::read_to_string(env.dir.join("api.log")).unwrap()
+        + &std::fs::read_to_string(env.dir.join("worker.log")).unwrap();
+    assert!(logs.lines().count() > 20, "debug logs were written: {logs}");
+    assert!(logs.contains("ticket_id"), "the logs cover the tickets");
+    let dump = std::process::Command::new("pg_dump")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "--data-only",
+            &env.db_name,
+        ])
+        .output()
+        .unwrap();
+    assert!(dump.status.success());
+    let rows = String::from_utf8_lossy(&dump.stdout).to_string();
+    assert!(rows.contains("secret test"), "the dump holds the tickets");
+    let basic = base64_of(&format!("alice:{USER_PASSWORD}"));
+    for secret in [USER_PASSWORD, CLOUD_PASSWORD, WRONG_CLOUD_PASSWORD, &basic] {
+        for (what, text) in [
+            ("logs", &logs),
+            ("answers and metrics", &answers),
+            ("database", &rows),
+        ] {
+            assert!(!text.contains(secret), "{secret:?} found in the {what}");
+        }
+    }
+    let cloud = DemoCloud::login().await;
+    for id in cloud_ids {
+        cloud.delete(&id).await;
+    }
+    env.drop_all().await;
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
