@@ -4,13 +4,14 @@
 //!
 //! | module        | concern                                                                  |
 //! |---------------|--------------------------------------------------------------------------|
-//! | [`api`]       | HTTP routes, auth, XML/JSON representations, `uforgeError` answers       |
-//! | [`store`]     | Postgres: users, images, tickets (state, lease, status); all the SQL     |
+//! | [`api`]       | HTTP routes, auth (Basic, API keys, login lock), XML/JSON, OpenAPI doc   |
+//! | [`store`]     | Postgres: users and credentials, images, tickets; all the SQL            |
 //! | [`outbox`]    | hands stored tickets to RabbitMQ (at once, or later by the relay)        |
 //! | [`queue`]     | RabbitMQ: queue declaration, confirmed publishing, consuming             |
-//! | [`rescuer`]   | re-queues tickets whose worker died (expired lease); gives up on poison  |
+//! | [`rescuer`]   | re-queues tickets whose worker died (expired lease); gives up on poison; |
+//! |               | forgets stale failed-login counts                                        |
 //! | [`worker`]    | claims tickets, uploads, writes progress, ends each ticket               |
-//! | [`cloud`]     | Keystone v3 login and Glance v2 calls; which failures are transient      |
+//! | [`cloud`]     | Keystone v3 login, Glance v2 calls, transient failures, SSRF guard       |
 //! | [`retry`]     | backoff with full jitter, attempts and deadline, for transient failures  |
 //! | [`image_files`] | image files on disk: format check, checksums, shared directory        |
 //! | [`secrets`]   | `Secret`, cloud-password encryption, user-password hashing               |

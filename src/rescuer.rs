@@ -1,7 +1,8 @@
 //! The rescuer: re-queues tickets whose worker stopped writing progress (its lease expired),
 //! and gives up on tickets that used up their attempts. Judged by heartbeat age, never by
 //! total runtime, so a long upload that keeps reporting is never taken away. Every process
-//! may run it; concurrent passes are safe (see `tickets::rescue_expired`).
+//! may run it; concurrent passes are safe (see `tickets::rescue_expired`). Each pass also
+//! forgets failed-login counts nobody has added to for a day.
 
 use std::sync::Arc;
 use std::time::Duration;

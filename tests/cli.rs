@@ -13,7 +13,9 @@ use common::{publish_json, DemoCloud};
 async fn help_documents_every_subcommand() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
-    for sub in ["migrate", "api", "worker", "users", "images", "config"] {
+    for sub in [
+        "migrate", "api", "worker", "users", "apikeys", "images", "config",
+    ] {
         assert!(help.contains(sub), "--help names {sub}: {help}");
     }
 }

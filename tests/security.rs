@@ -790,3 +790,52 @@ fn base64_of(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)
 }
+
+/// Valid names reach Glance exactly as sent, in XML (escaped) and in JSON: Unicode, quotes,
+/// markup characters, SQL, and the longest name allowed.
+#[tokio::test]
+async fn display_names_reach_glance_intact() {
+    let mut app = spawn_app(false).await;
+    app.start_worker();
+    app.add_user("alice", &["migration_publish"], false).await;
+    let file = app.raw_file("disk.raw", 65536);
+    let image = app.register_image("alice", &file, "raw").await;
+    let names = [
+        "Ünïcødé 画像 \"double\" 'single' <b>bold</b> & more".to_string(),
+        "x'); DROP TABLE publish_tickets; --".to_string(),
+        "é".repeat(255),
+    ];
+    let cloud = DemoCloud::login().await;
+    for name in &names {
+        let escaped = name
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;");
+        let xml = PUBLISH_BODY.replace(
+            "<displayName>Example published image</displayName>",
+            &format!("<displayName>{escaped}</displayName>"),
+        );
+        assert_ne!(xml, PUBLISH_BODY, "the fixture names its image");
+        for (content_type, body) in [
+            ("application/xml", xml),
+            (
+                "application/json",
+                publish_json(name, "demo", "demopass", "demo"),
+            ),
+        ] {
+            let resp = app.publish("alice", &image.uri(), content_type, body).await;
+            assert_eq!(resp.status(), 201, "{name} as {content_type}");
+            let ticket: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(ticket["displayName"], name.as_str());
+            let uri = ticket["uri"].as_str().unwrap().to_string();
+            let status = app.wait_final("alice", &uri, Duration::from_secs(90)).await;
+            assert_eq!(status["complete"], true, "{status}");
+            let done = app.get_json("alice", &uri).await;
+            let cloud_id = done["cloudId"].as_str().unwrap();
+            let glance = cloud.image(cloud_id).await.unwrap();
+            assert_eq!(glance["name"], name.as_str(), "{content_type}");
+            cloud.delete(cloud_id).await;
+        }
+    }
+    app.stop().await;
+}
