@@ -64,13 +64,23 @@ async fn resolve_ticket(
     caller: &Caller,
     params: &HashMap<String, String>,
 ) -> Result<Ticket, ApiError> {
+    let uid = uid_param(params);
+    caller.authorize(uid)?;
+    let path = (
+        id_param(params, "siid")?,
+        id_param(params, "sid")?,
+        id_param(params, "itid")?,
+        id_param(params, "pitid")?,
+    );
+    if let Some(ticket) = tickets::find_at(&state.pool, uid, path).await? {
+        return Ok(ticket);
+    }
+    // Not found: say which part of the path is wrong.
     let image = resolve_image(state, caller, params).await?;
-    let pitid = id_param(params, "pitid")?;
-    tickets::get_of_image(&state.pool, image.id, pitid)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!("no publish ticket {pitid} for image {}", image.id))
-        })
+    Err(ApiError::NotFound(format!(
+        "no publish ticket {} for image {}",
+        path.3, image.id
+    )))
 }
 
 /// `GET /api/status`: lets clients check they can talk to the server (no login needed).

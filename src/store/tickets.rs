@@ -187,15 +187,20 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<Ticket>, sqlx::Error> 
         .await
 }
 
-/// The ticket `pitid` of image `itid`, if it exists under that image.
-pub async fn get_of_image(
+/// The ticket at its full path (owner, scanned instance, scan, image, ticket), in one query:
+/// the path of every status poll. `None` when any part does not match.
+pub async fn find_at(
     pool: &PgPool,
-    itid: i64,
-    pitid: i64,
+    owner_login: &str,
+    (siid, sid, itid, pitid): (i64, i64, i64, i64),
 ) -> Result<Option<Ticket>, sqlx::Error> {
     sqlx::query_as::<_, Ticket>(&format!(
-        "{SELECT_TICKET} WHERE t.image_id = $1 AND t.id = $2"
+        "{SELECT_TICKET} WHERE u.login = $1 AND s.scanned_instance_id = $2 AND i.scan_id = $3
+                           AND t.image_id = $4 AND t.id = $5"
     ))
+    .bind(owner_login)
+    .bind(siid)
+    .bind(sid)
     .bind(itid)
     .bind(pitid)
     .fetch_optional(pool)
