@@ -77,7 +77,8 @@ fn check_magic(file: &mut std::fs::File, format: &str, source: &Path) -> anyhow:
     Ok(())
 }
 
-fn checksums(path: &Path) -> anyhow::Result<(u64, String, String)> {
+/// Size, md5 and sha256 of a file (hex).
+pub fn checksums(path: &Path) -> anyhow::Result<(u64, String, String)> {
     let mut file = std::fs::File::open(path)?;
     let mut md5 = Md5::new();
     let mut sha = Sha256::new();

@@ -142,6 +142,46 @@ async fn a_public_image_refused_by_glance_is_explained_and_cleaned_up() {
     app.stop().await;
 }
 
+/// The upload is not hashed on the way (Glance's checksum is compared with the registered
+/// one), so a file rewritten after registration must still be caught, and said plainly.
+#[tokio::test]
+async fn a_file_changed_since_registration_is_caught_by_its_checksum() {
+    let app = spawn_app(true).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let file = app.raw_file("changing.raw", 1 << 20);
+    let image = app.register_image("alice", &file, "raw").await;
+    std::fs::write(&file, vec![0x5a; 1 << 20]).unwrap();
+    let resp = app
+        .publish(
+            "alice",
+            &image.uri(),
+            "application/json",
+            publish_json("changed", "demo", "demopass", "demo"),
+        )
+        .await;
+    let ticket: serde_json::Value = resp.json().await.unwrap();
+    let status = app
+        .wait_final(
+            "alice",
+            ticket["uri"].as_str().unwrap(),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(status["error"], true, "{status}");
+    let message = status["errorMessage"].as_str().unwrap();
+    assert!(message.contains("changed on disk"), "{status}");
+    let key = app.ticket_key(ticket["dbId"].as_i64().unwrap()).await;
+    assert!(
+        DemoCloud::login()
+            .await
+            .images_of_ticket(&key)
+            .await
+            .is_empty(),
+        "the bad image was deleted"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_cancelled_ticket_is_never_started_and_a_finished_one_cannot_be_cancelled() {
     // No worker yet: the ticket waits in the queue.
