@@ -54,6 +54,7 @@ async fn queued_ticket(app: &common::TestApp) -> (i64, String) {
         .await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let t: serde_json::Value = resp.json().await.unwrap();
+    app.wait_handed_off().await;
     (
         t["dbId"].as_i64().unwrap(),
         t["uri"].as_str().unwrap().to_string(),

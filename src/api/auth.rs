@@ -2,15 +2,17 @@
 //!
 //! Two ways in, as the UForge SDK sends them:
 //! - HTTP Basic, checked against argon2id hashes. The check is slow on purpose, so it runs on
-//!   the blocking pool, a few at a time (each takes ~19 MiB), and a credential that passed is
-//!   remembered for a short while (keyed by a salted digest, never the password) so a client
-//!   polling a status does not pay it every time. Failed logins count per login name, known or
-//!   not; past the limit the name is locked for a while (429).
+//!   the blocking pool, a few at a time (each takes ~19 MiB), and a user whose credential
+//!   passed is remembered for a short while (keyed by a salted digest, never the password) so
+//!   a client polling a status pays neither argon2 nor a user lookup every time. A change to
+//!   the user (NOTIFY from `users::upsert`) forgets it at once, in every API process. Failed
+//!   logins count per login name, known or not; past the limit the name is locked (429).
 //! - API keys: `?apiKey=<public>&signature=<base64(HMAC-SHA1(secret, relative URL))>`.
 //!
 //! Unknown user, wrong password, unknown key and bad signature all get the same 401.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +23,10 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::AppState;
@@ -79,9 +83,11 @@ pub struct Authenticator {
     max_failures: i32,
     lockout: Duration,
     remember_for: Duration,
-    /// Salted digest of login + password → the password hash they were verified against.
-    /// Comparing that hash on use means a changed password ends the memory at once.
-    remembered: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    /// Salted digest of login + password → the user they verified as.
+    remembered: Mutex<HashMap<[u8; 32], (User, Instant)>>,
+    /// Whether changes to users are being heard (`watch_user_changes`). Without that, a
+    /// remembered user is checked against the database on each use instead.
+    watching: AtomicBool,
     salt: [u8; 32],
     verifying: Semaphore,
 }
@@ -98,6 +104,7 @@ impl Authenticator {
             lockout: Duration::from_secs(settings.login_lockout_secs.max(1)),
             remember_for: Duration::from_secs(settings.credential_cache_secs),
             remembered: Mutex::new(HashMap::new()),
+            watching: AtomicBool::new(false),
             salt,
             verifying: Semaphore::new(cores * 2),
         })
@@ -109,9 +116,12 @@ impl Authenticator {
             return Err(ApiError::Unauthorized);
         }
         let memory_key = self.memory_key(&login, &password);
-        if let Some(hash) = self.recall(&memory_key) {
+        if let Some(known) = self.recall(&memory_key) {
+            if self.watching.load(Ordering::Acquire) {
+                return Ok(known);
+            }
             match users::find_by_login(&self.pool, &login).await? {
-                Some(user) if user.password_hash == hash => return Ok(user),
+                Some(user) if user.password_hash == known.password_hash => return Ok(user),
                 _ => self.forget(&memory_key),
             }
         }
@@ -138,7 +148,7 @@ impl Authenticator {
         match user {
             Some(user) if valid => {
                 users::clear_login_failures(&self.pool, &login).await?;
-                self.remember(memory_key, hash);
+                self.remember(memory_key, user.clone());
                 Ok(user)
             }
             _ => {
@@ -179,15 +189,15 @@ impl Authenticator {
         digest.finalize().into()
     }
 
-    fn recall(&self, key: &[u8; 32]) -> Option<String> {
+    fn recall(&self, key: &[u8; 32]) -> Option<User> {
         let remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
         remembered
             .get(key)
             .filter(|(_, at)| at.elapsed() < self.remember_for)
-            .map(|(hash, _)| hash.clone())
+            .map(|(user, _)| user.clone())
     }
 
-    fn remember(&self, key: [u8; 32], hash: String) {
+    fn remember(&self, key: [u8; 32], user: User) {
         if self.remember_for.is_zero() {
             return;
         }
@@ -198,12 +208,54 @@ impl Authenticator {
                 remembered.clear();
             }
         }
-        remembered.insert(key, (hash, Instant::now()));
+        remembered.insert(key, (user, Instant::now()));
     }
 
     fn forget(&self, key: &[u8; 32]) {
         let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
         remembered.remove(key);
+    }
+
+    fn forget_user(&self, login: Option<&str>) {
+        let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
+        match login {
+            Some(login) => remembered.retain(|_, (user, _)| user.login != login),
+            None => remembered.clear(),
+        }
+    }
+
+    /// Hears user changes until `shutdown`, forgetting what was remembered of each changed
+    /// user. While not listening (connecting, or after an error: notices may have been
+    /// missed), memory is cleared and remembered users are checked against the database.
+    pub async fn watch_user_changes(self: Arc<Self>, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let heard = async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen(users::USER_CHANGED_CHANNEL).await?;
+                self.forget_user(None);
+                self.watching.store(true, Ordering::Release);
+                loop {
+                    let notice = listener.recv().await?;
+                    self.forget_user(Some(notice.payload()));
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), sqlx::Error>(())
+            };
+            tokio::select! {
+                result = heard => {
+                    self.watching.store(false, Ordering::Release);
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "user-change listener lost Postgres; reconnecting");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        self.watching.store(false, Ordering::Release);
     }
 }
 

@@ -19,6 +19,7 @@ use axum::Router;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use auth::{new_api_key, sign, valid_login, PUBLISH_ENTITLEMENT};
 pub use error::ApiError;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub secrets: SecretBox,
     pub auth: Arc<auth::Authenticator>,
     pub cloud_policy: AddressPolicy,
+    /// Hand-offs to RabbitMQ still running after their request was answered.
+    pub hand_offs: TaskTracker,
     pub max_body_bytes: usize,
 }
 
@@ -102,6 +105,7 @@ impl Application {
                 publisher,
                 secrets,
                 cloud_policy: settings.cloud.clone(),
+                hand_offs: TaskTracker::new(),
                 max_body_bytes: settings.api.max_body_bytes,
             },
             rescue: (
@@ -137,9 +141,16 @@ impl Application {
             shutdown.clone(),
         ));
         tracing::info!(addr = %self.local_addr(), "API listening");
+        let user_changes =
+            tokio::spawn(self.state.auth.clone().watch_user_changes(shutdown.clone()));
+        let hand_offs = self.state.hand_offs.clone();
         axum::serve(self.listener, router(self.state))
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
+        // Each is bounded (outbox::HAND_OFF_TIMEOUT); what does not finish, the relay redoes.
+        hand_offs.close();
+        hand_offs.wait().await;
+        user_changes.await?;
         relay.await?;
         rescuer.await?;
         Ok(())

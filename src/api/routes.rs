@@ -195,7 +195,13 @@ pub async fn publish(
     .await?;
     tracing::info!(ticket_id = ticket.id, image_id = image.id, "ticket stored");
     metrics::counter!("pimage_publish_requests_total").increment(1);
-    outbox::hand_off(&state.pool, &state.publisher, ticket.id, outbox_id).await;
+    // Handed to RabbitMQ after the answer: the outbox row already promises it (the relay
+    // publishes it if this process dies first), and the client need not wait for the
+    // broker's confirm.
+    let (pool, publisher) = (state.pool.clone(), state.publisher.clone());
+    state.hand_offs.spawn(async move {
+        outbox::hand_off(&pool, &publisher, ticket.id, outbox_id).await;
+    });
 
     let (doc, digest) = PublishImage::document(&ticket);
     let mut response = doc.render(format, StatusCode::CREATED);

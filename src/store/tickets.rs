@@ -132,14 +132,30 @@ pub struct NewTicket<'a> {
 /// Stores a ticket and its outbox row in one transaction. Returns the ticket and the
 /// outbox row id, which the caller deletes once RabbitMQ confirmed the message.
 pub async fn create(pool: &PgPool, new: &NewTicket<'_>) -> Result<(Ticket, i64), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO publish_tickets (image_id, user_id, display_name, public_image, account_name,
-             keystone_url, keystone_version, keystone_domain, keystone_project, glance_url,
-             cloud_login, cloud_password_enc, bytes_total, message)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'queued, waiting for a worker')
-         RETURNING id",
-    )
+    // One statement (one round trip, atomic by itself): the ticket, its outbox row, and the
+    // ticket read back as the API shows it.
+    #[derive(sqlx::FromRow)]
+    struct Created {
+        #[sqlx(flatten)]
+        ticket: Ticket,
+        outbox_id: i64,
+    }
+    let select = SELECT_TICKET
+        .replace(
+            "FROM publish_tickets t",
+            "FROM new_ticket t CROSS JOIN outbox o",
+        )
+        .replace("t.finished_at", "t.finished_at, o.id AS outbox_id");
+    let created = sqlx::query_as::<_, Created>(&format!(
+        "WITH new_ticket AS (
+             INSERT INTO publish_tickets (image_id, user_id, display_name, public_image, account_name,
+                 keystone_url, keystone_version, keystone_domain, keystone_project, glance_url,
+                 cloud_login, cloud_password_enc, bytes_total, message)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'queued, waiting for a worker')
+             RETURNING *),
+         outbox AS (INSERT INTO ticket_outbox (ticket_id) SELECT id FROM new_ticket RETURNING id)
+         {select}"
+    ))
     .bind(new.image_id)
     .bind(new.user_id)
     .bind(new.display_name)
@@ -153,12 +169,9 @@ pub async fn create(pool: &PgPool, new: &NewTicket<'_>) -> Result<(Ticket, i64),
     .bind(new.cloud_login)
     .bind(new.cloud_password_enc)
     .bind(new.bytes_total)
-    .fetch_one(&mut *tx)
+    .fetch_one(pool)
     .await?;
-    let outbox_id = enqueue_in(&mut tx, id).await?;
-    let ticket = fetch_in(&mut tx, id).await?;
-    tx.commit().await?;
-    Ok((ticket, outbox_id))
+    Ok((created.ticket, created.outbox_id))
 }
 
 /// Adds the ticket's outbox row: the promise, in the caller's transaction, that it will be
@@ -169,13 +182,6 @@ async fn enqueue_in(
 ) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("INSERT INTO ticket_outbox (ticket_id) VALUES ($1) RETURNING id")
         .bind(ticket_id)
-        .fetch_one(&mut **tx)
-        .await
-}
-
-async fn fetch_in(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<Ticket, sqlx::Error> {
-    sqlx::query_as::<_, Ticket>(&format!("{SELECT_TICKET} WHERE t.id = $1"))
-        .bind(id)
         .fetch_one(&mut **tx)
         .await
 }

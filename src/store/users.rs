@@ -151,6 +151,10 @@ pub async fn purge_login_failures(pool: &PgPool, older_than: Duration) -> Result
     Ok(done.rows_affected())
 }
 
+/// Postgres NOTIFY channel naming a user whose password, flag or entitlements changed: API
+/// processes forget what they remembered of it.
+pub const USER_CHANGED_CHANNEL: &str = "pimage_user_changed";
+
 /// Creates a user, or replaces the password, flag and entitlements of an existing one.
 pub async fn upsert(
     pool: &PgPool,
@@ -181,6 +185,12 @@ pub async fn upsert(
     .bind(entitlements)
     .execute(&mut *tx)
     .await?;
+    // Delivered at commit.
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(USER_CHANGED_CHANNEL)
+        .bind(login)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(id)
 }

@@ -323,6 +323,26 @@ impl TestApp {
         self.get_json(user, &format!("{ticket_uri}/status")).await
     }
 
+    /// Waits until every stored ticket was handed to RabbitMQ (the API does that just after
+    /// answering the POST): the outbox is empty.
+    pub async fn wait_handed_off(&self) {
+        let started = Instant::now();
+        loop {
+            let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM ticket_outbox")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            if pending == 0 {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{pending} tickets never handed to RabbitMQ"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The Glance property value that names a ticket's image.
     pub async fn ticket_key(&self, ticket_id: i64) -> String {
         let key: Uuid = sqlx::query_scalar("SELECT ticket_key FROM publish_tickets WHERE id = $1")
