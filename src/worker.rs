@@ -618,6 +618,7 @@ impl Job<'_> {
 
         let started = Instant::now();
         let (mut last_sent, mut last_move) = (0u64, Instant::now());
+        let mut last_percentage = -1;
         let interval = Duration::from_millis(self.worker.settings.progress_interval_ms.max(100));
         let mut tick = tokio::time::interval(interval);
         tick.tick().await;
@@ -640,9 +641,15 @@ impl Job<'_> {
                             cause: crate::cloud::Cause::Transport,
                         }));
                     }
+                    // One write per percent at most (and per interval): a ticket costs a
+                    // bounded number of writes whatever its size. The lease keeper
+                    // heartbeats in between.
                     let mut progress = upload_progress(now_sent as i64, total, started.elapsed());
-                    progress.message.push_str(of);
-                    self.report(&progress).await?;
+                    if progress.percentage != last_percentage {
+                        last_percentage = progress.percentage;
+                        progress.message.push_str(of);
+                        self.report(&progress).await?;
+                    }
                 }
             }
         }

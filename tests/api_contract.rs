@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_valid_xml, spawn_app, TestApp, PASSWORD};
+use common::{app_with_users, assert_valid_xml, spawn_app, TestApp, PASSWORD};
 use reqwest::StatusCode;
 
 const EXAMPLES: [&str; 3] = [
@@ -11,18 +11,6 @@ const EXAMPLES: [&str; 3] = [
     include_str!("fixtures/publish-request.sdk.xml"),
     include_str!("fixtures/publish-request.seed.xml"),
 ];
-
-/// alice and bob publish; carol lacks the entitlement; root is an administrator.
-async fn app_with_users() -> (TestApp, String) {
-    let app = spawn_app(false).await;
-    app.add_user("alice", &["migration_publish"], false).await;
-    app.add_user("bob", &["migration_publish"], false).await;
-    app.add_user("carol", &["other_entitlement"], false).await;
-    app.add_user("root", &["migration_publish"], true).await;
-    let file = app.raw_file("disk.raw", 4096);
-    let image = app.register_image("alice", &file, "raw").await;
-    (app, image.uri())
-}
 
 async fn get_xml(app: &TestApp, path: &str, user: &str) -> (StatusCode, String) {
     let resp = app.get(path, user).send().await.unwrap();

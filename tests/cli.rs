@@ -6,7 +6,9 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::processes::{free_port, sigterm_and_wait, wait_for_api, Env, BIN};
+use common::processes::{
+    free_port, get_json_at, sigterm_and_wait, wait_final_at, wait_for_api, Env, BIN,
+};
 use common::{publish_json, DemoCloud};
 
 #[tokio::test]
@@ -128,7 +130,6 @@ async fn api_and_worker_processes_publish_and_stop_on_sigterm() {
     let base = format!("http://127.0.0.1:{port}/api");
     let client = reqwest::Client::new();
     wait_for_api(&base).await;
-    let started = Instant::now();
     let resp = client
         .post(format!("{base}/{}/pimages", uri.trim()))
         .basic_auth("alice", Some("alice-pw"))
@@ -140,35 +141,20 @@ async fn api_and_worker_processes_publish_and_stop_on_sigterm() {
         .unwrap();
     assert_eq!(resp.status(), 201);
     let ticket: serde_json::Value = resp.json().await.unwrap();
-    let status_url = format!("{base}/{}/status", ticket["uri"].as_str().unwrap());
-    let status = loop {
-        let s: serde_json::Value = client
-            .get(&status_url)
-            .basic_auth("alice", Some("alice-pw"))
-            .header("Accept", "application/json")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if s["complete"] == true || s["error"] == true {
-            break s;
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "not done: {s}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = wait_final_at(
+        &base,
+        ("alice", "alice-pw"),
+        ticket["uri"].as_str().unwrap(),
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(status["complete"], true, "{status}");
-    let ticket: serde_json::Value = client
-        .get(format!("{base}/{}", ticket["uri"].as_str().unwrap()))
-        .basic_auth("alice", Some("alice-pw"))
-        .header("Accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ticket = get_json_at(
+        &base,
+        ("alice", "alice-pw"),
+        ticket["uri"].as_str().unwrap(),
+    )
+    .await;
     let cloud = DemoCloud::login().await;
     let cloud_id = ticket["cloudId"].as_str().unwrap();
     assert_eq!(cloud.image(cloud_id).await.unwrap()["status"], "active");

@@ -6,8 +6,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::processes::{free_port, sigterm_and_wait, wait_for_api, Env};
-use common::{publish_json, spawn_app, spawn_app_with, DemoCloud, TestApp, PASSWORD};
+use common::processes::{
+    free_port, get_json_at, sigterm_and_wait, wait_final_at, wait_for_api, Env,
+};
+use common::{
+    app_with_users, publish_json, spawn_app, spawn_app_with, DemoCloud, TestApp, PASSWORD,
+};
 use pimage::store::users;
 use reqwest::Method;
 
@@ -103,18 +107,6 @@ fn expected(caller: Caller, ok: u16) -> u16 {
 }
 
 const PUBLISH_BODY: &str = include_str!("fixtures/publish-request.canonical.xml");
-
-/// alice owns the image; bob publishes too; carol lacks the entitlement; root is an admin.
-async fn app_with_users() -> (TestApp, String) {
-    let app = spawn_app(false).await;
-    app.add_user("alice", &["migration_publish"], false).await;
-    app.add_user("bob", &["migration_publish"], false).await;
-    app.add_user("carol", &["other"], false).await;
-    app.add_user("root", &["migration_publish"], true).await;
-    let file = app.raw_file("disk.raw", 4096);
-    let image = app.register_image("alice", &file, "raw").await;
-    (app, image.uri())
-}
 
 async fn api_key_for(app: &TestApp, login: &str) -> (String, String) {
     let user = users::find_by_login(&app.pool, login)
@@ -707,24 +699,13 @@ async fn no_secret_in_logs_answers_metrics_or_rows() {
         let ticket: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(ticket["credAccount"]["secretsMissing"], true);
         let ticket_uri = ticket["uri"].as_str().unwrap().to_string();
-        let started = Instant::now();
-        let status = loop {
-            let s: serde_json::Value = client
-                .get(format!("{base}/{ticket_uri}/status"))
-                .basic_auth("alice", Some(USER_PASSWORD))
-                .header("Accept", "application/json")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if s["complete"] == true || s["error"] == true {
-                break s;
-            }
-            assert!(started.elapsed() < Duration::from_secs(90), "{s}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let status = wait_final_at(
+            &base,
+            ("alice", USER_PASSWORD),
+            &ticket_uri,
+            Duration::from_secs(90),
+        )
+        .await;
         assert_eq!(status["complete"], complete, "{status}");
         for accept in ["application/json", "application/xml"] {
             for path in [
@@ -745,19 +726,7 @@ async fn no_secret_in_logs_answers_metrics_or_rows() {
                 answers.push_str(&text);
             }
         }
-        let full: serde_json::Value = serde_json::from_str(
-            &client
-                .get(format!("{base}/{ticket_uri}"))
-                .basic_auth("alice", Some(USER_PASSWORD))
-                .header("Accept", "application/json")
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        )
-        .unwrap();
+        let full = get_json_at(&base, ("alice", USER_PASSWORD), &ticket_uri).await;
         if let Some(id) = full["cloudId"].as_str() {
             cloud_ids.push(id.to_string());
         }

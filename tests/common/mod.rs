@@ -67,6 +67,18 @@ pub async fn spawn_app(with_worker: bool) -> TestApp {
     spawn_app_with(with_worker, |_| {}).await
 }
 
+/// alice and bob publish; carol lacks the entitlement; root is an administrator.
+pub async fn app_with_users() -> (TestApp, String) {
+    let app = spawn_app(false).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    app.add_user("bob", &["migration_publish"], false).await;
+    app.add_user("carol", &["other_entitlement"], false).await;
+    app.add_user("root", &["migration_publish"], true).await;
+    let file = app.raw_file("disk.raw", 4096);
+    let image = app.register_image("alice", &file, "raw").await;
+    (app, image.uri())
+}
+
 /// `spawn_app`, with settings changed by `adjust` first.
 pub async fn spawn_app_with(with_worker: bool, adjust: impl FnOnce(&mut Settings)) -> TestApp {
     // Logs only on request: the services' own logs are on stderr, not captured by the runner.

@@ -158,3 +158,35 @@ pub async fn wait_for_api(base: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// GETs `{base}/{path}` as JSON with Basic `login`.
+pub async fn get_json_at(base: &str, login: (&str, &str), path: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{base}/{path}"))
+        .basic_auth(login.0, Some(login.1))
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls a ticket's status at `base` (…/api) every 200 ms until it is complete or failed.
+pub async fn wait_final_at(
+    base: &str,
+    login: (&str, &str),
+    ticket_uri: &str,
+    within: Duration,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let status = get_json_at(base, login, &format!("{ticket_uri}/status")).await;
+        if status["complete"] == true || status["error"] == true {
+            return status;
+        }
+        assert!(started.elapsed() < within, "not done: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
