@@ -4,7 +4,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::processes::{
     free_port, get_json_at, sigterm_and_wait, wait_final_at, wait_for_api, Env, BIN,
