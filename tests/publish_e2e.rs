@@ -61,6 +61,10 @@ async fn publishes_a_64_mib_qcow2_into_glance() {
         "64 MiB end to end: {:.2} s (saw progress: {saw_progress})",
         elapsed.as_secs_f64()
     );
+    assert!(
+        saw_progress,
+        "no status showed bytes moving before completion"
+    );
     assert_eq!(status["complete"], true, "{status}");
     assert_eq!(status["published"], true);
     assert_eq!(status["percentage"], 100);

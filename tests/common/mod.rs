@@ -162,8 +162,14 @@ impl TestApp {
     /// Stops the API and worker, then removes the test's queues, database and files.
     pub async fn stop(self) {
         self.shutdown.cancel();
+        // A task that panicked or would not stop fails the test: its failure must not be lost.
         for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+            match tokio::time::timeout(Duration::from_secs(30), t).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Ok(Err(e)) => panic!("a service task was cancelled: {e}"),
+                Err(_) => panic!("a service task did not stop within 30 s of shutdown"),
+            }
         }
         if let Ok(conn) = pimage::queue::connect(&self.settings.amqp, "pimage-test-cleanup").await {
             if let Ok(ch) = conn.create_channel().await {
