@@ -5,6 +5,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY migrations migrations
+# The offline cache of the compile-time checked SQL: this build has no database.
+COPY .sqlx .sqlx
 RUN cargo build --release --locked && strip target/release/pimage
 
 FROM debian:bookworm-slim

@@ -83,10 +83,9 @@ async fn readyz(State(probes): State<Probes>) -> Response {
 /// `None` when ready, else why not.
 async fn database_ready(pool: &PgPool) -> Option<String> {
     let check = async {
-        let applied: Vec<i64> =
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                .fetch_all(pool)
-                .await?;
+        let applied = sqlx::query_scalar!("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?;
         let missing = store::MIGRATOR
             .iter()
             .filter(|m| !applied.contains(&m.version))

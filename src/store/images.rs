@@ -41,46 +41,57 @@ pub struct NewImage<'a> {
     pub sha256sum: &'a str,
 }
 
-const SELECT_IMAGE: &str = "SELECT i.id, i.scan_id, s.scanned_instance_id, u.login AS owner_login, i.name,
-        i.file_path, i.file_name, i.format, i.size_bytes, i.md5sum, i.sha256sum, i.created_at, i.updated_at
-   FROM images i
-   JOIN scans s ON s.id = i.scan_id
-   JOIN scanned_instances si ON si.id = s.scanned_instance_id
-   JOIN users u ON u.id = si.user_id";
+/// Expands to a compile-time checked `query_as!` of `Image` rows: the image columns, with the
+/// ids and owner of its path, then `$clause` (WHERE, ORDER BY ...) and the arguments.
+macro_rules! select_images {
+    ($clause:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            Image,
+            "SELECT i.id, i.scan_id, s.scanned_instance_id, u.login AS owner_login, i.name,
+                    i.file_path, i.file_name, i.format, i.size_bytes, i.md5sum, i.sha256sum,
+                    i.created_at, i.updated_at
+               FROM images i
+               JOIN scans s ON s.id = i.scan_id
+               JOIN scanned_instances si ON si.id = s.scanned_instance_id
+               JOIN users u ON u.id = si.user_id "
+                + $clause
+            $(, $arg)*
+        )
+    };
+}
 
 /// Creates a scanned instance and a scan holding one new image, in one transaction.
 pub async fn register(pool: &PgPool, new: &NewImage<'_>) -> Result<Image, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let siid: i64 = sqlx::query_scalar(
+    let siid = sqlx::query_scalar!(
         "INSERT INTO scanned_instances (user_id, name) VALUES ($1, $2) RETURNING id",
+        new.owner_id,
+        new.name
     )
-    .bind(new.owner_id)
-    .bind(new.name)
     .fetch_one(&mut *tx)
     .await?;
-    let sid: i64 = sqlx::query_scalar(
+    let sid = sqlx::query_scalar!(
         "INSERT INTO scans (scanned_instance_id, name) VALUES ($1, $2) RETURNING id",
+        siid,
+        new.name
     )
-    .bind(siid)
-    .bind(new.name)
     .fetch_one(&mut *tx)
     .await?;
-    let id: i64 = sqlx::query_scalar(
+    let id = sqlx::query_scalar!(
         "INSERT INTO images (scan_id, name, file_path, file_name, format, size_bytes, md5sum, sha256sum)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        sid,
+        new.name,
+        new.file_path,
+        new.file_name,
+        new.format,
+        new.size_bytes,
+        new.md5sum,
+        new.sha256sum
     )
-    .bind(sid)
-    .bind(new.name)
-    .bind(new.file_path)
-    .bind(new.file_name)
-    .bind(new.format)
-    .bind(new.size_bytes)
-    .bind(new.md5sum)
-    .bind(new.sha256sum)
     .fetch_one(&mut *tx)
     .await?;
-    let image = sqlx::query_as::<_, Image>(&format!("{SELECT_IMAGE} WHERE i.id = $1"))
-        .bind(id)
+    let image = select_images!("WHERE i.id = $1", id)
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -95,13 +106,13 @@ pub async fn find(
     sid: i64,
     itid: i64,
 ) -> Result<Option<Image>, sqlx::Error> {
-    sqlx::query_as::<_, Image>(&format!(
-        "{SELECT_IMAGE} WHERE u.login = $1 AND s.scanned_instance_id = $2 AND i.scan_id = $3 AND i.id = $4"
-    ))
-    .bind(owner_login)
-    .bind(siid)
-    .bind(sid)
-    .bind(itid)
+    select_images!(
+        "WHERE u.login = $1 AND s.scanned_instance_id = $2 AND i.scan_id = $3 AND i.id = $4",
+        owner_login,
+        siid,
+        sid,
+        itid,
+    )
     .fetch_optional(pool)
     .await
 }
@@ -113,33 +124,32 @@ pub async fn list_in_scan(
     siid: i64,
     sid: i64,
 ) -> Result<Option<Vec<Image>>, sqlx::Error> {
-    let scan_exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM scans s JOIN scanned_instances si ON si.id = s.scanned_instance_id
+    let scan_exists = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM scans s JOIN scanned_instances si ON si.id = s.scanned_instance_id
                           JOIN users u ON u.id = si.user_id
-                         WHERE u.login = $1 AND si.id = $2 AND s.id = $3)",
+                         WHERE u.login = $1 AND si.id = $2 AND s.id = $3) AS "exists!""#,
+        owner_login,
+        siid,
+        sid
     )
-    .bind(owner_login)
-    .bind(siid)
-    .bind(sid)
     .fetch_one(pool)
     .await?;
     if !scan_exists {
         return Ok(None);
     }
-    let images = sqlx::query_as::<_, Image>(&format!(
-        "{SELECT_IMAGE} WHERE u.login = $1 AND s.scanned_instance_id = $2 AND i.scan_id = $3 ORDER BY i.id"
-    ))
-    .bind(owner_login)
-    .bind(siid)
-    .bind(sid)
+    let images = select_images!(
+        "WHERE u.login = $1 AND s.scanned_instance_id = $2 AND i.scan_id = $3 ORDER BY i.id",
+        owner_login,
+        siid,
+        sid,
+    )
     .fetch_all(pool)
     .await?;
     Ok(Some(images))
 }
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<Image>, sqlx::Error> {
-    sqlx::query_as::<_, Image>(&format!("{SELECT_IMAGE} WHERE i.id = $1"))
-        .bind(id)
+    select_images!("WHERE i.id = $1", id)
         .fetch_optional(pool)
         .await
 }

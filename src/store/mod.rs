@@ -1,7 +1,11 @@
 //! Postgres: the source of truth for users, images and tickets. Every SQL statement of the
 //! project lives in this module's files.
 
+pub mod cancel;
+pub mod claims;
 pub mod images;
+pub mod outbox;
+pub mod rescue;
 pub mod tickets;
 pub mod users;
 

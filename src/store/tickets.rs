@@ -1,12 +1,23 @@
-//! Publish tickets: their request, their life (state, lease, fencing token) and their status.
-//!
-//! Worker writes are guarded by the fencing token of the claim they hold
-//! (`WHERE id = $1 AND fencing_token = $2`), so a worker that lost its ticket cannot
-//! overwrite the status written by the one that took it over.
+//! Publish tickets: the row (request, state, status), creating, reading and deleting it.
+//! What happens to a ticket afterwards lives beside this file: `cancel` (a user's cancel),
+//! `claims` (a worker's claim, lease, progress and end), `rescue` (tickets put back in the
+//! queue) and `outbox` (tickets waiting to be handed to RabbitMQ).
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use uuid::Uuid;
+
+// Moved to the files of their concern; re-exported so that callers keep their paths.
+pub use super::cancel::{request_cancel, CancelOutcome, CANCEL_CHANNEL};
+pub use super::claims::{
+    claim, extend_lease, finish, release, report_progress, set_cloud_id, Claim, Heartbeat, Outcome,
+    Progress,
+};
+pub use super::outbox::{
+    claim_stale as outbox_claim_stale, delete_in as outbox_delete_in, done as outbox_done,
+    lag as outbox_lag,
+};
+pub use super::rescue::{rescue_expired, retry, Rescued};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
@@ -101,17 +112,47 @@ impl Ticket {
     }
 }
 
-const SELECT_TICKET: &str =
-    "SELECT t.id, t.ticket_key, t.image_id, i.scan_id, s.scanned_instance_id,
-        u.login AS owner_login, t.display_name, t.public_image, t.account_name, t.keystone_url,
-        t.keystone_version, t.keystone_domain, t.keystone_project, t.glance_url, t.cloud_login,
-        t.cloud_password_enc, t.state, t.attempts, t.fencing_token, t.cancel_requested, t.message,
-        t.percentage, t.bytes_loaded, t.bytes_total, t.eta, t.error_message, t.detailed_error_msg,
-        t.cloud_id, t.created_at, t.updated_at, t.started_at, t.finished_at
-   FROM publish_tickets t
-   JOIN images i ON i.id = t.image_id
-   JOIN scans s ON s.id = i.scan_id
-   JOIN users u ON u.id = t.user_id";
+/// Expands to a compile-time checked `sqlx::$macro!` call reading tickets as the API shows
+/// them: `$with` (a CTE prefix, or ""), the ticket columns and `$extra`, read from `$from`
+/// (the tickets table, or a CTE of its rows) joined to the image, scan and owner, then
+/// `$clause` and the arguments. Columns that may not be NULL are marked `!`: when `$from` is
+/// a CTE, Postgres does not say they are NOT NULL.
+macro_rules! ticket_query {
+    ($macro:ident!($($record:ident,)?) $with:tt, $extra:tt, $from:tt, $clause:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::$macro!(
+            $($record,)?
+            $with
+            + r#"SELECT t.id AS "id!", t.ticket_key AS "ticket_key!", t.image_id AS "image_id!",
+                   i.scan_id, s.scanned_instance_id, u.login AS owner_login,
+                   t.display_name AS "display_name!", t.public_image AS "public_image!",
+                   t.account_name, t.keystone_url AS "keystone_url!",
+                   t.keystone_version AS "keystone_version!", t.keystone_domain AS "keystone_domain!",
+                   t.keystone_project AS "keystone_project!", t.glance_url,
+                   t.cloud_login AS "cloud_login!", t.cloud_password_enc AS "cloud_password_enc!",
+                   t.state AS "state!: TicketState", t.attempts AS "attempts!",
+                   t.fencing_token AS "fencing_token!", t.cancel_requested AS "cancel_requested!",
+                   t.message AS "message!", t.percentage AS "percentage!",
+                   t.bytes_loaded AS "bytes_loaded!", t.bytes_total AS "bytes_total!", t.eta,
+                   t.error_message, t.detailed_error_msg, t.cloud_id,
+                   t.created_at AS "created_at!", t.updated_at AS "updated_at!", t.started_at,
+                   t.finished_at"#
+            + $extra
+            + " FROM " + $from + " t
+               JOIN images i ON i.id = t.image_id
+               JOIN scans s ON s.id = i.scan_id
+               JOIN users u ON u.id = t.user_id "
+            + $clause
+            $(, $arg)*
+        )
+    };
+}
+
+/// `Ticket` rows of the tickets table matching `$clause` (WHERE, ORDER BY ...).
+macro_rules! select_tickets {
+    ($clause:tt $(, $arg:expr)* $(,)?) => {
+        ticket_query!(query_as!(Ticket,) "", "", "publish_tickets", $clause $(, $arg)*)
+    };
+}
 
 pub struct NewTicket<'a> {
     pub image_id: i64,
@@ -133,62 +174,75 @@ pub struct NewTicket<'a> {
 /// outbox row id, which the caller deletes once RabbitMQ confirmed the message.
 pub async fn create(pool: &PgPool, new: &NewTicket<'_>) -> Result<(Ticket, i64), sqlx::Error> {
     // One statement (one round trip, atomic by itself): the ticket, its outbox row, and the
-    // ticket read back as the API shows it.
-    #[derive(sqlx::FromRow)]
-    struct Created {
-        #[sqlx(flatten)]
-        ticket: Ticket,
-        outbox_id: i64,
-    }
-    let select = SELECT_TICKET
-        .replace(
-            "FROM publish_tickets t",
-            "FROM new_ticket t CROSS JOIN outbox o",
-        )
-        .replace("t.finished_at", "t.finished_at, o.id AS outbox_id");
-    let created = sqlx::query_as::<_, Created>(&format!(
+    // ticket read back as the API shows it. Its row has one column more than `Ticket`, so it
+    // is a record, moved into a `Ticket` field by field.
+    let row = ticket_query!(
+        query!()
         "WITH new_ticket AS (
              INSERT INTO publish_tickets (image_id, user_id, display_name, public_image, account_name,
                  keystone_url, keystone_version, keystone_domain, keystone_project, glance_url,
                  cloud_login, cloud_password_enc, bytes_total, message)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'queued, waiting for a worker')
              RETURNING *),
-         outbox AS (INSERT INTO ticket_outbox (ticket_id) SELECT id FROM new_ticket RETURNING id)
-         {select}"
-    ))
-    .bind(new.image_id)
-    .bind(new.user_id)
-    .bind(new.display_name)
-    .bind(new.public_image)
-    .bind(new.account_name)
-    .bind(new.keystone_url)
-    .bind(new.keystone_version)
-    .bind(new.keystone_domain)
-    .bind(new.keystone_project)
-    .bind(new.glance_url)
-    .bind(new.cloud_login)
-    .bind(new.cloud_password_enc)
-    .bind(new.bytes_total)
+         outbox AS (INSERT INTO ticket_outbox (ticket_id) SELECT id FROM new_ticket RETURNING id) ",
+        ", o.id AS outbox_id",
+        "new_ticket",
+        "CROSS JOIN outbox o",
+        new.image_id,
+        new.user_id,
+        new.display_name,
+        new.public_image,
+        new.account_name,
+        new.keystone_url,
+        new.keystone_version,
+        new.keystone_domain,
+        new.keystone_project,
+        new.glance_url,
+        new.cloud_login,
+        new.cloud_password_enc,
+        new.bytes_total,
+    )
     .fetch_one(pool)
     .await?;
-    Ok((created.ticket, created.outbox_id))
-}
-
-/// Adds the ticket's outbox row: the promise, in the caller's transaction, that it will be
-/// handed to RabbitMQ. Returns the row's id.
-async fn enqueue_in(
-    tx: &mut Transaction<'_, Postgres>,
-    ticket_id: i64,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("INSERT INTO ticket_outbox (ticket_id) VALUES ($1) RETURNING id")
-        .bind(ticket_id)
-        .fetch_one(&mut **tx)
-        .await
+    let ticket = Ticket {
+        id: row.id,
+        ticket_key: row.ticket_key,
+        image_id: row.image_id,
+        scan_id: row.scan_id,
+        scanned_instance_id: row.scanned_instance_id,
+        owner_login: row.owner_login,
+        display_name: row.display_name,
+        public_image: row.public_image,
+        account_name: row.account_name,
+        keystone_url: row.keystone_url,
+        keystone_version: row.keystone_version,
+        keystone_domain: row.keystone_domain,
+        keystone_project: row.keystone_project,
+        glance_url: row.glance_url,
+        cloud_login: row.cloud_login,
+        cloud_password_enc: row.cloud_password_enc,
+        state: row.state,
+        attempts: row.attempts,
+        fencing_token: row.fencing_token,
+        cancel_requested: row.cancel_requested,
+        message: row.message,
+        percentage: row.percentage,
+        bytes_loaded: row.bytes_loaded,
+        bytes_total: row.bytes_total,
+        eta: row.eta,
+        error_message: row.error_message,
+        detailed_error_msg: row.detailed_error_msg,
+        cloud_id: row.cloud_id,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        started_at: row.started_at,
+        finished_at: row.finished_at,
+    };
+    Ok((ticket, row.outbox_id))
 }
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<Ticket>, sqlx::Error> {
-    sqlx::query_as::<_, Ticket>(&format!("{SELECT_TICKET} WHERE t.id = $1"))
-        .bind(id)
+    select_tickets!("WHERE t.id = $1", id)
         .fetch_optional(pool)
         .await
 }
@@ -200,26 +254,23 @@ pub async fn find_at(
     owner_login: &str,
     (siid, sid, itid, pitid): (i64, i64, i64, i64),
 ) -> Result<Option<Ticket>, sqlx::Error> {
-    sqlx::query_as::<_, Ticket>(&format!(
-        "{SELECT_TICKET} WHERE u.login = $1 AND s.scanned_instance_id = $2 AND i.scan_id = $3
-                           AND t.image_id = $4 AND t.id = $5"
-    ))
-    .bind(owner_login)
-    .bind(siid)
-    .bind(sid)
-    .bind(itid)
-    .bind(pitid)
+    select_tickets!(
+        "WHERE u.login = $1 AND s.scanned_instance_id = $2 AND i.scan_id = $3
+           AND t.image_id = $4 AND t.id = $5",
+        owner_login,
+        siid,
+        sid,
+        itid,
+        pitid,
+    )
     .fetch_optional(pool)
     .await
 }
 
 pub async fn list_of_image(pool: &PgPool, itid: i64) -> Result<Vec<Ticket>, sqlx::Error> {
-    sqlx::query_as::<_, Ticket>(&format!(
-        "{SELECT_TICKET} WHERE t.image_id = $1 ORDER BY t.id"
-    ))
-    .bind(itid)
-    .fetch_all(pool)
-    .await
+    select_tickets!("WHERE t.image_id = $1 ORDER BY t.id", itid)
+        .fetch_all(pool)
+        .await
 }
 
 /// All tickets of a user, optionally of one image only.
@@ -228,392 +279,14 @@ pub async fn list_of_user(
     owner_login: &str,
     image_id: Option<i64>,
 ) -> Result<Vec<Ticket>, sqlx::Error> {
-    sqlx::query_as::<_, Ticket>(&format!(
-        "{SELECT_TICKET} WHERE u.login = $1 AND ($2::bigint IS NULL OR t.image_id = $2) ORDER BY t.id"
-    ))
-    .bind(owner_login)
-    .bind(image_id)
+    select_tickets!(
+        "WHERE u.login = $1 AND ($2::bigint IS NULL OR t.image_id = $2) ORDER BY t.id",
+        owner_login,
+        image_id,
+    )
     .fetch_all(pool)
     .await
 }
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum CancelOutcome {
-    /// It was still queued: it is cancelled now and will never start.
-    Cancelled,
-    /// A worker runs it: the worker stops the upload and cleans up.
-    Requested,
-    /// It had already ended (complete, error or cancelled).
-    AlreadyFinished(TicketState),
-    NotFound,
-}
-
-/// Postgres NOTIFY channel carrying the ids of tickets whose cancel was requested.
-pub const CANCEL_CHANNEL: &str = "pimage_ticket_cancel";
-
-pub async fn request_cancel(pool: &PgPool, id: i64) -> Result<CancelOutcome, sqlx::Error> {
-    // One statement, so a worker's concurrent claim sees either the cancel or nothing.
-    let row: Option<(TicketState, TicketState)> = sqlx::query_as(
-        "WITH before AS (SELECT state FROM publish_tickets WHERE id = $1 FOR UPDATE)
-         UPDATE publish_tickets t SET
-             cancel_requested = true,
-             state = CASE WHEN t.state = 'queued' THEN 'cancelled' ELSE t.state END,
-             message = CASE WHEN t.state = 'queued' THEN 'cancelled before it started'
-                            ELSE 'cancel requested, stopping the upload' END,
-             finished_at = CASE WHEN t.state = 'queued' THEN now() ELSE t.finished_at END,
-             updated_at = now()
-           FROM before
-          WHERE t.id = $1 AND t.state IN ('queued', 'running')
-         RETURNING before.state, t.state",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?;
-    Ok(match row {
-        Some((TicketState::Queued, _)) => CancelOutcome::Cancelled,
-        Some(_) => {
-            // Wakes the worker that runs it at once; its progress writes are the fallback.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CANCEL_CHANNEL)
-                .bind(id.to_string())
-                .execute(pool)
-                .await?;
-            CancelOutcome::Requested
-        }
-        None => match get(pool, id).await? {
-            Some(t) => CancelOutcome::AlreadyFinished(t.state),
-            None => CancelOutcome::NotFound,
-        },
-    })
-}
-
-pub async fn delete(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM publish_tickets WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-// ---- outbox -------------------------------------------------------------------------
-
-pub async fn outbox_done(pool: &PgPool, outbox_id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM ticket_outbox WHERE id = $1")
-        .bind(outbox_id)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-/// Outbox rows older than `min_age_secs`, locked for this transaction (other relays skip them).
-pub async fn outbox_claim_stale(
-    tx: &mut Transaction<'_, Postgres>,
-    min_age_secs: f64,
-    limit: i64,
-) -> Result<Vec<(i64, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, ticket_id FROM ticket_outbox
-          WHERE created_at < now() - make_interval(secs => $1)
-          ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(min_age_secs)
-    .bind(limit)
-    .fetch_all(&mut **tx)
-    .await
-}
-
-pub async fn outbox_delete_in(
-    tx: &mut Transaction<'_, Postgres>,
-    outbox_id: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM ticket_outbox WHERE id = $1")
-        .bind(outbox_id)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-// ---- worker side ----------------------------------------------------------------------
-
-/// What a worker holds after a successful claim: the ticket and its fencing token.
-#[derive(Debug, Clone)]
-pub struct Claim {
-    pub ticket: Ticket,
-    pub token: i64,
-}
-
-/// Takes the ticket if it is queued, or running under an expired lease. Bumps the attempt
-/// count and the fencing token. `None`: someone else has it, or it has ended.
-pub async fn claim(
-    pool: &PgPool,
-    id: i64,
-    owner: &str,
-    lease_secs: u32,
-) -> Result<Option<Claim>, sqlx::Error> {
-    let token: Option<i64> = sqlx::query_scalar(
-        "UPDATE publish_tickets SET
-             state = 'running', attempts = attempts + 1, fencing_token = fencing_token + 1,
-             lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3),
-             started_at = COALESCE(started_at, now()), message = 'starting', updated_at = now()
-          WHERE id = $1 AND NOT cancel_requested
-            AND (state = 'queued' OR (state = 'running' AND lease_expires_at < now()))
-         RETURNING fencing_token",
-    )
-    .bind(id)
-    .bind(owner)
-    .bind(lease_secs as f64)
-    .fetch_optional(pool)
-    .await?;
-    let Some(token) = token else { return Ok(None) };
-    let ticket = get(pool, id).await?.ok_or(sqlx::Error::RowNotFound)?;
-    Ok(Some(Claim { ticket, token }))
-}
-
-/// A progress write: also a heartbeat that extends the lease.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    pub message: String,
-    pub bytes_loaded: i64,
-    pub bytes_total: i64,
-    pub percentage: i32,
-    pub eta: Option<DateTime<Utc>>,
-}
-
-/// What the worker learns from a progress write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Heartbeat {
-    Held,
-    CancelRequested,
-    /// No row matched the fencing token: another worker owns the ticket now.
-    Lost,
-}
-
-pub async fn report_progress(
-    pool: &PgPool,
-    id: i64,
-    token: i64,
-    progress: &Progress,
-    lease_secs: u32,
-) -> Result<Heartbeat, sqlx::Error> {
-    // GREATEST: the percentage users see never goes down, even across attempts.
-    let cancel: Option<bool> = sqlx::query_scalar(
-        "UPDATE publish_tickets SET
-             message = $3, bytes_loaded = $4, bytes_total = $5,
-             percentage = GREATEST(percentage, $6), eta = $7,
-             lease_expires_at = now() + make_interval(secs => $8), updated_at = now()
-          WHERE id = $1 AND fencing_token = $2 AND state = 'running'
-         RETURNING cancel_requested",
-    )
-    .bind(id)
-    .bind(token)
-    .bind(&progress.message)
-    .bind(progress.bytes_loaded)
-    .bind(progress.bytes_total)
-    .bind(progress.percentage.clamp(0, 100))
-    .bind(progress.eta)
-    .bind(lease_secs as f64)
-    .fetch_optional(pool)
-    .await?;
-    Ok(match cancel {
-        None => Heartbeat::Lost,
-        Some(true) => Heartbeat::CancelRequested,
-        Some(false) => Heartbeat::Held,
-    })
-}
-
-/// Extends the lease without touching the status (between progress writes, e.g. while
-/// Keystone is slow to answer), and reports a requested cancel or a lost claim.
-pub async fn extend_lease(
-    pool: &PgPool,
-    id: i64,
-    token: i64,
-    lease_secs: u32,
-) -> Result<Heartbeat, sqlx::Error> {
-    let cancel: Option<bool> = sqlx::query_scalar(
-        "UPDATE publish_tickets SET lease_expires_at = now() + make_interval(secs => $3)
-          WHERE id = $1 AND fencing_token = $2 AND state = 'running'
-         RETURNING cancel_requested",
-    )
-    .bind(id)
-    .bind(token)
-    .bind(lease_secs as f64)
-    .fetch_optional(pool)
-    .await?;
-    Ok(match cancel {
-        None => Heartbeat::Lost,
-        Some(true) => Heartbeat::CancelRequested,
-        Some(false) => Heartbeat::Held,
-    })
-}
-
-/// Records the Glance image id as soon as it exists, so cleanup can find it.
-pub async fn set_cloud_id(
-    pool: &PgPool,
-    id: i64,
-    token: i64,
-    cloud_id: &str,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE publish_tickets SET cloud_id = $3, updated_at = now()
-          WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
-    )
-    .bind(id)
-    .bind(token)
-    .bind(cloud_id)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// How a claimed ticket ends.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    Published {
-        cloud_id: String,
-        bytes: i64,
-    },
-    Failed {
-        error_message: String,
-        detail: Option<String>,
-    },
-    Cancelled,
-}
-
-/// Writes the final state. `false`: the claim was lost and nothing was written.
-pub async fn finish(
-    pool: &PgPool,
-    id: i64,
-    token: i64,
-    outcome: &Outcome,
-) -> Result<bool, sqlx::Error> {
-    let query = match outcome {
-        Outcome::Published { cloud_id, bytes } => sqlx::query(
-            "UPDATE publish_tickets SET state = 'complete', cloud_id = $3, percentage = 100,
-                 bytes_loaded = $4, bytes_total = $4, eta = NULL,
-                 message = 'published as Glance image ' || $3,
-                 lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
-              WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
-        )
-        .bind(id)
-        .bind(token)
-        .bind(cloud_id)
-        .bind(bytes),
-        Outcome::Failed { error_message, detail } => sqlx::query(
-            "UPDATE publish_tickets SET state = 'error', error_message = $3, detailed_error_msg = $4,
-                 eta = NULL, message = 'failed: ' || $3,
-                 lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
-              WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
-        )
-        .bind(id)
-        .bind(token)
-        .bind(error_message)
-        .bind(detail),
-        Outcome::Cancelled => sqlx::query(
-            "UPDATE publish_tickets SET state = 'cancelled', eta = NULL, cloud_id = NULL,
-                 message = 'cancelled; the partial image was removed from the cloud',
-                 lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
-              WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
-        )
-        .bind(id)
-        .bind(token),
-    };
-    Ok(query.execute(pool).await?.rows_affected() == 1)
-}
-
-/// A queued ticket untouched this long is handed to RabbitMQ again (see `rescue_expired`).
-const STALE_QUEUED_SECS: f64 = 600.0;
-
-/// What one rescuer pass did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Rescued {
-    /// Tickets re-queued, with the outbox row each got: (ticket id, outbox id).
-    pub requeued: Vec<(i64, i64)>,
-    /// Tickets ended in `error` because they used up their attempts.
-    pub gave_up: Vec<i64>,
-}
-
-/// Re-queues running tickets whose lease expired (their worker stopped writing progress),
-/// and ends in `error` those that already had `max_attempts` claims. One statement each,
-/// under row locks: two rescuers running at once never both take the same ticket.
-pub async fn rescue_expired(pool: &PgPool, max_attempts: i32) -> Result<Rescued, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let gave_up: Vec<i64> = sqlx::query_scalar(
-        "UPDATE publish_tickets SET state = 'error', eta = NULL,
-             error_message = 'gave up after ' || attempts || ' attempts: the worker running it stopped each time',
-             message = 'failed: gave up after ' || attempts || ' attempts',
-             lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
-          WHERE state = 'running' AND lease_expires_at < now() AND attempts >= $1
-         RETURNING id",
-    )
-    .bind(max_attempts)
-    .fetch_all(&mut *tx)
-    .await?;
-    // A cancel requested while the worker was lost is honoured now, not re-queued.
-    sqlx::query(
-        "UPDATE publish_tickets SET state = 'cancelled', eta = NULL,
-             message = 'cancelled (its worker was lost before it could stop)',
-             lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
-          WHERE state = 'running' AND lease_expires_at < now() AND cancel_requested",
-    )
-    .execute(&mut *tx)
-    .await?;
-    let mut requeued: Vec<(i64, i64)> = sqlx::query_as(
-        "WITH lost AS (
-             UPDATE publish_tickets SET state = 'queued', eta = NULL,
-                 message = 'worker lost, resuming on another worker',
-                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-              WHERE state = 'running' AND lease_expires_at < now()
-             RETURNING id)
-         INSERT INTO ticket_outbox (ticket_id) SELECT id FROM lost RETURNING ticket_id, id",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    // Safety net for a message lost on the way (dead-lettered, purged queue): a ticket
-    // queued for long with no outbox row gets a new one. Duplicates are harmless: the
-    // claim takes a ticket once.
-    let stale: Vec<(i64, i64)> = sqlx::query_as(
-        "WITH stale AS (
-             UPDATE publish_tickets t SET updated_at = now()
-              WHERE t.state = 'queued' AND NOT t.cancel_requested
-                AND t.updated_at < now() - make_interval(secs => $1)
-                AND NOT EXISTS (SELECT 1 FROM ticket_outbox o WHERE o.ticket_id = t.id)
-             RETURNING t.id)
-         INSERT INTO ticket_outbox (ticket_id) SELECT id FROM stale RETURNING ticket_id, id",
-    )
-    .bind(STALE_QUEUED_SECS)
-    .fetch_all(&mut *tx)
-    .await?;
-    requeued.extend(stale);
-    tx.commit().await?;
-    Ok(Rescued { requeued, gave_up })
-}
-
-/// Gives a claimed ticket back (graceful shutdown): queued again at once, with an outbox
-/// row (its id is returned), and this attempt not counted. `None`: the claim was lost.
-pub async fn release(pool: &PgPool, id: i64, token: i64) -> Result<Option<i64>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let released = sqlx::query(
-        "UPDATE publish_tickets SET state = 'queued', attempts = GREATEST(attempts - 1, 0), eta = NULL,
-             message = 'worker stopped, resuming on another worker', cloud_id = NULL,
-             lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-          WHERE id = $1 AND fencing_token = $2 AND state = 'running' AND NOT cancel_requested",
-    )
-    .bind(id)
-    .bind(token)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    let outbox_id = if released {
-        Some(enqueue_in(&mut tx, id).await?)
-    } else {
-        None
-    };
-    tx.commit().await?;
-    Ok(outbox_id)
-}
-
-// ---- operators -----------------------------------------------------------------------
 
 /// The newest tickets, optionally of one state, for `pimage tickets list`.
 pub async fn list_recent(
@@ -621,54 +294,27 @@ pub async fn list_recent(
     state: Option<TicketState>,
     limit: i64,
 ) -> Result<Vec<Ticket>, sqlx::Error> {
-    sqlx::query_as::<_, Ticket>(&format!(
-        "{SELECT_TICKET} WHERE ($1::text IS NULL OR t.state = $1) ORDER BY t.id DESC LIMIT $2"
-    ))
-    .bind(state)
-    .bind(limit)
+    select_tickets!(
+        "WHERE ($1::text IS NULL OR t.state = $1) ORDER BY t.id DESC LIMIT $2",
+        state.map(TicketState::as_str),
+        limit,
+    )
     .fetch_all(pool)
     .await
 }
 
-/// Runs a failed or cancelled ticket again: queued, status reset, with an outbox row (its id
-/// is returned). `None`: no such ticket, or it has not failed or been cancelled.
-pub async fn retry(pool: &PgPool, id: i64) -> Result<Option<i64>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let reset = sqlx::query(
-        "UPDATE publish_tickets SET state = 'queued', attempts = 0, cancel_requested = false,
-             message = 'queued again by an operator, waiting for a worker', percentage = 0,
-             bytes_loaded = 0, eta = NULL, error_message = NULL, detailed_error_msg = NULL,
-             cloud_id = NULL, lease_owner = NULL, lease_expires_at = NULL, started_at = NULL,
-             finished_at = NULL, updated_at = now()
-          WHERE id = $1 AND state IN ('error', 'cancelled')",
-    )
-    .bind(id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    let outbox_id = if reset {
-        Some(enqueue_in(&mut tx, id).await?)
-    } else {
-        None
-    };
-    tx.commit().await?;
-    Ok(outbox_id)
+pub async fn delete(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!("DELETE FROM publish_tickets WHERE id = $1", id)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
 }
 
-// ---- metrics -------------------------------------------------------------------------
-
+/// Tickets per state, for the `pimage_tickets` gauge.
 pub async fn count_by_state(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT state, count(*) FROM publish_tickets GROUP BY state")
-        .fetch_all(pool)
-        .await
-}
-
-/// Outbox rows waiting, and the age in seconds of the oldest.
-pub async fn outbox_lag(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
-    sqlx::query_as(
-        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) FROM ticket_outbox",
-    )
-    .fetch_one(pool)
-    .await
+    let rows =
+        sqlx::query!(r#"SELECT state, count(*) AS "count!" FROM publish_tickets GROUP BY state"#)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|r| (r.state, r.count)).collect())
 }

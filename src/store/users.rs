@@ -19,14 +19,24 @@ impl User {
     }
 }
 
-/// Columns of `User`; callers add their joins and WHERE clause.
-const USER_SELECT: &str = "SELECT u.id, u.login, u.password_hash, u.is_admin,
-        COALESCE(array_agg(e.entitlement) FILTER (WHERE e.entitlement IS NOT NULL), '{}') AS entitlements
-   FROM users u LEFT JOIN user_entitlements e ON e.user_id = u.id";
+/// Expands to a compile-time checked `query_as!` of `User` rows (with their entitlements):
+/// `$clause` (WHERE on `u`, then GROUP BY u.id) and the arguments.
+macro_rules! select_users {
+    ($clause:tt $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            User,
+            r#"SELECT u.id, u.login, u.password_hash, u.is_admin,
+                      COALESCE(array_agg(e.entitlement) FILTER (WHERE e.entitlement IS NOT NULL), '{}')
+                          AS "entitlements!"
+                 FROM users u LEFT JOIN user_entitlements e ON e.user_id = u.id "#
+                + $clause
+            $(, $arg)*
+        )
+    };
+}
 
 pub async fn find_by_login(pool: &PgPool, login: &str) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as::<_, User>(&format!("{USER_SELECT} WHERE u.login = $1 GROUP BY u.id"))
-        .bind(login)
+    select_users!("WHERE u.login = $1 GROUP BY u.id", login)
         .fetch_optional(pool)
         .await
 }
@@ -36,20 +46,19 @@ pub async fn find_by_api_key(
     pool: &PgPool,
     public_key: &str,
 ) -> Result<Option<(User, Vec<u8>)>, sqlx::Error> {
-    let Some((user_id, secret_enc)) = sqlx::query_as::<_, (i64, Vec<u8>)>(
+    let Some(key) = sqlx::query!(
         "SELECT user_id, secret_enc FROM api_keys WHERE public_key = $1",
+        public_key
     )
-    .bind(public_key)
     .fetch_optional(pool)
     .await?
     else {
         return Ok(None);
     };
-    let user = sqlx::query_as::<_, User>(&format!("{USER_SELECT} WHERE u.id = $1 GROUP BY u.id"))
-        .bind(user_id)
+    let user = select_users!("WHERE u.id = $1 GROUP BY u.id", key.user_id)
         .fetch_one(pool)
         .await?;
-    Ok(Some((user, secret_enc)))
+    Ok(Some((user, key.secret_enc)))
 }
 
 pub async fn add_api_key(
@@ -58,19 +67,20 @@ pub async fn add_api_key(
     public_key: &str,
     secret_enc: &[u8],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO api_keys (user_id, public_key, secret_enc) VALUES ($1, $2, $3)")
-        .bind(user_id)
-        .bind(public_key)
-        .bind(secret_enc)
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO api_keys (user_id, public_key, secret_enc) VALUES ($1, $2, $3)",
+        user_id,
+        public_key,
+        secret_enc
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 /// Deletes an API key; false if there was none.
 pub async fn revoke_api_key(pool: &PgPool, public_key: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM api_keys WHERE public_key = $1")
-        .bind(public_key)
+    let done = sqlx::query!("DELETE FROM api_keys WHERE public_key = $1", public_key)
         .execute(pool)
         .await?;
     Ok(done.rows_affected() > 0)
@@ -81,19 +91,25 @@ pub async fn list_api_keys(
     pool: &PgPool,
     user_id: i64,
 ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, sqlx::Error> {
-    sqlx::query_as("SELECT public_key, created_at FROM api_keys WHERE user_id = $1 ORDER BY id")
-        .bind(user_id)
-        .fetch_all(pool)
-        .await
+    let keys = sqlx::query!(
+        "SELECT public_key, created_at FROM api_keys WHERE user_id = $1 ORDER BY id",
+        user_id
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(keys
+        .into_iter()
+        .map(|k| (k.public_key, k.created_at))
+        .collect())
 }
 
 /// How long `login` stays locked after too many failed logins; `None` if it is not locked.
 pub async fn login_lock(pool: &PgPool, login: &str) -> Result<Option<Duration>, sqlx::Error> {
-    let seconds: Option<f64> = sqlx::query_scalar(
-        "SELECT EXTRACT(EPOCH FROM locked_until - now())::float8 FROM login_failures
-          WHERE login = $1 AND locked_until > now()",
+    let seconds = sqlx::query_scalar!(
+        r#"SELECT EXTRACT(EPOCH FROM locked_until - now())::float8 AS "seconds!" FROM login_failures
+          WHERE login = $1 AND locked_until > now()"#,
+        login
     )
-    .bind(login)
     .fetch_optional(pool)
     .await?;
     Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
@@ -107,8 +123,8 @@ pub async fn record_login_failure(
     max_failures: i32,
     window: Duration,
 ) -> Result<bool, sqlx::Error> {
-    let locked: bool = sqlx::query_scalar(
-        "INSERT INTO login_failures AS f (login, failures, window_started_at, locked_until)
+    let locked = sqlx::query_scalar!(
+        r#"INSERT INTO login_failures AS f (login, failures, window_started_at, locked_until)
          VALUES ($1, 1, now(), CASE WHEN $2 <= 1 THEN now() + make_interval(secs => $3) END)
          ON CONFLICT (login) DO UPDATE SET
              failures = CASE WHEN f.window_started_at < now() - make_interval(secs => $3)
@@ -119,11 +135,11 @@ pub async fn record_login_failure(
                  WHEN f.window_started_at >= now() - make_interval(secs => $3) AND f.failures + 1 >= $2
                  THEN now() + make_interval(secs => $3)
                  ELSE f.locked_until END
-         RETURNING locked_until IS NOT NULL AND locked_until > now()",
+         RETURNING locked_until IS NOT NULL AND locked_until > now() AS "locked!""#,
+        login,
+        max_failures,
+        window.as_secs_f64()
     )
-    .bind(login)
-    .bind(max_failures)
-    .bind(window.as_secs_f64())
     .fetch_one(pool)
     .await?;
     Ok(locked)
@@ -131,8 +147,7 @@ pub async fn record_login_failure(
 
 /// A successful login forgets earlier failures.
 pub async fn clear_login_failures(pool: &PgPool, login: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM login_failures WHERE login = $1")
-        .bind(login)
+    sqlx::query!("DELETE FROM login_failures WHERE login = $1", login)
         .execute(pool)
         .await?;
     Ok(())
@@ -140,12 +155,12 @@ pub async fn clear_login_failures(pool: &PgPool, login: &str) -> Result<(), sqlx
 
 /// Forgets failure windows that ended long ago (logins typed once, never again).
 pub async fn purge_login_failures(pool: &PgPool, older_than: Duration) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "DELETE FROM login_failures
           WHERE window_started_at < now() - make_interval(secs => $1)
             AND (locked_until IS NULL OR locked_until < now())",
+        older_than.as_secs_f64()
     )
-    .bind(older_than.as_secs_f64())
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
@@ -164,33 +179,34 @@ pub async fn upsert(
     entitlements: &[String],
 ) -> Result<i64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let id: i64 = sqlx::query_scalar(
+    let id = sqlx::query_scalar!(
         "INSERT INTO users (login, password_hash, is_admin) VALUES ($1, $2, $3)
          ON CONFLICT (login) DO UPDATE SET password_hash = EXCLUDED.password_hash, is_admin = EXCLUDED.is_admin
          RETURNING id",
+        login,
+        password_hash,
+        is_admin
     )
-    .bind(login)
-    .bind(password_hash)
-    .bind(is_admin)
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM user_entitlements WHERE user_id = $1")
-        .bind(id)
+    sqlx::query!("DELETE FROM user_entitlements WHERE user_id = $1", id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO user_entitlements (user_id, entitlement) SELECT $1, unnest($2::text[])",
+        id,
+        entitlements
     )
-    .bind(id)
-    .bind(entitlements)
     .execute(&mut *tx)
     .await?;
     // Delivered at commit.
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(USER_CHANGED_CHANNEL)
-        .bind(login)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        r#"SELECT pg_notify($1, $2) AS "notified: ()""#,
+        USER_CHANGED_CHANNEL,
+        login
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(id)
 }

@@ -1,0 +1,57 @@
+//! A user's cancel of a ticket: ended at once while queued, or asked of the worker running it.
+
+use sqlx::PgPool;
+
+use super::tickets::{self, TicketState};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was still queued: it is cancelled now and will never start.
+    Cancelled,
+    /// A worker runs it: the worker stops the upload and cleans up.
+    Requested,
+    /// It had already ended (complete, error or cancelled).
+    AlreadyFinished(TicketState),
+    NotFound,
+}
+
+/// Postgres NOTIFY channel carrying the ids of tickets whose cancel was requested.
+pub const CANCEL_CHANNEL: &str = "pimage_ticket_cancel";
+
+pub async fn request_cancel(pool: &PgPool, id: i64) -> Result<CancelOutcome, sqlx::Error> {
+    // One statement, so a worker's concurrent claim sees either the cancel or nothing.
+    let row = sqlx::query!(
+        r#"WITH before AS (SELECT state FROM publish_tickets WHERE id = $1 FOR UPDATE)
+         UPDATE publish_tickets t SET
+             cancel_requested = true,
+             state = CASE WHEN t.state = 'queued' THEN 'cancelled' ELSE t.state END,
+             message = CASE WHEN t.state = 'queued' THEN 'cancelled before it started'
+                            ELSE 'cancel requested, stopping the upload' END,
+             finished_at = CASE WHEN t.state = 'queued' THEN now() ELSE t.finished_at END,
+             updated_at = now()
+           FROM before
+          WHERE t.id = $1 AND t.state IN ('queued', 'running')
+         RETURNING before.state AS "before!: TicketState""#,
+        id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row.map(|r| r.before) {
+        Some(TicketState::Queued) => CancelOutcome::Cancelled,
+        Some(_) => {
+            // Wakes the worker that runs it at once; its progress writes are the fallback.
+            sqlx::query!(
+                r#"SELECT pg_notify($1, $2) AS "notified: ()""#,
+                CANCEL_CHANNEL,
+                id.to_string()
+            )
+            .execute(pool)
+            .await?;
+            CancelOutcome::Requested
+        }
+        None => match tickets::get(pool, id).await? {
+            Some(t) => CancelOutcome::AlreadyFinished(t.state),
+            None => CancelOutcome::NotFound,
+        },
+    })
+}

@@ -1,0 +1,242 @@
+//! A worker's hold on a ticket: the claim (lease and fencing token), the progress writes that
+//! extend the lease, and the end of the claim (final state, or the ticket given back).
+//!
+//! Worker writes are guarded by the fencing token of the claim they hold
+//! (`WHERE id = $1 AND fencing_token = $2`), so a worker that lost its ticket cannot
+//! overwrite the status written by the one that took it over.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::outbox;
+use super::tickets::{self, Ticket};
+
+/// What a worker holds after a successful claim: the ticket and its fencing token.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub ticket: Ticket,
+    pub token: i64,
+}
+
+/// Takes the ticket if it is queued, or running under an expired lease. Bumps the attempt
+/// count and the fencing token. `None`: someone else has it, or it has ended.
+pub async fn claim(
+    pool: &PgPool,
+    id: i64,
+    owner: &str,
+    lease_secs: u32,
+) -> Result<Option<Claim>, sqlx::Error> {
+    let token = sqlx::query_scalar!(
+        "UPDATE publish_tickets SET
+             state = 'running', attempts = attempts + 1, fencing_token = fencing_token + 1,
+             lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3),
+             started_at = COALESCE(started_at, now()), message = 'starting', updated_at = now()
+          WHERE id = $1 AND NOT cancel_requested
+            AND (state = 'queued' OR (state = 'running' AND lease_expires_at < now()))
+         RETURNING fencing_token",
+        id,
+        owner,
+        lease_secs as f64
+    )
+    .fetch_optional(pool)
+    .await?;
+    let Some(token) = token else { return Ok(None) };
+    let ticket = tickets::get(pool, id)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
+    Ok(Some(Claim { ticket, token }))
+}
+
+/// A progress write: also a heartbeat that extends the lease.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub message: String,
+    pub bytes_loaded: i64,
+    pub bytes_total: i64,
+    pub percentage: i32,
+    pub eta: Option<DateTime<Utc>>,
+}
+
+/// What the worker learns from a progress write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heartbeat {
+    Held,
+    CancelRequested,
+    /// No row matched the fencing token: another worker owns the ticket now.
+    Lost,
+}
+
+impl Heartbeat {
+    /// From the `cancel_requested` a lease-extending write returned, if its row matched.
+    fn from_cancel_requested(cancel_requested: Option<bool>) -> Heartbeat {
+        match cancel_requested {
+            None => Heartbeat::Lost,
+            Some(true) => Heartbeat::CancelRequested,
+            Some(false) => Heartbeat::Held,
+        }
+    }
+}
+
+pub async fn report_progress(
+    pool: &PgPool,
+    id: i64,
+    token: i64,
+    progress: &Progress,
+    lease_secs: u32,
+) -> Result<Heartbeat, sqlx::Error> {
+    // GREATEST: the percentage users see never goes down, even across attempts.
+    let cancel_requested = sqlx::query_scalar!(
+        "UPDATE publish_tickets SET
+             message = $3, bytes_loaded = $4, bytes_total = $5,
+             percentage = GREATEST(percentage, $6), eta = $7,
+             lease_expires_at = now() + make_interval(secs => $8), updated_at = now()
+          WHERE id = $1 AND fencing_token = $2 AND state = 'running'
+         RETURNING cancel_requested",
+        id,
+        token,
+        progress.message,
+        progress.bytes_loaded,
+        progress.bytes_total,
+        progress.percentage.clamp(0, 100),
+        progress.eta,
+        lease_secs as f64
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(Heartbeat::from_cancel_requested(cancel_requested))
+}
+
+/// Extends the lease without touching the status (between progress writes, e.g. while
+/// Keystone is slow to answer), and reports a requested cancel or a lost claim.
+pub async fn extend_lease(
+    pool: &PgPool,
+    id: i64,
+    token: i64,
+    lease_secs: u32,
+) -> Result<Heartbeat, sqlx::Error> {
+    let cancel_requested = sqlx::query_scalar!(
+        "UPDATE publish_tickets SET lease_expires_at = now() + make_interval(secs => $3)
+          WHERE id = $1 AND fencing_token = $2 AND state = 'running'
+         RETURNING cancel_requested",
+        id,
+        token,
+        lease_secs as f64
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(Heartbeat::from_cancel_requested(cancel_requested))
+}
+
+/// Records the Glance image id as soon as it exists, so cleanup can find it.
+pub async fn set_cloud_id(
+    pool: &PgPool,
+    id: i64,
+    token: i64,
+    cloud_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query!(
+        "UPDATE publish_tickets SET cloud_id = $3, updated_at = now()
+          WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
+        id,
+        token,
+        cloud_id
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// How a claimed ticket ends.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Published {
+        cloud_id: String,
+        bytes: i64,
+    },
+    Failed {
+        error_message: String,
+        detail: Option<String>,
+    },
+    Cancelled,
+}
+
+/// Writes the final state. `false`: the claim was lost and nothing was written.
+pub async fn finish(
+    pool: &PgPool,
+    id: i64,
+    token: i64,
+    outcome: &Outcome,
+) -> Result<bool, sqlx::Error> {
+    let done = match outcome {
+        Outcome::Published { cloud_id, bytes } => {
+            sqlx::query!(
+                "UPDATE publish_tickets SET state = 'complete', cloud_id = $3, percentage = 100,
+                     bytes_loaded = $4, bytes_total = $4, eta = NULL,
+                     message = 'published as Glance image ' || $3,
+                     lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+                  WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
+                id,
+                token,
+                cloud_id,
+                bytes
+            )
+            .execute(pool)
+            .await?
+        }
+        Outcome::Failed {
+            error_message,
+            detail,
+        } => {
+            sqlx::query!(
+                "UPDATE publish_tickets SET state = 'error', error_message = $3, detailed_error_msg = $4,
+                     eta = NULL, message = 'failed: ' || $3,
+                     lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+                  WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
+                id,
+                token,
+                error_message,
+                detail.as_deref()
+            )
+            .execute(pool)
+            .await?
+        }
+        Outcome::Cancelled => {
+            sqlx::query!(
+                "UPDATE publish_tickets SET state = 'cancelled', eta = NULL, cloud_id = NULL,
+                     message = 'cancelled; the partial image was removed from the cloud',
+                     lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+                  WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
+                id,
+                token
+            )
+            .execute(pool)
+            .await?
+        }
+    };
+    Ok(done.rows_affected() == 1)
+}
+
+/// Gives a claimed ticket back (graceful shutdown): queued again at once, with an outbox
+/// row (its id is returned), and this attempt not counted. `None`: the claim was lost.
+pub async fn release(pool: &PgPool, id: i64, token: i64) -> Result<Option<i64>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let released = sqlx::query!(
+        "UPDATE publish_tickets SET state = 'queued', attempts = GREATEST(attempts - 1, 0), eta = NULL,
+             message = 'worker stopped, resuming on another worker', cloud_id = NULL,
+             lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+          WHERE id = $1 AND fencing_token = $2 AND state = 'running' AND NOT cancel_requested",
+        id,
+        token
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let outbox_id = if released {
+        Some(outbox::enqueue_in(&mut tx, id).await?)
+    } else {
+        None
+    };
+    tx.commit().await?;
+    Ok(outbox_id)
+}

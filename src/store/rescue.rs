@@ -1,0 +1,104 @@
+//! Tickets put back in the queue: by the rescuer (lost workers, lost messages) and by an
+//! operator (a failed or cancelled ticket run again). Each gets a new outbox row.
+
+use sqlx::PgPool;
+
+use super::outbox;
+
+/// A queued ticket untouched this long is handed to RabbitMQ again (see `rescue_expired`).
+const STALE_QUEUED_SECS: f64 = 600.0;
+
+/// What one rescuer pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rescued {
+    /// Tickets re-queued, with the outbox row each got: (ticket id, outbox id).
+    pub requeued: Vec<(i64, i64)>,
+    /// Tickets ended in `error` because they used up their attempts.
+    pub gave_up: Vec<i64>,
+}
+
+/// Re-queues running tickets whose lease expired (their worker stopped writing progress),
+/// and ends in `error` those that already had `max_attempts` claims. One statement each,
+/// under row locks: two rescuers running at once never both take the same ticket.
+pub async fn rescue_expired(pool: &PgPool, max_attempts: i32) -> Result<Rescued, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let gave_up = sqlx::query_scalar!(
+        "UPDATE publish_tickets SET state = 'error', eta = NULL,
+             error_message = 'gave up after ' || attempts || ' attempts: the worker running it stopped each time',
+             message = 'failed: gave up after ' || attempts || ' attempts',
+             lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+          WHERE state = 'running' AND lease_expires_at < now() AND attempts >= $1
+         RETURNING id",
+        max_attempts
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    // A cancel requested while the worker was lost is honoured now, not re-queued.
+    sqlx::query!(
+        "UPDATE publish_tickets SET state = 'cancelled', eta = NULL,
+             message = 'cancelled (its worker was lost before it could stop)',
+             lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+          WHERE state = 'running' AND lease_expires_at < now() AND cancel_requested"
+    )
+    .execute(&mut *tx)
+    .await?;
+    let lost = sqlx::query!(
+        "WITH lost AS (
+             UPDATE publish_tickets SET state = 'queued', eta = NULL,
+                 message = 'worker lost, resuming on another worker',
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+              WHERE state = 'running' AND lease_expires_at < now()
+             RETURNING id)
+         INSERT INTO ticket_outbox (ticket_id) SELECT id FROM lost RETURNING ticket_id, id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    // Safety net for a message lost on the way (dead-lettered, purged queue): a ticket
+    // queued for long with no outbox row gets a new one. Duplicates are harmless: the
+    // claim takes a ticket once.
+    let stale = sqlx::query!(
+        "WITH stale AS (
+             UPDATE publish_tickets t SET updated_at = now()
+              WHERE t.state = 'queued' AND NOT t.cancel_requested
+                AND t.updated_at < now() - make_interval(secs => $1)
+                AND NOT EXISTS (SELECT 1 FROM ticket_outbox o WHERE o.ticket_id = t.id)
+             RETURNING t.id)
+         INSERT INTO ticket_outbox (ticket_id) SELECT id FROM stale RETURNING ticket_id, id",
+        STALE_QUEUED_SECS
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let requeued = lost
+        .into_iter()
+        .map(|r| (r.ticket_id, r.id))
+        .chain(stale.into_iter().map(|r| (r.ticket_id, r.id)))
+        .collect();
+    Ok(Rescued { requeued, gave_up })
+}
+
+/// Runs a failed or cancelled ticket again: queued, status reset, with an outbox row (its id
+/// is returned). `None`: no such ticket, or it has not failed or been cancelled.
+pub async fn retry(pool: &PgPool, id: i64) -> Result<Option<i64>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let reset = sqlx::query!(
+        "UPDATE publish_tickets SET state = 'queued', attempts = 0, cancel_requested = false,
+             message = 'queued again by an operator, waiting for a worker', percentage = 0,
+             bytes_loaded = 0, eta = NULL, error_message = NULL, detailed_error_msg = NULL,
+             cloud_id = NULL, lease_owner = NULL, lease_expires_at = NULL, started_at = NULL,
+             finished_at = NULL, updated_at = now()
+          WHERE id = $1 AND state IN ('error', 'cancelled')",
+        id
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let outbox_id = if reset {
+        Some(outbox::enqueue_in(&mut tx, id).await?)
+    } else {
+        None
+    };
+    tx.commit().await?;
+    Ok(outbox_id)
+}
