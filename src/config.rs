@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cloud::AddressPolicy;
-use crate::retry::RetrySettings;
 use crate::secrets::Secret;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -17,8 +15,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub worker: WorkerSettings,
     pub storage: StorageSettings,
-    /// Which cloud addresses users may make the service call.
-    pub cloud: AddressPolicy,
+    pub cloud: CloudSettings,
     pub secrets: SecretSettings,
     pub log: LogSettings,
 }
@@ -61,6 +58,29 @@ pub struct WorkerSettings {
     /// On SIGTERM, how long running uploads may take to finish before they are handed back.
     pub shutdown_grace_secs: u64,
     pub retry: RetrySettings,
+}
+
+/// Transient failures are retried with exponential backoff and full jitter (`retry`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetrySettings {
+    /// First delay, in milliseconds; it doubles at each retry.
+    pub min_delay_ms: u64,
+    /// Cap on one delay, in milliseconds.
+    pub max_delay_ms: u64,
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// No new attempt starts after this many seconds.
+    pub deadline_secs: u64,
+}
+
+/// Which cloud addresses users may make the service call: `cloud::AddressPolicy` enforces it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CloudSettings {
+    /// Loopback addresses allowed (development against a local lab).
+    pub allow_loopback: bool,
+    /// When not empty, the only hosts allowed: names, `*.` wildcards, addresses or networks.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

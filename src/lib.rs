@@ -4,24 +4,35 @@
 //!
 //! | module        | concern                                                                  |
 //! |---------------|--------------------------------------------------------------------------|
+//! | [`cli`]       | the `pimage` subcommands                                                 |
 //! | [`api`]       | HTTP routes, auth (Basic, API keys, login lock), XML/JSON, OpenAPI doc   |
-//! | [`store`]     | Postgres: users and credentials, images, tickets; all the SQL            |
-//! | [`outbox`]    | hands stored tickets to RabbitMQ (at once, or later by the relay)        |
-//! | [`queue`]     | RabbitMQ: queue declaration, confirmed publishing, consuming             |
+//! | [`worker`]    | the upload slots and the consume loop, in sub-modules:                   |
+//! | · `job`       | one claimed ticket, from claim to recorded end (or handed back)          |
+//! | · `attempt`   | one attempt (login, earlier images, create, upload) and `AttemptError`   |
+//! | · `upload`    | the file streamed to Glance, stalls cut, the stored checksum checked     |
+//! | · `progress`  | progress values and their writes (heartbeats that report cancels)        |
+//! | · `lease`     | the lease keeper                                                         |
+//! | · `cancel`    | cancels by Postgres LISTEN/NOTIFY (`CancelWatch`)                        |
 //! | [`rescuer`]   | re-queues tickets whose worker died (expired lease); gives up on poison; |
 //! |               | forgets stale failed-login counts                                        |
-//! | [`worker`]    | claims tickets, uploads, writes progress, ends each ticket               |
-//! | [`cloud`]     | Keystone v3 login, Glance v2 calls, transient failures, SSRF guard       |
+//! | [`outbox`]    | hands stored tickets to RabbitMQ (at once, or later by the relay)        |
+//! | [`health`]    | `/healthz`, `/readyz`, `/metrics` (API and worker)                       |
+//! | [`queue`]     | RabbitMQ: queue declaration, confirmed publishing, consuming             |
+//! | [`cloud`]     | the OpenStack account and the one HTTP client, in sub-modules:           |
+//! | · `keystone`  | Keystone v3 login, wrong password told from unreachable project          |
+//! | · `glance`    | Glance v2 calls: create, upload, read back, delete, find by ticket       |
+//! | · `address_policy` | the SSRF guard: URLs, resolved addresses, redirects                 |
+//! | · `error`     | `CloudError`, `Cause`, the transient/permanent classifier               |
+//! | [`store`]     | Postgres: users and credentials, images, tickets; all the SQL            |
 //! | [`retry`]     | backoff with full jitter, attempts and deadline, for transient failures  |
-//! | [`image_files`] | image files on disk: format check, checksums, shared directory        |
-//! | [`secrets`]   | `Secret`, cloud-password encryption, user-password hashing               |
-//! | [`health`]    | `/healthz`, `/readyz`, `/metrics` (API and worker)                        |
-//! | [`config`]    | typed settings from `config/` and `PIMAGE__…` variables                  |
 //! | [`telemetry`] | logging and shutdown signals                                             |
-//! | [`cli`]       | the `pimage` subcommands                                                 |
+//! | [`image_files`] | image files on disk: format check, checksums, shared directory        |
+//! | [`config`]    | typed settings (all of them) from `config/` and `PIMAGE__…` variables    |
+//! | [`secrets`]   | `Secret`, cloud-password encryption, user-password hashing               |
 //!
-//! Dependencies point one way: `cli` → `api`/`worker` → `outbox`/`queue`/`cloud`/`store`
-//! → `secrets`/`config`.
+//! Dependencies point one way, down this table: each module may use only the ones
+//! `tests/architecture.rs` allows it (docs/ARCHITECTURE.md, "Who may call whom"); `config`
+//! uses nothing but `secrets`.
 //!
 //! Error types by layer: `store` returns `sqlx::Error`; `queue` `QueueError`; `cloud`
 //! `CloudError` (a user-facing summary plus the cloud's detail); `api` maps everything to

@@ -5,21 +5,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct RetrySettings {
-    /// First delay, in milliseconds; it doubles at each retry.
-    pub min_delay_ms: u64,
-    /// Cap on one delay, in milliseconds.
-    pub max_delay_ms: u64,
-    /// Attempts in all, the first included.
-    pub max_attempts: u32,
-    /// No new attempt starts after this many seconds.
-    pub deadline_secs: u64,
-}
+use crate::config::RetrySettings;
 
 /// What a failure says about retrying.
 pub trait Retryable {

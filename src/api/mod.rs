@@ -104,7 +104,7 @@ impl Application {
                 pool,
                 publisher,
                 secrets,
-                cloud_policy: settings.cloud.clone(),
+                cloud_policy: AddressPolicy::from(settings.cloud.clone()),
                 hand_offs: TaskTracker::new(),
                 max_body_bytes: settings.api.max_body_bytes,
             },

@@ -1,0 +1,65 @@
+//! OpenStack: Keystone v3 login (osauth), Glance v2 image create / upload / delete through
+//! the osauth session, and reading an image back with the `openstack` crate.
+//!
+//! Every failure is a `CloudError`: a summary in plain words for the user, the cloud's own
+//! answer as detail, and a `Cause` that `CloudError::is_transient` classifies.
+//!
+//! This file: the account to publish with, and the one HTTP client every call goes through.
+
+mod address_policy;
+mod error;
+mod glance;
+mod keystone;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::secrets::Secret;
+
+use address_policy::{GuardedResolver, Refusal};
+
+pub use address_policy::AddressPolicy;
+pub use error::{Cause, CloudError};
+pub use glance::{Glance, GlanceImage, TICKET_PROPERTY};
+
+/// Limit for every call but the upload (which may take hours): a hung cloud is a transient
+/// failure, not a stuck worker.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where and as whom to publish (a `CredAccountOpenStack` plus the project scope).
+#[derive(Debug, Clone)]
+pub struct OpenStackAccount {
+    pub keystone_url: String,
+    pub glance_url: Option<String>,
+    pub user: String,
+    pub password: Secret,
+    pub domain: String,
+    pub project: String,
+}
+
+/// The client for every cloud call: names resolved through the policy's guard, redirects
+/// checked too; the `Refusal` tells why the guard refused a name.
+fn http_client(policy: &AddressPolicy) -> Result<(reqwest::Client, Refusal), CloudError> {
+    let redirects = policy.clone();
+    let refusal = Refusal::default();
+    let resolver = GuardedResolver {
+        policy: policy.clone(),
+        refusal: refusal.clone(),
+    };
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(resolver))
+        .redirect(reqwest::redirect::Policy::custom(
+            move |attempt| match redirects.check_url(attempt.url()) {
+                Err(why) => attempt.error(format!("refused to follow a redirect: {why}")),
+                Ok(()) if attempt.previous().len() >= 5 => attempt.error("too many redirects"),
+                Ok(()) => attempt.follow(),
+            },
+        ))
+        .connect_timeout(Duration::from_secs(10))
+        // A few calls per ticket: a fresh connection each costs nothing next to the upload,
+        // and never races a server (uwsgi http-socket) that closes idle connections.
+        .pool_max_idle_per_host(0)
+        .build()
+        .map(|client| (client, refusal))
+        .map_err(|e| CloudError::transport("could not set up an HTTP client", &e))
+}

@@ -1,0 +1,212 @@
+//! One attempt at publishing a ticket (log in, settle earlier images, create, upload,
+//! verify), and `AttemptError`: why an attempt failed, as the retry loop sees it.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cloud::{CloudError, Glance, OpenStackAccount};
+use crate::retry::Retryable;
+use crate::store::tickets::{self, Claim};
+use crate::store::Image;
+
+use super::Worker;
+
+/// One ticket's publication, shared by its attempts.
+pub(super) struct Job<'a> {
+    pub(super) worker: &'a Worker,
+    pub(super) claim: &'a Claim,
+    pub(super) image: &'a Image,
+    pub(super) cancel: &'a CancellationToken,
+    pub(super) account: OpenStackAccount,
+    /// A checksum mismatch earns one re-upload, not more.
+    pub(super) checksum_retried: std::sync::atomic::AtomicBool,
+}
+
+/// Why an attempt ended without publishing.
+#[derive(Debug)]
+pub(super) enum AttemptError {
+    Cloud(CloudError),
+    /// A failure no retry can fix (missing file, …).
+    Permanent {
+        summary: String,
+        detail: Option<String>,
+    },
+    /// Glance stored bytes whose checksum differs from the file's.
+    ChecksumMismatch {
+        detail: String,
+    },
+    Cancelled,
+    /// Another worker holds the ticket now.
+    Lost,
+    Store(sqlx::Error),
+}
+
+impl AttemptError {
+    /// The `cause` label of the retry metric.
+    pub(super) fn cause_label(&self) -> String {
+        match self {
+            AttemptError::Cloud(e) => match &e.cause {
+                crate::cloud::Cause::Http { status, .. } => format!("http_{status}"),
+                crate::cloud::Cause::Transport => "connection".into(),
+                _ => "other".into(),
+            },
+            AttemptError::ChecksumMismatch { .. } => "checksum".into(),
+            _ => "other".into(),
+        }
+    }
+
+    pub(super) fn reason(&self) -> String {
+        match self {
+            AttemptError::Cloud(e) => e.short_reason(),
+            AttemptError::ChecksumMismatch { .. } => {
+                "Glance's checksum differed, uploading again".into()
+            }
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason())
+    }
+}
+
+impl Retryable for AttemptError {
+    fn is_transient(&self) -> bool {
+        match self {
+            AttemptError::Cloud(e) => e.is_transient(),
+            AttemptError::ChecksumMismatch { .. } => true,
+            _ => false,
+        }
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AttemptError::Cloud(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+    fn cancelled() -> Self {
+        AttemptError::Cancelled
+    }
+}
+
+impl From<CloudError> for AttemptError {
+    fn from(e: CloudError) -> Self {
+        AttemptError::Cloud(e)
+    }
+}
+
+impl From<sqlx::Error> for AttemptError {
+    fn from(e: sqlx::Error) -> Self {
+        AttemptError::Store(e)
+    }
+}
+
+impl Job<'_> {
+    /// One attempt: log in, settle images left by earlier attempts, create, upload, verify.
+    pub(super) async fn attempt(&self, attempt: u32, max: u32) -> Result<String, AttemptError> {
+        let of = if attempt > 1 {
+            format!(" (attempt {attempt} of {max})")
+        } else {
+            String::new()
+        };
+        self.report(&self.step(format!(
+            "logging in to Keystone as '{}'{of}",
+            self.account.user
+        )))
+        .await?;
+        let file = tokio::fs::File::open(&self.image.file_path)
+            .await
+            .map_err(|e| AttemptError::Permanent {
+                summary: format!(
+                    "the file of image {} ('{}') is missing or unreadable on the server",
+                    self.image.id, self.image.name
+                ),
+                detail: Some(e.to_string()),
+            })?;
+        let glance = Glance::login(&self.account, &self.worker.cloud_policy).await?;
+        let key = self.claim.ticket.ticket_key.to_string();
+
+        // Never two images for one ticket: reuse a finished one, remove unfinished ones. The
+        // first attempt of the first claim ever (fencing token 1: never reset) has no
+        // predecessor, and skips the search (one Glance call less per ticket).
+        let first_ever = self.claim.token == 1 && attempt == 1;
+        let earlier = if first_ever {
+            vec![]
+        } else {
+            glance.images_of_ticket(&key).await?
+        };
+        for existing in earlier {
+            if existing.status == "active"
+                && existing.checksum.as_deref() == Some(self.image.md5sum.as_str())
+            {
+                info!(image = %existing.id, "an earlier attempt already published it");
+                return Ok(existing.id);
+            }
+            glance.delete_image(&existing.id).await?;
+        }
+
+        self.report(&self.step(format!("creating the image in Glance{of}")))
+            .await?;
+        let created = glance
+            .create_image(
+                &self.claim.ticket.display_name,
+                &self.image.format,
+                self.claim.ticket.public_image,
+                &key,
+            )
+            .await?;
+        let result = match tickets::set_cloud_id(
+            &self.worker.pool,
+            self.claim.ticket.id,
+            self.claim.token,
+            &created.id,
+        )
+        .await
+        {
+            Ok(true) => {
+                self.upload_and_verify(&glance, &created.id, file, &of)
+                    .await
+            }
+            Ok(false) => Err(AttemptError::Lost),
+            Err(e) => Err(AttemptError::Store(e)),
+        };
+        // Still ours after the upload? Only then may this image become the ticket's.
+        let result = match result {
+            Ok(()) => {
+                self.report(&self.step(format!("checking the image in Glance{of}")))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // Leave nothing behind: the next attempt (if any) starts from a new image.
+            if let Err(e) = glance.delete_image(&created.id).await {
+                warn!(image = %created.id, error = %e, "could not delete the partial Glance image");
+            }
+        }
+        result.map(|()| created.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checksum_mismatch_earns_a_retry_and_missing_files_do_not() {
+        assert!(AttemptError::ChecksumMismatch {
+            detail: String::new()
+        }
+        .is_transient());
+        assert!(!AttemptError::Permanent {
+            summary: String::new(),
+            detail: None
+        }
+        .is_transient());
+        assert!(!AttemptError::Cancelled.is_transient());
+    }
+}

@@ -1,0 +1,188 @@
+//! One claimed ticket, from its claim to its recorded end: the lease keeper and cancel
+//! watch around it, the retried attempts, and the outcome written to Postgres (or the
+//! ticket handed back to the queue on shutdown).
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cloud::{CloudError, OpenStackAccount};
+use crate::outbox;
+use crate::retry::retry;
+use crate::secrets::Secret;
+use crate::store::images;
+use crate::store::tickets::{self, Claim, Outcome};
+
+use super::attempt::{AttemptError, Job};
+use super::lease::{keep_lease, AbortOnDrop};
+use super::Worker;
+
+impl Worker {
+    /// Runs a claimed ticket to its end, or hands it back when `abort` fires.
+    pub(super) async fn run_claim(
+        &self,
+        claim: Claim,
+        abort: &CancellationToken,
+    ) -> Result<(), sqlx::Error> {
+        let ticket_id = claim.ticket.id;
+        info!("claimed");
+        let cancel = self.cancels.register(ticket_id, abort);
+        // Aborted on drop too: a panicking upload must not keep renewing the lease.
+        let keeper = AbortOnDrop(tokio::spawn(keep_lease(
+            self.pool.clone(),
+            ticket_id,
+            claim.token,
+            self.settings.lease_seconds,
+            cancel.clone(),
+        )));
+        let outcome = self.publish(&claim, &cancel).await;
+        drop(keeper);
+        self.cancels.unregister(ticket_id);
+        let outcome = match outcome? {
+            None => {
+                warn!("lost the ticket to another worker; stopped");
+                return Ok(());
+            }
+            Some(Outcome::Cancelled) if abort.is_cancelled() => {
+                if let Some(outbox_id) =
+                    tickets::release(&self.pool, ticket_id, claim.token).await?
+                {
+                    info!("handed the ticket back to the queue");
+                    outbox::hand_off(&self.pool, &self.publisher, ticket_id, outbox_id).await;
+                    return Ok(());
+                }
+                // Not handed back: its user cancelled it meanwhile (or the claim is lost).
+                Outcome::Cancelled
+            }
+            Some(outcome) => outcome,
+        };
+        let label = match &outcome {
+            Outcome::Published { cloud_id, .. } => {
+                info!(cloud_id, "published");
+                "complete"
+            }
+            Outcome::Failed { error_message, .. } => {
+                warn!(error_message, "failed");
+                "error"
+            }
+            Outcome::Cancelled => {
+                info!("cancelled");
+                "cancelled"
+            }
+        };
+        metrics::counter!("pimage_tickets_finished_total", "outcome" => label).increment(1);
+        if !tickets::finish(&self.pool, ticket_id, claim.token, &outcome).await? {
+            warn!("lost the ticket before finishing; another worker owns it");
+        }
+        Ok(())
+    }
+
+    /// The ticket's outcome; `None` when the claim was lost (someone else finishes it).
+    async fn publish(
+        &self,
+        claim: &Claim,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Outcome>, sqlx::Error> {
+        let ticket = &claim.ticket;
+        let Some(image) = images::get(&self.pool, ticket.image_id).await? else {
+            return Ok(Some(failed(
+                format!("image {} no longer exists", ticket.image_id),
+                None,
+            )));
+        };
+        let password = match self.secrets.open(&ticket.cloud_password_enc) {
+            Ok(p) => p,
+            Err(e) => return Ok(Some(failed(e.to_string(), None))),
+        };
+        let job = Job {
+            worker: self,
+            claim,
+            image: &image,
+            cancel,
+            account: OpenStackAccount {
+                keystone_url: ticket.keystone_url.clone(),
+                glance_url: ticket.glance_url.clone(),
+                user: ticket.cloud_login.clone(),
+                password: password.clone(),
+                domain: ticket.keystone_domain.clone(),
+                project: ticket.keystone_project.clone(),
+            },
+            checksum_retried: std::sync::atomic::AtomicBool::new(false),
+        };
+        let max = self.settings.retry.max_attempts;
+        let job = &job;
+        let result = retry(
+            &self.settings.retry,
+            cancel,
+            |attempt| job.attempt(attempt, max),
+            |notice| {
+                let reason = notice.error.reason();
+                let message = notice.message(&reason);
+                warn!(attempt = notice.next_attempt, delay = ?notice.delay, reason, "transient failure, retrying");
+                metrics::counter!("pimage_retries_total", "cause" => notice.error.cause_label()).increment(1);
+                async move { job.report(&job.step(message)).await }
+            },
+        )
+        .await;
+        Ok(Some(match result {
+            Ok(cloud_id) => Outcome::Published { cloud_id, bytes: image.size_bytes },
+            Err(AttemptError::Cloud(e)) => cloud_failure(e, &password),
+            Err(AttemptError::Permanent { summary, detail }) => failed(summary, detail),
+            Err(AttemptError::ChecksumMismatch { detail }) => failed(
+                "Glance's checksum of the uploaded image still differed from the file's after a re-upload".into(),
+                Some(detail),
+            ),
+            Err(AttemptError::Cancelled) => Outcome::Cancelled,
+            Err(AttemptError::Lost) => return Ok(None),
+            Err(AttemptError::Store(e)) => return Err(e),
+        }))
+    }
+}
+
+fn failed(error_message: String, detail: Option<String>) -> Outcome {
+    Outcome::Failed {
+        error_message,
+        detail,
+    }
+}
+
+/// The user-facing failure, with the cloud's answer scrubbed of the password.
+fn cloud_failure(e: CloudError, password: &Secret) -> Outcome {
+    let summary = if e.is_transient() {
+        format!("gave up retrying: {}", e.summary)
+    } else {
+        e.summary
+    };
+    let detail = e.detail.map(|d| {
+        if password.is_empty() {
+            d
+        } else {
+            d.replace(password.expose(), "***")
+        }
+    });
+    failed(summary, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::Cause;
+
+    #[test]
+    fn cloud_detail_never_carries_the_password() {
+        let e = CloudError {
+            summary: "x".into(),
+            detail: Some("bad pw s3cr3t!".into()),
+            cause: Cause::LoginRefused,
+        };
+        match cloud_failure(e, &Secret::new("s3cr3t!")) {
+            Outcome::Failed {
+                detail,
+                error_message,
+            } => {
+                assert_eq!(detail.as_deref(), Some("bad pw ***"));
+                assert_eq!(error_message, "x");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The lease keeper: renews a running ticket's lease in Postgres, and stops the job when
+//! the claim is lost or a cancel is requested.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::store::tickets::{self, Heartbeat};
+
+/// A spawned task that ends with its owner.
+pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps the lease alive for as long as the ticket runs, whatever step it is in: the lease
+/// must expire only when the worker is gone. A third of the lease between writes leaves room
+/// for two missed ones. Stops the job when the claim is lost or a cancel is requested.
+pub(super) async fn keep_lease(
+    pool: PgPool,
+    id: i64,
+    token: i64,
+    lease_secs: u32,
+    stop: CancellationToken,
+) {
+    let every = Duration::from_millis((lease_secs as u64 * 1000 / 3).max(200));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        match tickets::extend_lease(&pool, id, token, lease_secs).await {
+            Ok(Heartbeat::Held) => {}
+            Ok(Heartbeat::CancelRequested) => stop.cancel(),
+            Ok(Heartbeat::Lost) => {
+                warn!(ticket_id = id, "lease lost to another worker: stopping");
+                metrics::counter!("pimage_leases_lost_total").increment(1);
+                stop.cancel();
+            }
+            Err(e) => warn!(ticket_id = id, error = %e, "could not extend the lease"),
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! The worker: takes tickets from RabbitMQ, claims them in Postgres, and publishes the
+//! image to Glance while writing progress, retrying transient failures.
+//!
+//! A delivery is taken only while an upload slot is free, and acknowledged as soon as the
+//! ticket is claimed in Postgres (a lease with a fencing token); from then on Postgres, not
+//! RabbitMQ, tracks the job. Progress writes extend the lease; if the worker dies, the
+//! rescuer re-queues the ticket once the lease expires.
+//! Cancels arrive by Postgres NOTIFY (`CancelWatch`); the progress writes, which report a
+//! requested cancel too, are the fallback.
+//!
+//! This file: the pool of upload slots and the consume loop that fills them.
+
+mod attempt;
+mod cancel;
+mod job;
+mod lease;
+mod progress;
+mod upload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::Consumer;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::cloud::AddressPolicy;
+use crate::config::{AmqpSettings, CloudSettings, WorkerSettings};
+use crate::queue::{self, Publisher, TicketMessage};
+use crate::secrets::SecretBox;
+use crate::store::tickets;
+use crate::{outbox, rescuer};
+
+use cancel::CancelWatch;
+
+#[derive(Clone)]
+pub struct Worker {
+    pool: PgPool,
+    settings: WorkerSettings,
+    amqp: AmqpSettings,
+    cloud_policy: AddressPolicy,
+    secrets: SecretBox,
+    cancels: CancelWatch,
+    /// Hands released and rescued tickets back to the queue.
+    publisher: Arc<Publisher>,
+    /// host:pid, shown as lease owner and RabbitMQ consumer tag.
+    id: String,
+}
+
+impl Worker {
+    pub fn new(
+        pool: PgPool,
+        settings: WorkerSettings,
+        amqp: AmqpSettings,
+        cloud: CloudSettings,
+        secrets: SecretBox,
+    ) -> Worker {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown-host".into());
+        let id = format!("{host}:{}", std::process::id());
+        let publisher = Arc::new(Publisher::new(
+            amqp.clone(),
+            format!("pimage-worker-publisher@{id}"),
+        ));
+        Worker {
+            pool,
+            settings,
+            amqp,
+            cloud_policy: AddressPolicy::from(cloud),
+            secrets,
+            cancels: CancelWatch::default(),
+            publisher,
+            id,
+        }
+    }
+
+    /// What the worker's `/readyz` checks.
+    pub fn probes(&self) -> crate::health::Probes {
+        crate::health::Probes {
+            pool: self.pool.clone(),
+            publisher: self.publisher.clone(),
+        }
+    }
+
+    /// Consumes until `shutdown` fires, reconnecting to RabbitMQ with backoff when the
+    /// connection drops. Then running uploads get `shutdown_grace_secs` to finish; after
+    /// that they are aborted and handed back to the queue without counting an attempt.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let uploads = TaskTracker::new();
+        let abort = CancellationToken::new();
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1) as usize));
+        let background = TaskTracker::new();
+        background.spawn(
+            self.cancels
+                .clone()
+                .run(self.pool.clone(), shutdown.clone()),
+        );
+        background.spawn(outbox::run_relay(
+            self.pool.clone(),
+            self.publisher.clone(),
+            shutdown.clone(),
+        ));
+        background.spawn(rescuer::run(
+            self.pool.clone(),
+            self.publisher.clone(),
+            self.settings.max_ticket_attempts,
+            Duration::from_secs(self.settings.rescue_interval_secs.max(1)),
+            shutdown.clone(),
+        ));
+        let mut delay = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            match self
+                .consume_until_lost(&shutdown, &uploads, &slots, &abort)
+                .await
+            {
+                Ok(()) => delay = Duration::from_millis(200),
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?delay, "lost RabbitMQ, reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        uploads.close();
+        let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
+        if !uploads.is_empty() {
+            info!(
+                running = uploads.len(),
+                ?grace,
+                "waiting for running uploads to finish"
+            );
+        }
+        if tokio::time::timeout(grace, uploads.wait()).await.is_err() {
+            warn!(
+                running = uploads.len(),
+                "grace period over: handing running uploads back to the queue"
+            );
+            abort.cancel();
+            uploads.wait().await;
+        }
+        background.close();
+        background.wait().await;
+        info!("worker stopped");
+        Ok(())
+    }
+
+    /// Takes deliveries only while an upload slot is free, and acknowledges each as soon as
+    /// the ticket is claimed in Postgres: no delivery is held for the length of an upload.
+    async fn consume_until_lost(
+        &self,
+        shutdown: &CancellationToken,
+        uploads: &TaskTracker,
+        slots: &Arc<Semaphore>,
+        abort: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let tag = format!("pimage-worker@{}", self.id);
+        let conn = queue::connect(&self.amqp, &tag).await?;
+        let channel = queue::channel(&conn, &self.amqp.queue, 1).await?;
+        info!(queue = %self.amqp.queue, concurrency = self.settings.concurrency, "worker connected");
+        let mut consumer: Option<Consumer> = None;
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("the slot semaphore is never closed"),
+                _ = shutdown.cancelled() => {
+                    queue::stop_consuming(&channel, &tag, consumer.take()).await;
+                    return Ok(());
+                }
+            };
+            if consumer.is_none() {
+                consumer = Some(queue::start_consuming(&channel, &self.amqp.queue, &tag).await?);
+            }
+            let next = consumer.as_mut().expect("consumer started above").next();
+            let delivery = tokio::select! {
+                d = next => d,
+                _ = shutdown.cancelled() => {
+                    queue::stop_consuming(&channel, &tag, consumer.take()).await;
+                    return Ok(());
+                }
+            };
+            let delivery = match delivery {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(e.into()),
+                None => anyhow::bail!("consumer closed"),
+            };
+            let message: TicketMessage = match serde_json::from_slice(&delivery.data) {
+                Ok(m) => m,
+                Err(e) => {
+                    error!(error = %e, "unreadable message, dead-lettering it");
+                    delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await?;
+                    continue;
+                }
+            };
+            let ticket_id = message.ticket_id;
+            let claim = loop {
+                match tickets::claim(&self.pool, ticket_id, &self.id, self.settings.lease_seconds)
+                    .await
+                {
+                    Ok(claim) => break claim,
+                    // Keep the delivery (bouncing it would count towards the delivery limit)
+                    // and try again once Postgres is back.
+                    Err(e) => {
+                        error!(ticket_id, error = %e, "cannot claim: Postgres unavailable; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                            _ = shutdown.cancelled() => {
+                                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                                queue::stop_consuming(&channel, &tag, consumer.take()).await;
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            };
+            let Some(claim) = claim else {
+                info!(ticket_id, "ticket not claimable (ended, cancelled, or owned by a live worker); dropping the message");
+                drop(permit);
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                continue;
+            };
+            if slots.available_permits() == 0 {
+                // That was the last free slot: stop consuming while this delivery is still
+                // unacknowledged (prefetch 1), so RabbitMQ has nothing to push that we would
+                // have to bounce.
+                queue::stop_consuming(&channel, &tag, consumer.take()).await;
+            }
+            let worker = self.clone();
+            let abort = abort.clone();
+            let span = info_span!("ticket", ticket_id, attempt = claim.ticket.attempts);
+            uploads.spawn(
+                async move {
+                    let _slot = permit;
+                    if let Err(e) = worker.run_claim(claim, &abort).await {
+                        // The lease runs out and the rescuer re-queues the ticket.
+                        error!(error = %e, "lost Postgres while running the ticket");
+                    }
+                }
+                .instrument(span),
+            );
+            // Acknowledged once the ticket is ours in Postgres and its task runs; a failed
+            // ack only means a redelivery, which the claim then refuses.
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+    }
+}

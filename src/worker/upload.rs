@@ -1,0 +1,133 @@
+//! The upload: the file streamed to Glance at flat memory, stalls cut, progress written,
+//! and the stored image checked against the file's registered md5.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio_util::io::ReaderStream;
+
+use crate::cloud::{Cause, CloudError, Glance};
+
+use super::attempt::{AttemptError, Job};
+use super::progress::upload_progress;
+
+/// Read size for the upload stream: large enough for full-speed loopback, small enough that
+/// memory stays flat whatever the file size.
+const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// An upload that moves no byte for this long is cut and retried.
+const STALL_LIMIT: Duration = Duration::from_secs(120);
+/// How long Glance may take to answer once it has every byte (it hashes the whole file).
+const ANSWER_LIMIT: Duration = Duration::from_secs(900);
+
+impl Job<'_> {
+    /// Streams the file into `image_id` and checks what Glance stored; `of` names the attempt.
+    pub(super) async fn upload_and_verify(
+        &self,
+        glance: &Glance,
+        image_id: &str,
+        file: tokio::fs::File,
+        of: &str,
+    ) -> Result<(), AttemptError> {
+        let total = self.image.size_bytes;
+        let sent = Arc::new(AtomicU64::new(0));
+        // No checksum here: Glance computes one as it stores, and it is compared with the
+        // file's registered md5 below. Hashing in the stream too cost ~15% of the upload speed
+        // on a 2-core machine (docs/BENCHMARKS.md).
+        let body = {
+            let sent = sent.clone();
+            ReaderStream::with_capacity(file, UPLOAD_CHUNK).map(move |chunk| {
+                if let Ok(bytes) = &chunk {
+                    sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    metrics::counter!("pimage_upload_bytes_total").increment(bytes.len() as u64);
+                }
+                chunk
+            })
+        };
+        let upload = glance.upload(image_id, reqwest::Body::wrap_stream(body), total as u64);
+        tokio::pin!(upload);
+
+        let started = Instant::now();
+        let (mut last_sent, mut last_move) = (0u64, Instant::now());
+        let mut last_percentage = -1;
+        let interval = Duration::from_millis(self.worker.settings.progress_interval_ms.max(100));
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                result = &mut upload => { result?; break; }
+                // Dropping `upload` closes the connection: Glance puts the image back to queued.
+                _ = self.cancel.cancelled() => return Err(AttemptError::Cancelled),
+                _ = tick.tick() => {
+                    let now_sent = sent.load(Ordering::Relaxed);
+                    if now_sent != last_sent {
+                        (last_sent, last_move) = (now_sent, Instant::now());
+                    }
+                    // Glance takes no more bytes, or never answers once it has them all.
+                    let limit = if (now_sent as i64) < total { STALL_LIMIT } else { ANSWER_LIMIT };
+                    if last_move.elapsed() > limit {
+                        return Err(AttemptError::Cloud(CloudError {
+                            summary: format!("the upload to Glance stalled for {} s", limit.as_secs()),
+                            detail: Some(format!("{now_sent} of {total} bytes sent")),
+                            cause: Cause::Transport,
+                        }));
+                    }
+                    // One write per percent at most (and per interval): a ticket costs a
+                    // bounded number of writes whatever its size. The lease keeper
+                    // heartbeats in between.
+                    let mut progress = upload_progress(now_sent as i64, total, started.elapsed());
+                    if progress.percentage != last_percentage {
+                        last_percentage = progress.percentage;
+                        progress.message.push_str(of);
+                        self.report(&progress).await?;
+                    }
+                }
+            }
+        }
+        metrics::histogram!("pimage_upload_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let registered = self.image.md5sum.as_str();
+        let stored = glance.image(image_id).await?;
+        if stored.status == "active" && stored.checksum.as_deref() == Some(registered) {
+            return Ok(());
+        }
+        // Rare: tell a file changed since registration (permanent) from bytes damaged on
+        // the way (one more upload).
+        let path = self.image.file_path.clone();
+        let unreadable = |e: String| AttemptError::Permanent {
+            summary: format!("the file of image {} could not be read back", self.image.id),
+            detail: Some(e),
+        };
+        let read = tokio::task::spawn_blocking(move || {
+            crate::image_files::checksums(std::path::Path::new(&path))
+        })
+        .await
+        .map_err(|e| unreadable(e.to_string()))?
+        .map_err(|e| unreadable(e.to_string()))?
+        .1;
+        if read != registered {
+            return Err(AttemptError::Permanent {
+                summary: format!(
+                    "the file of image {} changed on disk since it was registered (checksum differs)",
+                    self.image.id
+                ),
+                detail: Some(format!("registered md5 {registered}, file md5 now {read}")),
+            });
+        }
+        let detail = format!(
+            "Glance status {}, checksum {:?}; file md5 {registered}",
+            stored.status, stored.checksum
+        );
+        if self.checksum_retried.swap(true, Ordering::Relaxed) {
+            Err(AttemptError::Permanent {
+                summary: "Glance's checksum of the uploaded image still differed from the file's after a re-upload"
+                    .into(),
+                detail: Some(detail),
+            })
+        } else {
+            Err(AttemptError::ChecksumMismatch { detail })
+        }
+    }
+}
