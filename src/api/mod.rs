@@ -1,4 +1,5 @@
-//! The HTTP API (axum): routes under `/api`, XML or JSON both ways, `uforgeError` errors.
+//! The HTTP API (axum): routes under `/api` (one table, also the OpenAPI document's), XML or
+//! JSON both ways, `uforgeError` errors.
 //!
 //! `Application::build` binds the listener (port 0 picks a free port, for tests),
 //! `run_until_stopped` serves until the shutdown token fires and drains in-flight requests.
@@ -6,6 +7,7 @@
 mod auth;
 mod error;
 mod observe;
+mod openapi;
 pub mod publish_request;
 mod routes;
 mod wire;
@@ -14,7 +16,9 @@ pub mod xml;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::routing::{delete, get};
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -42,38 +46,76 @@ pub struct AppState {
     pub max_body_bytes: usize,
 }
 
+/// The route templates, shared by the router and the handlers' OpenAPI annotations.
+pub(crate) mod paths {
+    pub const STATUS: &str = "/api/status";
+    pub const OPENAPI: &str = "/api/openapi.json";
+    pub const IMAGES: &str = "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images";
+    pub const IMAGE: &str = "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}";
+    pub const TICKETS: &str =
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimages";
+    pub const TICKET: &str =
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimages/{pitid}";
+    pub const TICKET_STATUS: &str =
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimages/{pitid}/status";
+    pub const TICKET_CANCEL: &str =
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimages/{pitid}/cancel";
+    pub const USER_TICKETS: &str = "/api/users/{uid}/pimages";
+    pub const USER_STATUSES: &str = "/api/users/{uid}/pimages/status";
+}
+
+/// One route of the API.
+pub(crate) struct ApiRoute {
+    #[cfg_attr(not(test), allow(dead_code))] // Only the document's test reads it.
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, handler: H) -> ApiRoute
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone()).expect("a standard HTTP method");
+    ApiRoute {
+        method,
+        path,
+        handler: on(filter, handler),
+    }
+}
+
+/// The route table: the router is built from it, and `openapi::tests` hold it equal to the
+/// OpenAPI document's operations.
+pub(crate) fn api_routes() -> Vec<ApiRoute> {
+    use paths::*;
+    vec![
+        route(Method::GET, STATUS, routes::service_status),
+        route(Method::GET, OPENAPI, openapi::serve),
+        route(Method::GET, IMAGES, routes::list_images),
+        route(Method::GET, IMAGE, routes::get_image),
+        route(Method::GET, TICKETS, routes::list_tickets_of_image),
+        route(Method::POST, TICKETS, routes::publish),
+        route(Method::GET, TICKET, routes::get_ticket),
+        route(Method::DELETE, TICKET, routes::delete_ticket),
+        route(Method::GET, TICKET_STATUS, routes::get_ticket_status),
+        route(Method::DELETE, TICKET_CANCEL, routes::cancel_ticket),
+        route(Method::GET, USER_TICKETS, routes::list_user_tickets),
+        route(Method::GET, USER_STATUSES, routes::list_user_statuses),
+    ]
+}
+
 pub fn router(state: AppState) -> Router {
-    let images = "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images";
     let probes = health::Probes {
         pool: state.pool.clone(),
         publisher: state.publisher.clone(),
     };
-    let api = Router::new()
-        .route("/api/status", get(routes::service_status))
-        .route("/api/openapi.json", get(routes::openapi))
-        .route(images, get(routes::list_images))
-        .route(&format!("{images}/{{itid}}"), get(routes::get_image))
-        .route(
-            &format!("{images}/{{itid}}/pimages"),
-            get(routes::list_tickets_of_image).post(routes::publish),
-        )
-        .route(
-            &format!("{images}/{{itid}}/pimages/{{pitid}}"),
-            get(routes::get_ticket).delete(routes::delete_ticket),
-        )
-        .route(
-            &format!("{images}/{{itid}}/pimages/{{pitid}}/status"),
-            get(routes::get_ticket_status),
-        )
-        .route(
-            &format!("{images}/{{itid}}/pimages/{{pitid}}/cancel"),
-            delete(routes::cancel_ticket),
-        )
-        .route("/api/users/{uid}/pimages", get(routes::list_user_tickets))
-        .route(
-            "/api/users/{uid}/pimages/status",
-            get(routes::list_user_statuses),
-        )
+    // Routes on one path merge their methods.
+    let api = api_routes()
+        .into_iter()
+        .fold(Router::new(), |api, route| {
+            api.route(route.path, route.handler)
+        })
         // Route templates (not raw paths) label the HTTP metrics.
         .route_layer(axum::middleware::from_fn(observe::http_metrics))
         .fallback(routes::not_found)

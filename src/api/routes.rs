@@ -1,4 +1,5 @@
-//! Route handlers: parse and check the request, call the store, answer a document.
+//! Route handlers: parse and check the request, call the store, answer a document. Each one's
+//! `#[utoipa::path]` is its operation in the OpenAPI document (`openapi.rs`).
 
 use std::collections::HashMap;
 
@@ -9,6 +10,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::auth::Caller;
 use super::error::ApiError;
+use super::openapi::{
+    Cached, CancelErrors, DeleteErrors, DeleteTicketParams, ImagePath, PublishErrors,
+    PublishRequestBody, ReadErrors, ScanPath, StatusErrors, TicketPath, UserParams,
+};
+use super::paths;
 use super::publish_request::{self, BodyError, PublishRequest};
 use super::wire::{
     Document, Format, ImageDoc, Images, OpStatus, OpStatuses, PublishImage, PublishImages,
@@ -84,6 +90,18 @@ async fn resolve_ticket(
 }
 
 /// `GET /api/status`: lets clients check they can talk to the server (no login needed).
+#[utoipa::path(
+    get,
+    path = paths::STATUS,
+    operation_id = "serviceStatus",
+    summary = "Is the service alive (no login)",
+    security(()),
+    responses(
+        (status = 200, description = "OK", content(
+            (ServiceStatus = "application/json"), (ServiceStatus = "application/xml"))),
+        StatusErrors,
+    )
+)]
 pub async fn service_status(headers: HeaderMap) -> Result<Response, ApiError> {
     let doc = Document::new(
         "serviceStatus",
@@ -95,22 +113,14 @@ pub async fn service_status(headers: HeaderMap) -> Result<Response, ApiError> {
     Ok(doc.render(format_of(&headers)?, StatusCode::OK))
 }
 
-/// The OpenAPI 3 document of this API, written by hand and checked by the tests (every route
-/// documented, every answer conforming: `tests/security.rs`, `scripts/security`).
-pub const OPENAPI: &str = include_str!("openapi.json");
-
-/// `GET /api/openapi.json` (no login needed).
-pub async fn openapi() -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        OPENAPI,
-    )
-        .into_response()
-}
-
+#[utoipa::path(
+    get,
+    path = paths::IMAGES,
+    operation_id = "listImages",
+    summary = "The images of a scan",
+    params(ScanPath),
+    responses(Cached<Images>, ReadErrors)
+)]
 pub async fn list_images(
     State(state): State<AppState>,
     caller: Caller,
@@ -128,6 +138,14 @@ pub async fn list_images(
     Ok(doc.render_cached(format, &digest, &headers))
 }
 
+#[utoipa::path(
+    get,
+    path = paths::IMAGE,
+    operation_id = "getImage",
+    summary = "One image",
+    params(ImagePath),
+    responses(Cached<ImageDoc>, ReadErrors)
+)]
 pub async fn get_image(
     State(state): State<AppState>,
     caller: Caller,
@@ -141,6 +159,21 @@ pub async fn get_image(
 }
 
 /// `POST …/images/{itid}/pimages`: store the ticket, hand it to RabbitMQ, answer at once.
+#[utoipa::path(
+    post,
+    path = paths::TICKETS,
+    operation_id = "publish",
+    summary = "Publish the image to a cloud: stores a ticket and answers at once",
+    params(ImagePath),
+    request_body(content(
+        (PublishRequestBody = "application/json"), (PublishRequestBody = "application/xml"))),
+    responses(
+        (status = 201, description = "The ticket, queued",
+            headers(("Location" = String), ("ETag" = String, description = "The object's digest, quoted")),
+            content((PublishImage = "application/json"), (PublishImage = "application/xml"))),
+        PublishErrors,
+    )
+)]
 pub async fn publish(
     State(state): State<AppState>,
     caller: Caller,
@@ -257,6 +290,14 @@ fn parse_publish_body(headers: &HeaderMap, body: &[u8]) -> Result<PublishRequest
     })
 }
 
+#[utoipa::path(
+    get,
+    path = paths::TICKETS,
+    operation_id = "listTicketsOfImage",
+    summary = "The publish tickets of an image",
+    params(ImagePath),
+    responses(Cached<PublishImages>, ReadErrors)
+)]
 pub async fn list_tickets_of_image(
     State(state): State<AppState>,
     caller: Caller,
@@ -270,6 +311,14 @@ pub async fn list_tickets_of_image(
     Ok(doc.render_cached(format, &digest, &headers))
 }
 
+#[utoipa::path(
+    get,
+    path = paths::TICKET,
+    operation_id = "getTicket",
+    summary = "One publish ticket (cloudId once published)",
+    params(TicketPath),
+    responses(Cached<PublishImage>, ReadErrors)
+)]
 pub async fn get_ticket(
     State(state): State<AppState>,
     caller: Caller,
@@ -282,6 +331,14 @@ pub async fn get_ticket(
     Ok(doc.render_cached(format, &digest, &headers))
 }
 
+#[utoipa::path(
+    get,
+    path = paths::TICKET_STATUS,
+    operation_id = "getTicketStatus",
+    summary = "The status of a ticket",
+    params(TicketPath),
+    responses(Cached<OpStatus>, ReadErrors)
+)]
 pub async fn get_ticket_status(
     State(state): State<AppState>,
     caller: Caller,
@@ -296,6 +353,14 @@ pub async fn get_ticket_status(
 }
 
 /// `DELETE …/pimages/{pitid}/cancel`.
+#[utoipa::path(
+    delete,
+    path = paths::TICKET_CANCEL,
+    operation_id = "cancelTicket",
+    summary = "Cancel a ticket that has not finished",
+    params(TicketPath),
+    responses((status = 204, description = "Cancelled, or cancel requested"), CancelErrors)
+)]
 pub async fn cancel_ticket(
     State(state): State<AppState>,
     caller: Caller,
@@ -321,6 +386,14 @@ pub async fn cancel_ticket(
 /// `DELETE …/pimages/{pitid}[?deleteCloudImage=true]`: removes the record. A running upload
 /// is cancelled first (its worker deletes the partial image). The published image stays in
 /// the cloud unless `deleteCloudImage=true`; if the cloud refuses that, the record is kept.
+#[utoipa::path(
+    delete,
+    path = paths::TICKET,
+    operation_id = "deleteTicket",
+    summary = "Remove a ticket record (cancels a running one first)",
+    params(DeleteTicketParams),
+    responses((status = 204, description = "Deleted"), DeleteErrors)
+)]
 pub async fn delete_ticket(
     State(state): State<AppState>,
     caller: Caller,
@@ -392,6 +465,14 @@ fn image_filter(query: &HashMap<String, String>) -> Result<Option<i64>, ApiError
         })
 }
 
+#[utoipa::path(
+    get,
+    path = paths::USER_TICKETS,
+    operation_id = "listUserTickets",
+    summary = "All tickets of a user",
+    params(UserParams),
+    responses(Cached<PublishImages>, ReadErrors)
+)]
 pub async fn list_user_tickets(
     State(state): State<AppState>,
     caller: Caller,
@@ -407,6 +488,14 @@ pub async fn list_user_tickets(
     Ok(doc.render_cached(format, &digest, &headers))
 }
 
+#[utoipa::path(
+    get,
+    path = paths::USER_STATUSES,
+    operation_id = "listUserStatuses",
+    summary = "The statuses of all tickets of a user",
+    params(UserParams),
+    responses(Cached<OpStatuses>, ReadErrors)
+)]
 pub async fn list_user_statuses(
     State(state): State<AppState>,
     caller: Caller,

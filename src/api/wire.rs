@@ -1,11 +1,13 @@
 //! What the API sends: one struct per schema type, fields in schema order (inherited
-//! fields first), serialised as JSON directly and as XML through `xml::to_xml`.
+//! fields first), serialised as JSON directly and as XML through `xml::to_xml`. Each derives
+//! its OpenAPI schema (`openapi.rs`); `Option` fields are always sent (`null`), so required.
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::xml;
 use crate::store::{Image, Ticket, TicketState};
@@ -132,27 +134,35 @@ fn image_digest(i: &Image) -> String {
 }
 
 /// `OpStatus`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Status)]
 pub struct OpStatus {
     pub created: DateTime<Utc>,
     pub db_id: i64,
     pub digest: String,
     pub last_modified: DateTime<Utc>,
+    #[schema(minimum = 0)]
     pub bytes_loaded: i64,
+    #[schema(minimum = 0)]
     pub bytes_total: i64,
     pub cancelled: bool,
     pub complete: bool,
     pub detailed_error: bool,
+    #[schema(required = true)]
     pub detailed_error_msg: Option<String>,
     pub error: bool,
+    #[schema(required = true)]
     pub error_message: Option<String>,
+    #[schema(required = true)]
     pub eta: Option<DateTime<Utc>>,
     pub message: String,
     pub parent_uri: String,
+    #[schema(minimum = 0, maximum = 100)]
     pub percentage: i32,
     pub published: bool,
     /// A duration carried as a date after the epoch, as UForge's Java server writes it.
+    #[schema(required = true)]
     pub total_time: Option<DateTime<Utc>>,
     pub uri: String,
 }
@@ -187,8 +197,16 @@ impl OpStatus {
     }
 }
 
+/// `secretsMissing` is always `true`: answers never carry the cloud password.
+fn always_true() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::Boolean)
+        .enum_values(Some([true]))
+        .build()
+}
+
 /// `TargetPlatform` (only its name and type are known here).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TargetPlatform {
     pub name: &'static str,
     #[serde(rename = "type")]
@@ -196,12 +214,17 @@ pub struct TargetPlatform {
 }
 
 /// `CredAccountOpenStack`, without the password.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = CredAccountAnswer)]
 pub struct CredAccount {
+    #[schema(required = true)]
     pub name: Option<String>,
+    #[schema(inline)]
     pub target_platform: TargetPlatform,
+    #[schema(schema_with = always_true)]
     pub secrets_missing: bool,
+    #[schema(required = true)]
     pub glance_url: Option<String>,
     pub keystone_url: String,
     pub login: String,
@@ -209,7 +232,7 @@ pub struct CredAccount {
 }
 
 /// `PublishImageOpenStack`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishImage {
     pub created: DateTime<Utc>,
@@ -222,6 +245,7 @@ pub struct PublishImage {
     pub name: String,
     pub status_uri: String,
     pub uri: String,
+    #[schema(required = true)]
     pub cloud_id: Option<String>,
     pub image_uri: String,
     pub keystone_domain: String,
@@ -274,17 +298,18 @@ impl PublishImage {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishImageList {
     pub publish_image: Vec<PublishImage>,
 }
 
 /// `PublishImages`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishImages {
     pub total: usize,
+    #[schema(inline)]
     pub publish_images: PublishImageList,
 }
 
@@ -302,15 +327,17 @@ impl PublishImages {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OpStatusList {
     pub status: Vec<OpStatus>,
 }
 
 /// `OpStatuses`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Statuses)]
 pub struct OpStatuses {
     pub total: usize,
+    #[schema(inline)]
     pub statuses: OpStatusList,
 }
 
@@ -329,7 +356,7 @@ impl OpStatuses {
 }
 
 /// `ImageFormat` (its name from the schema's enumeration).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ImageFormat {
     pub name: &'static str,
 }
@@ -348,8 +375,9 @@ fn format_name(disk_format: &str) -> &'static str {
 }
 
 /// `Image`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Image)]
 pub struct ImageDoc {
     pub created: DateTime<Utc>,
     pub db_id: i64,
@@ -362,6 +390,7 @@ pub struct ImageDoc {
     pub base_publish_images_uri: String,
     pub file_name: String,
     pub file_size: i64,
+    #[schema(inline)]
     pub format: ImageFormat,
     pub image_created: bool,
     pub name: String,
@@ -399,15 +428,16 @@ impl ImageDoc {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ImageList {
     pub image: Vec<ImageDoc>,
 }
 
 /// `Images`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Images {
     pub total: usize,
+    #[schema(inline)]
     pub images: ImageList,
 }
 
@@ -426,24 +456,26 @@ impl Images {
 }
 
 /// `ServiceStatus`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ServiceStatus {
     pub alive: bool,
     pub version: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LocalizedMessage {
     pub message: String,
 }
 
 /// `UForgeError`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UForgeError {
+    #[schema(inline)]
     pub localized_error_msg: LocalizedMessage,
     pub request_method: String,
     pub request_uri: String,
+    #[schema(minimum = 400, maximum = 599)]
     pub status_code: u16,
     pub timestamp: DateTime<Utc>,
 }
