@@ -15,6 +15,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics_catalog;
 use crate::queue::Publisher;
 use crate::store;
 
@@ -38,20 +39,23 @@ pub fn prometheus() -> &'static PrometheusHandle {
         let upload_seconds = [
             1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
         ];
-        PrometheusBuilder::new()
+        let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(
-                Matcher::Full("pimage_http_request_duration_seconds".into()),
+                Matcher::Full(metrics_catalog::HTTP_REQUEST_DURATION.into()),
                 &seconds,
             )
             .and_then(|b| {
                 b.set_buckets_for_metric(
-                    Matcher::Full("pimage_upload_duration_seconds".into()),
+                    Matcher::Full(metrics_catalog::UPLOAD_DURATION.into()),
                     &upload_seconds,
                 )
             })
             .expect("bucket lists are not empty")
             .install_recorder()
-            .expect("only this function installs a metrics recorder")
+            .expect("only this function installs a metrics recorder");
+        // Descriptions go to the installed recorder, so they come after it.
+        metrics_catalog::describe_all();
+        handle
     })
 }
 
@@ -113,12 +117,12 @@ async fn metrics(State(probes): State<Probes>) -> Response {
     if let Ok(rows) = store::tickets::count_by_state(&probes.pool).await {
         for state in ["queued", "running", "complete", "error", "cancelled"] {
             let n = rows.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
-            metrics::gauge!("pimage_tickets", "state" => state).set(n as f64);
+            metrics::gauge!(metrics_catalog::TICKETS, "state" => state).set(n as f64);
         }
     }
     if let Ok((pending, oldest)) = store::tickets::outbox_lag(&probes.pool).await {
-        metrics::gauge!("pimage_outbox_pending").set(pending as f64);
-        metrics::gauge!("pimage_outbox_oldest_seconds").set(oldest);
+        metrics::gauge!(metrics_catalog::OUTBOX_PENDING).set(pending as f64);
+        metrics::gauge!(metrics_catalog::OUTBOX_OLDEST).set(oldest);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

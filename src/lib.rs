@@ -29,6 +29,7 @@
 //! | [`image_files`] | image files on disk: format check, checksums, shared directory        |
 //! | [`config`]    | typed settings (all of them) from `config/` and `PIMAGE__…` variables    |
 //! | [`secrets`]   | `Secret`, cloud-password encryption, user-password hashing               |
+//! | [`metrics_catalog`] | every exported metric: name, kind, unit, HELP text (a leaf)        |
 //!
 //! Dependencies point one way, down this table: each module may use only the ones
 //! `tests/architecture.rs` allows it (docs/ARCHITECTURE.md, "Who may call whom"); `config`
@@ -44,6 +45,7 @@ pub mod cloud;
 pub mod config;
 pub mod health;
 pub mod image_files;
+pub mod metrics_catalog;
 pub mod outbox;
 pub mod queue;
 pub mod rescuer;

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::config::AmqpSettings;
+use crate::metrics_catalog;
 
 /// Deliveries after which RabbitMQ dead-letters a message instead of redelivering it.
 const DELIVERY_LIMIT: i64 = 20;
@@ -139,10 +140,10 @@ impl Publisher {
             .await?
             .await?;
         if confirm.is_ack() && confirm.take_message().is_none() {
-            metrics::counter!("pimage_queue_publish_total", "result" => "confirmed").increment(1);
+            metrics::counter!(metrics_catalog::QUEUE_PUBLISH, "result" => "confirmed").increment(1);
             Ok(())
         } else {
-            metrics::counter!("pimage_queue_publish_total", "result" => "refused").increment(1);
+            metrics::counter!(metrics_catalog::QUEUE_PUBLISH, "result" => "refused").increment(1);
             Err(QueueError::Nacked)
         }
     }

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::metrics_catalog;
 use crate::outbox;
 use crate::queue::Publisher;
 use crate::store::{tickets, users};
@@ -27,7 +28,7 @@ pub async fn rescue_once(
     let rescued = tickets::rescue_expired(pool, max_attempts).await?;
     for &(ticket_id, outbox_id) in &rescued.requeued {
         info!(ticket_id, "worker lost (lease expired): ticket re-queued");
-        metrics::counter!("pimage_rescues_total").increment(1);
+        metrics::counter!(metrics_catalog::RESCUES).increment(1);
         outbox::hand_off(pool, publisher, ticket_id, outbox_id).await;
     }
     for ticket_id in &rescued.gave_up {
@@ -35,7 +36,7 @@ pub async fn rescue_once(
             ticket_id,
             max_attempts, "ticket used up its attempts: ended in error"
         );
-        metrics::counter!("pimage_tickets_given_up_total").increment(1);
+        metrics::counter!(metrics_catalog::TICKETS_GIVEN_UP).increment(1);
     }
     Ok((rescued.requeued.len(), rescued.gave_up.len()))
 }

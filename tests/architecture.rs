@@ -28,7 +28,15 @@ const MAY_USE: &[(&str, &[&str])] = &[
     (
         "api",
         &[
-            "rescuer", "outbox", "health", "queue", "cloud", "store", "secrets", "config",
+            "rescuer",
+            "outbox",
+            "health",
+            "queue",
+            "cloud",
+            "store",
+            "secrets",
+            "config",
+            "metrics_catalog",
         ],
     ),
     (
@@ -44,12 +52,13 @@ const MAY_USE: &[(&str, &[&str])] = &[
             "retry",
             "secrets",
             "config",
+            "metrics_catalog",
         ],
     ),
-    ("rescuer", &["outbox", "queue", "store"]),
+    ("rescuer", &["outbox", "queue", "store", "metrics_catalog"]),
     ("outbox", &["queue", "store"]),
-    ("health", &["queue", "store"]),
-    ("queue", &["config"]),
+    ("health", &["queue", "store", "metrics_catalog"]),
+    ("queue", &["config", "metrics_catalog"]),
     ("cloud", &["secrets", "config"]),
     ("store", &["secrets", "config"]),
     ("retry", &["config"]),
@@ -57,6 +66,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("image_files", &[]),
     ("config", &["secrets"]),
     ("secrets", &[]),
+    ("metrics_catalog", &[]),
 ];
 
 fn may_use(room: &str) -> Option<&'static [&'static str]> {
@@ -523,4 +533,35 @@ fn forbidden_references_are_found_in_every_form() {
     assert_eq!(found("config.rs", "use crate::*;").len(), 1);
     assert!(found("config.rs", "use crate::nowhere::X;")[0].contains("not a room"));
     assert!(found("elsewhere.rs", "")[0].contains("not in MAY_USE"));
+}
+
+/// Metrics are named in one place: a metric macro never takes a string literal, and no
+/// file but the catalog spells a catalogued name.
+#[test]
+fn metrics_are_named_only_by_the_catalog() {
+    let mut files = vec![];
+    rust_files(&src(), &mut files);
+    let mut found = vec![];
+    for path in &files {
+        if path.ends_with("metrics_catalog.rs") {
+            continue;
+        }
+        let source = std::fs::read_to_string(path).expect("read source");
+        for (n, line) in source.lines().enumerate() {
+            let literal_name = ["counter!(\"", "gauge!(\"", "histogram!(\""]
+                .iter()
+                .any(|m| line.contains(m));
+            let catalogued = pimage::metrics_catalog::ALL
+                .iter()
+                .any(|m| line.contains(&format!("\"{}\"", m.name)));
+            if literal_name || catalogued {
+                found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "metric names spelled outside src/metrics_catalog.rs:\n{}",
+        found.join("\n")
+    );
 }

@@ -89,6 +89,16 @@ async fn metrics_move_after_a_publish() {
         "{after}"
     );
     assert!(after.contains("pimage_http_request_duration_seconds_bucket"));
+    // Every metric that has a sample is described (metrics_catalog).
+    for m in pimage::metrics_catalog::ALL {
+        if after.lines().any(|l| l.starts_with(m.name)) {
+            assert!(
+                after.contains(&format!("# HELP {} {}", m.name, m.help)),
+                "no HELP line for {}",
+                m.name
+            );
+        }
+    }
     assert!(
         !after.contains("route=\"/api/users/alice"),
         "no raw paths as labels"

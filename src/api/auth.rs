@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::ApiError;
 use super::AppState;
 use crate::config::ApiSettings;
+use crate::metrics_catalog;
 use crate::secrets::{self, Secret, SecretBox};
 use crate::store::{users, User};
 
@@ -152,7 +153,7 @@ impl Authenticator {
                 Ok(user)
             }
             _ => {
-                metrics::counter!("pimage_login_failures_total").increment(1);
+                metrics::counter!(metrics_catalog::LOGIN_FAILURES).increment(1);
                 if users::record_login_failure(&self.pool, &login, self.max_failures, self.lockout)
                     .await?
                 {

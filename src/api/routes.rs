@@ -22,6 +22,7 @@ use super::wire::{
 };
 use super::AppState;
 use crate::cloud::{Glance, OpenStackAccount};
+use crate::metrics_catalog;
 use crate::outbox;
 use crate::store::tickets::{self, CancelOutcome, NewTicket};
 use crate::store::{images, Image, Ticket};
@@ -227,7 +228,7 @@ pub async fn publish(
     )
     .await?;
     tracing::info!(ticket_id = ticket.id, image_id = image.id, "ticket stored");
-    metrics::counter!("pimage_publish_requests_total").increment(1);
+    metrics::counter!(metrics_catalog::PUBLISH_REQUESTS).increment(1);
     // Handed to RabbitMQ after the answer: the outbox row already promises it (the relay
     // publishes it if this process dies first), and the client need not wait for the
     // broker's confirm.

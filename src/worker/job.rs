@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cloud::{CloudError, OpenStackAccount};
+use crate::metrics_catalog;
 use crate::outbox;
 use crate::retry::retry;
 use crate::secrets::Secret;
@@ -69,7 +70,7 @@ impl Worker {
                 "cancelled"
             }
         };
-        metrics::counter!("pimage_tickets_finished_total", "outcome" => label).increment(1);
+        metrics::counter!(metrics_catalog::TICKETS_FINISHED, "outcome" => label).increment(1);
         if !tickets::finish(&self.pool, ticket_id, claim.token, &outcome).await? {
             warn!("lost the ticket before finishing; another worker owns it");
         }
@@ -118,7 +119,7 @@ impl Worker {
                 let reason = notice.error.reason();
                 let message = notice.message(&reason);
                 warn!(attempt = notice.next_attempt, delay = ?notice.delay, reason, "transient failure, retrying");
-                metrics::counter!("pimage_retries_total", "cause" => notice.error.cause_label()).increment(1);
+                metrics::counter!(metrics_catalog::RETRIES, "cause" => notice.error.cause_label()).increment(1);
                 async move { job.report(&job.step(message)).await }
             },
         )

@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::metrics_catalog;
 use crate::store::tickets::{self, Heartbeat};
 
 /// A spawned task that ends with its owner.
@@ -39,7 +40,7 @@ pub(super) async fn keep_lease(
             Ok(Heartbeat::CancelRequested) => stop.cancel(),
             Ok(Heartbeat::Lost) => {
                 warn!(ticket_id = id, "lease lost to another worker: stopping");
-                metrics::counter!("pimage_leases_lost_total").increment(1);
+                metrics::counter!(metrics_catalog::LEASES_LOST).increment(1);
                 stop.cancel();
             }
             Err(e) => warn!(ticket_id = id, error = %e, "could not extend the lease"),

@@ -9,6 +9,7 @@ use futures::StreamExt;
 use tokio_util::io::ReaderStream;
 
 use crate::cloud::{Cause, CloudError, Glance};
+use crate::metrics_catalog;
 
 use super::attempt::{AttemptError, Job};
 use super::progress::upload_progress;
@@ -41,7 +42,7 @@ impl Job<'_> {
             ReaderStream::with_capacity(file, UPLOAD_CHUNK).map(move |chunk| {
                 if let Ok(bytes) = &chunk {
                     sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    metrics::counter!("pimage_upload_bytes_total").increment(bytes.len() as u64);
+                    metrics::counter!(metrics_catalog::UPLOAD_BYTES).increment(bytes.len() as u64);
                 }
                 chunk
             })
@@ -86,7 +87,7 @@ impl Job<'_> {
                 }
             }
         }
-        metrics::histogram!("pimage_upload_duration_seconds")
+        metrics::histogram!(metrics_catalog::UPLOAD_DURATION)
             .record(started.elapsed().as_secs_f64());
         let registered = self.image.md5sum.as_str();
         let stored = glance.image(image_id).await?;

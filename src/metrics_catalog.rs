@@ -1,0 +1,103 @@
+//! Every metric pimage exports: its name, kind, unit and help text, in one place.
+//!
+//! Other modules record through these constants, never through a string literal, so a typo
+//! cannot make a new metric silently, and `/metrics` has a HELP line for each (a test in
+//! `tests/architecture.rs` rejects `"pimage_…"` literals anywhere else in `src/`).
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+/// What kind of instrument a metric is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One exported metric.
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    pub help: &'static str,
+}
+
+macro_rules! catalog {
+    ($($ident:ident = $name:literal, $kind:ident, $unit:ident, $help:literal;)*) => {
+        $(#[doc = $help] pub const $ident: &str = $name;)*
+        /// Every metric, in the order `/metrics` documents them.
+        pub const ALL: &[Metric] = &[
+            $(Metric { name: $name, kind: Kind::$kind, unit: Unit::$unit, help: $help },)*
+        ];
+    };
+}
+
+catalog! {
+    HTTP_REQUESTS = "pimage_http_requests_total", Counter, Count,
+        "API requests answered, by method, route template and status.";
+    HTTP_REQUEST_DURATION = "pimage_http_request_duration_seconds", Histogram, Seconds,
+        "Time to answer an API request, by method and route template.";
+    PUBLISH_REQUESTS = "pimage_publish_requests_total", Counter, Count,
+        "Publish tickets stored by the API.";
+    LOGIN_FAILURES = "pimage_login_failures_total", Counter, Count,
+        "Failed API logins (wrong password, unknown user or key, bad signature).";
+    QUEUE_PUBLISH = "pimage_queue_publish_total", Counter, Count,
+        "Ticket messages published to RabbitMQ, by result (confirmed or refused).";
+    OUTBOX_PENDING = "pimage_outbox_pending", Gauge, Count,
+        "Stored tickets not yet confirmed by RabbitMQ.";
+    OUTBOX_OLDEST = "pimage_outbox_oldest_seconds", Gauge, Seconds,
+        "Age of the oldest ticket not yet confirmed by RabbitMQ.";
+    TICKETS = "pimage_tickets", Gauge, Count,
+        "Tickets in the database, by state.";
+    TICKETS_FINISHED = "pimage_tickets_finished_total", Counter, Count,
+        "Tickets a worker ended, by outcome.";
+    TICKETS_GIVEN_UP = "pimage_tickets_given_up_total", Counter, Count,
+        "Tickets the rescuer ended after too many attempts.";
+    RESCUES = "pimage_rescues_total", Counter, Count,
+        "Tickets re-queued because their worker stopped renewing its lease.";
+    LEASES_LOST = "pimage_leases_lost_total", Counter, Count,
+        "Uploads stopped because another worker took over their ticket.";
+    RETRIES = "pimage_retries_total", Counter, Count,
+        "Transient failures retried by a worker, by cause.";
+    UPLOAD_BYTES = "pimage_upload_bytes_total", Counter, Bytes,
+        "Image bytes sent to Glance.";
+    UPLOAD_DURATION = "pimage_upload_duration_seconds", Histogram, Seconds,
+        "Time to stream one image file to Glance.";
+}
+
+/// Gives every metric its HELP text and unit in the installed recorder.
+pub fn describe_all() {
+    for m in ALL {
+        match m.kind {
+            Kind::Counter => describe_counter!(m.name, m.unit, m.help),
+            Kind::Gauge => describe_gauge!(m.name, m.unit, m.help),
+            Kind::Histogram => describe_histogram!(m.name, m.unit, m.help),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_prometheus_names_with_help() {
+        let mut seen = std::collections::HashSet::new();
+        for m in ALL {
+            assert!(seen.insert(m.name), "{} listed twice", m.name);
+            assert!(m.name.starts_with("pimage_"), "{}", m.name);
+            assert!(
+                m.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{}",
+                m.name
+            );
+            assert_eq!(
+                m.kind == Kind::Counter,
+                m.name.ends_with("_total"),
+                "{}: counters, and only counters, end in _total",
+                m.name
+            );
+            assert!(!m.help.is_empty(), "{} has no help", m.name);
+        }
+    }
+}
