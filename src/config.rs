@@ -72,6 +72,9 @@ pub struct StorageSettings {
 pub struct SecretSettings {
     /// Base64 of the 32-byte AES-256-GCM key for cloud passwords.
     pub key: Secret,
+    /// Keys sealing was done with before `key`: they only open (see `pimage secrets rotate`).
+    #[serde(default)]
+    pub previous_keys: Vec<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -102,7 +105,8 @@ impl Settings {
                     .separator("__")
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("cloud.allowed_hosts"),
+                    .with_list_parse_key("cloud.allowed_hosts")
+                    .with_list_parse_key("secrets.previous_keys"),
             )
             .build()?
             .try_deserialize()

@@ -2,6 +2,8 @@
 //! project lives in this module's files.
 
 pub mod images;
+pub mod login_lock;
+pub mod sealed;
 pub mod tickets;
 pub mod users;
 
