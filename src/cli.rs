@@ -9,6 +9,7 @@ use crate::api::{new_api_key, Application, PUBLISH_ENTITLEMENT};
 use crate::config::Settings;
 use crate::queue::Publisher;
 use crate::secrets::{self, Secret, SecretBox};
+use crate::store::sealed::{self, SealedColumn};
 use crate::store::tickets::{self, TicketState};
 use crate::store::{self, images, users, NewImage};
 use crate::{health, image_files, outbox, telemetry, worker::Worker};
@@ -52,8 +53,22 @@ pub enum Command {
     /// Inspect tickets, and run a failed one again.
     #[command(subcommand)]
     Tickets(TicketsCommand),
+    /// Manage the key that seals stored secrets.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Print the effective configuration, secrets masked.
     Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Re-seal every stored secret under secrets.key (those sealed under a key of
+    /// secrets.previous_keys). Safe while the service runs, and to run again.
+    Rotate {
+        /// Rows read and written per statement.
+        #[arg(long, default_value_t = 500)]
+        batch: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -142,7 +157,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped(shutdown_on_signal()).await?;
         }
         Command::Worker => {
-            let secrets = SecretBox::from_base64_key(&settings.secrets.key)?;
+            let secrets = SecretBox::new(&settings.secrets.key, &settings.secrets.previous_keys)?;
             let pool = store::connect_and_migrate(&settings.database).await?;
             let worker = Worker::new(
                 pool,
@@ -216,6 +231,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = store::connect_and_migrate(&settings.database).await?;
             tickets_command(&pool, &settings, command).await?;
         }
+        Command::Secrets(SecretsCommand::Rotate { batch }) => {
+            let pool = store::connect_and_migrate(&settings.database).await?;
+            rotate_secrets(&pool, &settings, batch).await?;
+        }
         Command::Config => println!("{}", settings.describe()),
     }
     Ok(())
@@ -254,6 +273,40 @@ async fn api_keys_command(
             println!("API key {public_key} revoked");
         }
     }
+    Ok(())
+}
+
+async fn rotate_secrets(
+    pool: &sqlx::PgPool,
+    settings: &Settings,
+    batch: i64,
+) -> anyhow::Result<()> {
+    let secrets = SecretBox::new(&settings.secrets.key, &settings.secrets.previous_keys)?;
+    let mut unfinished = false;
+    for column in SealedColumn::ALL {
+        let report = sealed::reseal_column(pool, &secrets, column, batch).await?;
+        println!("{}: {} re-sealed", column.describe(), report.resealed);
+        if !report.undecryptable.is_empty() {
+            unfinished = true;
+            eprintln!(
+                "{}: rows {:?} open under no configured key: add their key to secrets.previous_keys",
+                column.describe(),
+                report.undecryptable
+            );
+        }
+        if report.left > 0 {
+            unfinished = true;
+            eprintln!(
+                "{}: {} written meanwhile under an older key (a process without the new key?): run again",
+                column.describe(),
+                report.left
+            );
+        }
+    }
+    if unfinished {
+        anyhow::bail!("some secrets are not sealed under secrets.key yet");
+    }
+    println!("every stored secret is sealed under secrets.key");
     Ok(())
 }
 

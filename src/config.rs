@@ -92,6 +92,9 @@ pub struct StorageSettings {
 pub struct SecretSettings {
     /// Base64 of the 32-byte AES-256-GCM key for cloud passwords.
     pub key: Secret,
+    /// Keys sealing was done with before `key`: they only open (see `pimage secrets rotate`).
+    #[serde(default)]
+    pub previous_keys: Vec<Secret>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,7 +125,8 @@ impl Settings {
                     .separator("__")
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("cloud.allowed_hosts"),
+                    .with_list_parse_key("cloud.allowed_hosts")
+                    .with_list_parse_key("secrets.previous_keys"),
             )
             .build()?
             .try_deserialize()

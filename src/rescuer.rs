@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::metrics_catalog;
 use crate::outbox;
 use crate::queue::Publisher;
-use crate::store::{tickets, users};
+use crate::store::{login_lock, tickets};
 
 /// Failed-login windows older than this are forgotten.
 const STALE_LOGIN_FAILURES: Duration = Duration::from_secs(24 * 3600);
@@ -58,7 +58,7 @@ pub async fn run(
             warn!(error = %e, "rescuer pass failed");
         }
         // Failed-login counts of names typed once and never again would pile up.
-        if let Err(e) = users::purge_login_failures(&pool, STALE_LOGIN_FAILURES).await {
+        if let Err(e) = login_lock::purge_stale(&pool, STALE_LOGIN_FAILURES).await {
             warn!(error = %e, "could not purge old failed-login counts");
         }
     }

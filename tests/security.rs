@@ -396,7 +396,7 @@ async fn failed_logins_lock_the_login_name_known_or_not_then_unlock() {
     assert_eq!(call("alice", PASSWORD).await.unwrap().status(), 429);
     tokio::time::sleep(Duration::from_millis(2200)).await;
     assert_eq!(call("alice", PASSWORD).await.unwrap().status(), 200);
-    // A success forgets the failures: two more do not lock.
+    // After a success, two more failures do not lock.
     assert_eq!(call("alice", "bad").await.unwrap().status(), 401);
     assert_eq!(call("alice", "bad").await.unwrap().status(), 401);
     assert_eq!(call("alice", PASSWORD).await.unwrap().status(), 200);
@@ -827,4 +827,360 @@ async fn display_names_reach_glance_intact() {
         }
     }
     app.stop().await;
+}
+
+/// Security round two (docs/SECURITY.md, "Authentication, round two").
+fn basic_get(app: &TestApp, login: &str, password: &str) -> reqwest::RequestBuilder {
+    app.client
+        .get(app.url(&format!("users/{login}/pimages")))
+        .basic_auth(login, Some(password))
+}
+
+#[tokio::test]
+async fn a_remembered_password_does_not_pass_the_lock() {
+    let app = spawn_app_with(false, |s| {
+        s.api.login_max_failures = 3;
+        s.api.credential_cache_secs = 600;
+    })
+    .await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    assert_eq!(
+        basic_get(&app, "alice", PASSWORD)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for expected in [401, 401, 429] {
+        let status = basic_get(&app, "alice", "guess")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, expected);
+    }
+    // Remembered from before the lock, and still refused while it holds.
+    assert_eq!(
+        basic_get(&app, "alice", PASSWORD)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_guesses_check_at_most_the_limit_and_a_success_lifts_nothing() {
+    const LIMIT: usize = 10;
+    let app = spawn_app_with(false, |s| {
+        s.api.login_max_failures = LIMIT as i32;
+        s.api.credential_cache_secs = 0;
+    })
+    .await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let guesses = (0..40).map(|i| basic_get(&app, "alice", &format!("guess-{i}")).send());
+    let right = basic_get(&app, "alice", PASSWORD).send();
+    let (guesses, right) = tokio::join!(futures::future::join_all(guesses), right);
+    let statuses: Vec<u16> = guesses
+        .iter()
+        .map(|r| r.as_ref().unwrap().status().as_u16())
+        .collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(
+        checked <= LIMIT,
+        "{checked} wrong passwords checked: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [401, 429].contains(s)),
+        "{statuses:?}"
+    );
+    assert!([200, 429].contains(&right.unwrap().status().as_u16()));
+    // Failed checks of the window, as the lock counts them (a right password gives its
+    // attempt back).
+    let failures = || async {
+        sqlx::query_scalar::<_, i32>("SELECT failures FROM login_failures WHERE login = 'alice'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap() as usize
+    };
+    assert!(failures().await <= LIMIT, "{} checked", failures().await);
+    // Guess on until locked: never more than LIMIT wrong passwords checked in all.
+    let mut more = 0;
+    while basic_get(&app, "alice", "one-more")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        == 401
+    {
+        more += 1;
+        assert!(more <= LIMIT, "more than {LIMIT} failures checked");
+    }
+    assert!(failures().await <= LIMIT, "{} checked", failures().await);
+    assert_eq!(
+        basic_get(&app, "alice", PASSWORD)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_administrator_asking_for_an_unknown_user_gets_404() {
+    let (app, _) = app_with_users().await;
+    for path in ["users/nobody/pimages", "users/nobody/pimages/status"] {
+        let resp = app.get(path, "root").send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert!(resp.text().await.unwrap().contains("uforgeError"));
+    }
+    let scan = "users/nobody/scannedinstances/1/scans/1/images";
+    assert_eq!(app.get(scan, "root").send().await.unwrap().status(), 404);
+    // A user with no tickets is still an empty list.
+    let resp = app.get("users/bob/pimages", "root").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    app.stop().await;
+}
+
+/// VmRSS and VmHWM of a process, in MiB.
+fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+            / 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[tokio::test]
+async fn a_login_flood_keeps_the_api_small_and_answering() {
+    let env = Env::new().await;
+    env.run_ok(&["migrate"]);
+    env.command(&["users", "add", "alice"])
+        .env("PIMAGE_USER_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    let port = free_port();
+    let api = env.spawn(&["api"], Some(port), "api");
+    let base = format!("http://127.0.0.1:{port}/api");
+    wait_for_api(&base).await;
+    let client = reqwest::Client::new();
+    let alice = || {
+        client
+            .get(format!("{base}/users/alice/pimages"))
+            .basic_auth("alice", Some(PASSWORD))
+            .send()
+    };
+    assert_eq!(alice().await.unwrap().status(), 200);
+    let (before, _) = memory_of(api.id());
+
+    // 120 at once, unknown names, three rounds.
+    let flood = futures::future::join_all((0..120).map(|i| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            for round in 0..3 {
+                let status = client
+                    .get(format!("{base}/users/x/pimages"))
+                    .basic_auth(format!("nobody-{i}-{round}"), Some("guess"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert!([401, 429].contains(&status.as_u16()), "{status}");
+            }
+        }
+    }));
+    let watch = async {
+        let mut slowest = Duration::ZERO;
+        let mut peak = 0;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let started = Instant::now();
+            assert_eq!(alice().await.unwrap().status(), 200);
+            slowest = slowest.max(started.elapsed());
+            peak = peak.max(memory_of(api.id()).0);
+        }
+        (slowest, peak)
+    };
+    let (_, (slowest, peak)) = tokio::join!(flood, watch);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (after, high_water) = memory_of(api.id());
+    eprintln!("RSS MiB: before {before}, during {peak}, after {after}, high water {high_water}; slowest login {slowest:?}");
+    assert!(high_water < 128, "high water {high_water} MiB");
+    assert!(after < 128, "after {after} MiB");
+    assert!(slowest < Duration::from_secs(1), "a login took {slowest:?}");
+    sigterm_and_wait(api, "pimage api", Duration::from_secs(20)).await;
+    env.drop_all().await;
+}
+
+#[tokio::test]
+async fn secrets_rotate_reseals_everything_and_old_values_keep_opening() {
+    use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
+    use base64::Engine;
+    use pimage::secrets::{Secret, SecretBox};
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let (old_key, new_key) = (b64(&[11u8; 32]), b64(&[22u8; 32]));
+    let mut env = Env::new().await;
+    env.set("PIMAGE__SECRETS__KEY", &old_key);
+    env.run_ok(&["migrate"]);
+    env.command(&["users", "add", "alice"])
+        .env("PIMAGE_USER_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    let created = env.run_ok(&["apikeys", "create", "--user", "alice"]);
+    let field = |name: &str| {
+        created
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (public, secret) = (field("apiKey:"), field("secretKey:"));
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&env.database_url())
+        .await
+        .unwrap();
+    // A key sealed the way it was before key ids (nonce || ciphertext), under the old key.
+    let legacy_secret = "legacy-api-key-secret";
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&[11u8; 32]).unwrap();
+    let nonce = aes_gcm::Aes256Gcm::generate_nonce(&mut OsRng);
+    let mut legacy = nonce.to_vec();
+    legacy.extend(cipher.encrypt(&nonce, legacy_secret.as_bytes()).unwrap());
+    sqlx::query(
+        "INSERT INTO api_keys (user_id, public_key, secret_enc)
+         SELECT id, 'legacy-public', $1 FROM users WHERE login = 'alice'",
+    )
+    .bind(&legacy)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let file = env.dir.join("disk.raw");
+    std::fs::write(&file, vec![5u8; 4096]).unwrap();
+    let uri = env.run_ok(&[
+        "images",
+        "register",
+        "--user",
+        "alice",
+        "--file",
+        file.to_str().unwrap(),
+        "--format",
+        "raw",
+    ]);
+
+    // Every process gets the new key, the old one kept; then the rotation runs while the
+    // API serves.
+    env.set("PIMAGE__SECRETS__PREVIOUS_KEYS", &old_key);
+    env.set("PIMAGE__SECRETS__KEY", &new_key);
+    let port = free_port();
+    let api = env.spawn(&["api"], Some(port), "api");
+    let base = format!("http://127.0.0.1:{port}/api");
+    wait_for_api(&base).await;
+    let client = reqwest::Client::new();
+    let signed_get = |public: String, secret: String| {
+        let client = client.clone();
+        let url = format!("{base}/{}", signed("users/alice/pimages", &public, &secret));
+        async move { client.get(url).send().await.unwrap().status() }
+    };
+    let resp = client
+        .post(format!("{base}/{}/pimages", uri.trim()))
+        .basic_auth("alice", Some(PASSWORD))
+        .header("Content-Type", "application/json")
+        .body(publish_json("rotated", "demo", "cloud-pw-rotated", "demo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    // A ticket sealed under the old key, as an API not yet restarted would write it.
+    sqlx::query(
+        "INSERT INTO publish_tickets (image_id, user_id, display_name, public_image, keystone_url,
+             keystone_version, keystone_domain, keystone_project, cloud_login, cloud_password_enc, message)
+         SELECT image_id, user_id, display_name, public_image, keystone_url, keystone_version,
+                keystone_domain, keystone_project, cloud_login, $1, message FROM publish_tickets",
+    )
+    .bind(SecretBox::from_base64_key(&Secret::new(&old_key)).unwrap().seal(&Secret::new("cloud-pw-old")))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(signed_get(public.clone(), secret.clone()).await, 200);
+    assert_eq!(
+        signed_get("legacy-public".into(), legacy_secret.into()).await,
+        200
+    );
+
+    let rotated = env.run_ok(&["secrets", "rotate", "--batch", "1"]);
+    assert!(
+        rotated.contains("ticket cloud passwords: 1 re-sealed"),
+        "{rotated}"
+    );
+    assert!(
+        rotated.contains("API-key secrets: 2 re-sealed"),
+        "{rotated}"
+    );
+    // Idempotent: nothing left to do.
+    let again = env.run_ok(&["secrets", "rotate"]);
+    assert!(
+        again.contains("ticket cloud passwords: 0 re-sealed"),
+        "{again}"
+    );
+    assert!(again.contains("API-key secrets: 0 re-sealed"), "{again}");
+    assert_eq!(signed_get(public.clone(), secret.clone()).await, 200);
+    sigterm_and_wait(api, "pimage api", Duration::from_secs(20)).await;
+
+    // Everything opens under the new key alone.
+    let new_only = SecretBox::from_base64_key(&Secret::new(&new_key)).unwrap();
+    let header = new_only.current_header();
+    let mut passwords: Vec<String> = vec![];
+    for sealed in sqlx::query_scalar::<_, Vec<u8>>(
+        "SELECT cloud_password_enc FROM publish_tickets ORDER BY id",
+    )
+    .fetch_all(&mut db)
+    .await
+    .unwrap()
+    {
+        assert!(sealed.starts_with(&header));
+        passwords.push(new_only.open(&sealed).unwrap().expose().to_string());
+    }
+    assert_eq!(passwords, ["cloud-pw-rotated", "cloud-pw-old"]);
+    let api_secrets: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT secret_enc FROM api_keys ORDER BY id")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    let opened: Vec<String> = api_secrets
+        .iter()
+        .map(|s| new_only.open(s).unwrap().expose().to_string())
+        .collect();
+    assert_eq!(opened, [secret.clone(), legacy_secret.to_string()]);
+    env.vars
+        .retain(|(k, _)| k != "PIMAGE__SECRETS__PREVIOUS_KEYS");
+    let port = free_port();
+    let api = env.spawn(&["api"], Some(port), "api-new-key-only");
+    let base_new = format!("http://127.0.0.1:{port}/api");
+    wait_for_api(&base_new).await;
+    let url = format!(
+        "{base_new}/{}",
+        signed("users/alice/pimages", &public, &secret)
+    );
+    assert_eq!(client.get(url).send().await.unwrap().status(), 200);
+    sigterm_and_wait(api, "pimage api", Duration::from_secs(20)).await;
+
+    // A key nobody configured: the rotation says which rows, and fails.
+    env.vars.retain(|(k, _)| k != "PIMAGE__SECRETS__KEY");
+    env.set("PIMAGE__SECRETS__KEY", b64(&[33u8; 32]));
+    env.set("PIMAGE__SECRETS__PREVIOUS_KEYS", b64(&[44u8; 32]));
+    let failed = env.run(&["secrets", "rotate"]);
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("open under no configured key"), "{stderr}");
+    env.drop_all().await;
 }

@@ -2,11 +2,14 @@
 //!
 //! Two ways in, as the UForge SDK sends them:
 //! - HTTP Basic, checked against argon2id hashes. The check is slow on purpose, so it runs on
-//!   the blocking pool, a few at a time (each takes ~19 MiB), and a user whose credential
-//!   passed is remembered for a short while (keyed by a salted digest, never the password) so
-//!   a client polling a status pays neither argon2 nor a user lookup every time. A change to
-//!   the user (NOTIFY from `users::upsert`) forgets it at once, in every API process. Failed
-//!   logins count per login name, known or not; past the limit the name is locked (429).
+//!   the blocking pool, one per core at most, in argon2 memory allocated once and reused
+//!   (`PasswordChecker`), so a login flood neither grows the process nor queues without end.
+//!   A user whose credential passed is remembered for a short while (keyed by a salted
+//!   digest, never the password) so a client polling a status pays neither argon2 nor a user
+//!   lookup every time. A change to the user (NOTIFY from `users::upsert`) forgets it at once,
+//!   in every API process. Failed logins count per login name, known or not
+//!   (`store::login_lock`): each check reserves an attempt first, and past the limit the name
+//!   is locked (429), remembered passwords included.
 //! - API keys: `?apiKey=<public>&signature=<base64(HMAC-SHA1(secret, relative URL))>`.
 //!
 //! Unknown user, wrong password, unknown key and bad signature all get the same 401.
@@ -16,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
@@ -25,14 +28,14 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::AppState;
 use crate::config::ApiSettings;
 use crate::metrics_catalog;
-use crate::secrets::{self, Secret, SecretBox};
+use crate::secrets::{PasswordChecker, Secret, SecretBox};
+use crate::store::login_lock::{self, Attempt};
 use crate::store::{users, User};
 
 /// The entitlement every publish route needs.
@@ -41,8 +44,13 @@ pub const PUBLISH_ENTITLEMENT: &str = "migration_publish";
 /// Remembered credentials at most; past it the memory is cleared (and refilled by use).
 const MAX_REMEMBERED: usize = 10_000;
 
-/// An authenticated caller.
-pub struct Caller(pub User);
+/// How long a password check may wait for a free slot before the client is asked to retry
+/// (429): under a login flood, answers stay prompt instead of queueing without end.
+const PASSWORD_CHECK_WAIT: Duration = Duration::from_millis(500);
+
+/// An authenticated caller, and whether the `{uid}` of the path names no user (looked up
+/// only when an administrator reaches another user's resources).
+pub struct Caller(pub User, bool);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -55,22 +63,42 @@ impl FromRequestParts<AppState> for Caller {
                 state.auth.by_password(login, password).await?
             }
         };
-        Ok(Caller(user))
+        let uid = RawPathParams::from_request_parts(parts, state)
+            .await
+            .ok()
+            .and_then(|params| {
+                params
+                    .iter()
+                    .find(|(name, _)| *name == "uid")
+                    .map(|(_, uid)| uid.to_string())
+            });
+        let uid_unknown = match uid {
+            Some(uid)
+                if user.is_admin
+                    && user.has_entitlement(PUBLISH_ENTITLEMENT)
+                    && uid != user.login
+                    && valid_login(&uid) =>
+            {
+                users::find_by_login(&state.pool, &uid).await?.is_none()
+            }
+            _ => false,
+        };
+        Ok(Caller(user, uid_unknown))
     }
 }
 
 impl Caller {
-    /// May this caller publish as `uid`? Another user's resources look absent (404).
+    /// May this caller publish as `uid`? Another user's resources look absent (404), and so
+    /// do those of a user that does not exist, for administrators too.
     pub fn authorize(&self, uid: &str) -> Result<(), ApiError> {
-        let user = &self.0;
+        let Caller(user, uid_unknown) = self;
         if !user.has_entitlement(PUBLISH_ENTITLEMENT) {
             return Err(ApiError::Forbidden(format!(
                 "user '{}' lacks the entitlement {PUBLISH_ENTITLEMENT}",
                 user.login
             )));
         }
-        // A uid no login can have names nobody, for administrators too.
-        if (user.login != uid && !user.is_admin) || !valid_login(uid) {
+        if (user.login != uid && !user.is_admin) || !valid_login(uid) || *uid_unknown {
             return Err(ApiError::NotFound(format!("no user '{uid}'")));
         }
         Ok(())
@@ -90,7 +118,7 @@ pub struct Authenticator {
     /// remembered user is checked against the database on each use instead.
     watching: AtomicBool,
     salt: [u8; 32],
-    verifying: Semaphore,
+    passwords: Arc<PasswordChecker>,
 }
 
 impl Authenticator {
@@ -107,7 +135,9 @@ impl Authenticator {
             remembered: Mutex::new(HashMap::new()),
             watching: AtomicBool::new(false),
             salt,
-            verifying: Semaphore::new(cores * 2),
+            // One core is left to serving (and to Postgres, often on the same machine), so
+            // that answers not needing argon2 stay prompt during a login flood.
+            passwords: PasswordChecker::new(cores.saturating_sub(1)),
         })
     }
 
@@ -118,6 +148,10 @@ impl Authenticator {
         }
         let memory_key = self.memory_key(&login, &password);
         if let Some(known) = self.recall(&memory_key) {
+            // The lock holds for remembered passwords too.
+            if let Some(left) = login_lock::lock_left(&self.pool, &login).await? {
+                return Err(ApiError::too_many_logins(&login, left));
+            }
             if self.watching.load(Ordering::Acquire) {
                 return Ok(known);
             }
@@ -126,41 +160,65 @@ impl Authenticator {
                 _ => self.forget(&memory_key),
             }
         }
-        if let Some(left) = users::login_lock(&self.pool, &login).await? {
-            return Err(ApiError::too_many_logins(&login, left));
-        }
-        let user = users::find_by_login(&self.pool, &login).await?;
-        // Verify against a dummy hash for unknown users too, so timing does not reveal them.
-        let hash = user
-            .as_ref()
-            .map(|u| u.password_hash.clone())
-            .unwrap_or_else(|| DUMMY_HASH.clone());
-        let valid = {
-            let _permit = self
-                .verifying
-                .acquire()
-                .await
-                .map_err(|e| ApiError::Internal(e.into()))?;
-            let hash = hash.clone();
-            tokio::task::spawn_blocking(move || secrets::verify_password(&password, &hash))
-                .await
-                .map_err(|e| ApiError::Internal(e.into()))?
-        };
-        match user {
-            Some(user) if valid => {
-                users::clear_login_failures(&self.pool, &login).await?;
+        let window_started_at =
+            match login_lock::reserve_attempt(&self.pool, &login, self.max_failures, self.lockout)
+                .await?
+            {
+                Attempt::Reserved { window_started_at } => window_started_at,
+                Attempt::Refused(left) => return Err(ApiError::too_many_logins(&login, left)),
+            };
+        let checked = self.check_password(&login, password).await;
+        match checked {
+            Ok(Some(user)) => {
+                login_lock::release_attempt(&self.pool, &login, window_started_at).await?;
                 self.remember(memory_key, user.clone());
                 Ok(user)
             }
-            _ => {
+            Ok(None) => {
                 metrics::counter!(metrics_catalog::LOGIN_FAILURES).increment(1);
-                if users::record_login_failure(&self.pool, &login, self.max_failures, self.lockout)
-                    .await?
+                if let Some(left) =
+                    login_lock::record_failure(&self.pool, &login, self.max_failures, self.lockout)
+                        .await?
                 {
                     tracing::warn!(login, "too many failed logins: login locked");
-                    return Err(ApiError::too_many_logins(&login, self.lockout));
+                    return Err(ApiError::too_many_logins(&login, left));
                 }
                 Err(ApiError::Unauthorized)
+            }
+            // Not checked (busy, or no database): the attempt is not a failure.
+            Err(e) => {
+                login_lock::release_attempt(&self.pool, &login, window_started_at).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The user `login` names if `password` is theirs; `None` otherwise, after the same work
+    /// for unknown users (a dummy hash), so that timing does not reveal them.
+    async fn check_password(
+        &self,
+        login: &str,
+        password: Secret,
+    ) -> Result<Option<User>, ApiError> {
+        let user = users::find_by_login(&self.pool, login).await?;
+        let hash = user
+            .as_ref()
+            .map_or(DUMMY_HASH, |u| u.password_hash.as_str())
+            .to_string();
+        match self
+            .passwords
+            .check(password, hash, PASSWORD_CHECK_WAIT)
+            .await
+            .map_err(ApiError::Internal)?
+        {
+            Some(true) => Ok(user),
+            Some(false) => Ok(None),
+            None => {
+                metrics::counter!("pimage_login_checks_shed_total").increment(1);
+                Err(ApiError::TooManyRequests {
+                    message: "too many logins are being checked at once: retry in a moment".into(),
+                    retry_after: Duration::from_secs(1),
+                })
             }
         }
     }
@@ -268,8 +326,10 @@ pub fn valid_login(login: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-static DUMMY_HASH: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| secrets::hash_password(&Secret::new("no such user")));
+/// Checked for unknown users: an argon2id hash (default parameters, like every stored one)
+/// of a random password nobody kept. A constant, so that no hashing happens at start-up.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$GvRhIVe1gvIqIUm8c6gZMw$bLNXUhbuHtuLc6jCbBGBvpLEcD77Mp4WikCUO6y0RcI";
 
 fn basic_credentials(parts: &Parts) -> Option<(String, Secret)> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
@@ -427,6 +487,19 @@ mod tests {
         assert!(matches!(
             SignedUrl::parse("/api/x", "apiKey=a"),
             Err(ApiError::Unauthorized)
+        ));
+    }
+
+    #[test]
+    fn the_dummy_hash_costs_what_a_stored_hash_costs() {
+        let dummy = argon2::PasswordHash::new(DUMMY_HASH).unwrap();
+        let stored = crate::secrets::hash_password(&Secret::new("x"));
+        let stored = argon2::PasswordHash::new(&stored).unwrap();
+        assert_eq!(dummy.algorithm, stored.algorithm);
+        assert_eq!(dummy.params, stored.params);
+        assert!(!crate::secrets::verify_password(
+            &Secret::new(""),
+            DUMMY_HASH
         ));
     }
 

@@ -135,7 +135,7 @@ pub struct Application {
 impl Application {
     /// Connects to Postgres (applying migrations) and binds the listen address.
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
-        let secrets = SecretBox::from_base64_key(&settings.secrets.key)?;
+        let secrets = SecretBox::new(&settings.secrets.key, &settings.secrets.previous_keys)?;
         let pool = crate::store::connect_and_migrate(&settings.database).await?;
         let publisher = Arc::new(Publisher::new(settings.amqp.clone(), "pimage-api"));
         let listener = TcpListener::bind(settings.api.listen).await?;

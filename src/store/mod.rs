@@ -4,8 +4,10 @@
 pub mod cancel;
 pub mod claims;
 pub mod images;
+pub mod login_lock;
 pub mod outbox;
 pub mod rescue;
+pub mod sealed;
 pub mod tickets;
 pub mod users;
 

@@ -1,6 +1,4 @@
-//! Users, their entitlements and credentials (API keys, failed-login counts).
-
-use std::time::Duration;
+//! Users, their entitlements and credentials (API keys).
 
 use sqlx::PgPool;
 
@@ -101,69 +99,6 @@ pub async fn list_api_keys(
         .into_iter()
         .map(|k| (k.public_key, k.created_at))
         .collect())
-}
-
-/// How long `login` stays locked after too many failed logins; `None` if it is not locked.
-pub async fn login_lock(pool: &PgPool, login: &str) -> Result<Option<Duration>, sqlx::Error> {
-    let seconds = sqlx::query_scalar!(
-        r#"SELECT EXTRACT(EPOCH FROM locked_until - now())::float8 AS "seconds!" FROM login_failures
-          WHERE login = $1 AND locked_until > now()"#,
-        login
-    )
-    .fetch_optional(pool)
-    .await?;
-    Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
-}
-
-/// Counts a failed login in the current window (`window` long); at `max_failures` in one
-/// window the login is locked for `window`. Returns whether it is now locked.
-pub async fn record_login_failure(
-    pool: &PgPool,
-    login: &str,
-    max_failures: i32,
-    window: Duration,
-) -> Result<bool, sqlx::Error> {
-    let locked = sqlx::query_scalar!(
-        r#"INSERT INTO login_failures AS f (login, failures, window_started_at, locked_until)
-         VALUES ($1, 1, now(), CASE WHEN $2 <= 1 THEN now() + make_interval(secs => $3) END)
-         ON CONFLICT (login) DO UPDATE SET
-             failures = CASE WHEN f.window_started_at < now() - make_interval(secs => $3)
-                             THEN 1 ELSE f.failures + 1 END,
-             window_started_at = CASE WHEN f.window_started_at < now() - make_interval(secs => $3)
-                                      THEN now() ELSE f.window_started_at END,
-             locked_until = CASE
-                 WHEN f.window_started_at >= now() - make_interval(secs => $3) AND f.failures + 1 >= $2
-                 THEN now() + make_interval(secs => $3)
-                 ELSE f.locked_until END
-         RETURNING locked_until IS NOT NULL AND locked_until > now() AS "locked!""#,
-        login,
-        max_failures,
-        window.as_secs_f64()
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(locked)
-}
-
-/// A successful login forgets earlier failures.
-pub async fn clear_login_failures(pool: &PgPool, login: &str) -> Result<(), sqlx::Error> {
-    sqlx::query!("DELETE FROM login_failures WHERE login = $1", login)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-/// Forgets failure windows that ended long ago (logins typed once, never again).
-pub async fn purge_login_failures(pool: &PgPool, older_than: Duration) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query!(
-        "DELETE FROM login_failures
-          WHERE window_started_at < now() - make_interval(secs => $1)
-            AND (locked_until IS NULL OR locked_until < now())",
-        older_than.as_secs_f64()
-    )
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
 }
 
 /// Postgres NOTIFY channel naming a user whose password, flag or entitlements changed: API
