@@ -1,6 +1,8 @@
 //! The API contract (spec/API.md), route by route, in XML and JSON, against real Postgres
 //! and RabbitMQ. No worker runs here: tickets stay queued.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
+
 mod common;
 
 use common::{app_with_users, assert_valid_xml, spawn_app, TestApp, PASSWORD};

@@ -1,6 +1,8 @@
 //! The `pimage` binary, run as plain processes: migrate, users add, images register, config,
 //! and `api` + `worker` publishing an image into the real Glance, stopped with SIGTERM.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
+
 mod common;
 
 use std::process::Command;

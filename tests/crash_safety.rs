@@ -3,6 +3,8 @@
 //! then a chaos run. Real processes are killed and real RabbitMQ is stopped and started, so
 //! the tests of this file run one at a time.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

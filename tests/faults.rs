@@ -2,6 +2,8 @@
 //! words, cancel and delete. Real Keystone and Glance; Glance faults come from the
 //! fault-injecting TCP proxy (`common::fault_proxy`) placed between the worker and Glance.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
+
 mod common;
 
 use std::time::{Duration, Instant};

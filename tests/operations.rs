@@ -2,6 +2,8 @@
 //! every container command run as a plain process. RabbitMQ is stopped in one test, so the
 //! tests of this file run one at a time.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
+
 mod common;
 
 use std::process::{Command, Stdio};

@@ -1,6 +1,8 @@
 //! End to end: API → Postgres → RabbitMQ → worker → real Keystone + Glance
 //! (started by `scripts/openstack-lab up`).
 
+#![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
+
 mod common;
 
 use std::time::{Duration, Instant};
