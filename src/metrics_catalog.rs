@@ -41,6 +41,8 @@ catalog! {
         "Publish tickets stored by the API.";
     LOGIN_FAILURES = "pimage_login_failures_total", Counter, Count,
         "Failed API logins (wrong password, unknown user or key, bad signature).";
+    LOGIN_CHECKS_SHED = "pimage_login_checks_shed_total", Counter, Count,
+        "Password checks refused with 429 because every hashing slot stayed busy.";
     QUEUE_PUBLISH = "pimage_queue_publish_total", Counter, Count,
         "Ticket messages published to RabbitMQ, by result (confirmed or refused).";
     OUTBOX_PENDING = "pimage_outbox_pending", Gauge, Count,

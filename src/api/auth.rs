@@ -137,7 +137,7 @@ impl Authenticator {
             salt,
             // One core is left to serving (and to Postgres, often on the same machine), so
             // that answers not needing argon2 stay prompt during a login flood.
-            passwords: PasswordChecker::new(cores.saturating_sub(1)),
+            passwords: PasswordChecker::new(cores.saturating_sub(1).max(1)),
         })
     }
 
@@ -214,7 +214,7 @@ impl Authenticator {
             Some(true) => Ok(user),
             Some(false) => Ok(None),
             None => {
-                metrics::counter!("pimage_login_checks_shed_total").increment(1);
+                metrics::counter!(metrics_catalog::LOGIN_CHECKS_SHED).increment(1);
                 Err(ApiError::TooManyRequests {
                     message: "too many logins are being checked at once: retry in a moment".into(),
                     retry_after: Duration::from_secs(1),
