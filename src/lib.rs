@@ -18,6 +18,7 @@
 //! | [`health`]    | `/healthz`, `/readyz`, `/metrics` (API and worker)                        |
 //! | [`config`]    | typed settings from `config/` and `PIMAGE__…` variables                  |
 //! | [`telemetry`] | logging and shutdown signals                                             |
+//! | [`printable`] | which characters a terminal shows as themselves; escapes for the rest    |
 //! | [`cli`]       | the `pimage` subcommands                                                 |
 //!
 //! Dependencies point one way: `cli` → `api`/`worker` → `outbox`/`queue`/`cloud`/`store`
@@ -34,6 +35,7 @@ pub mod config;
 pub mod health;
 pub mod image_files;
 pub mod outbox;
+pub mod printable;
 pub mod queue;
 pub mod rescuer;
 pub mod retry;
