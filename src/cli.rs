@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{new_api_key, Application, PUBLISH_ENTITLEMENT};
 use crate::config::Settings;
+use crate::printable::escaped;
 use crate::queue::Publisher;
 use crate::secrets::{self, Secret, SecretBox};
 use crate::store::sealed::{self, SealedColumn};
@@ -339,16 +340,17 @@ async fn tickets_command(
                 "{:>8}  {:<9}  {:>4}  {:<12}  {:>8}  {:<36}  message",
                 "id", "state", "%", "user", "image", "cloud id"
             );
+            // Texts a user or a cloud wrote are escaped: none may drive the terminal.
             for t in tickets::list_recent(pool, state, limit).await? {
                 println!(
                     "{:>8}  {:<9}  {:>4}  {:<12}  {:>8}  {:<36}  {}",
                     t.id,
                     t.state.as_str(),
                     t.percentage,
-                    t.owner_login,
+                    escaped(&t.owner_login),
                     t.image_id,
-                    t.cloud_id.as_deref().unwrap_or("-"),
-                    t.message
+                    escaped(t.cloud_id.as_deref().unwrap_or("-")),
+                    escaped(&t.message)
                 );
             }
         }
@@ -389,7 +391,7 @@ async fn tickets_command(
                 ),
             ];
             for (k, v) in lines {
-                println!("{k:>13}: {v}");
+                println!("{k:>13}: {}", escaped(&v));
             }
         }
         TicketsCommand::Retry { id } => {

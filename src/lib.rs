@@ -30,6 +30,7 @@
 //! | [`config`]    | typed settings (all of them) from `config/` and `PIMAGE__…` variables    |
 //! | [`secrets`]   | `Secret`, cloud-password encryption, user-password hashing               |
 //! | [`metrics_catalog`] | every exported metric: name, kind, unit, HELP text (a leaf)        |
+//! | [`printable`] | which characters a terminal shows as themselves; escapes for the rest    |
 //!
 //! Dependencies point one way, down this table: each module may use only the ones
 //! `tests/architecture.rs` allows it (docs/ARCHITECTURE.md, "Who may call whom"); `config`
@@ -47,6 +48,7 @@ pub mod health;
 pub mod image_files;
 pub mod metrics_catalog;
 pub mod outbox;
+pub mod printable;
 pub mod queue;
 pub mod rescuer;
 pub mod retry;

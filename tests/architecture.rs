@@ -25,6 +25,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
             "secrets",
             "config",
             "telemetry",
+            "printable",
         ],
     ),
     (
@@ -39,6 +40,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
             "secrets",
             "config",
             "metrics_catalog",
+            "printable",
         ],
     ),
     (
@@ -69,6 +71,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("config", &["secrets"]),
     ("secrets", &[]),
     ("metrics_catalog", &[]),
+    ("printable", &[]),
 ];
 
 fn may_use(room: &str) -> Option<&'static [&'static str]> {

@@ -1186,3 +1186,186 @@ async fn secrets_rotate_reseals_everything_and_old_values_keep_opening() {
     assert!(stderr.contains("open under no configured key"), "{stderr}");
     env.drop_all().await;
 }
+
+/// Terminal injection: cloud URLs with control or invisible characters are refused (as text
+/// fields are), and whatever `pimage tickets list|show` prints is escaped, even texts stored
+/// before the check or written by a cloud.
+#[tokio::test]
+async fn control_characters_never_reach_the_terminal() {
+    let (app, image_uri) = app_with_users().await;
+    let with_urls = |keystone: &str, glance: &str| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&publish_json("x", "demo", "demopass", "demo")).unwrap();
+        v["credAccount"]["keystoneUrl"] = keystone.into();
+        v["credAccount"]["glanceUrl"] = glance.into();
+        v.to_string()
+    };
+    let cases = [
+        (
+            "application/json",
+            with_urls("http://127.0.0.1:5000/v3\u{1b}[2J", "http://127.0.0.1:9292"),
+            "keystoneUrl contains a control or invisible character (U+001B)",
+        ),
+        (
+            "application/json",
+            with_urls("http://127.0.0.1:5000/v3", "http://127.0.0.1:9292/\u{202e}"),
+            "glanceUrl contains a control or invisible character (U+202E)",
+        ),
+        (
+            "application/xml",
+            PUBLISH_BODY.replace(
+                "http://127.0.0.1:9292",
+                "http://127.0.0.1:9292/&#x1b;]0;owned&#x7;",
+            ),
+            "glanceUrl contains a control or invisible character (U+001B)",
+        ),
+    ];
+    for (content_type, body, needle) in cases {
+        let resp = app.publish("alice", &image_uri, content_type, body).await;
+        assert_eq!(resp.status(), 400, "{needle}");
+        let error: serde_json::Value = resp.json().await.unwrap();
+        let message = error["localizedErrorMsg"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message}");
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM publish_tickets")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+
+    let resp = app
+        .publish(
+            "alice",
+            &image_uri,
+            "application/json",
+            with_urls("http://127.0.0.1:5000/v3", "http://127.0.0.1:9292"),
+        )
+        .await;
+    assert_eq!(resp.status(), 201);
+    let ticket: serde_json::Value = resp.json().await.unwrap();
+    let id = ticket["uri"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    // As a row stored before the check, and a cloud's answer, would hold them.
+    sqlx::query(
+        "UPDATE publish_tickets SET keystone_url = $1, message = $2, detailed_error_msg = $2 \
+         WHERE id = $3",
+    )
+    .bind("http://127.0.0.1:5000/v3\u{1b}]0;owned\u{7}")
+    .bind("failed\u{1b}[2J\u{1b}[31m\r\nok \u{202e}gpj.exe \u{9b}1m")
+    .bind(id.parse::<i64>().unwrap())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(common::processes::BIN)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("PIMAGE_ENV", "dev")
+            .env("PIMAGE__DATABASE__URL", app.settings.database.url.expose())
+            .env("PIMAGE__AMQP__QUEUE", &app.settings.amqp.queue)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = cli(&["tickets", "show", &id]);
+    let listed = cli(&["tickets", "list"]);
+    for out in [&shown, &listed] {
+        let bad: Vec<char> = out
+            .chars()
+            .filter(|&c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c))
+            .collect();
+        assert!(bad.is_empty(), "{bad:?} printed in {out}");
+        assert!(
+            out.contains(r"failed\u{1b}[2J\u{1b}[31m\u{d}\u{a}ok \u{202e}gpj.exe \u{9b}1m"),
+            "{out}"
+        );
+    }
+    assert!(
+        shown.contains(r"http://127.0.0.1:5000/v3\u{1b}]0;owned\u{7} as demo"),
+        "{shown}"
+    );
+    // One line per field, one per ticket: a newline in a text cannot fake another.
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    app.stop().await;
+}
+
+/// A path segment that is not UTF-8 once decoded is refused by axum before any handler: the
+/// answer is still a `uforgeError` in the format asked for.
+#[tokio::test]
+async fn undecodable_paths_answer_a_uforge_error() {
+    let (app, image_uri) = app_with_users().await;
+    let scan = image_uri.rsplit_once("/images/").unwrap().0;
+    for path in [format!("{scan}/images/%ff"), "users/%ff%fe/pimages".into()] {
+        let json = app
+            .get(&path, "alice")
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(json.status(), 400, "{path}");
+        assert_eq!(json.headers()["content-type"], "application/json", "{path}");
+        let error: serde_json::Value = json.json().await.unwrap();
+        assert_eq!(error["statusCode"], 400, "{error}");
+        // The path as sent, still percent-encoded.
+        assert!(
+            error["requestUri"].as_str().unwrap().contains("%ff"),
+            "{error}"
+        );
+        let message = error["localizedErrorMsg"]["message"].as_str().unwrap();
+        assert!(message.contains("UTF-8"), "{message}");
+        let xml = app.get(&path, "alice").send().await.unwrap();
+        assert_eq!(xml.status(), 400);
+        assert_eq!(xml.headers()["content-type"], "application/xml");
+        let text = xml.text().await.unwrap();
+        assert!(
+            text.contains("<ns0:uforgeError ") && text.contains("UTF-8"),
+            "{text}"
+        );
+        common::assert_valid_xml(&text);
+    }
+    app.stop().await;
+}
+
+/// `xsi:type` names the target class: a body typed for another cloud is refused, not quietly
+/// published to OpenStack.
+#[tokio::test]
+async fn a_body_typed_for_another_target_is_refused() {
+    let (app, image_uri) = app_with_users().await;
+    for (from, to) in [
+        ("ns0:CredAccountOpenStack", "ns0:CredAccountAws"),
+        ("ns0:PublishImageOpenStack", "ns0:PublishImageAzure"),
+    ] {
+        let body = PUBLISH_BODY.replace(from, to);
+        let resp = app
+            .publish("alice", &image_uri, "application/xml", body)
+            .await;
+        assert_eq!(resp.status(), 400, "{to}");
+        let error: serde_json::Value = resp.json().await.unwrap();
+        let message = error["localizedErrorMsg"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("xsi:type '{to}'")) && message.contains("only OpenStack"),
+            "{message}"
+        );
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM publish_tickets")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+    // The OpenStack types, as the canonical body writes them, are still accepted.
+    let resp = app
+        .publish("alice", &image_uri, "application/xml", PUBLISH_BODY.into())
+        .await;
+    assert_eq!(resp.status(), 201);
+    app.stop().await;
+}

@@ -4,6 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use pimage::api::publish_request::parse;
+use pimage::printable::is_printable;
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the media type, so one corpus covers both readers.
@@ -26,6 +27,13 @@ fuzz_target!(|data: &[u8]| {
         }
         let url = request.keystone_url.to_ascii_lowercase();
         assert!(url.starts_with("http://") || url.starts_with("https://"), "{url}");
+        // URLs are shown by the CLI and sent to the cloud: nothing that drives a terminal.
+        for url in [Some(&request.keystone_url), request.glance_url.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            assert!(url.chars().all(is_printable), "{url:?}");
+        }
         assert!(!request.password.expose().is_empty());
     }
 });

@@ -141,15 +141,45 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Middleware: writes the body of every `ApiError` response as a `uforgeError`.
+/// axum's own rejections (a path segment that is not UTF-8 once decoded, `%ff`; a query that
+/// is not) answer a short text/plain 4xx before any handler runs: they become `uforgeError`s
+/// too, with axum's words as the message.
+fn is_extractor_rejection(response: &Response) -> bool {
+    response.status().is_client_error()
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/plain"))
+}
+
+/// axum's rejection texts are one line; more is cut.
+const REJECTION_TEXT_LIMIT: usize = 4096;
+
+/// Middleware: writes the body of every `ApiError` response (and of axum's rejections) as a
+/// `uforgeError`.
 pub async fn render_errors(request: Request, next: Next) -> Response {
     let method = request.method().to_string();
     // The path only: the query may hold an API key signature.
     let uri = request.uri().path().to_string();
     let format = Format::from_accept(request.headers()).unwrap_or(Format::Xml);
     let mut response = next.run(request).await;
-    let Some(error) = response.extensions_mut().remove::<ErrorMessage>() else {
-        return response;
+    let error = match response.extensions_mut().remove::<ErrorMessage>() {
+        Some(error) => error,
+        None if is_extractor_rejection(&response) => {
+            let status = response.status();
+            let body = std::mem::take(response.body_mut());
+            let text = axum::body::to_bytes(body, REJECTION_TEXT_LIMIT)
+                .await
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&text).trim().to_string();
+            let message = match text.is_empty() {
+                true => status.canonical_reason().unwrap_or("bad request").into(),
+                false => text,
+            };
+            ErrorMessage { status, message }
+        }
+        None => return response,
     };
     let doc = Document::new(
         "uforgeError",

@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::xml::{self, Element};
+use crate::printable::is_printable;
 use crate::secrets::Secret;
 
 /// Longest text accepted in a name field.
@@ -74,6 +75,10 @@ pub fn from_xml(body: &[u8]) -> Result<PublishRequest, InvalidRequest> {
             root.name
         )));
     }
+    openstack_type(&root, "PublishImageOpenStack")?;
+    if let Some(account) = root.child("credAccount") {
+        openstack_type(account, "CredAccountOpenStack")?;
+    }
     let owned = |el: &Element, name: &str| el.text_of(name).map(str::to_string);
     let account = root.child("credAccount").map(|acc| RawAccount {
         name: owned(acc, "name"),
@@ -98,6 +103,22 @@ pub fn from_xml(body: &[u8]) -> Result<PublishRequest, InvalidRequest> {
         tenant_name: owned(&root, "tenantName"),
         cred_account: account,
     })
+}
+
+/// An element's `xsi:type`, where given, must name the OpenStack class: JAXB would build
+/// another target's object from it (`CredAccountAws` …), which pimage cannot publish to.
+fn openstack_type(element: &Element, openstack: &str) -> Result<(), InvalidRequest> {
+    let Some(written) = element.xsi_type.as_deref().filter(|t| !t.is_empty()) else {
+        return Ok(());
+    };
+    let class = written.rsplit_once(':').map_or(written, |(_, local)| local);
+    if class == openstack {
+        return Ok(());
+    }
+    Err(InvalidRequest(format!(
+        "{} xsi:type '{written}' names a target that is not supported: only OpenStack is ({openstack})",
+        element.name
+    )))
 }
 
 /// A publish body as it arrived: its media type decides the reader.
@@ -284,6 +305,14 @@ fn url_field(
 ) -> Result<Option<String>, InvalidRequest> {
     match present(name, value, required)? {
         None => Ok(None),
+        // Checked before anything echoes the text: a URL is stored, shown by the CLI and
+        // sent to the cloud, and none needs a control or invisible character.
+        Some(v) if let Some(c) = v.chars().find(|&c| !is_printable(c)) => {
+            Err(InvalidRequest(format!(
+                "{name} contains a control or invisible character (U+{:04X}): write the URL without it",
+                u32::from(c)
+            )))
+        }
         Some(v) => {
             let parsed = url::Url::parse(&v)
                 .map_err(|e| InvalidRequest(format!("{name} '{v}' is not a URL: {e}")))?;
@@ -367,6 +396,94 @@ mod tests {
         assert!(err("[1,2").contains("malformed JSON"));
         // Found by the fuzzer: parses as a URL, but is not written as one.
         assert!(err(r#"{"keystoneProject":"p","credAccount":{"keystoneUrl":"http:/k:5000","login":"u","password":"x"}}"#).contains("must be an http or https URL"));
+    }
+
+    #[test]
+    fn urls_with_control_or_invisible_characters_are_refused() {
+        let with_urls = |keystone: &str, glance: &str| {
+            serde_json::json!({"keystoneProject": "p", "credAccount": {
+                "keystoneUrl": keystone, "glanceUrl": glance, "login": "u", "password": "x"}})
+            .to_string()
+        };
+        for (keystone, glance, field) in [
+            (
+                "http://k:5000/\u{1b}[2J",
+                "http://g",
+                "credAccount/keystoneUrl contains a control or invisible character (U+001B)",
+            ),
+            (
+                "http://k\u{7}:5000",
+                "http://g",
+                "credAccount/keystoneUrl contains a control or invisible character (U+0007)",
+            ),
+            (
+                "http://k:5000",
+                "http://g/\u{9b}31m",
+                "credAccount/glanceUrl contains a control or invisible character (U+009B)",
+            ),
+            (
+                "http://k:5000/\u{202e}txt",
+                "http://g",
+                "credAccount/keystoneUrl contains a control or invisible character (U+202E)",
+            ),
+            (
+                "http://k:5000",
+                "http://g\u{200b}.example",
+                "credAccount/glanceUrl contains a control or invisible character (U+200B)",
+            ),
+        ] {
+            let err = from_json(with_urls(keystone, glance).as_bytes())
+                .unwrap_err()
+                .0;
+            assert!(err.starts_with(field), "{err}");
+        }
+        // In XML, as a character reference.
+        let xml = CANONICAL.replace(
+            "http://127.0.0.1:9292",
+            "http://127.0.0.1:9292/&#x1b;]0;owned&#x7;",
+        );
+        assert!(from_xml(xml.as_bytes())
+            .unwrap_err()
+            .0
+            .contains("glanceUrl contains a control"));
+        // Not-ASCII but printable text stays accepted.
+        assert!(from_json(with_urls("http://k:5000/é", "http://g").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn an_xsi_type_of_another_target_is_refused() {
+        let retyped = |from: &str, to: &str| from_xml(SDK.replace(from, to).as_bytes());
+        let err = retyped("ns1:PublishImageOpenStack", "ns1:PublishImageAws")
+            .unwrap_err()
+            .0;
+        assert!(
+            err.contains("publishImage xsi:type 'ns1:PublishImageAws'")
+                && err.contains("only OpenStack"),
+            "{err}"
+        );
+        let err = retyped("ns1:CredAccountOpenStack", "ns1:CredAccountAzure")
+            .unwrap_err()
+            .0;
+        assert!(
+            err.contains("credAccount xsi:type 'ns1:CredAccountAzure'"),
+            "{err}"
+        );
+        // Another prefix, or none, names the same class.
+        assert!(retyped("ns1:CredAccountOpenStack", "CredAccountOpenStack").is_ok());
+        assert!(retyped(
+            "xsi:type=\"ns1:PublishImageOpenStack\"",
+            "other:type=\"x:PublishImageOpenStack\""
+        )
+        .is_ok());
+        // Two type attributes on one element cannot both be believed.
+        let twice = SDK.replace(
+            "xsi:type=\"ns1:CredAccountOpenStack\"",
+            "xsi:type=\"ns1:CredAccountOpenStack\" ns1:type=\"ns1:CredAccountAws\"",
+        );
+        assert!(from_xml(twice.as_bytes())
+            .unwrap_err()
+            .0
+            .contains("more than one type"));
     }
 
     #[test]

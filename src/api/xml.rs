@@ -1,8 +1,8 @@
 //! XML on the wire: writing documents from their JSON shape (field order = schema order),
 //! and reading request bodies leniently, as a JAXB server would.
 
-use quick_xml::events::Event;
-use quick_xml::Reader;
+use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::{Reader, XmlVersion};
 use serde_json::Value;
 
 pub const UFORGE_NS: &str = "http://www.usharesoft.com/uforge";
@@ -84,10 +84,12 @@ fn escape(text: &str) -> String {
     quick_xml::escape::escape(clean.as_str()).into_owned()
 }
 
-/// An element of a request body: local name (prefix dropped), text, children.
+/// An element of a request body: local name (prefix dropped), its `xsi:type` (as written,
+/// prefix kept), text, children.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Element {
     pub name: String,
+    pub xsi_type: Option<String>,
     pub text: String,
     pub children: Vec<Element>,
 }
@@ -139,9 +141,9 @@ pub fn parse(body: &[u8]) -> Result<Element, XmlError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(XmlError::TooDeep);
                 }
-                let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
                 stack.push(Element {
-                    name,
+                    name: start.local_name().as_ref().to_string(),
+                    xsi_type: xsi_type_of(&start)?,
                     ..Default::default()
                 });
             }
@@ -154,22 +156,14 @@ pub fn parse(body: &[u8]) -> Result<Element, XmlError> {
                     None => root = Some(done),
                 }
             }
-            Event::Text(text) => {
-                let text = text
-                    .unescape()
-                    .map_err(|e| XmlError::Malformed(e.to_string()))?;
-                match stack.last_mut() {
-                    Some(el) => el.text.push_str(&text),
-                    None if text.trim().is_empty() => {}
-                    None => {
-                        return Err(XmlError::Malformed("text outside the root element".into()))
-                    }
-                }
+            Event::Text(text) => append_text(&mut stack, &text.xml10_content())?,
+            // Since quick-xml 0.38 references come apart from the text around them.
+            Event::GeneralRef(reference) => {
+                append_text(&mut stack, &resolve_reference(&reference)?)?
             }
             Event::CData(data) => {
-                let text = String::from_utf8_lossy(&data.into_inner()).into_owned();
                 if let Some(el) = stack.last_mut() {
-                    el.text.push_str(&text);
+                    el.text.push_str(&data.xml10_content());
                 }
             }
             Event::DocType(_) => return Err(XmlError::Dtd),
@@ -184,6 +178,53 @@ pub fn parse(body: &[u8]) -> Result<Element, XmlError> {
         ));
     }
     root.ok_or(XmlError::Empty)
+}
+
+/// Text goes to the open element; outside the root only whitespace may stand.
+fn append_text(stack: &mut [Element], text: &str) -> Result<(), XmlError> {
+    match stack.last_mut() {
+        Some(el) => el.text.push_str(text),
+        None if text.trim().is_empty() => {}
+        None => return Err(XmlError::Malformed("text outside the root element".into())),
+    }
+    Ok(())
+}
+
+/// `&#…;` and the five predefined entities; with DTDs refused, no other entity exists.
+fn resolve_reference(reference: &BytesRef) -> Result<String, XmlError> {
+    if let Some(c) = reference
+        .resolve_char_ref()
+        .map_err(|e| XmlError::Malformed(e.to_string()))?
+    {
+        return Ok(c.to_string());
+    }
+    quick_xml::escape::resolve_predefined_entity(reference)
+        .map(str::to_string)
+        .ok_or_else(|| XmlError::Malformed(format!("undefined entity &{};", &**reference)))
+}
+
+/// The value of a prefixed `type` attribute. Prefixes are not resolved (the seed's `xsi:` is
+/// not even declared), so any prefix counts. Every attribute is read, so a tag with repeated
+/// or broken attributes is refused (quick-xml ≥ 0.41 does this in linear time:
+/// RUSTSEC-2026-0194).
+fn xsi_type_of(start: &BytesStart) -> Result<Option<String>, XmlError> {
+    let mut found = None;
+    for attribute in start.attributes() {
+        let attribute = attribute.map_err(|e| XmlError::Malformed(e.to_string()))?;
+        let (local, prefix) = attribute.key.decompose();
+        if local.as_ref() == "type" && prefix.is_some() {
+            let value = attribute
+                .normalized_value(XmlVersion::Implicit1_0)
+                .map_err(|e| XmlError::Malformed(e.to_string()))?;
+            if found.replace(value.trim().to_string()).is_some() {
+                return Err(XmlError::Malformed(format!(
+                    "<{}> carries more than one type attribute",
+                    start.name().as_ref()
+                )));
+            }
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -219,6 +260,40 @@ mod tests {
         assert_eq!(root.name, "publishImage");
         assert_eq!(root.text_of("displayName"), Some("A & B"));
         assert_eq!(root.text_of("type"), None);
+    }
+
+    #[test]
+    fn reads_references_and_type_attributes() {
+        let root = parse(
+            br#"<p xsi:type="ns0:PublishImageOpenStack"><a t="1">x &lt;&#65;&#x42;&amp;&apos;&quot;&gt; y<![CDATA[<z>]]></a><b type="plain"/></p>"#,
+        )
+        .unwrap();
+        assert_eq!(root.xsi_type.as_deref(), Some("ns0:PublishImageOpenStack"));
+        let a = root.child("a").unwrap();
+        assert_eq!(
+            (a.text.as_str(), a.xsi_type.as_deref()),
+            ("x <AB&'\"> y<z>", None)
+        );
+        // An unprefixed `type` is some other attribute.
+        assert_eq!(root.child("b").unwrap().xsi_type, None);
+        assert!(matches!(parse(b"<a>&#0;</a>"), Err(XmlError::Malformed(_))));
+        assert!(matches!(
+            parse(b"<a>x</a>&amp;"),
+            Err(XmlError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_repeated_attributes_in_linear_time() {
+        assert!(matches!(
+            parse(br#"<a x="1" x="2"></a>"#),
+            Err(XmlError::Malformed(_))
+        ));
+        // RUSTSEC-2026-0194: before quick-xml 0.41 this tag took seconds (quadratic check).
+        let many: String = (0..50_000).map(|i| format!(" a{i}=\"\"")).collect();
+        let started = std::time::Instant::now();
+        assert!(parse(format!("<a{many}></a>").as_bytes()).is_ok());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
