@@ -148,12 +148,14 @@ impl Authenticator {
         }
         let memory_key = self.memory_key(&login, &password);
         if let Some(known) = self.recall(&memory_key) {
-            // The lock holds for remembered passwords too.
-            if let Some(left) = login_lock::lock_left(&self.pool, &login).await? {
-                return Err(ApiError::too_many_logins(&login, left));
-            }
+            // While listening, a lock is heard (login_lock::record_failure announces it) and
+            // forgets the name's remembered passwords, so a remembered one is not locked.
             if self.watching.load(Ordering::Acquire) {
                 return Ok(known);
+            }
+            // Not listening: notices may be missed, so ask the database.
+            if let Some(left) = login_lock::lock_left(&self.pool, &login).await? {
+                return Err(ApiError::too_many_logins(&login, left));
             }
             match users::find_by_login(&self.pool, &login).await? {
                 Some(user) if user.password_hash == known.password_hash => return Ok(user),
@@ -181,6 +183,8 @@ impl Authenticator {
                         .await?
                 {
                     tracing::warn!(login, "too many failed logins: login locked");
+                    // This process forgets at once; the others when they hear the notice.
+                    self.forget_user(Some(&login));
                     return Err(ApiError::too_many_logins(&login, left));
                 }
                 Err(ApiError::Unauthorized)

@@ -92,15 +92,23 @@ pub async fn record_failure(
     limit: i32,
     window: Duration,
 ) -> Result<Option<Duration>, sqlx::Error> {
+    // A lock is announced like a user change, so that every API process forgets the
+    // passwords it remembered for that name: the lock then holds for them too, with no
+    // database read per remembered login.
     let seconds = sqlx::query_scalar!(
-        r#"UPDATE login_failures SET locked_until = CASE
-               WHEN locked_until > now() THEN locked_until
-               ELSE now() + make_interval(secs => $3) END
-            WHERE login = $1 AND failures >= $2
-        RETURNING EXTRACT(EPOCH FROM locked_until - now())::float8 AS "seconds!""#,
+        r#"WITH locked AS (
+               UPDATE login_failures SET locked_until = CASE
+                   WHEN locked_until > now() THEN locked_until
+                   ELSE now() + make_interval(secs => $3) END
+                WHERE login = $1 AND failures >= $2
+            RETURNING login, locked_until),
+           announced AS (SELECT pg_notify($4, login) FROM locked)
+           SELECT EXTRACT(EPOCH FROM locked_until - now())::float8 AS "seconds!"
+             FROM locked, announced"#,
         login,
         limit,
-        window.as_secs_f64()
+        window.as_secs_f64(),
+        super::users::USER_CHANGED_CHANNEL
     )
     .fetch_optional(pool)
     .await?;
