@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::processes::{free_port, sigterm_and_wait, Env};
-use common::{publish_json, spawn_app, TestApp};
+use common::{publish_json, spawn_app, spawn_app_with, TestApp};
+use pimage::secrets::Secret;
 use reqwest::StatusCode;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -117,7 +118,7 @@ async fn metrics_move_after_a_publish() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_follows_rabbitmq_and_healthz_stays_up() {
+async fn readyz_reports_rabbitmq_degraded_without_failing_and_healthz_stays_up() {
     let _serial = SERIAL.lock().await;
     let app = spawn_app(false).await;
     let get = |path: &'static str| app.client.get(format!("{}{path}", app.address)).send();
@@ -125,46 +126,33 @@ async fn readyz_follows_rabbitmq_and_healthz_stays_up() {
     let ready = get("/readyz").await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
     assert_eq!(ready.text().await.unwrap(), "postgres: ok\nrabbitmq: ok\n");
+    app.stop().await;
 
-    assert!(Command::new("rabbitmqctl")
-        .args(["-q", "stop_app"])
-        .status()
-        .unwrap()
-        .success());
-    let started = Instant::now();
-    let down = loop {
-        let r = get("/readyz").await.unwrap();
-        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
-            break r.text().await.unwrap();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "readyz notices RabbitMQ is gone"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // An API whose RabbitMQ is unreachable (a closed port: the shared broker stays up)
+    // still takes tickets into its outbox: ready, RabbitMQ degraded.
+    let closed = free_port();
+    let app = spawn_app_with(false, |s| {
+        s.amqp.url = Secret::new(format!("amqp://guest:guest@127.0.0.1:{closed}/%2f"));
+    })
+    .await;
+    let get = |path: &'static str| app.client.get(format!("{}{path}", app.address)).send();
+    let ready = get("/readyz").await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
     assert_eq!(
-        get("/healthz").await.unwrap().status(),
-        StatusCode::OK,
-        "the process is still alive"
+        ready.text().await.unwrap(),
+        "postgres: ok\nrabbitmq: degraded (unreachable): tickets wait in the outbox\n"
     );
-    assert!(Command::new("rabbitmqctl")
-        .args(["-q", "start_app"])
-        .status()
-        .unwrap()
-        .success());
-    assert!(
-        down.contains("postgres: ok") && down.contains("rabbitmq: unreachable"),
-        "{down}"
-    );
-    let started = Instant::now();
-    while get("/readyz").await.unwrap().status() != StatusCode::OK {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "readyz recovers with RabbitMQ"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert_eq!(get("/healthz").await.unwrap().status(), StatusCode::OK);
+    app.add_user("alice", &["migration_publish"], false).await;
+    let file = app.raw_file("d.raw", 4096);
+    let image = app.register_image("alice", &file, "raw").await;
+    let body = publish_json("waits", "demo", "demopass", "demo");
+    let response = app
+        .publish("alice", &image.uri(), "application/json", body)
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let (pending, _) = pimage::store::tickets::outbox_lag(&app.pool).await.unwrap();
+    assert_eq!(pending, 1, "the ticket waits in the outbox");
     app.stop().await;
 }
 
