@@ -9,8 +9,11 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::fault_proxy::FaultProxy;
 use common::processes::{free_port, sigterm_and_wait, Env};
-use common::{publish_json, spawn_app, spawn_app_with, TestApp};
+use common::{
+    assert_valid_xml, publish_json, publish_json_via, spawn_app, spawn_app_with, DemoCloud, TestApp,
+};
 use pimage::secrets::Secret;
 use reqwest::StatusCode;
 
@@ -259,6 +262,77 @@ async fn an_operator_inspects_and_retries_a_failed_ticket() {
         .await
         .delete(t["cloudId"].as_str().unwrap())
         .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_attempt_shows_in_tickets_show_and_in_json_while_xml_stays_valid() {
+    let _serial = SERIAL.lock().await;
+    let app = spawn_app(true).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let proxy = FaultProxy::start("127.0.0.1:9292").await;
+    proxy.fail_with_status("PUT", "/file", 503, 1);
+    let file = app.raw_file("r.raw", 1 << 20);
+    let image = app.register_image("alice", &file, "raw").await;
+    let body = publish_json_via("retried", "demo", "demopass", "demo", &proxy.url);
+    let resp = app
+        .publish("alice", &image.uri(), "application/json", body)
+        .await;
+    let ticket: serde_json::Value = resp.json().await.unwrap();
+    let uri = ticket["uri"].as_str().unwrap();
+    let id = ticket["dbId"].as_i64().unwrap();
+    let last = app.wait_final("alice", uri, Duration::from_secs(60)).await;
+    assert_eq!(last["complete"], true, "{last}");
+    assert_eq!(proxy.injected(), 1);
+
+    for path in [uri.to_string(), format!("{uri}/status")] {
+        let doc = app.get_json("alice", &path).await;
+        let attempts = doc["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 2, "{doc}");
+        let (first, second) = (&attempts[0], &attempts[1]);
+        assert_eq!(first["number"], 1);
+        assert_eq!(first["outcome"], "retried");
+        assert!(first["error"].as_str().unwrap().contains("503"), "{first}");
+        assert!(first["ended"].is_string());
+        assert_eq!(second["number"], 2);
+        assert_eq!(second["outcome"], "published");
+        assert_eq!(second["error"], serde_json::Value::Null);
+        assert_eq!(second["bytesSent"], 1 << 20);
+        assert_eq!(first["worker"], second["worker"]);
+        assert!(first["worker"].as_str().unwrap().contains(':'));
+        // The XML form keeps to the UForge schema: no attempts in it.
+        let xml = app
+            .get(&path, "alice")
+            .header("Accept", "application/xml")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!xml.contains("attempt"), "{xml}");
+        assert_valid_xml(&xml);
+    }
+
+    let out = cli(&app, &["tickets", "show", &id.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    let shown = String::from_utf8(out.stdout).unwrap();
+    let line = |n: u32| {
+        shown
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("attempt {n}:")))
+            .unwrap_or_else(|| panic!("no attempt {n} in {shown}"))
+            .to_string()
+    };
+    assert!(line(1).contains(": retried on "), "{shown}");
+    assert!(line(1).contains("503"), "{shown}");
+    assert!(line(2).contains(": published on "), "{shown}");
+    assert!(line(2).contains("1048576 bytes sent"), "{shown}");
+    let cloud_id = app.get_json("alice", uri).await["cloudId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    DemoCloud::login().await.delete(&cloud_id).await;
     app.stop().await;
 }
 
