@@ -255,19 +255,17 @@ pub struct CredAccount {
     pub keystone_version: String,
 }
 
-/// One attempt at a ticket, in the JSON answers only (`attempts`). `outcome` is `null`
-/// while it runs: then published, failed, cancelled, retried, lost or released.
-#[derive(Debug, Serialize, ToSchema)]
+/// One attempt at a ticket, in the JSON answers only (`attempts`; not in the UForge schema,
+/// so not in the OpenAPI document either). `outcome` is `null` while it runs: then
+/// published, failed, cancelled, retried, lost or released.
+#[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptDoc {
     pub number: i32,
     pub worker: String,
     pub started: DateTime<Utc>,
-    #[schema(required = true)]
     pub ended: Option<DateTime<Utc>>,
-    #[schema(required = true)]
     pub outcome: Option<String>,
-    #[schema(required = true)]
     pub error: Option<String>,
     pub bytes_sent: i64,
 }
