@@ -10,6 +10,7 @@ use crate::config::Settings;
 use crate::printable::escaped;
 use crate::queue::Publisher;
 use crate::secrets::{self, Secret, SecretBox};
+use crate::store::attempts::{self, Attempt};
 use crate::store::sealed::{self, SealedColumn};
 use crate::store::tickets::{self, TicketState};
 use crate::store::{self, images, users, NewImage};
@@ -159,7 +160,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Worker => {
             let secrets = SecretBox::new(&settings.secrets.key, &settings.secrets.previous_keys)?;
-            let pool = store::connect_and_migrate(&settings.database).await?;
+            let pool = store::connect_waiting(&settings.database).await?;
             let worker = Worker::new(
                 pool,
                 settings.worker.clone(),
@@ -390,7 +391,12 @@ async fn tickets_command(
                     t.finished_at.map(|d| d.to_rfc3339()).unwrap_or_default(),
                 ),
             ];
-            for (k, v) in lines {
+            let attempts = attempts::of_ticket(pool, id).await?;
+            let attempt_lines = attempts
+                .iter()
+                .map(|a| (format!("attempt {}", a.number), describe_attempt(a)));
+            let lines = lines.into_iter().map(|(k, v)| (k.to_string(), v));
+            for (k, v) in lines.chain(attempt_lines) {
                 println!("{k:>13}: {}", escaped(&v));
             }
         }
@@ -404,4 +410,24 @@ async fn tickets_command(
         }
     }
     Ok(())
+}
+
+/// "failed on host:12 from … to …, 1048576 bytes sent: Glance answered 503"
+fn describe_attempt(a: &Attempt) -> String {
+    let outcome = a.outcome.as_deref().unwrap_or("running");
+    let ended = a
+        .ended_at
+        .map(|d| d.to_rfc3339())
+        .unwrap_or_else(|| "-".into());
+    let error = a
+        .error
+        .as_deref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default();
+    format!(
+        "{outcome} on {} from {} to {ended}, {} bytes sent{error}",
+        a.worker,
+        a.started_at.to_rfc3339(),
+        a.bytes_sent
+    )
 }

@@ -1,6 +1,7 @@
 //! Health and metrics endpoints, served by the API (on its port) and by every worker (on
 //! `worker.listen`): `/healthz` (the process is alive), `/readyz` (Postgres and RabbitMQ
-//! reachable, migrations applied) and `/metrics` (Prometheus text format).
+//! reachable, migrations applied; the API stays ready without RabbitMQ, degraded, since
+//! its outbox keeps the tickets) and `/metrics` (Prometheus text format).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -24,6 +25,8 @@ use crate::store;
 pub struct Probes {
     pub pool: PgPool,
     pub publisher: Arc<Publisher>,
+    /// False for the API: without RabbitMQ it still takes tickets (into the outbox).
+    pub queue_required: bool,
 }
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -71,12 +74,19 @@ pub fn routes(probes: Probes) -> Router {
 async fn readyz(State(probes): State<Probes>) -> Response {
     let (database, queue) =
         tokio::join!(database_ready(&probes.pool), queue_ready(&probes.publisher));
+    let queue_blocks = queue.is_some() && probes.queue_required;
+    let queue = match queue {
+        None => "ok".to_string(),
+        Some(why) if !probes.queue_required => {
+            format!("degraded ({why}): tickets wait in the outbox")
+        }
+        Some(why) => why,
+    };
     let body = format!(
-        "postgres: {}\nrabbitmq: {}\n",
+        "postgres: {}\nrabbitmq: {queue}\n",
         database.as_deref().unwrap_or("ok"),
-        queue.as_deref().unwrap_or("ok")
     );
-    let status = if database.is_none() && queue.is_none() {
+    let status = if database.is_none() && !queue_blocks {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

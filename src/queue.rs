@@ -49,6 +49,14 @@ pub async fn connect(
     Ok(Connection::connect(settings.url.expose(), props).await?)
 }
 
+/// `host:port` of the broker, for messages (the URL itself carries the password).
+pub fn address(settings: &AmqpSettings) -> String {
+    match settings.url.expose().parse::<lapin::uri::AMQPUri>() {
+        Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
+        Err(_) => "(unreadable amqp.url)".into(),
+    }
+}
+
 /// Declares the work queue and its dead-letter queue (idempotent).
 pub async fn declare(channel: &Channel, queue: &str) -> Result<(), QueueError> {
     let durable = QueueDeclareOptions {
@@ -146,6 +154,23 @@ impl Publisher {
             metrics::counter!(metrics_catalog::QUEUE_PUBLISH, "result" => "refused").increment(1);
             Err(QueueError::Nacked)
         }
+    }
+
+    /// Messages ready in the work queue (deliveries not yet acknowledged not counted).
+    pub async fn queue_depth(&self) -> Result<u32, QueueError> {
+        let channel = self.channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let queue = channel
+            .queue_declare(
+                self.settings.queue.as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(queue.message_count())
     }
 
     /// True when a channel could be opened (used by readiness checks).

@@ -14,7 +14,10 @@ use tracing::{info, warn};
 use crate::metrics_catalog;
 use crate::outbox;
 use crate::queue::Publisher;
-use crate::store::{login_lock, tickets};
+use crate::store::{login_lock, rescue, tickets};
+
+/// Lost messages re-published per pass at most (see `rescue::requeue_lost`).
+const LOST_MESSAGES_PER_PASS: i64 = 20;
 
 /// Failed-login windows older than this are forgotten.
 const STALE_LOGIN_FAILURES: Duration = Duration::from_secs(24 * 3600);
@@ -25,11 +28,24 @@ pub async fn rescue_once(
     publisher: &Publisher,
     max_attempts: i32,
 ) -> Result<(usize, usize), sqlx::Error> {
-    let rescued = tickets::rescue_expired(pool, max_attempts).await?;
+    let mut rescued = tickets::rescue_expired(pool, max_attempts).await?;
     for &(ticket_id, outbox_id) in &rescued.requeued {
         info!(ticket_id, "worker lost (lease expired): ticket re-queued");
         metrics::counter!(metrics_catalog::RESCUES).increment(1);
         outbox::hand_off(pool, publisher, ticket_id, outbox_id).await;
+    }
+    // Without the queue's depth, lost messages cannot be told from waiting ones: skip.
+    if let Ok(ready) = publisher.queue_depth().await {
+        let lost = rescue::requeue_lost(pool, ready, LOST_MESSAGES_PER_PASS).await?;
+        for &(ticket_id, outbox_id) in &lost {
+            info!(
+                ticket_id,
+                "message lost (queued for long, missing from RabbitMQ): re-published"
+            );
+            metrics::counter!(metrics_catalog::RESCUES).increment(1);
+            outbox::hand_off(pool, publisher, ticket_id, outbox_id).await;
+        }
+        rescued.requeued.extend(lost);
     }
     for ticket_id in &rescued.gave_up {
         warn!(

@@ -68,19 +68,19 @@ async fn fencing_refuses_a_stale_workers_writes() {
     let _serial = SERIAL.lock().await;
     let app = spawn_app(false).await;
     let (id, _) = queued_ticket(&app).await;
-    let first = tickets::claim(&app.pool, id, "worker-a", 60)
+    let first = tickets::claim(&app.pool, id, "worker-a", 60, 5)
         .await
         .unwrap()
         .expect("claimable");
     assert!(
-        tickets::claim(&app.pool, id, "worker-b", 60)
+        tickets::claim(&app.pool, id, "worker-b", 60, 5)
             .await
             .unwrap()
             .is_none(),
         "a live lease is not taken"
     );
     expire_lease(&app.pool, id).await;
-    let second = tickets::claim(&app.pool, id, "worker-b", 60)
+    let second = tickets::claim(&app.pool, id, "worker-b", 60, 5)
         .await
         .unwrap()
         .expect("an expired lease is taken");
@@ -121,7 +121,7 @@ async fn the_rescuer_requeues_an_expired_lease_once_and_the_ticket_completes() {
     let mut app = spawn_app(false).await;
     let (id, uri) = queued_ticket(&app).await;
     // A worker claims the ticket and dies before it writes any progress.
-    tickets::claim(&app.pool, id, "dead-worker:1", 60)
+    tickets::claim(&app.pool, id, "dead-worker:1", 60, 5)
         .await
         .unwrap()
         .unwrap();
@@ -162,7 +162,7 @@ async fn a_ticket_that_keeps_losing_its_worker_ends_in_error() {
     let (id, uri) = queued_ticket(&app).await;
     let publisher = Publisher::new(app.settings.amqp.clone(), "test");
     for n in 1..=3 {
-        tickets::claim(&app.pool, id, &format!("crashing-worker:{n}"), 60)
+        tickets::claim(&app.pool, id, &format!("crashing-worker:{n}"), 60, 5)
             .await
             .unwrap()
             .expect("claimable");
@@ -186,7 +186,7 @@ async fn a_cancel_requested_while_the_worker_was_lost_is_honoured_not_requeued()
     let _serial = SERIAL.lock().await;
     let app = spawn_app(false).await;
     let (id, uri) = queued_ticket(&app).await;
-    let claim = tickets::claim(&app.pool, id, "dying-worker:1", 60)
+    let claim = tickets::claim(&app.pool, id, "dying-worker:1", 60, 5)
         .await
         .unwrap()
         .unwrap();

@@ -109,6 +109,7 @@ pub fn router(state: AppState) -> Router {
     let probes = health::Probes {
         pool: state.pool.clone(),
         publisher: state.publisher.clone(),
+        queue_required: false,
     };
     // Routes on one path merge their methods.
     let api = api_routes()
@@ -133,10 +134,11 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to Postgres (applying migrations) and binds the listen address.
+    /// Connects to Postgres (waiting until it answers, then applying migrations) and binds
+    /// the listen address. RabbitMQ is not needed yet: tickets wait in the outbox.
     pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
         let secrets = SecretBox::new(&settings.secrets.key, &settings.secrets.previous_keys)?;
-        let pool = crate::store::connect_and_migrate(&settings.database).await?;
+        let pool = crate::store::connect_waiting(&settings.database).await?;
         let publisher = Arc::new(Publisher::new(settings.amqp.clone(), "pimage-api"));
         let listener = TcpListener::bind(settings.api.listen).await?;
         Ok(Application {

@@ -17,15 +17,15 @@ use super::openapi::{
 use super::paths;
 use super::publish_request::{self, BodyError, PublishRequest};
 use super::wire::{
-    Document, Format, ImageDoc, Images, OpStatus, OpStatuses, PublishImage, PublishImages,
-    ServiceStatus,
+    AttemptDoc, Document, Format, ImageDoc, Images, OpStatus, OpStatuses, PublishImage,
+    PublishImages, ServiceStatus,
 };
 use super::AppState;
 use crate::cloud::{Glance, OpenStackAccount};
 use crate::metrics_catalog;
 use crate::outbox;
 use crate::store::tickets::{self, CancelOutcome, NewTicket};
-use crate::store::{images, Image, Ticket};
+use crate::store::{attempts, images, Image, Ticket};
 
 type PathParams = Path<HashMap<String, String>>;
 
@@ -328,7 +328,9 @@ pub async fn get_ticket(
 ) -> Result<Response, ApiError> {
     let format = format_of(&headers)?;
     let ticket = resolve_ticket(&state, &caller, &params).await?;
+    let attempts = attempts::of_ticket(&state.pool, ticket.id).await?;
     let (doc, digest) = PublishImage::document(&ticket);
+    let doc = doc.with_json_field("attempts", AttemptDoc::list(&attempts));
     Ok(doc.render_cached(format, &digest, &headers))
 }
 
@@ -348,9 +350,12 @@ pub async fn get_ticket_status(
 ) -> Result<Response, ApiError> {
     let format = format_of(&headers)?;
     let ticket = resolve_ticket(&state, &caller, &params).await?;
+    let attempts = attempts::of_ticket(&state.pool, ticket.id).await?;
     let status = OpStatus::of(&ticket);
     let digest = status.digest.clone();
-    Ok(Document::new("status", status).render_cached(format, &digest, &headers))
+    let doc =
+        Document::new("status", status).with_json_field("attempts", AttemptDoc::list(&attempts));
+    Ok(doc.render_cached(format, &digest, &headers))
 }
 
 /// `DELETE …/pimages/{pitid}/cancel`.

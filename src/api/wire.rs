@@ -1,6 +1,8 @@
 //! What the API sends: one struct per schema type, fields in schema order (inherited
 //! fields first), serialised as JSON directly and as XML through `xml::to_xml`. Each derives
 //! its OpenAPI schema (`openapi.rs`); `Option` fields are always sent (`null`), so required.
+//! A few fields are JSON-only extras (`Document::with_json_field`): the XML answers keep to
+//! the UForge schema.
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,6 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::xml;
+use crate::store::attempts::Attempt;
 use crate::store::{Image, Ticket, TicketState};
 
 /// The answer format, from `Accept`.
@@ -60,15 +63,29 @@ impl Format {
 pub struct Document<T: Serialize> {
     pub root: &'static str,
     pub body: T,
+    /// Fields added to the JSON form only.
+    json_fields: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl<T: Serialize> Document<T> {
     pub fn new(root: &'static str, body: T) -> Document<T> {
-        Document { root, body }
+        Document {
+            root,
+            body,
+            json_fields: Vec::new(),
+        }
+    }
+
+    /// Adds a field to the JSON answer, not to the XML one (the UForge schema has no place
+    /// for it).
+    pub fn with_json_field(mut self, name: &'static str, value: impl Serialize) -> Document<T> {
+        let value = serde_json::to_value(value).expect("wire types always serialise");
+        self.json_fields.push((name, value));
+        self
     }
 
     pub fn render(&self, format: Format, status: StatusCode) -> Response {
-        let value = serde_json::to_value(&self.body).expect("wire types always serialise");
+        let mut value = serde_json::to_value(&self.body).expect("wire types always serialise");
         match format {
             // Exactly `application/xml`: the UForge SDK compares the header verbatim.
             Format::Xml => (
@@ -80,15 +97,22 @@ impl<T: Serialize> Document<T> {
                 xml::to_xml(self.root, &value),
             )
                 .into_response(),
-            Format::Json => (
-                status,
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                value.to_string(),
-            )
-                .into_response(),
+            Format::Json => {
+                if let Some(object) = value.as_object_mut() {
+                    for (name, extra) in &self.json_fields {
+                        object.insert((*name).to_string(), extra.clone());
+                    }
+                }
+                (
+                    status,
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    )],
+                    value.to_string(),
+                )
+                    .into_response()
+            }
         }
     }
 
@@ -229,6 +253,38 @@ pub struct CredAccount {
     pub keystone_url: String,
     pub login: String,
     pub keystone_version: String,
+}
+
+/// One attempt at a ticket, in the JSON answers only (`attempts`; not in the UForge schema,
+/// so not in the OpenAPI document either). `outcome` is `null` while it runs: then
+/// published, failed, cancelled, retried, lost or released.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptDoc {
+    pub number: i32,
+    pub worker: String,
+    pub started: DateTime<Utc>,
+    pub ended: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+    pub bytes_sent: i64,
+}
+
+impl AttemptDoc {
+    pub fn list(attempts: &[Attempt]) -> Vec<AttemptDoc> {
+        attempts
+            .iter()
+            .map(|a| AttemptDoc {
+                number: a.number,
+                worker: a.worker.clone(),
+                started: a.started_at,
+                ended: a.ended_at,
+                outcome: a.outcome.clone(),
+                error: a.error.clone(),
+                bytes_sent: a.bytes_sent,
+            })
+            .collect()
+    }
 }
 
 /// `PublishImageOpenStack`.

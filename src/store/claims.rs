@@ -6,10 +6,10 @@
 //! overwrite the status written by the one that took it over.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 
-use super::outbox;
 use super::tickets::{self, Ticket};
+use super::{attempts, outbox};
 
 /// What a worker holds after a successful claim: the ticket and its fencing token.
 #[derive(Debug, Clone)]
@@ -18,33 +18,70 @@ pub struct Claim {
     pub token: i64,
 }
 
-/// Takes the ticket if it is queued, or running under an expired lease. Bumps the attempt
-/// count and the fencing token. `None`: someone else has it, or it has ended.
+/// Takes the ticket if it is queued, or running under an expired lease, and starts its
+/// attempt row. Bumps the attempt count and the fencing token. A ticket that already had
+/// `max_attempts` claims is not taken but ended in `error`, as the rescuer ends it.
+/// `None`: someone else has it, or it has ended.
 pub async fn claim(
     pool: &PgPool,
     id: i64,
     owner: &str,
     lease_secs: u32,
+    max_attempts: i32,
 ) -> Result<Option<Claim>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
     let token = sqlx::query_scalar!(
         "UPDATE publish_tickets SET
              state = 'running', attempts = attempts + 1, fencing_token = fencing_token + 1,
              lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3),
              started_at = COALESCE(started_at, now()), message = 'starting', updated_at = now()
-          WHERE id = $1 AND NOT cancel_requested
+          WHERE id = $1 AND NOT cancel_requested AND attempts < $4
             AND (state = 'queued' OR (state = 'running' AND lease_expires_at < now()))
          RETURNING fencing_token",
         id,
         owner,
-        lease_secs as f64
+        lease_secs as f64,
+        max_attempts
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    let Some(token) = token else { return Ok(None) };
+    let Some(token) = token else {
+        give_up_in(&mut tx, id, max_attempts).await?;
+        tx.commit().await?;
+        return Ok(None);
+    };
+    attempts::start_in(&mut tx, id, token, owner).await?;
+    tx.commit().await?;
     let ticket = tickets::get(pool, id)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
     Ok(Some(Claim { ticket, token }))
+}
+
+/// Ends in `error` a claimable ticket that used up its attempts (no-op otherwise).
+async fn give_up_in(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    max_attempts: i32,
+) -> Result<(), sqlx::Error> {
+    let gave_up = sqlx::query!(
+        "UPDATE publish_tickets SET state = 'error', eta = NULL,
+             error_message = 'gave up after ' || attempts || ' attempts: the worker running it stopped each time',
+             message = 'failed: gave up after ' || attempts || ' attempts',
+             lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+          WHERE id = $1 AND NOT cancel_requested AND attempts >= $2
+            AND (state = 'queued' OR (state = 'running' AND lease_expires_at < now()))",
+        id,
+        max_attempts
+    )
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if gave_up {
+        attempts::end_abandoned_in(tx, id).await?;
+    }
+    Ok(())
 }
 
 /// A progress write: also a heartbeat that extends the lease.

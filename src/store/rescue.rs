@@ -5,7 +5,7 @@ use sqlx::PgPool;
 
 use super::outbox;
 
-/// A queued ticket untouched this long is handed to RabbitMQ again (see `rescue_expired`).
+/// A queued ticket untouched this long may have lost its message (see `requeue_lost`).
 const STALE_QUEUED_SECS: f64 = 600.0;
 
 /// What one rescuer pass did.
@@ -53,28 +53,53 @@ pub async fn rescue_expired(pool: &PgPool, max_attempts: i32) -> Result<Rescued,
     )
     .fetch_all(&mut *tx)
     .await?;
-    // Safety net for a message lost on the way (dead-lettered, purged queue): a ticket
-    // queued for long with no outbox row gets a new one. Duplicates are harmless: the
-    // claim takes a ticket once.
-    let stale = sqlx::query!(
-        "WITH stale AS (
-             UPDATE publish_tickets t SET updated_at = now()
+    tx.commit().await?;
+    let requeued = lost.into_iter().map(|r| (r.ticket_id, r.id)).collect();
+    Ok(Rescued { requeued, gave_up })
+}
+
+/// Safety net for messages lost on the way (dead-lettered, purged queue): gives new outbox
+/// rows to at most `limit` tickets queued for long with no outbox row, oldest first, and only
+/// as many as the work queue is short of: with `queue_ready` messages waiting in RabbitMQ,
+/// the first `queue_ready` of the tickets waiting for a message are taken to have theirs.
+/// A backlog thus never grows the queue; a miscount (a message of an ended ticket still
+/// queued) only delays the net until the queue drains. Returns (ticket id, outbox id).
+pub async fn requeue_lost(
+    pool: &PgPool,
+    queue_ready: u32,
+    limit: i64,
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let waiting = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "waiting!" FROM publish_tickets t
+            WHERE t.state = 'queued' AND NOT t.cancel_requested
+              AND NOT EXISTS (SELECT 1 FROM ticket_outbox o WHERE o.ticket_id = t.id)"#
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let missing = (waiting - i64::from(queue_ready)).clamp(0, limit.max(0));
+    if missing == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query!(
+        "WITH lost AS (
+             SELECT t.id FROM publish_tickets t
               WHERE t.state = 'queued' AND NOT t.cancel_requested
                 AND t.updated_at < now() - make_interval(secs => $1)
                 AND NOT EXISTS (SELECT 1 FROM ticket_outbox o WHERE o.ticket_id = t.id)
+              ORDER BY t.updated_at, t.id LIMIT $2
+              FOR UPDATE OF t SKIP LOCKED),
+         touched AS (
+             UPDATE publish_tickets t SET updated_at = now() FROM lost WHERE t.id = lost.id
              RETURNING t.id)
-         INSERT INTO ticket_outbox (ticket_id) SELECT id FROM stale RETURNING ticket_id, id",
-        STALE_QUEUED_SECS
+         INSERT INTO ticket_outbox (ticket_id) SELECT id FROM touched RETURNING ticket_id, id",
+        STALE_QUEUED_SECS,
+        missing
     )
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let requeued = lost
-        .into_iter()
-        .map(|r| (r.ticket_id, r.id))
-        .chain(stale.into_iter().map(|r| (r.ticket_id, r.id)))
-        .collect();
-    Ok(Rescued { requeued, gave_up })
+    Ok(rows.into_iter().map(|r| (r.ticket_id, r.id)).collect())
 }
 
 /// Runs a failed or cancelled ticket again: queued, status reset, with an outbox row (its id

@@ -10,6 +10,7 @@ use crate::metrics_catalog;
 use crate::outbox;
 use crate::retry::retry;
 use crate::secrets::Secret;
+use crate::store::attempts::{self, AttemptEnd};
 use crate::store::images;
 use crate::store::tickets::{self, Claim, Outcome};
 
@@ -41,6 +42,7 @@ impl Worker {
         let outcome = match outcome? {
             None => {
                 warn!("lost the ticket to another worker; stopped");
+                attempts::end(&self.pool, ticket_id, claim.token, AttemptEnd::Lost, None).await?;
                 return Ok(());
             }
             Some(Outcome::Cancelled) if abort.is_cancelled() => {
@@ -48,6 +50,8 @@ impl Worker {
                     tickets::release(&self.pool, ticket_id, claim.token).await?
                 {
                     info!("handed the ticket back to the queue");
+                    let how = AttemptEnd::Released;
+                    attempts::end(&self.pool, ticket_id, claim.token, how, None).await?;
                     outbox::hand_off(&self.pool, &self.publisher, ticket_id, outbox_id).await;
                     return Ok(());
                 }
@@ -74,6 +78,13 @@ impl Worker {
         if !tickets::finish(&self.pool, ticket_id, claim.token, &outcome).await? {
             warn!("lost the ticket before finishing; another worker owns it");
         }
+        let (how, error) = match &outcome {
+            Outcome::Published { .. } => (AttemptEnd::Published, None),
+            Outcome::Failed { error_message, .. } => (AttemptEnd::Failed, Some(error_message)),
+            Outcome::Cancelled => (AttemptEnd::Cancelled, None),
+        };
+        let error = error.map(String::as_str);
+        attempts::end(&self.pool, ticket_id, claim.token, how, error).await?;
         Ok(())
     }
 
@@ -114,13 +125,25 @@ impl Worker {
         let result = retry(
             &self.settings.retry,
             cancel,
-            |attempt| job.attempt(attempt, max),
+            |attempt| async move {
+                if attempt > 1 {
+                    attempts::start_next(&self.pool, ticket.id, claim.token, &self.id)
+                        .await
+                        .map_err(AttemptError::Store)?;
+                }
+                job.attempt(attempt, max).await
+            },
             |notice| {
                 let reason = notice.error.reason();
                 let message = notice.message(&reason);
                 warn!(attempt = notice.next_attempt, delay = ?notice.delay, reason, "transient failure, retrying");
                 metrics::counter!(metrics_catalog::RETRIES, "cause" => notice.error.cause_label()).increment(1);
-                async move { job.report(&job.step(message)).await }
+                async move {
+                    attempts::end(&self.pool, ticket.id, claim.token, AttemptEnd::Retried, Some(&reason))
+                        .await
+                        .map_err(AttemptError::Store)?;
+                    job.report(&job.step(message)).await
+                }
             },
         )
         .await;

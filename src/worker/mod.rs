@@ -85,6 +85,8 @@ impl Worker {
         crate::health::Probes {
             pool: self.pool.clone(),
             publisher: self.publisher.clone(),
+            // A worker without RabbitMQ gets no work.
+            queue_required: true,
         }
     }
 
@@ -121,7 +123,11 @@ impl Worker {
             {
                 Ok(()) => delay = Duration::from_millis(200),
                 Err(e) => {
-                    warn!(error = %e, retry_in = ?delay, "lost RabbitMQ, reconnecting");
+                    warn!(
+                        "waiting for RabbitMQ at {}: {e}; next try in {} s",
+                        queue::address(&self.amqp),
+                        delay.as_secs_f64()
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => {}
@@ -204,8 +210,14 @@ impl Worker {
             };
             let ticket_id = message.ticket_id;
             let claim = loop {
-                match tickets::claim(&self.pool, ticket_id, &self.id, self.settings.lease_seconds)
-                    .await
+                match tickets::claim(
+                    &self.pool,
+                    ticket_id,
+                    &self.id,
+                    self.settings.lease_seconds,
+                    self.settings.max_ticket_attempts,
+                )
+                .await
                 {
                     Ok(claim) => break claim,
                     // Keep the delivery (bouncing it would count towards the delivery limit)
@@ -224,7 +236,7 @@ impl Worker {
                 }
             };
             let Some(claim) = claim else {
-                info!(ticket_id, "ticket not claimable (ended, cancelled, or owned by a live worker); dropping the message");
+                info!(ticket_id, "ticket not claimable (ended, cancelled, out of attempts, or owned by a live worker); dropping the message");
                 drop(permit);
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                 continue;
