@@ -50,6 +50,7 @@ impl AttemptError {
             AttemptError::Cloud(e) => match &e.cause {
                 crate::cloud::Cause::Http { status, .. } => format!("http_{status}"),
                 crate::cloud::Cause::Transport => "connection".into(),
+                crate::cloud::Cause::Bound => "bound".into(),
                 _ => "other".into(),
             },
             AttemptError::ChecksumMismatch { .. } => "checksum".into(),
@@ -106,8 +107,25 @@ impl From<sqlx::Error> for AttemptError {
 }
 
 impl Job<'_> {
-    /// One attempt: log in, settle images left by earlier attempts, create, upload, verify.
+    /// One attempt, ended (transient) at `worker.attempt_deadline_secs`.
     pub(super) async fn attempt(&self, attempt: u32, max: u32) -> Result<String, AttemptError> {
+        let deadline = Duration::from_secs(self.worker.settings.attempt_deadline_secs.max(1));
+        tokio::time::timeout(deadline, self.attempt_steps(attempt, max))
+            .await
+            .unwrap_or_else(|_| {
+                Err(AttemptError::Cloud(CloudError {
+                    summary: format!(
+                        "the attempt ran past worker.attempt_deadline_secs ({} s)",
+                        deadline.as_secs()
+                    ),
+                    detail: None,
+                    cause: crate::cloud::Cause::Bound,
+                }))
+            })
+    }
+
+    /// Log in, settle images left by earlier attempts, create, upload, verify.
+    async fn attempt_steps(&self, attempt: u32, max: u32) -> Result<String, AttemptError> {
         let of = if attempt > 1 {
             format!(" (attempt {attempt} of {max})")
         } else {
