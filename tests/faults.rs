@@ -566,3 +566,46 @@ async fn a_retry_after_of_999999_s_waits_only_the_max_delay() {
     cloud.delete(&cloud_id(&app, &ticket).await.unwrap()).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_attempt_past_its_deadline_ends_and_leaves_nothing() {
+    let app = spawn_app_with(true, |s| {
+        s.worker.attempt_deadline_secs = 4;
+        s.worker.retry.max_attempts = 1;
+    })
+    .await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let proxy = FaultProxy::start("127.0.0.1:9292").await;
+    proxy.throttle(2 * MIB); // well above the stall rule, but 32 MiB take 16 s
+    let file = app.raw_file("long.raw", 32 * MIB as usize);
+    let image = app.register_image("alice", &file, "raw").await;
+    let started = Instant::now();
+    let ticket = publish(
+        &app,
+        &image.uri(),
+        publish_json_via("too long", "demo", "demopass", "demo", &proxy.url),
+    )
+    .await;
+    let seen = app
+        .watch_until_final("alice", &ticket, Duration::from_secs(60))
+        .await;
+    let took = started.elapsed();
+    println!("bound: attempt deadline (4 s) on a 16 s upload: the ticket ended in {took:?}");
+    let last = seen.last().unwrap();
+    assert_eq!(last["error"], true, "{seen:#?}");
+    assert_eq!(
+        last["errorMessage"],
+        "gave up retrying: the attempt ran past worker.attempt_deadline_secs (4 s)",
+        "{last}"
+    );
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+    let cloud = DemoCloud::login().await;
+    let left = cloud
+        .images_of_ticket(&app.ticket_key(ticket_id(&ticket)).await)
+        .await;
+    assert!(
+        left.is_empty(),
+        "the cut upload's image was removed: {left:#?}"
+    );
+    app.stop().await;
+}

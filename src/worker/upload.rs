@@ -13,7 +13,7 @@ use tokio_util::io::ReaderStream;
 use crate::cloud::{Cause, CloudError, Glance};
 use crate::metrics_catalog;
 
-use super::attempt::{AttemptError, Job};
+use super::attempt::{past_deadline, AttemptError, Job};
 use super::progress::upload_progress;
 
 /// Read size for the upload stream: large enough for full-speed loopback, small enough that
@@ -31,6 +31,7 @@ impl Job<'_> {
         image_id: &str,
         file: tokio::fs::File,
         of: &str,
+        deadline: tokio::time::Instant,
     ) -> Result<(), AttemptError> {
         let total = self.image.size_bytes;
         let sent = Arc::new(AtomicU64::new(0));
@@ -67,6 +68,10 @@ impl Job<'_> {
                 result = &mut upload => { result?; break; }
                 // Dropping `upload` closes the connection: Glance puts the image back to queued.
                 _ = self.cancel.cancelled() => return Err(AttemptError::Cancelled),
+                _ = tokio::time::sleep_until(deadline) => {
+                    let limit = self.worker.settings.attempt_deadline_secs.max(1);
+                    return Err(past_deadline(Duration::from_secs(limit)));
+                }
                 _ = tick.tick() => {
                     let now_sent = sent.load(Ordering::Relaxed);
                     if now_sent != last_sent {
