@@ -57,6 +57,12 @@ pub struct WorkerSettings {
     pub rescue_interval_secs: u64,
     /// On SIGTERM, how long running uploads may take to finish before they are handed back.
     pub shutdown_grace_secs: u64,
+    /// One attempt (login, create, upload, read back) that runs longer ends, transient.
+    pub attempt_deadline_secs: u64,
+    /// An upload that sends fewer than `upload_min_bytes_per_sec` on average over
+    /// `upload_stall_window_secs` is cut (transient): a trickling cloud cannot pin a slot.
+    pub upload_min_bytes_per_sec: u64,
+    pub upload_stall_window_secs: u64,
     pub retry: RetrySettings,
 }
 
@@ -73,14 +79,33 @@ pub struct RetrySettings {
     pub deadline_secs: u64,
 }
 
-/// Which cloud addresses users may make the service call: `cloud::AddressPolicy` enforces it.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Which cloud addresses users may make the service call (`cloud::AddressPolicy` enforces
+/// it), and how long one cloud call may take.
+#[derive(Debug, Clone, Deserialize)]
 pub struct CloudSettings {
     /// Loopback addresses allowed (development against a local lab).
     pub allow_loopback: bool,
     /// When not empty, the only hosts allowed: names, `*.` wildcards, addresses or networks.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Longest wait for one cloud call but the upload (login, create, read back, delete,
+    /// list), its answer read included, in milliseconds.
+    #[serde(default = "default_call_timeout_ms")]
+    pub call_timeout_ms: u64,
+}
+
+fn default_call_timeout_ms() -> u64 {
+    60_000
+}
+
+impl Default for CloudSettings {
+    fn default() -> CloudSettings {
+        CloudSettings {
+            allow_loopback: false,
+            allowed_hosts: vec![],
+            call_timeout_ms: default_call_timeout_ms(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -22,6 +22,7 @@
 //! | · `keystone`  | Keystone v3 login, wrong password told from unreachable project          |
 //! | · `glance`    | Glance v2 calls: create, upload, read back, delete, find by ticket       |
 //! | · `address_policy` | the SSRF guard: URLs, resolved addresses, redirects                 |
+//! | · `answer`    | every call bounded: call timeout, answer sizes read, no decompression   |
 //! | · `error`     | `CloudError`, `Cause`, the transient/permanent classifier               |
 //! | [`store`]     | Postgres: users and credentials, images, tickets; all the SQL            |
 //! | [`retry`]     | backoff with full jitter, attempts and deadline, for transient failures  |

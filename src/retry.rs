@@ -1,5 +1,5 @@
 //! Retrying transient failures: exponential backoff (backon's policy) with full jitter, a cap,
-//! a maximum number of attempts and a total deadline; `Retry-After` is honoured.
+//! a maximum number of attempts and a total deadline; `Retry-After` is honoured up to the cap.
 
 use std::future::Future;
 use std::time::Duration;
@@ -39,10 +39,11 @@ impl<E: std::fmt::Display> RetryNotice<'_, E> {
     }
 }
 
-/// Full jitter: uniform in [0, `delay`], but never sooner than the cloud asked.
-fn full_jitter(delay: Duration, retry_after: Option<Duration>) -> Duration {
+/// Full jitter: uniform in [0, `delay`], but never sooner than the cloud asked, up to `cap`
+/// (a cloud asking for hours is not obeyed).
+fn full_jitter(delay: Duration, retry_after: Option<Duration>, cap: Duration) -> Duration {
     let jittered = delay.mul_f64(rand::random::<f64>());
-    retry_after.map_or(jittered, |ra| jittered.max(ra))
+    retry_after.map_or(jittered, |ra| jittered.max(ra.min(cap)))
 }
 
 /// Runs `op` (given the attempt number, from 1) until it succeeds, fails permanently, runs
@@ -64,9 +65,10 @@ where
     let started = Instant::now();
     let deadline = Duration::from_secs(settings.deadline_secs);
     let max_attempts = settings.max_attempts.max(1);
+    let max_delay = Duration::from_millis(settings.max_delay_ms);
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(settings.min_delay_ms))
-        .with_max_delay(Duration::from_millis(settings.max_delay_ms))
+        .with_max_delay(max_delay)
         .with_factor(2.0)
         .with_max_times(max_attempts as usize - 1)
         .build();
@@ -82,7 +84,7 @@ where
         let Some(base) = delays.next() else {
             return Err(error);
         };
-        let delay = full_jitter(base, error.retry_after());
+        let delay = full_jitter(base, error.retry_after(), max_delay);
         if started.elapsed() + delay > deadline {
             return Err(error);
         }
@@ -228,22 +230,35 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn honours_retry_after() {
-        let script = vec![Err(Fault::Transient(Some(Duration::from_secs(30)))), Ok(1)];
+        // 7 s: above the first delay (1 s), under the cap (8 s).
+        let script = vec![Err(Fault::Transient(Some(Duration::from_secs(7)))), Ok(1)];
         let (result, _, elapsed, notices) = run_script(settings(6, 3600), script).await;
         assert_eq!(result, Ok(1));
         assert_eq!(
             notices[0].1,
-            Duration::from_secs(30),
+            Duration::from_secs(7),
             "waits what Retry-After asks"
         );
-        assert!(elapsed >= Duration::from_secs(30));
+        assert!(elapsed >= Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_capped_by_the_max_delay() {
+        let script = vec![
+            Err(Fault::Transient(Some(Duration::from_secs(999_999)))),
+            Ok(1),
+        ];
+        let (result, _, elapsed, notices) = run_script(settings(6, 3600), script).await;
+        assert_eq!(result, Ok(1));
+        assert_eq!(notices[0].1, Duration::from_secs(8), "capped at max_delay");
+        assert!(elapsed < Duration::from_secs(9), "{elapsed:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn stops_at_the_deadline() {
-        // A Retry-After beyond the deadline ends it at once.
+        // A (capped) Retry-After beyond the deadline ends it at once.
         let script = vec![Err(Fault::Transient(Some(Duration::from_secs(120)))), Ok(1)];
-        let (result, attempts, elapsed, _) = run_script(settings(6, 60), script).await;
+        let (result, attempts, elapsed, _) = run_script(settings(6, 5), script).await;
         assert_eq!(
             result,
             Err(Fault::Transient(Some(Duration::from_secs(120))))

@@ -9,7 +9,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::fault_proxy::FaultProxy;
-use common::{publish_json, publish_json_via, spawn_app, DemoCloud, TestApp, PASSWORD};
+use common::{
+    publish_json, publish_json_via, spawn_app, spawn_app_with, DemoCloud, TestApp, PASSWORD,
+};
 use reqwest::StatusCode;
 
 const MIB: u64 = 1 << 20;
@@ -431,5 +433,179 @@ async fn delete_keeps_the_cloud_image_unless_asked_to_remove_it() {
         StatusCode::NOT_FOUND
     );
     cloud.delete(&kept_id).await;
+    app.stop().await;
+}
+
+/// The bounds of issue 12: a test app whose worker makes at most `attempts` attempts, with
+/// small bounds (5 s per cloud call: the shared lab can be slow; 64 KiB/s over 3 s for
+/// uploads).
+async fn bounded_app(attempts: u32) -> TestApp {
+    let app = spawn_app_with(true, |s| {
+        s.cloud.call_timeout_ms = 5000;
+        s.worker.upload_min_bytes_per_sec = 64 * 1024;
+        s.worker.upload_stall_window_secs = 3;
+        s.worker.retry.max_attempts = attempts;
+    })
+    .await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    app
+}
+
+#[tokio::test]
+async fn a_glance_read_back_that_never_answers_ends_at_the_call_timeout() {
+    let app = bounded_app(2).await;
+    let proxy = FaultProxy::start("127.0.0.1:9292").await;
+    proxy.hang("GET", "/v2/images/", 10); // the read-back, not the list (`/v2/images?…`)
+    let file = app.raw_file("hang.raw", MIB as usize);
+    let image = app.register_image("alice", &file, "raw").await;
+    let started = Instant::now();
+    let ticket = publish(
+        &app,
+        &image.uri(),
+        publish_json_via("hung read-back", "demo", "demopass", "demo", &proxy.url),
+    )
+    .await;
+    let seen = app
+        .watch_until_final("alice", &ticket, Duration::from_secs(60))
+        .await;
+    let took = started.elapsed();
+    println!("bound: call timeout (5 s) x 2 attempts: the ticket ended in {took:?}");
+    let last = seen.last().unwrap();
+    assert_eq!(last["error"], true, "{seen:#?}");
+    let message = last["errorMessage"].as_str().unwrap();
+    assert!(
+        message.starts_with("gave up retrying: Glance, reading image")
+            && message.contains("no answer within 5 s (cloud.call_timeout_ms)"),
+        "{message}"
+    );
+    let read_backs = proxy
+        .seen()
+        .iter()
+        .filter(|r| r.starts_with("GET /v2/images/"))
+        .count();
+    assert_eq!(
+        read_backs,
+        2,
+        "each attempt hit the bound: {:?}",
+        proxy.seen()
+    );
+    // Two read-backs of 5 s each, a retry wait under 2 s, two 1 MiB uploads.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    let cloud = DemoCloud::login().await;
+    let left = cloud
+        .images_of_ticket(&app.ticket_key(ticket_id(&ticket)).await)
+        .await;
+    assert!(left.is_empty(), "each attempt removed its image: {left:#?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_upload_drained_at_1_kib_per_s_is_cut_by_the_stall_rule() {
+    let app = bounded_app(1).await;
+    let proxy = FaultProxy::start("127.0.0.1:9292").await;
+    proxy.throttle(1024);
+    // Larger than what the sockets' buffers take at once, so that the trickle shows.
+    let file = app.raw_file("trickle.raw", 32 * MIB as usize);
+    let image = app.register_image("alice", &file, "raw").await;
+    let ticket = publish(
+        &app,
+        &image.uri(),
+        publish_json_via("trickle", "demo", "demopass", "demo", &proxy.url),
+    )
+    .await;
+    let started = Instant::now();
+    let seen = app
+        .watch_until_final("alice", &ticket, Duration::from_secs(90))
+        .await;
+    let took = started.elapsed();
+    println!("bound: stall rule (64 KiB/s over 3 s) at 1 KiB/s: the ticket ended in {took:?}");
+    let last = seen.last().unwrap();
+    assert_eq!(last["error"], true, "{seen:#?}");
+    let message = last["errorMessage"].as_str().unwrap();
+    assert!(
+        message.contains("the upload to Glance stalled")
+            && message.contains(
+                "over the last 3 s, under worker.upload_min_bytes_per_sec (65536 bytes/s)"
+            ),
+        "{message}"
+    );
+    // The window (3 s) once the sockets' buffers are full, plus login and create through
+    // the throttled proxy.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_after_of_999999_s_waits_only_the_max_delay() {
+    let app = alice_app().await; // worker.retry.max_delay_ms = 2000 in the test settings
+    let proxy = FaultProxy::start("127.0.0.1:9292").await;
+    proxy.fail_with_retry_after("POST", "/images", 503, 999_999, 1);
+    let file = app.raw_file("ra.raw", MIB as usize);
+    let image = app.register_image("alice", &file, "raw").await;
+    let started = Instant::now();
+    let ticket = publish(
+        &app,
+        &image.uri(),
+        publish_json_via("retry-after 999999", "demo", "demopass", "demo", &proxy.url),
+    )
+    .await;
+    let seen = app
+        .watch_until_final("alice", &ticket, Duration::from_secs(60))
+        .await;
+    let took = started.elapsed();
+    println!("bound: Retry-After 999999 capped by max_delay_ms (2 s): published in {took:?}");
+    assert_eq!(seen.last().unwrap()["complete"], true, "{seen:#?}");
+    assert!(
+        messages(&seen)
+            .iter()
+            .any(|m| m.starts_with("retrying in 2 s, attempt 2 of 6")),
+        "{seen:#?}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let cloud = DemoCloud::login().await;
+    cloud.delete(&cloud_id(&app, &ticket).await.unwrap()).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_deadline_ends_and_leaves_nothing() {
+    let app = spawn_app_with(true, |s| {
+        s.worker.attempt_deadline_secs = 4;
+        s.worker.retry.max_attempts = 1;
+    })
+    .await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let proxy = FaultProxy::start("127.0.0.1:9292").await;
+    proxy.throttle(2 * MIB); // well above the stall rule, but 32 MiB take 16 s
+    let file = app.raw_file("long.raw", 32 * MIB as usize);
+    let image = app.register_image("alice", &file, "raw").await;
+    let started = Instant::now();
+    let ticket = publish(
+        &app,
+        &image.uri(),
+        publish_json_via("too long", "demo", "demopass", "demo", &proxy.url),
+    )
+    .await;
+    let seen = app
+        .watch_until_final("alice", &ticket, Duration::from_secs(60))
+        .await;
+    let took = started.elapsed();
+    println!("bound: attempt deadline (4 s) on a 16 s upload: the ticket ended in {took:?}");
+    let last = seen.last().unwrap();
+    assert_eq!(last["error"], true, "{seen:#?}");
+    assert_eq!(
+        last["errorMessage"],
+        "gave up retrying: the attempt ran past worker.attempt_deadline_secs (4 s)",
+        "{last}"
+    );
+    assert!(took < Duration::from_secs(12), "took {took:?}");
+    let cloud = DemoCloud::login().await;
+    let left = cloud
+        .images_of_ticket(&app.ticket_key(ticket_id(&ticket)).await)
+        .await;
+    assert!(
+        left.is_empty(),
+        "the cut upload's image was removed: {left:#?}"
+    );
     app.stop().await;
 }

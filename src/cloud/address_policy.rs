@@ -28,6 +28,11 @@ impl From<CloudSettings> for AddressPolicy {
 }
 
 impl AddressPolicy {
+    /// How long one cloud call may take (the settings travel with the policy).
+    pub(super) fn call_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.settings.call_timeout_ms.max(1))
+    }
+
     /// `Err` says, in words for the user, why `url` may not be called.
     pub fn check_url(&self, url: &url::Url) -> Result<(), String> {
         let refuse = |why: &str| Err(format!("'{url}' {why}"));
@@ -62,6 +67,14 @@ impl AddressPolicy {
     /// `Err` says why the address may not be called.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), String> {
         let ip = match ip {
+            // `::a.b.c.d` (deprecated, RFC 4291): some stacks reach a.b.c.d through it.
+            IpAddr::V6(v6)
+                if v6.segments()[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified() =>
+            {
+                return Err(format!(
+                    "is an IPv4-compatible IPv6 address ({v6}): pimage never calls those"
+                ));
+            }
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
@@ -121,8 +134,8 @@ fn parse_network(entry: &str) -> Option<(IpAddr, u32)> {
     (bits <= full).then_some((addr, bits))
 }
 
-/// Why the resolver refused a name, kept for the error message: osauth's errors drop their
-/// source, so the refusal cannot be read back from the failed call.
+/// Why the resolver refused a name, kept for the error message: the failed call's error
+/// only says that resolving failed.
 pub(super) type Refusal = Arc<std::sync::Mutex<Option<String>>>;
 
 /// Resolves names, keeping only the addresses the policy allows.
@@ -176,6 +189,10 @@ mod tests {
             "http://[fe80::1]:5000",
             "http://[::ffff:169.254.169.254]/",
             "http://0.0.0.0:5000",
+            "http://[::127.0.0.1]:5000",
+            "http://[::169.254.169.254]/",
+            "http://[::ffff:0.0.0.0]:5000",
+            "http://[::]:5000",
             "http://127.0.0.1:5000",
             "http://[::1]:5000",
             "http://user:pw@keystone.example.com",
@@ -195,15 +212,26 @@ mod tests {
             ..Default::default()
         });
         assert!(dev.check_url(&url("http://127.0.0.1:5000")).is_ok());
-        assert!(dev.check_url(&url("http://169.254.169.254/")).is_err());
+        for bad in [
+            "http://169.254.169.254/",
+            "http://[fe80::a9fe:a9fe]/",
+            "http://0.0.0.0:5000",
+            "http://[::127.0.0.1]:5000",
+            "http://224.0.0.1/",
+        ] {
+            assert!(dev.check_url(&url(bad)).is_err(), "dev: {bad}");
+        }
+        assert!(dev
+            .check_url(&url("http://[::ffff:127.0.0.1]:5000"))
+            .is_ok());
 
         let listed = AddressPolicy::from(CloudSettings {
-            allow_loopback: false,
             allowed_hosts: vec![
                 "*.cloud.example.com".into(),
                 "10.0.0.0/8".into(),
                 "keystone.example.org".into(),
             ],
+            ..Default::default()
         });
         assert!(listed
             .check_url(&url("https://k.cloud.example.com"))

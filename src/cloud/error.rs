@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use osauth::ErrorKind;
 use reqwest::header::RETRY_AFTER;
 use reqwest::Response;
+
+use super::answer::{read_at_most, MAX_ERROR_BYTES};
 
 /// Longest cloud answer kept as detail.
 const MAX_DETAIL: usize = 2000;
@@ -26,6 +27,9 @@ pub enum Cause {
     Config,
     /// Glance answered, but not with what it should have.
     BadAnswer,
+    /// One of our bounds was hit (call timeout, upload stall, attempt deadline): transient,
+    /// and the summary names the bound.
+    Bound,
 }
 
 /// A failure talking to the cloud: `summary` is for the user, `detail` is the cloud's answer.
@@ -38,41 +42,18 @@ pub struct CloudError {
 }
 
 impl CloudError {
-    pub(super) fn from_osauth(summary: impl Into<String>, err: &osauth::Error) -> CloudError {
-        let cause = match err.kind() {
-            ErrorKind::ProtocolError | ErrorKind::OperationTimedOut => Cause::Transport,
-            ErrorKind::InternalServerError => Cause::Http {
-                status: 500,
-                retry_after: None,
-            },
-            ErrorKind::AuthenticationFailed => Cause::Http {
-                status: 401,
-                retry_after: None,
-            },
-            ErrorKind::AccessDenied => Cause::Http {
-                status: 403,
-                retry_after: None,
-            },
-            ErrorKind::ResourceNotFound | ErrorKind::EndpointNotFound => Cause::Http {
-                status: 404,
-                retry_after: None,
-            },
-            ErrorKind::Conflict => Cause::Http {
-                status: 409,
-                retry_after: None,
-            },
-            ErrorKind::InvalidConfig => Cause::Config,
-            ErrorKind::InvalidInput => Cause::Http {
-                status: 400,
-                retry_after: None,
-            },
-            _ => Cause::BadAnswer,
-        };
-        CloudError {
-            summary: summary.into(),
-            detail: Some(clip(err.to_string())),
-            cause,
+    /// A request that got no answer; a refused redirect is permanent (following it can
+    /// never be allowed), everything else transient.
+    pub(super) fn sending(summary: impl Into<String>, err: &reqwest::Error) -> CloudError {
+        let summary = summary.into();
+        if err.is_redirect() {
+            return CloudError {
+                summary: format!("{summary}: {}", error_chain(err)),
+                detail: None,
+                cause: Cause::Config,
+            };
         }
+        CloudError::transport(summary, err)
     }
 
     pub(super) fn transport(summary: impl Into<String>, err: &reqwest::Error) -> CloudError {
@@ -90,7 +71,7 @@ impl CloudError {
     /// scope, 400, 403, 404, 409, 413 (quota, size), 415 (format), bad settings.
     pub fn is_transient(&self) -> bool {
         match &self.cause {
-            Cause::Transport => true,
+            Cause::Transport | Cause::Bound => true,
             Cause::Http { status, .. } => matches!(status, 401 | 408 | 429 | 500..=599),
             Cause::LoginRefused | Cause::Config | Cause::BadAnswer => false,
         }
@@ -138,7 +119,8 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Turns an error answer into a `CloudError` (keeping status and `Retry-After`).
+/// Turns an error answer into a `CloudError` (keeping status and `Retry-After`); reads at
+/// most `MAX_ERROR_BYTES` of it.
 pub(super) async fn check(
     response: Response,
     summary: impl FnOnce(u16) -> String,
@@ -153,7 +135,10 @@ pub(super) async fn check(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let body = response.text().await.unwrap_or_default();
+    let (body, _) = read_at_most(response, MAX_ERROR_BYTES)
+        .await
+        .unwrap_or_default();
+    let body = String::from_utf8_lossy(&body);
     Err(CloudError {
         summary: summary(status.as_u16()),
         detail: Some(clip(format!("HTTP {status}: {}", glance_message(&body)))),

@@ -1,13 +1,18 @@
-//! Glance v2: create, upload, read back, delete and find a ticket's images, through a
-//! session logged in by `keystone`.
+//! Glance v2: create, upload, read back, delete and find a ticket's images, with a token
+//! from `keystone`; every call but the upload within the call timeout, answers read within
+//! the bounds of `answer`.
 
-use osauth::services::IMAGE;
-use osauth::Session;
+use std::sync::{Arc, Mutex};
+
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 
-use super::error::{check, Cause, CloudError};
-use super::CALL_TIMEOUT;
+use super::answer::{json, within};
+use super::error::{check, CloudError};
+use super::keystone::log_in;
+use super::{AddressPolicy, OpenStackAccount};
+use crate::secrets::Secret;
 
 /// Glance property naming the ticket an image belongs to: a retried job finds its image by it.
 pub const TICKET_PROPERTY: &str = "pimage_ticket";
@@ -16,7 +21,72 @@ pub const TICKET_PROPERTY: &str = "pimage_ticket";
 #[derive(Clone)]
 pub struct Glance {
     /// Set up by `Glance::login` (keystone.rs).
-    pub(super) session: Session,
+    pub(super) session: Arc<Session>,
+}
+
+/// The client, Glance's v2 base URL, and the token (renewed on a 401: tokens expire, and
+/// an upload may outlast one).
+pub(super) struct Session {
+    pub(super) client: reqwest::Client,
+    pub(super) base: url::Url,
+    pub(super) token: Mutex<Secret>,
+    pub(super) account: OpenStackAccount,
+    pub(super) policy: AddressPolicy,
+}
+
+/// Glance's v2 API under an endpoint given with or without its version (`/v2/`, ending in
+/// a slash so that paths append).
+pub(super) fn glance_v2(mut url: url::Url) -> url::Url {
+    let path = url.path().trim_end_matches('/').to_string();
+    let versioned = path.ends_with("/v2") || path.ends_with("/v2.0");
+    url.set_path(&if versioned {
+        format!("{path}/")
+    } else {
+        format!("{path}/v2/")
+    });
+    url.set_query(None);
+    url
+}
+
+impl Glance {
+    fn url(&self, segments: &[&str]) -> url::Url {
+        let mut url = self.session.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    fn token(&self) -> Secret {
+        self.session
+            .token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sends the request `build` makes with the token; on a 401, logs in again once and
+    /// sends it anew.
+    async fn send(
+        &self,
+        unreachable: &str,
+        build: impl Fn(&reqwest::Client, &str) -> RequestBuilder,
+    ) -> Result<Response, CloudError> {
+        let (session, build) = (&self.session, &build);
+        let send = |token: Secret| async move {
+            build(&session.client, token.expose())
+                .send()
+                .await
+                .map_err(|e| CloudError::sending(unreachable, &e))
+        };
+        let response = send(self.token()).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let (_, token, _) = log_in(&session.account, &session.policy).await?;
+        *session.token.lock().unwrap_or_else(|e| e.into_inner()) = token.clone();
+        send(token).await
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +98,10 @@ pub struct GlanceImage {
 }
 
 impl Glance {
+    fn timeout(&self) -> std::time::Duration {
+        self.session.policy.call_timeout()
+    }
+
     /// Creates an empty (queued) image carrying the ticket property.
     pub async fn create_image(
         &self,
@@ -43,39 +117,35 @@ impl Glance {
             "visibility": if public { "public" } else { "private" },
             TICKET_PROPERTY: ticket_key,
         });
-        let response = self
-            .session
-            .post(IMAGE, &["images"])
-            .timeout(CALL_TIMEOUT)
-            .header(ACCEPT, "application/json")
-            .json(&body)
-            .send_unchecked()
-            .await
-            .map_err(|e| {
-                CloudError::from_osauth("could not reach Glance to create the image", &e)
-            })?;
-        let response = check(response, |status| match status {
-            403 if public => "Glance refused to create a public image: this cloud account may not publish \
-                              public images (publish with publicImage=false, or ask the cloud administrator)"
-                .to_string(),
-            403 => "Glance refused to create the image (forbidden)".into(),
-            400 => format!("Glance refused the image definition (disk format '{disk_format}', name '{name}')"),
-            413 => "Glance refused the image: quota exceeded".into(),
-            s => format!("Glance failed to create the image (HTTP {s})"),
-        })
-        .await?;
-        response
-            .json::<GlanceImage>()
-            .await
-            .map_err(|e| CloudError {
-                summary: "Glance answered the image creation with something unreadable".into(),
-                detail: Some(e.to_string()),
-                cause: Cause::BadAnswer,
+        let url = self.url(&["images"]);
+        within(self.timeout(), "Glance, creating the image", async {
+            let response = self
+                .send("could not reach Glance to create the image", |client, token| {
+                    client
+                        .post(url.clone())
+                        .header("x-auth-token", token)
+                        .header(ACCEPT, "application/json")
+                        .json(&body)
+                })
+                .await?;
+            let response = check(response, |status| match status {
+                403 if public => "Glance refused to create a public image: this cloud account may not publish \
+                                  public images (publish with publicImage=false, or ask the cloud administrator)"
+                    .to_string(),
+                403 => "Glance refused to create the image (forbidden)".into(),
+                400 => format!("Glance refused the image definition (disk format '{disk_format}', name '{name}')"),
+                413 => "Glance refused the image: quota exceeded".into(),
+                s => format!("Glance failed to create the image (HTTP {s})"),
             })
+            .await?;
+            json(response, "Glance answered the image creation").await
+        })
+        .await
     }
 
     /// Streams `body` (exactly `length` bytes) into the image. Sent with a Content-Length and
     /// no `Expect: 100-continue`: Glance behind uwsgi refuses large chunks and never answers 100.
+    /// No time limit here: the upload's own watchdog (worker::upload) bounds it.
     pub async fn upload(
         &self,
         image_id: &str,
@@ -84,14 +154,16 @@ impl Glance {
     ) -> Result<(), CloudError> {
         let response = self
             .session
-            .put(IMAGE, &["images", image_id, "file"])
+            .client
+            .put(self.url(&["images", image_id, "file"]))
+            .header("x-auth-token", self.token().expose())
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, length)
             .body(body)
-            .send_unchecked()
+            .send()
             .await
-            .map_err(|e| CloudError::from_osauth("the upload to Glance was cut off", &e))?;
+            .map_err(|e| CloudError::sending("the upload to Glance was cut off", &e))?;
         check(response, |status| match status {
             413 => "Glance refused the image data: quota or size limit exceeded".to_string(),
             415 | 400 => {
@@ -105,43 +177,57 @@ impl Glance {
         .map(|_| ())
     }
 
-    /// Reads an image back (status, checksum, size) through the `openstack` crate.
+    /// Reads an image back (status, checksum, size).
     pub async fn image(&self, image_id: &str) -> Result<GlanceImage, CloudError> {
-        let cloud = openstack::Cloud::from(self.session.clone());
-        let image = cloud.get_image(image_id).await.map_err(|e| {
-            CloudError::from_osauth(format!("could not read Glance image {image_id}"), &e)
-        })?;
-        Ok(GlanceImage {
-            id: image.id().clone(),
-            status: image.status().to_string(),
-            checksum: image.checksum().clone(),
-            size: image.size(),
+        let url = self.url(&["images", image_id]);
+        let what = format!("Glance, reading image {image_id} back");
+        within(self.timeout(), &what, async {
+            let unreachable = format!("could not read Glance image {image_id}");
+            let response = self
+                .send(&unreachable, |client, token| {
+                    client
+                        .get(url.clone())
+                        .header("x-auth-token", token)
+                        .header(ACCEPT, "application/json")
+                })
+                .await?;
+            let response = check(response, |s| {
+                format!("could not read Glance image {image_id} (HTTP {s})")
+            })
+            .await?;
+            json(
+                response,
+                &format!("Glance answered the read of image {image_id}"),
+            )
+            .await
         })
+        .await
     }
 
     /// Deletes an image; an image that is already gone counts as deleted.
     pub async fn delete_image(&self, image_id: &str) -> Result<(), CloudError> {
-        let response = self
-            .session
-            .delete(IMAGE, &["images", image_id])
-            .timeout(CALL_TIMEOUT)
-            .header(ACCEPT, "application/json")
-            .send_unchecked()
+        let url = self.url(&["images", image_id]);
+        let what = format!("Glance, deleting image {image_id}");
+        within(self.timeout(), &what, async {
+            let unreachable = format!("could not reach Glance to delete image {image_id}");
+            let response = self
+                .send(&unreachable, |client, token| {
+                    client
+                        .delete(url.clone())
+                        .header("x-auth-token", token)
+                        .header(ACCEPT, "application/json")
+                })
+                .await?;
+            if response.status() == StatusCode::NOT_FOUND {
+                return Ok(());
+            }
+            check(response, |s| {
+                format!("Glance refused to delete image {image_id} (HTTP {s})")
+            })
             .await
-            .map_err(|e| {
-                CloudError::from_osauth(
-                    format!("could not reach Glance to delete image {image_id}"),
-                    &e,
-                )
-            })?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(());
-        }
-        check(response, |s| {
-            format!("Glance refused to delete image {image_id} (HTTP {s})")
+            .map(|_| ())
         })
         .await
-        .map(|_| ())
     }
 
     /// The images carrying this ticket's property.
@@ -150,27 +236,43 @@ impl Glance {
         struct Page {
             images: Vec<GlanceImage>,
         }
-        let response = self
-            .session
-            .get(IMAGE, &["images"])
-            .timeout(CALL_TIMEOUT)
-            .header(ACCEPT, "application/json")
-            .query(&[(TICKET_PROPERTY, ticket_key)])
-            .send_unchecked()
-            .await
-            .map_err(|e| CloudError::from_osauth("could not reach Glance to list images", &e))?;
-        let response = check(response, |s| {
-            format!("Glance failed to list images (HTTP {s})")
-        })
-        .await?;
-        response
-            .json::<Page>()
-            .await
-            .map(|p| p.images)
-            .map_err(|e| CloudError {
-                summary: "Glance answered the image list with something unreadable".into(),
-                detail: Some(e.to_string()),
-                cause: Cause::BadAnswer,
-            })
+        let url = self.url(&["images"]);
+        within(
+            self.timeout(),
+            "Glance, listing the ticket's images",
+            async {
+                let response = self
+                    .send("could not reach Glance to list images", |client, token| {
+                        client
+                            .get(url.clone())
+                            .header("x-auth-token", token)
+                            .header(ACCEPT, "application/json")
+                            .query(&[(TICKET_PROPERTY, ticket_key)])
+                    })
+                    .await?;
+                let response = check(response, |s| {
+                    format!("Glance failed to list images (HTTP {s})")
+                })
+                .await?;
+                json::<Page>(response, "Glance answered the image list")
+                    .await
+                    .map(|p| p.images)
+            },
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glance_endpoints_with_or_without_their_version_lead_to_v2() {
+        let v2 = |u: &str| glance_v2(url::Url::parse(u).unwrap()).to_string();
+        assert_eq!(v2("http://g:9292"), "http://g:9292/v2/");
+        assert_eq!(v2("http://g:9292/"), "http://g:9292/v2/");
+        assert_eq!(v2("http://g/image/v2"), "http://g/image/v2/");
+        assert_eq!(v2("http://g/image/v2.0/"), "http://g/image/v2.0/");
     }
 }

@@ -1,13 +1,43 @@
-//! Keystone v3: logging in (scoped to a project), checking every address against the
-//! policy, and telling a wrong password from an unreachable project.
+//! Keystone v3: logging in (scoped to a project), finding Glance in the catalog, checking
+//! every address against the policy BEFORE connecting, and telling a wrong password from an
+//! unreachable project. Answers are read within the bounds of `answer`.
 
-use osauth::common::IdOrName;
-use osauth::identity::Password;
-use osauth::services::IMAGE;
-use osauth::{ErrorKind, Session};
+use std::sync::Arc;
 
-use super::error::{clip, Cause, CloudError};
-use super::{http_client, AddressPolicy, Glance, OpenStackAccount, CALL_TIMEOUT};
+use reqwest::StatusCode;
+use serde::Deserialize;
+
+use super::answer::{json, within};
+use super::error::{check, clip, Cause, CloudError};
+use super::glance::{glance_v2, Session};
+use super::{http_client, AddressPolicy, Glance, OpenStackAccount};
+use crate::secrets::Secret;
+
+/// The part of a Keystone token answer pimage reads: the catalog.
+#[derive(Deserialize)]
+struct TokenAnswer {
+    token: Token,
+}
+
+#[derive(Deserialize)]
+struct Token {
+    #[serde(default)]
+    catalog: Vec<CatalogService>,
+}
+
+#[derive(Deserialize)]
+struct CatalogService {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    endpoints: Vec<CatalogEndpoint>,
+}
+
+#[derive(Deserialize)]
+struct CatalogEndpoint {
+    interface: String,
+    url: String,
+}
 
 impl Glance {
     /// Logs in to Keystone v3 (user in `domain`, scoped to `project` in the same domain).
@@ -16,112 +46,156 @@ impl Glance {
         account: &OpenStackAccount,
         policy: &AddressPolicy,
     ) -> Result<Glance, CloudError> {
-        let refused = |name: &str, why: String| CloudError {
-            summary: format!("{name} {why}"),
-            detail: None,
-            cause: Cause::Config,
-        };
-        let keystone = url::Url::parse(&account.keystone_url).map_err(|e| CloudError {
-            summary: format!("keystoneUrl '{}' is not a valid URL", account.keystone_url),
-            detail: Some(e.to_string()),
-            cause: Cause::Config,
-        })?;
-        policy
-            .check_url(&keystone)
-            .map_err(|why| refused("keystoneUrl", why))?;
-        let (client, refusal) = http_client(policy)?;
-        // A name resolved only to addresses the policy forbids: permanent, and said plainly.
-        let resolver_refused = |summary: String| {
-            refusal
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .map(|why| CloudError {
-                    summary: format!("{summary}: {why}"),
-                    detail: None,
-                    cause: Cause::Config,
-                })
-        };
-        let auth = Password::new(
-            &account.keystone_url,
-            account.user.clone(),
-            account.password.expose(),
-            account.domain.clone(),
-        )
-        .map_err(|e| CloudError {
-            summary: format!("keystoneUrl '{}' is not a valid URL", account.keystone_url),
-            detail: Some(e.to_string()),
-            cause: Cause::Config,
-        })?
-        .with_project_scope(
-            IdOrName::from_name(account.project.clone()),
-            IdOrName::from_name(account.domain.clone()),
-        );
-        let login =
-            tokio::time::timeout(CALL_TIMEOUT, Session::new_with_client(client.clone(), auth));
-        let login = login.await.map_err(|_| CloudError {
-            summary: format!(
-                "Keystone at '{}' did not answer within {} s",
-                account.keystone_url,
-                CALL_TIMEOUT.as_secs()
-            ),
-            detail: None,
-            cause: Cause::Transport,
-        })?;
-        let mut session = match login {
-            Ok(s) => s,
-            Err(e) if e.kind() == ErrorKind::AuthenticationFailed => {
-                return Err(explain_refused_login(&client, account, &e).await)
-            }
-            Err(e) => {
-                if let Some(error) = resolver_refused(format!(
-                    "may not call Keystone at '{}'",
-                    account.keystone_url
-                )) {
-                    return Err(error);
-                }
-                let summary = match e.kind() {
-                    ErrorKind::ProtocolError | ErrorKind::OperationTimedOut => {
-                        format!("could not reach Keystone at '{}'", account.keystone_url)
-                    }
-                    ErrorKind::ResourceNotFound => {
-                        format!(
-                            "no Keystone v3 identity service at '{}' (check keystoneUrl)",
-                            account.keystone_url
-                        )
-                    }
-                    _ => format!(
-                        "Keystone at '{}' failed to log in user '{}'",
-                        account.keystone_url, account.user
-                    ),
-                };
-                return Err(CloudError::from_osauth(summary, &e));
-            }
-        };
-        if let Some(url) = &account.glance_url {
-            let url = url::Url::parse(url).map_err(|e| CloudError {
-                summary: format!("glanceUrl '{url}' is not a valid URL"),
-                detail: Some(e.to_string()),
-                cause: Cause::Config,
-            })?;
+        let (client, token, glance) = log_in(account, policy).await?;
+        Ok(Glance {
+            session: Arc::new(Session {
+                client,
+                base: glance,
+                token: std::sync::Mutex::new(token),
+                account: account.clone(),
+                policy: policy.clone(),
+            }),
+        })
+    }
+}
+
+fn refused(name: &str, why: String) -> CloudError {
+    CloudError {
+        summary: format!("{name} {why}"),
+        detail: None,
+        cause: Cause::Config,
+    }
+}
+
+fn parse(name: &str, url: &str) -> Result<url::Url, CloudError> {
+    url::Url::parse(url).map_err(|e| CloudError {
+        summary: format!("{name} '{url}' is not a valid URL"),
+        detail: Some(e.to_string()),
+        cause: Cause::Config,
+    })
+}
+
+/// The token endpoint under a Keystone URL given with or without its `/v3`.
+fn tokens_url(keystone_url: &str) -> String {
+    let base = keystone_url.trim_end_matches('/');
+    if base.ends_with("/v3") {
+        format!("{base}/auth/tokens")
+    } else {
+        format!("{base}/v3/auth/tokens")
+    }
+}
+
+/// A new token: the client it goes with, the token, and Glance's v2 base URL (checked).
+pub(super) async fn log_in(
+    account: &OpenStackAccount,
+    policy: &AddressPolicy,
+) -> Result<(reqwest::Client, Secret, url::Url), CloudError> {
+    let keystone = parse("keystoneUrl", &account.keystone_url)?;
+    policy
+        .check_url(&keystone)
+        .map_err(|why| refused("keystoneUrl", why))?;
+    // The glanceUrl given is checked before anything is sent.
+    let given_glance = match &account.glance_url {
+        Some(url) => {
+            let url = parse("glanceUrl", url)?;
             policy
                 .check_url(&url)
                 .map_err(|why| refused("glanceUrl", why))?;
-            session.set_endpoint_override(IMAGE, url);
-        } else {
-            // Names in the catalog are checked when resolved; addresses only here.
-            let endpoint = session
-                .get_endpoint(IMAGE, std::iter::empty::<&str>())
-                .await
-                .map_err(|e| {
-                    CloudError::from_osauth("no Glance (image service) in the Keystone catalog", &e)
-                })?;
-            policy
-                .check_url(&endpoint)
-                .map_err(|why| refused("the catalog's Glance endpoint", why))?;
+            Some(url)
         }
-        Ok(Glance { session })
-    }
+        None => None,
+    };
+    let (client, refusal) = http_client(policy)?;
+    // A name resolved only to addresses the policy forbids: permanent, and said plainly.
+    let resolver_refused = |summary: String| {
+        refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|why| CloudError {
+                summary: format!("{summary}: {why}"),
+                detail: None,
+                cause: Cause::Config,
+            })
+    };
+    let body = serde_json::json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": account.user, "domain": {"name": account.domain},
+            "password": account.password.expose()}}},
+        "scope": {"project": {"name": account.project, "domain": {"name": account.domain}}}}});
+    let what = format!("Keystone at '{}'", account.keystone_url);
+    let login = within(policy.call_timeout(), &what, async {
+        let response = client
+            .post(tokens_url(&account.keystone_url))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| {
+                resolver_refused(format!(
+                    "may not call Keystone at '{}'",
+                    account.keystone_url
+                ))
+                .unwrap_or_else(|| {
+                    CloudError::sending(
+                        format!("could not reach Keystone at '{}'", account.keystone_url),
+                        &e,
+                    )
+                })
+            })?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            let refusal = check(response, |_| String::new()).await.err();
+            return Err(explain_refused_login(&client, account, refusal).await);
+        }
+        let response = check(response, |status| match status {
+            404 => format!(
+                "no Keystone v3 identity service at '{}' (check keystoneUrl)",
+                account.keystone_url
+            ),
+            _ => format!(
+                "Keystone at '{}' failed to log in user '{}'",
+                account.keystone_url, account.user
+            ),
+        })
+        .await?;
+        let token = response
+            .headers()
+            .get("x-subject-token")
+            .and_then(|v| v.to_str().ok())
+            .map(Secret::new)
+            .ok_or_else(|| CloudError {
+                summary: format!("{what} answered the login without a token"),
+                detail: None,
+                cause: Cause::BadAnswer,
+            })?;
+        let answer: TokenAnswer = json(response, &format!("{what} answered the login")).await?;
+        Ok((token, answer.token.catalog))
+    });
+    let (token, catalog) = login.await?;
+    let glance = match given_glance {
+        Some(url) => url,
+        None => {
+            let endpoint = catalog
+                .iter()
+                .filter(|s| s.kind == "image")
+                .flat_map(|s| &s.endpoints)
+                .find(|e| e.interface == "public")
+                .ok_or_else(|| CloudError {
+                    summary: "no Glance (image service) in the Keystone catalog".into(),
+                    detail: None,
+                    cause: Cause::Http {
+                        status: 404,
+                        retry_after: None,
+                    },
+                })?;
+            // Checked before the first connection to it (the resolver checks names again).
+            let url = parse("the catalog's Glance endpoint", &endpoint.url)?;
+            policy
+                .check_url(&url)
+                .map_err(|why| refused("the catalog's Glance endpoint", why))?;
+            url
+        }
+    };
+    Ok((client, token, glance_v2(glance)))
 }
 
 /// Keystone answers 401 both to a wrong password and to a project the user cannot reach.
@@ -129,19 +203,13 @@ impl Glance {
 async fn explain_refused_login(
     client: &reqwest::Client,
     account: &OpenStackAccount,
-    err: &osauth::Error,
+    refusal: Option<CloudError>,
 ) -> CloudError {
-    let base = account.keystone_url.trim_end_matches('/');
-    let tokens = if base.ends_with("/v3") {
-        format!("{base}/auth/tokens")
-    } else {
-        format!("{base}/v3/auth/tokens")
-    };
     let body = serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
         "name": account.user, "domain": {"name": account.domain}, "password": account.password.expose()}}}}});
+    // Within the caller's call timeout; the answer's body is never read.
     let unscoped_ok = match client
-        .post(tokens)
-        .timeout(CALL_TIMEOUT)
+        .post(tokens_url(&account.keystone_url))
         .json(&body)
         .send()
         .await
@@ -162,7 +230,7 @@ async fn explain_refused_login(
     };
     CloudError {
         summary,
-        detail: Some(clip(err.to_string())),
+        detail: refusal.and_then(|e| e.detail).map(clip),
         cause: Cause::LoginRefused,
     }
 }

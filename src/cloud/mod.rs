@@ -1,5 +1,5 @@
-//! OpenStack: Keystone v3 login (osauth), Glance v2 image create / upload / delete through
-//! the osauth session, and reading an image back with the `openstack` crate.
+//! OpenStack: Keystone v3 login and Glance v2 image create / upload / read back / delete,
+//! over plain HTTP calls whose time and answer sizes are bounded (`answer`).
 //!
 //! Every failure is a `CloudError`: a summary in plain words for the user, the cloud's own
 //! answer as detail, and a `Cause` that `CloudError::is_transient` classifies.
@@ -7,6 +7,7 @@
 //! This file: the account to publish with, and the one HTTP client every call goes through.
 
 mod address_policy;
+mod answer;
 mod error;
 mod glance;
 mod keystone;
@@ -21,10 +22,6 @@ use address_policy::{GuardedResolver, Refusal};
 pub use address_policy::AddressPolicy;
 pub use error::{Cause, CloudError};
 pub use glance::{Glance, GlanceImage, TICKET_PROPERTY};
-
-/// Limit for every call but the upload (which may take hours): a hung cloud is a transient
-/// failure, not a stuck worker.
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where and as whom to publish (a `CredAccountOpenStack` plus the project scope).
 #[derive(Debug, Clone)]
@@ -56,6 +53,9 @@ fn http_client(policy: &AddressPolicy) -> Result<(reqwest::Client, Refusal), Clo
             },
         ))
         .connect_timeout(Duration::from_secs(10))
+        // Never ask for nor inflate compressed answers, should another crate switch reqwest's
+        // gzip feature on: a 254 KiB gzip answer can inflate to 256 MiB.
+        .no_gzip()
         // A few calls per ticket: a fresh connection each costs nothing next to the upload,
         // and never races a server (uwsgi http-socket) that closes idle connections.
         .pool_max_idle_per_host(0)

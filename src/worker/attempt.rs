@@ -50,6 +50,7 @@ impl AttemptError {
             AttemptError::Cloud(e) => match &e.cause {
                 crate::cloud::Cause::Http { status, .. } => format!("http_{status}"),
                 crate::cloud::Cause::Transport => "connection".into(),
+                crate::cloud::Cause::Bound => "bound".into(),
                 _ => "other".into(),
             },
             AttemptError::ChecksumMismatch { .. } => "checksum".into(),
@@ -105,9 +106,44 @@ impl From<sqlx::Error> for AttemptError {
     }
 }
 
+/// How long past the attempt deadline the removal of a cut upload's image may take.
+const REMOVAL_GRACE: Duration = Duration::from_secs(60);
+
+/// The error of an attempt that reached `worker.attempt_deadline_secs`.
+pub(super) fn past_deadline(limit: Duration) -> AttemptError {
+    AttemptError::Cloud(CloudError {
+        summary: format!(
+            "the attempt ran past worker.attempt_deadline_secs ({} s)",
+            limit.as_secs()
+        ),
+        detail: None,
+        cause: crate::cloud::Cause::Bound,
+    })
+}
+
 impl Job<'_> {
-    /// One attempt: log in, settle images left by earlier attempts, create, upload, verify.
+    /// One attempt, ended (transient) at `worker.attempt_deadline_secs`: the upload stops
+    /// at the deadline (and its image is removed as after any failure); the other steps are
+    /// each bounded by the call timeout, and the whole by the deadline plus a grace for that
+    /// removal.
     pub(super) async fn attempt(&self, attempt: u32, max: u32) -> Result<String, AttemptError> {
+        let limit = Duration::from_secs(self.worker.settings.attempt_deadline_secs.max(1));
+        let deadline = tokio::time::Instant::now() + limit;
+        tokio::time::timeout_at(
+            deadline + REMOVAL_GRACE,
+            self.attempt_steps(attempt, max, deadline),
+        )
+        .await
+        .unwrap_or_else(|_| Err(past_deadline(limit)))
+    }
+
+    /// Log in, settle images left by earlier attempts, create, upload, verify.
+    async fn attempt_steps(
+        &self,
+        attempt: u32,
+        max: u32,
+        deadline: tokio::time::Instant,
+    ) -> Result<String, AttemptError> {
         let of = if attempt > 1 {
             format!(" (attempt {attempt} of {max})")
         } else {
@@ -168,7 +204,7 @@ impl Job<'_> {
         .await
         {
             Ok(true) => {
-                self.upload_and_verify(&glance, &created.id, file, &of)
+                self.upload_and_verify(&glance, &created.id, file, &of, deadline)
                     .await
             }
             Ok(false) => Err(AttemptError::Lost),

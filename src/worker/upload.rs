@@ -1,6 +1,8 @@
-//! The upload: the file streamed to Glance at flat memory, stalls cut, progress written,
-//! and the stored image checked against the file's registered md5.
+//! The upload: the file streamed to Glance at flat memory, stalls cut (too little
+//! throughput over a window), progress written, and the stored image checked against the
+//! file's registered md5.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,15 +13,13 @@ use tokio_util::io::ReaderStream;
 use crate::cloud::{Cause, CloudError, Glance};
 use crate::metrics_catalog;
 
-use super::attempt::{AttemptError, Job};
+use super::attempt::{past_deadline, AttemptError, Job};
 use super::progress::upload_progress;
 
 /// Read size for the upload stream: large enough for full-speed loopback, small enough that
 /// memory stays flat whatever the file size.
 const UPLOAD_CHUNK: usize = 256 * 1024;
 
-/// An upload that moves no byte for this long is cut and retried.
-const STALL_LIMIT: Duration = Duration::from_secs(120);
 /// How long Glance may take to answer once it has every byte (it hashes the whole file).
 const ANSWER_LIMIT: Duration = Duration::from_secs(900);
 
@@ -31,6 +31,7 @@ impl Job<'_> {
         image_id: &str,
         file: tokio::fs::File,
         of: &str,
+        deadline: tokio::time::Instant,
     ) -> Result<(), AttemptError> {
         let total = self.image.size_bytes;
         let sent = Arc::new(AtomicU64::new(0));
@@ -51,6 +52,12 @@ impl Job<'_> {
         tokio::pin!(upload);
 
         let started = Instant::now();
+        let settings = &self.worker.settings;
+        let mut stall = StallRule::new(
+            settings.upload_min_bytes_per_sec,
+            Duration::from_secs(settings.upload_stall_window_secs.max(1)),
+            started,
+        );
         let (mut last_sent, mut last_move) = (0u64, Instant::now());
         let mut last_percentage = -1;
         let interval = Duration::from_millis(self.worker.settings.progress_interval_ms.max(100));
@@ -61,18 +68,34 @@ impl Job<'_> {
                 result = &mut upload => { result?; break; }
                 // Dropping `upload` closes the connection: Glance puts the image back to queued.
                 _ = self.cancel.cancelled() => return Err(AttemptError::Cancelled),
+                _ = tokio::time::sleep_until(deadline) => {
+                    let limit = self.worker.settings.attempt_deadline_secs.max(1);
+                    return Err(past_deadline(Duration::from_secs(limit)));
+                }
                 _ = tick.tick() => {
                     let now_sent = sent.load(Ordering::Relaxed);
                     if now_sent != last_sent {
                         (last_sent, last_move) = (now_sent, Instant::now());
                     }
-                    // Glance takes no more bytes, or never answers once it has them all.
-                    let limit = if (now_sent as i64) < total { STALL_LIMIT } else { ANSWER_LIMIT };
-                    if last_move.elapsed() > limit {
+                    let stalled = if (now_sent as i64) < total {
+                        // Glance takes bytes too slowly (or not at all).
+                        stall.record(Instant::now(), now_sent).map(|rate| format!(
+                            "the upload to Glance stalled: {rate} bytes/s over the last {} s, under \
+                             worker.upload_min_bytes_per_sec ({} bytes/s)",
+                            stall.window.as_secs(), stall.min_rate
+                        ))
+                    } else {
+                        // Glance has every byte but never answers.
+                        (last_move.elapsed() > ANSWER_LIMIT).then(|| format!(
+                            "Glance did not answer the upload within {} s of its last byte",
+                            ANSWER_LIMIT.as_secs()
+                        ))
+                    };
+                    if let Some(summary) = stalled {
                         return Err(AttemptError::Cloud(CloudError {
-                            summary: format!("the upload to Glance stalled for {} s", limit.as_secs()),
+                            summary,
                             detail: Some(format!("{now_sent} of {total} bytes sent")),
-                            cause: Cause::Transport,
+                            cause: Cause::Bound,
                         }));
                     }
                     // One write per percent at most (and per interval): a ticket costs a
@@ -129,6 +152,67 @@ impl Job<'_> {
             })
         } else {
             Err(AttemptError::ChecksumMismatch { detail })
+        }
+    }
+}
+
+/// The stall rule: the bytes sent over the last `window` must average at least `min_rate`
+/// per second (a rule on any byte moving would let a cloud reading a byte a minute pin it).
+struct StallRule {
+    min_rate: u64,
+    window: Duration,
+    /// (when, bytes sent then), oldest first, reaching back one window.
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl StallRule {
+    fn new(min_rate: u64, window: Duration, started: Instant) -> StallRule {
+        StallRule {
+            min_rate,
+            window,
+            samples: VecDeque::from([(started, 0)]),
+        }
+    }
+
+    /// Records `sent` at `now`; `Some(rate)` when the last window averaged under `min_rate`.
+    fn record(&mut self, now: Instant, sent: u64) -> Option<u64> {
+        self.samples.push_back((now, sent));
+        while self
+            .samples
+            .get(1)
+            .is_some_and(|(at, _)| now.duration_since(*at) >= self.window)
+        {
+            self.samples.pop_front();
+        }
+        let (since, then) = *self.samples.front()?;
+        let span = now.duration_since(since);
+        if span < self.window {
+            return None;
+        }
+        let rate = ((sent - then) as f64 / span.as_secs_f64()) as u64;
+        (rate < self.min_rate).then_some(rate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stall_rule_cuts_a_trickle_and_spares_a_flow() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut rule = StallRule::new(1000, Duration::from_secs(10), start);
+        // A fast start, then a trickle: cut once a whole window trickled.
+        assert_eq!(rule.record(at(1), 50_000), None);
+        for s in 2..11 {
+            assert_eq!(rule.record(at(s), 50_000 + s), None, "second {s}");
+        }
+        assert_eq!(rule.record(at(12), 50_012), Some(1));
+        // A steady 2000 bytes/s is never cut.
+        let mut rule = StallRule::new(1000, Duration::from_secs(10), start);
+        for s in 1..60 {
+            assert_eq!(rule.record(at(s), 2000 * s), None, "second {s}");
         }
     }
 }

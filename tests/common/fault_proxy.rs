@@ -2,8 +2,9 @@
 //!
 //! It reads each connection's HTTP request head (every connection carries one request:
 //! pimage does not pool Glance connections, and Glance answers `Connection: close`), then
-//! either answers an injected status itself or pipes the bytes to Glance, optionally slowly
-//! or cutting the connection (RST) after some bytes of the request body.
+//! either answers an injected status itself, never answers at all (a hung Glance), or pipes
+//! the bytes to Glance, optionally slowly or cutting the connection (RST) after some bytes
+//! of the request body.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +20,12 @@ enum Fault {
         path_contains: String,
         status: u16,
         retry_after: Option<u64>,
+        remaining: u32,
+    },
+    /// Hold the next `remaining` matching requests open without ever answering.
+    Hang {
+        method: String,
+        path_contains: String,
         remaining: u32,
     },
     /// Reset the connection of the next matching request once `after` body bytes went through.
@@ -103,6 +110,15 @@ impl FaultProxy {
         });
     }
 
+    /// The next `count` matching requests are never answered (the connection stays open).
+    pub fn hang(&self, method: &str, path_contains: &str, count: u32) {
+        self.state.lock().unwrap().faults.push(Fault::Hang {
+            method: method.into(),
+            path_contains: path_contains.into(),
+            remaining: count,
+        });
+    }
+
     /// Limits request bodies to `bytes_per_sec` (0: no limit).
     pub fn throttle(&self, bytes_per_sec: u64) {
         self.state.lock().unwrap().throttle = bytes_per_sec;
@@ -123,6 +139,7 @@ impl FaultProxy {
 }
 
 enum Action {
+    Hang,
     Answer {
         status: u16,
         retry_after: Option<u64>,
@@ -155,6 +172,15 @@ fn decide(state: &Mutex<State>, method: &str, path: &str) -> Action {
                     status: *status,
                     retry_after: *retry_after,
                 };
+                break;
+            }
+            Fault::Hang {
+                method: m,
+                path_contains,
+                remaining,
+            } if *remaining > 0 && m == method && path.contains(path_contains.as_str()) => {
+                *remaining -= 1;
+                action = Action::Hang;
                 break;
             }
             Fault::ResetAfter {
@@ -221,6 +247,10 @@ async fn handle(
     let already = (head.len() - body_start) as u64;
 
     match decide(&state, &method, &path) {
+        Action::Hang => {
+            // Read (and drop) whatever comes, answer nothing, until the client gives up.
+            while client.read(&mut buf).await? > 0 {}
+        }
         Action::Answer {
             status,
             retry_after,
