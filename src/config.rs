@@ -74,13 +74,39 @@ pub struct RetrySettings {
 }
 
 /// Which cloud addresses users may make the service call: `cloud::AddressPolicy` enforces it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct CloudSettings {
     /// Loopback addresses allowed (development against a local lab).
     pub allow_loopback: bool,
     /// When not empty, the only hosts allowed: names, `*.` wildcards, addresses or networks.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Names this deployment on every image it creates (Glance property): its orphan sweep
+    /// deletes only images carrying it.
+    #[serde(default = "default_deployment")]
+    pub deployment: String,
+    /// How often the reconciler looks for leftover images in every known account, in seconds.
+    #[serde(default = "default_orphan_sweep_secs")]
+    pub orphan_sweep_secs: u64,
+}
+
+fn default_deployment() -> String {
+    "pimage".into()
+}
+
+fn default_orphan_sweep_secs() -> u64 {
+    600
+}
+
+impl Default for CloudSettings {
+    fn default() -> CloudSettings {
+        CloudSettings {
+            allow_loopback: false,
+            allowed_hosts: vec![],
+            deployment: default_deployment(),
+            orphan_sweep_secs: default_orphan_sweep_secs(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

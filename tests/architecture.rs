@@ -31,6 +31,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
         "api",
         &[
             "rescuer",
+            "reconciler",
             "outbox",
             "health",
             "queue",
@@ -45,6 +46,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
         "worker",
         &[
             "rescuer",
+            "reconciler",
             "outbox",
             "health",
             "queue",
@@ -58,6 +60,10 @@ const MAY_USE: &[(&str, &[&str])] = &[
         ],
     ),
     ("rescuer", &["outbox", "queue", "store", "metrics_catalog"]),
+    (
+        "reconciler",
+        &["cloud", "store", "secrets", "config", "metrics_catalog"],
+    ),
     ("outbox", &["queue", "store"]),
     ("health", &["queue", "store", "metrics_catalog"]),
     ("queue", &["config", "metrics_catalog"]),

@@ -97,9 +97,12 @@ async fn fencing_refuses_a_stale_workers_writes() {
         cloud_id: "stale".into(),
         bytes: 1,
     };
-    assert!(!tickets::finish(&app.pool, id, first.token, &outcome)
-        .await
-        .unwrap());
+    assert_eq!(
+        tickets::finish(&app.pool, id, first.token, &outcome)
+            .await
+            .unwrap(),
+        None
+    );
     assert!(!tickets::set_cloud_id(&app.pool, id, first.token, "stale")
         .await
         .unwrap());

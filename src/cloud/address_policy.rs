@@ -204,6 +204,7 @@ mod tests {
                 "10.0.0.0/8".into(),
                 "keystone.example.org".into(),
             ],
+            ..Default::default()
         });
         assert!(listed
             .check_url(&url("https://k.cloud.example.com"))

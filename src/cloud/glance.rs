@@ -11,6 +11,9 @@ use super::CALL_TIMEOUT;
 
 /// Glance property naming the ticket an image belongs to: a retried job finds its image by it.
 pub const TICKET_PROPERTY: &str = "pimage_ticket";
+/// Glance property naming the pimage deployment that made the image: the orphan sweep
+/// deletes only its own deployment's images.
+pub const DEPLOYMENT_PROPERTY: &str = "pimage_deployment";
 
 /// A logged-in session on one project.
 #[derive(Clone)]
@@ -25,16 +28,19 @@ pub struct GlanceImage {
     pub status: String,
     pub checksum: Option<String>,
     pub size: Option<u64>,
+    /// The ticket property, when the image carries one.
+    #[serde(rename = "pimage_ticket", default)]
+    pub ticket_key: Option<String>,
 }
 
 impl Glance {
-    /// Creates an empty (queued) image carrying the ticket property.
+    /// Creates an empty (queued) image carrying the ticket and deployment properties.
     pub async fn create_image(
         &self,
         name: &str,
         disk_format: &str,
         public: bool,
-        ticket_key: &str,
+        (ticket_key, deployment): (&str, &str),
     ) -> Result<GlanceImage, CloudError> {
         let body = serde_json::json!({
             "name": name,
@@ -42,6 +48,7 @@ impl Glance {
             "container_format": "bare",
             "visibility": if public { "public" } else { "private" },
             TICKET_PROPERTY: ticket_key,
+            DEPLOYMENT_PROPERTY: deployment,
         });
         let response = self
             .session
@@ -116,6 +123,7 @@ impl Glance {
             status: image.status().to_string(),
             checksum: image.checksum().clone(),
             size: image.size(),
+            ticket_key: None,
         })
     }
 
@@ -146,6 +154,22 @@ impl Glance {
 
     /// The images carrying this ticket's property.
     pub async fn images_of_ticket(&self, ticket_key: &str) -> Result<Vec<GlanceImage>, CloudError> {
+        self.images_with(TICKET_PROPERTY, ticket_key).await
+    }
+
+    /// The images this pimage deployment made (the first 1000: a sweep's worth).
+    pub async fn images_of_deployment(
+        &self,
+        deployment: &str,
+    ) -> Result<Vec<GlanceImage>, CloudError> {
+        self.images_with(DEPLOYMENT_PROPERTY, deployment).await
+    }
+
+    async fn images_with(
+        &self,
+        property: &str,
+        value: &str,
+    ) -> Result<Vec<GlanceImage>, CloudError> {
         #[derive(Deserialize)]
         struct Page {
             images: Vec<GlanceImage>,
@@ -155,7 +179,7 @@ impl Glance {
             .get(IMAGE, &["images"])
             .timeout(CALL_TIMEOUT)
             .header(ACCEPT, "application/json")
-            .query(&[(TICKET_PROPERTY, ticket_key)])
+            .query(&[(property, value), ("limit", "1000")])
             .send_unchecked()
             .await
             .map_err(|e| CloudError::from_osauth("could not reach Glance to list images", &e))?;

@@ -20,7 +20,7 @@ use address_policy::{GuardedResolver, Refusal};
 
 pub use address_policy::AddressPolicy;
 pub use error::{Cause, CloudError};
-pub use glance::{Glance, GlanceImage, TICKET_PROPERTY};
+pub use glance::{Glance, GlanceImage, DEPLOYMENT_PROPERTY, TICKET_PROPERTY};
 
 /// Limit for every call but the upload (which may take hours): a hung cloud is a transient
 /// failure, not a stuck worker.

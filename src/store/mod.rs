@@ -3,6 +3,7 @@
 
 pub mod cancel;
 pub mod claims;
+pub mod cleanups;
 pub mod images;
 pub mod login_lock;
 pub mod outbox;
