@@ -93,8 +93,14 @@ impl Reconciler {
             if sweep {
                 last_sweep = Some(Instant::now());
             }
-            if let Err(e) = self.pass(sweep).await {
-                warn!(error = %e, "reconciler pass failed");
+            // A pass cut short by shutdown rolls back: its rows are taken again next time.
+            tokio::select! {
+                result = self.pass(sweep) => {
+                    if let Err(e) = result {
+                        warn!(error = %e, "reconciler pass failed");
+                    }
+                }
+                _ = shutdown.cancelled() => return,
             }
         }
     }

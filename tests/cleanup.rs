@@ -60,6 +60,10 @@ fn demo_account() -> OpenStackAccount {
 
 /// Creates a (queued) image as pimage would, with the ticket and deployment properties.
 async fn create_image(app: &TestApp, ticket_key: &str) -> String {
+    create_image_of(app, ticket_key, &app.settings.cloud.deployment).await
+}
+
+async fn create_image_of(app: &TestApp, ticket_key: &str, deployment: &str) -> String {
     let policy = AddressPolicy::from(app.settings.cloud.clone());
     let glance = Glance::login(&demo_account(), &policy).await.unwrap();
     glance
@@ -67,7 +71,7 @@ async fn create_image(app: &TestApp, ticket_key: &str) -> String {
             "pimage cleanup test",
             "raw",
             false,
-            (ticket_key, &app.settings.cloud.deployment),
+            (ticket_key, deployment),
         )
         .await
         .unwrap()
@@ -341,7 +345,10 @@ async fn a_cleanup_whose_credentials_stopped_working_shows_its_error() {
         .await
         .unwrap()
         .unwrap();
-    let cloud_id = create_image(&app, &claim.ticket.ticket_key.to_string()).await;
+    // Out of the orphan sweep's sight (another deployment's name), which may have read the
+    // account while its password still worked: only the cleanup may delete this image.
+    let key = claim.ticket.ticket_key.to_string();
+    let cloud_id = create_image_of(&app, &key, "another-deployment").await;
     assert!(tickets::set_cloud_id(&app.pool, id, claim.token, &cloud_id)
         .await
         .unwrap());
