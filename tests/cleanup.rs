@@ -213,6 +213,14 @@ async fn a_delete_with_the_cloud_image_that_meets_the_publication_removes_the_im
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    // The deletion recorded the image's cleanup in its own transaction, for the reconciler.
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM image_cleanups WHERE cloud_id = $1")
+            .bind(&cloud_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 1, "the cleanup outlives the record");
     let published = Outcome::Published {
         cloud_id: cloud_id.clone(),
         bytes: 4096,
