@@ -11,6 +11,7 @@ use crate::printable::escaped;
 use crate::queue::Publisher;
 use crate::secrets::{self, Secret, SecretBox};
 use crate::store::attempts::{self, Attempt};
+use crate::store::cleanups;
 use crate::store::sealed::{self, SealedColumn};
 use crate::store::tickets::{self, TicketState};
 use crate::store::{self, images, users, NewImage};
@@ -77,7 +78,8 @@ pub enum SecretsCommand {
 pub enum TicketsCommand {
     /// The newest tickets (id, state, progress, owner, image, cloud id, message).
     List {
-        /// Only tickets in this state: queued, running, complete, error, cancelled.
+        /// Only tickets in this state: queued, running, complete, error, cancelled; or
+        /// `cleanup`: the image cleanups not yet confirmed by Glance, with their last error.
         #[arg(long)]
         state: Option<String>,
         #[arg(long, default_value_t = 50)]
@@ -322,6 +324,27 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
+/// `pimage tickets list --state cleanup`: what the reconciler still has to delete.
+async fn list_cleanups(pool: &sqlx::PgPool, limit: i64) -> anyhow::Result<()> {
+    println!(
+        "{:>8}  {:>8}  {:<36}  {:<36}  {:>8}  {:<20}  last error",
+        "cleanup", "ticket", "ticket key", "cloud id", "attempts", "next try"
+    );
+    for c in cleanups::pending(pool, limit).await? {
+        println!(
+            "{:>8}  {:>8}  {:<36}  {:<36}  {:>8}  {:<20}  {}",
+            c.id,
+            c.ticket_id.map_or("deleted".into(), |id| id.to_string()),
+            c.ticket_key,
+            c.cloud_id.as_deref().unwrap_or("-"),
+            c.attempts,
+            c.next_try_at.format("%Y-%m-%d %H:%M:%S"),
+            c.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
 async fn tickets_command(
     pool: &sqlx::PgPool,
     settings: &Settings,
@@ -330,10 +353,11 @@ async fn tickets_command(
     match command {
         TicketsCommand::List { state, limit } => {
             let state = match state.as_deref() {
+                Some("cleanup") => return list_cleanups(pool, limit).await,
                 None => None,
                 Some(s) => Some(TicketState::parse(&s.to_lowercase()).ok_or_else(|| {
                     anyhow::anyhow!(
-                        "unknown state '{s}': queued, running, complete, error or cancelled"
+                        "unknown state '{s}': queued, running, complete, error, cancelled or cleanup"
                     )
                 })?),
             };

@@ -80,7 +80,7 @@ pub struct RetrySettings {
 }
 
 /// Which cloud addresses users may make the service call (`cloud::AddressPolicy` enforces
-/// it), and how long one cloud call may take.
+/// it), how long one cloud call may take, and how this deployment names its images.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CloudSettings {
     /// Loopback addresses allowed (development against a local lab).
@@ -92,10 +92,25 @@ pub struct CloudSettings {
     /// list), its answer read included, in milliseconds.
     #[serde(default = "default_call_timeout_ms")]
     pub call_timeout_ms: u64,
+    /// Names this deployment on every image it creates (Glance property): its orphan sweep
+    /// deletes only images carrying it.
+    #[serde(default = "default_deployment")]
+    pub deployment: String,
+    /// How often the reconciler looks for leftover images in every known account, in seconds.
+    #[serde(default = "default_orphan_sweep_secs")]
+    pub orphan_sweep_secs: u64,
 }
 
 fn default_call_timeout_ms() -> u64 {
     60_000
+}
+
+fn default_deployment() -> String {
+    "pimage".into()
+}
+
+fn default_orphan_sweep_secs() -> u64 {
+    600
 }
 
 impl Default for CloudSettings {
@@ -104,6 +119,8 @@ impl Default for CloudSettings {
             allow_loopback: false,
             allowed_hosts: vec![],
             call_timeout_ms: default_call_timeout_ms(),
+            deployment: default_deployment(),
+            orphan_sweep_secs: default_orphan_sweep_secs(),
         }
     }
 }

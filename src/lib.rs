@@ -15,6 +15,8 @@
 //! | · `cancel`    | cancels by Postgres LISTEN/NOTIFY (`CancelWatch`)                        |
 //! | [`rescuer`]   | re-queues tickets whose worker died (expired lease); gives up on poison; |
 //! |               | forgets stale failed-login counts                                        |
+//! | [`reconciler`] | deletes images left by tickets that ended without them (cleanups and    |
+//! |               | the orphan sweep), until Glance confirms                                 |
 //! | [`outbox`]    | hands stored tickets to RabbitMQ (at once, or later by the relay)        |
 //! | [`health`]    | `/healthz`, `/readyz`, `/metrics` (API and worker)                       |
 //! | [`queue`]     | RabbitMQ: queue declaration, confirmed publishing, consuming             |
@@ -51,6 +53,7 @@ pub mod metrics_catalog;
 pub mod outbox;
 pub mod printable;
 pub mod queue;
+pub mod reconciler;
 pub mod rescuer;
 pub mod retry;
 pub mod secrets;

@@ -65,6 +65,16 @@ catalog! {
         "Image bytes sent to Glance.";
     UPLOAD_DURATION = "pimage_upload_duration_seconds", Histogram, Seconds,
         "Time to stream one image file to Glance.";
+    CLEANUPS = "pimage_image_cleanups_total", Counter, Count,
+        "Image cleanups the reconciler worked, by result (deleted, superseded, failed).";
+    CLEANUPS_PENDING = "pimage_image_cleanups_pending", Gauge, Count,
+        "Image cleanups not yet confirmed by Glance.";
+    CLEANUPS_FAILING = "pimage_image_cleanups_failing", Gauge, Count,
+        "Pending image cleanups whose last try failed (see pimage tickets list --state cleanup).";
+    ORPHANS_DELETED = "pimage_orphan_images_deleted_total", Counter, Count,
+        "Leftover images (ticket unknown or ended without them) the orphan sweep deleted.";
+    ORPHAN_SWEEP_FAILURES = "pimage_orphan_sweep_failures_total", Counter, Count,
+        "Accounts the orphan sweep could not list, and leftovers it could not delete.";
 }
 
 /// Gives every metric its HELP text and unit in the installed recorder.

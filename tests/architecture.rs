@@ -32,6 +32,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
         "api",
         &[
             "rescuer",
+            "reconciler",
             "outbox",
             "health",
             "queue",
@@ -47,6 +48,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
         "worker",
         &[
             "rescuer",
+            "reconciler",
             "outbox",
             "health",
             "queue",
@@ -60,6 +62,10 @@ const MAY_USE: &[(&str, &[&str])] = &[
         ],
     ),
     ("rescuer", &["outbox", "queue", "store", "metrics_catalog"]),
+    (
+        "reconciler",
+        &["cloud", "store", "secrets", "config", "metrics_catalog"],
+    ),
     ("outbox", &["queue", "store"]),
     ("health", &["queue", "store", "metrics_catalog"]),
     ("queue", &["config", "metrics_catalog"]),

@@ -97,9 +97,12 @@ async fn fencing_refuses_a_stale_workers_writes() {
         cloud_id: "stale".into(),
         bytes: 1,
     };
-    assert!(!tickets::finish(&app.pool, id, first.token, &outcome)
-        .await
-        .unwrap());
+    assert_eq!(
+        tickets::finish(&app.pool, id, first.token, &outcome)
+            .await
+            .unwrap(),
+        None
+    );
     assert!(!tickets::set_cloud_id(&app.pool, id, first.token, "stale")
         .await
         .unwrap());
@@ -495,6 +498,105 @@ async fn sigterm_during_an_upload_hands_the_ticket_to_another_worker() {
         1
     );
     cloud.delete(t.cloud_id.as_deref().unwrap()).await;
+    cluster.stop().await;
+}
+
+/// A one-worker cluster (2 s lease) publishing a slow upload through a throttled proxy; once
+/// bytes flow, the worker is killed (-9): the ticket runs with nobody behind it, and its
+/// partial image sits in Glance. Returns the cluster, the proxy, the ticket id and URI.
+async fn kill_the_worker_mid_upload(mut env: Env) -> (Cluster, FaultProxy, i64, String) {
+    env.set("PIMAGE__WORKER__LEASE_SECONDS", 2);
+    let mut cluster = Cluster::start(env, 1).await;
+    let proxy = FaultProxy::start("127.0.0.1:9292").await;
+    proxy.throttle(1 << 20); // 16 MiB at 1 MiB/s
+    let file = cluster.env.dir.join("killed.raw");
+    std::fs::write(&file, vec![7u8; 16 << 20]).unwrap();
+    let image = cluster.register(&file, "raw");
+    let (id, uri) = cluster
+        .publish(
+            &image,
+            publish_json_via("killed", "demo", "demopass", "demo", &proxy.url),
+        )
+        .await;
+    let started = Instant::now();
+    while proxy.uploads_in_flight() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the upload starts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut worker = cluster.workers.remove(0);
+    signal(&worker, "-KILL");
+    worker.wait().unwrap();
+    let t = tickets::get(&cluster.pool, id).await.unwrap().unwrap();
+    assert!(t.cloud_id.is_some(), "the partial image exists");
+    (cluster, proxy, id, uri)
+}
+
+/// Waits until the ticket has ended as `state`, Glance holds no image of it in any state,
+/// the ticket names none, and no cleanup is pending.
+async fn wait_nothing_left(cluster: &Cluster, id: i64, state: tickets::TicketState) {
+    let cloud = DemoCloud::login().await;
+    let started = Instant::now();
+    loop {
+        let t = tickets::get(&cluster.pool, id).await.unwrap().unwrap();
+        let images = cloud.images_of_ticket(&t.ticket_key.to_string()).await;
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM image_cleanups WHERE done_at IS NULL")
+                .fetch_one(&cluster.pool)
+                .await
+                .unwrap();
+        if t.state == state && images.is_empty() && t.cloud_id.is_none() && pending == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing left: state {:?} ({}), images {images:?}, cloud id {:?}, cleanups pending {pending}",
+            t.state,
+            t.message,
+            t.cloud_id
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_cancelled_while_its_worker_is_dead_leaves_no_image() {
+    let _serial = SERIAL.lock().await;
+    let (cluster, _proxy, id, uri) = kill_the_worker_mid_upload(Env::new().await).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/{uri}/cancel", cluster.base))
+        .basic_auth("alice", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    wait_nothing_left(&cluster, id, tickets::TicketState::Cancelled).await;
+    let t = tickets::get(&cluster.pool, id).await.unwrap().unwrap();
+    assert_eq!(
+        t.message, "cancelled; the partial image was removed from the cloud",
+        "said once Glance confirmed"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_given_up_after_its_worker_died_leaves_no_image() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new().await;
+    env.set("PIMAGE__WORKER__MAX_TICKET_ATTEMPTS", 1);
+    let (cluster, _proxy, id, _) = kill_the_worker_mid_upload(env).await;
+    wait_nothing_left(&cluster, id, tickets::TicketState::Error).await;
+    let t = tickets::get(&cluster.pool, id).await.unwrap().unwrap();
+    assert!(
+        t.error_message
+            .unwrap_or_default()
+            .starts_with("gave up after 1 attempts"),
+        "{}",
+        t.message
+    );
     cluster.stop().await;
 }
 

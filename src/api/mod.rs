@@ -31,6 +31,7 @@ pub use error::ApiError;
 use crate::cloud::AddressPolicy;
 use crate::config::Settings;
 use crate::queue::Publisher;
+use crate::reconciler::Reconciler;
 use crate::secrets::SecretBox;
 use crate::{health, outbox, rescuer};
 
@@ -131,6 +132,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     rescue: (i32, std::time::Duration),
+    reconciler: Reconciler,
 }
 
 impl Application {
@@ -142,6 +144,7 @@ impl Application {
         let publisher = Arc::new(Publisher::new(settings.amqp.clone(), "pimage-api"));
         let listener = TcpListener::bind(settings.api.listen).await?;
         Ok(Application {
+            reconciler: Reconciler::new(pool.clone(), secrets.clone(), &settings.cloud),
             listener,
             state: AppState {
                 auth: auth::Authenticator::new(pool.clone(), secrets.clone(), &settings.api),
@@ -169,7 +172,7 @@ impl Application {
         self.local_addr().port()
     }
 
-    /// Serves (and runs the outbox relay and the rescuer) until `shutdown`, then finishes
+    /// Serves (and runs the outbox relay, the rescuer and the reconciler) until `shutdown`, then finishes
     /// in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let relay = tokio::spawn(outbox::run_relay(
@@ -185,6 +188,7 @@ impl Application {
             shutdown.clone(),
         ));
         tracing::info!(addr = %self.local_addr(), "API listening");
+        let reconciler = tokio::spawn(self.reconciler.run(self.rescue.1, shutdown.clone()));
         let user_changes =
             tokio::spawn(self.state.auth.clone().watch_user_changes(shutdown.clone()));
         let hand_offs = self.state.hand_offs.clone();
@@ -197,6 +201,7 @@ impl Application {
         user_changes.await?;
         relay.await?;
         rescuer.await?;
+        reconciler.await?;
         Ok(())
     }
 }

@@ -390,8 +390,9 @@ pub async fn cancel_ticket(
 }
 
 /// `DELETE …/pimages/{pitid}[?deleteCloudImage=true]`: removes the record. A running upload
-/// is cancelled first (its worker deletes the partial image). The published image stays in
-/// the cloud unless `deleteCloudImage=true`; if the cloud refuses that, the record is kept.
+/// is cancelled first (its partial image is deleted, by its worker or the reconciler). The
+/// published image stays in the cloud unless `deleteCloudImage=true`; if the cloud refuses
+/// that, the record is kept.
 #[utoipa::path(
     delete,
     path = paths::TICKET,
@@ -415,10 +416,21 @@ pub async fn delete_ticket(
             )))
         }
     };
-    let ticket = resolve_ticket(&state, &caller, &params).await?;
+    let mut ticket = resolve_ticket(&state, &caller, &params).await?;
     if !ticket.state.is_final() {
-        tickets::request_cancel(&state.pool, ticket.id).await?;
-    } else if let (true, Some(cloud_id)) = (delete_cloud_image, ticket.cloud_id.as_deref()) {
+        if let CancelOutcome::AlreadyFinished(_) =
+            tickets::request_cancel(&state.pool, ticket.id).await?
+        {
+            // It ended in this very moment (published, maybe): deleted as an ended ticket.
+            ticket = tickets::get(&state.pool, ticket.id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no publish ticket {}", ticket.id)))?;
+        }
+    }
+    // A running ticket's record goes at once; its image, whatever becomes of it, is the
+    // reconciler's (the deletion records a cleanup in the same statement).
+    let ended = ticket.state.is_final();
+    if let (true, true, Some(cloud_id)) = (ended, delete_cloud_image, ticket.cloud_id.as_deref()) {
         delete_cloud_image_of(&state, &ticket, cloud_id).await?;
     }
     tickets::delete(&state.pool, ticket.id).await?;

@@ -16,6 +16,9 @@ use crate::secrets::Secret;
 
 /// Glance property naming the ticket an image belongs to: a retried job finds its image by it.
 pub const TICKET_PROPERTY: &str = "pimage_ticket";
+/// Glance property naming the pimage deployment that made the image: the orphan sweep
+/// deletes only its own deployment's images.
+pub const DEPLOYMENT_PROPERTY: &str = "pimage_deployment";
 
 /// A logged-in session on one project.
 #[derive(Clone)]
@@ -95,6 +98,9 @@ pub struct GlanceImage {
     pub status: String,
     pub checksum: Option<String>,
     pub size: Option<u64>,
+    /// The ticket property, when the image carries one.
+    #[serde(rename = "pimage_ticket", default)]
+    pub ticket_key: Option<String>,
 }
 
 impl Glance {
@@ -102,13 +108,13 @@ impl Glance {
         self.session.policy.call_timeout()
     }
 
-    /// Creates an empty (queued) image carrying the ticket property.
+    /// Creates an empty (queued) image carrying the ticket and deployment properties.
     pub async fn create_image(
         &self,
         name: &str,
         disk_format: &str,
         public: bool,
-        ticket_key: &str,
+        (ticket_key, deployment): (&str, &str),
     ) -> Result<GlanceImage, CloudError> {
         let body = serde_json::json!({
             "name": name,
@@ -116,6 +122,7 @@ impl Glance {
             "container_format": "bare",
             "visibility": if public { "public" } else { "private" },
             TICKET_PROPERTY: ticket_key,
+            DEPLOYMENT_PROPERTY: deployment,
         });
         let url = self.url(&["images"]);
         within(self.timeout(), "Glance, creating the image", async {
@@ -232,33 +239,45 @@ impl Glance {
 
     /// The images carrying this ticket's property.
     pub async fn images_of_ticket(&self, ticket_key: &str) -> Result<Vec<GlanceImage>, CloudError> {
+        self.images_with(TICKET_PROPERTY, ticket_key).await
+    }
+
+    /// The images this pimage deployment made (the first 1000: a sweep's worth).
+    pub async fn images_of_deployment(
+        &self,
+        deployment: &str,
+    ) -> Result<Vec<GlanceImage>, CloudError> {
+        self.images_with(DEPLOYMENT_PROPERTY, deployment).await
+    }
+
+    async fn images_with(
+        &self,
+        property: &str,
+        value: &str,
+    ) -> Result<Vec<GlanceImage>, CloudError> {
         #[derive(Deserialize)]
         struct Page {
             images: Vec<GlanceImage>,
         }
         let url = self.url(&["images"]);
-        within(
-            self.timeout(),
-            "Glance, listing the ticket's images",
-            async {
-                let response = self
-                    .send("could not reach Glance to list images", |client, token| {
-                        client
-                            .get(url.clone())
-                            .header("x-auth-token", token)
-                            .header(ACCEPT, "application/json")
-                            .query(&[(TICKET_PROPERTY, ticket_key)])
-                    })
-                    .await?;
-                let response = check(response, |s| {
-                    format!("Glance failed to list images (HTTP {s})")
+        within(self.timeout(), "Glance, listing images", async {
+            let response = self
+                .send("could not reach Glance to list images", |client, token| {
+                    client
+                        .get(url.clone())
+                        .header("x-auth-token", token)
+                        .header(ACCEPT, "application/json")
+                        .query(&[(property, value), ("limit", "1000")])
                 })
                 .await?;
-                json::<Page>(response, "Glance answered the image list")
-                    .await
-                    .map(|p| p.images)
-            },
-        )
+            let response = check(response, |s| {
+                format!("Glance failed to list images (HTTP {s})")
+            })
+            .await?;
+            json::<Page>(response, "Glance answered the image list")
+                .await
+                .map(|p| p.images)
+        })
         .await
     }
 }

@@ -21,7 +21,7 @@ use address_policy::{GuardedResolver, Refusal};
 
 pub use address_policy::AddressPolicy;
 pub use error::{Cause, CloudError};
-pub use glance::{Glance, GlanceImage, TICKET_PROPERTY};
+pub use glance::{Glance, GlanceImage, DEPLOYMENT_PROPERTY, TICKET_PROPERTY};
 
 /// Where and as whom to publish (a `CredAccountOpenStack` plus the project scope).
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::tickets::{self, Ticket};
+use super::tickets::{self, Ticket, TicketState};
 use super::{attempts, outbox};
 
 /// What a worker holds after a successful claim: the ticket and its fencing token.
@@ -197,60 +197,71 @@ pub enum Outcome {
     Cancelled,
 }
 
-/// Writes the final state. `false`: the claim was lost and nothing was written.
+/// Writes the final state, and returns it; `None`: the claim was lost and nothing was
+/// written. A cancel requested before the end wins over a publication: the ticket ends
+/// `cancelled`, and (like every end but `complete`) its image is left to the reconciler
+/// (the migration's trigger records the cleanup in this same statement).
 pub async fn finish(
     pool: &PgPool,
     id: i64,
     token: i64,
     outcome: &Outcome,
-) -> Result<bool, sqlx::Error> {
-    let done = match outcome {
+) -> Result<Option<TicketState>, sqlx::Error> {
+    match outcome {
         Outcome::Published { cloud_id, bytes } => {
-            sqlx::query!(
-                "UPDATE publish_tickets SET state = 'complete', cloud_id = $3, percentage = 100,
-                     bytes_loaded = $4, bytes_total = $4, eta = NULL,
-                     message = 'published as Glance image ' || $3,
+            sqlx::query_scalar!(
+                r#"UPDATE publish_tickets SET
+                     state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'complete' END,
+                     cloud_id = $3, eta = NULL,
+                     percentage = CASE WHEN cancel_requested THEN percentage ELSE 100 END,
+                     bytes_loaded = $4, bytes_total = $4,
+                     message = CASE WHEN cancel_requested
+                                    THEN 'cancelled as it was published; removing the image from the cloud'
+                                    ELSE 'published as Glance image ' || $3 END,
                      lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
-                  WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
+                  WHERE id = $1 AND fencing_token = $2 AND state = 'running'
+                 RETURNING state AS "state: TicketState""#,
                 id,
                 token,
                 cloud_id,
                 bytes
             )
-            .execute(pool)
-            .await?
+            .fetch_optional(pool)
+            .await
         }
         Outcome::Failed {
             error_message,
             detail,
         } => {
-            sqlx::query!(
-                "UPDATE publish_tickets SET state = 'error', error_message = $3, detailed_error_msg = $4,
+            sqlx::query_scalar!(
+                r#"UPDATE publish_tickets SET state = 'error', error_message = $3, detailed_error_msg = $4,
                      eta = NULL, message = 'failed: ' || $3,
                      lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
-                  WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
+                  WHERE id = $1 AND fencing_token = $2 AND state = 'running'
+                 RETURNING state AS "state: TicketState""#,
                 id,
                 token,
                 error_message,
                 detail.as_deref()
             )
-            .execute(pool)
-            .await?
+            .fetch_optional(pool)
+            .await
         }
         Outcome::Cancelled => {
-            sqlx::query!(
-                "UPDATE publish_tickets SET state = 'cancelled', eta = NULL, cloud_id = NULL,
-                     message = 'cancelled; the partial image was removed from the cloud',
+            // cloud_id stays until the reconciler has Glance's word that the image is gone.
+            sqlx::query_scalar!(
+                r#"UPDATE publish_tickets SET state = 'cancelled', eta = NULL,
+                     message = 'cancelled; removing the partial image from the cloud',
                      lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
-                  WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
+                  WHERE id = $1 AND fencing_token = $2 AND state = 'running'
+                 RETURNING state AS "state: TicketState""#,
                 id,
                 token
             )
-            .execute(pool)
-            .await?
+            .fetch_optional(pool)
+            .await
         }
-    };
-    Ok(done.rows_affected() == 1)
+    }
 }
 
 /// Gives a claimed ticket back (graceful shutdown): queued again at once, with an outbox

@@ -4,6 +4,7 @@
 pub mod attempts;
 pub mod cancel;
 pub mod claims;
+pub mod cleanups;
 pub mod images;
 pub mod login_lock;
 pub mod outbox;

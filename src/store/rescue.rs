@@ -19,7 +19,8 @@ pub struct Rescued {
 
 /// Re-queues running tickets whose lease expired (their worker stopped writing progress),
 /// and ends in `error` those that already had `max_attempts` claims. One statement each,
-/// under row locks: two rescuers running at once never both take the same ticket.
+/// under row locks: two rescuers running at once never both take the same ticket. Ending a
+/// ticket records its image cleanup in the same transaction (the migration's trigger).
 pub async fn rescue_expired(pool: &PgPool, max_attempts: i32) -> Result<Rescued, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let gave_up = sqlx::query_scalar!(

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use crate::cloud::{CloudError, Glance, OpenStackAccount};
 use crate::retry::Retryable;
-use crate::store::tickets::{self, Claim};
+use crate::store::tickets::{self, Claim, Heartbeat};
 use crate::store::Image;
 
 use super::Worker;
@@ -192,7 +192,7 @@ impl Job<'_> {
                 &self.claim.ticket.display_name,
                 &self.image.format,
                 self.claim.ticket.public_image,
-                &key,
+                (&key, &self.worker.deployment),
             )
             .await?;
         let result = match tickets::set_cloud_id(
@@ -218,13 +218,28 @@ impl Job<'_> {
             }
             Err(e) => Err(e),
         };
-        if result.is_err() {
-            // Leave nothing behind: the next attempt (if any) starts from a new image.
+        if result.is_err() && self.may_delete_own_image().await {
+            // Leave nothing behind: the next attempt (if any) starts from a new image. Should
+            // this fail, the reconciler deletes it once the ticket has ended.
             if let Err(e) = glance.delete_image(&created.id).await {
                 warn!(image = %created.id, error = %e, "could not delete the partial Glance image");
             }
         }
         result.map(|()| created.id)
+    }
+
+    /// Whether this worker may delete the image it created: only while its fencing token
+    /// still holds the ticket (a successor may have adopted the image as complete), or once
+    /// the ticket record is gone (no one can adopt it then).
+    async fn may_delete_own_image(&self) -> bool {
+        let (pool, id) = (&self.worker.pool, self.claim.ticket.id);
+        let lease = self.worker.settings.lease_seconds;
+        match tickets::extend_lease(pool, id, self.claim.token, lease).await {
+            Ok(Heartbeat::Held | Heartbeat::CancelRequested) => true,
+            Ok(Heartbeat::Lost) => matches!(tickets::get(pool, id).await, Ok(None)),
+            // Unsure: the reconciler deletes it once the ticket has ended.
+            Err(_) => false,
+        }
     }
 }
 

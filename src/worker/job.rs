@@ -12,7 +12,7 @@ use crate::retry::retry;
 use crate::secrets::Secret;
 use crate::store::attempts::{self, AttemptEnd};
 use crate::store::images;
-use crate::store::tickets::{self, Claim, Outcome};
+use crate::store::tickets::{self, Claim, Outcome, TicketState};
 
 use super::attempt::{AttemptError, Job};
 use super::lease::{keep_lease, AbortOnDrop};
@@ -60,23 +60,21 @@ impl Worker {
             }
             Some(outcome) => outcome,
         };
-        let label = match &outcome {
-            Outcome::Published { cloud_id, .. } => {
-                info!(cloud_id, "published");
-                "complete"
-            }
-            Outcome::Failed { error_message, .. } => {
-                warn!(error_message, "failed");
-                "error"
-            }
-            Outcome::Cancelled => {
-                info!("cancelled");
-                "cancelled"
-            }
+        let Some(state) = tickets::finish(&self.pool, ticket_id, claim.token, &outcome).await?
+        else {
+            // Nothing deleted here: the image may be the one its new owner adopted.
+            warn!("lost the ticket before finishing; another worker owns it (or it was deleted)");
+            return Ok(());
         };
-        metrics::counter!(metrics_catalog::TICKETS_FINISHED, "outcome" => label).increment(1);
-        if !tickets::finish(&self.pool, ticket_id, claim.token, &outcome).await? {
-            warn!("lost the ticket before finishing; another worker owns it");
+        match (&outcome, state) {
+            (Outcome::Published { cloud_id, .. }, TicketState::Complete) => {
+                info!(cloud_id, "published")
+            }
+            (Outcome::Published { cloud_id, .. }, _) => {
+                info!(cloud_id, "published, but its cancel came first: cancelled; the reconciler removes the image")
+            }
+            (Outcome::Failed { error_message, .. }, _) => warn!(error_message, "failed"),
+            (Outcome::Cancelled, _) => info!("cancelled"),
         }
         let (how, error) = match &outcome {
             Outcome::Published { .. } => (AttemptEnd::Published, None),
@@ -85,6 +83,8 @@ impl Worker {
         };
         let error = error.map(String::as_str);
         attempts::end(&self.pool, ticket_id, claim.token, how, error).await?;
+        metrics::counter!(metrics_catalog::TICKETS_FINISHED, "outcome" => state.as_str())
+            .increment(1);
         Ok(())
     }
 

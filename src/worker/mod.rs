@@ -32,6 +32,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::cloud::AddressPolicy;
 use crate::config::{AmqpSettings, CloudSettings, WorkerSettings};
 use crate::queue::{self, Publisher, TicketMessage};
+use crate::reconciler::Reconciler;
 use crate::secrets::SecretBox;
 use crate::store::tickets;
 use crate::{outbox, rescuer};
@@ -50,6 +51,10 @@ pub struct Worker {
     publisher: Arc<Publisher>,
     /// host:pid, shown as lease owner and RabbitMQ consumer tag.
     id: String,
+    /// Names this deployment on the images it creates (`cloud.deployment`).
+    deployment: String,
+    /// Deletes what ended tickets left in the cloud; run beside the rescuer.
+    reconciler: Reconciler,
 }
 
 impl Worker {
@@ -69,6 +74,8 @@ impl Worker {
             format!("pimage-worker-publisher@{id}"),
         ));
         Worker {
+            reconciler: Reconciler::new(pool.clone(), secrets.clone(), &cloud),
+            deployment: cloud.deployment.clone(),
             pool,
             settings,
             amqp,
@@ -108,13 +115,19 @@ impl Worker {
             self.publisher.clone(),
             shutdown.clone(),
         ));
+        let rescue_interval = Duration::from_secs(self.settings.rescue_interval_secs.max(1));
         background.spawn(rescuer::run(
             self.pool.clone(),
             self.publisher.clone(),
             self.settings.max_ticket_attempts,
-            Duration::from_secs(self.settings.rescue_interval_secs.max(1)),
+            rescue_interval,
             shutdown.clone(),
         ));
+        background.spawn(
+            self.reconciler
+                .clone()
+                .run(rescue_interval, shutdown.clone()),
+        );
         let mut delay = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
             match self

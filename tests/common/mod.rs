@@ -55,6 +55,8 @@ pub fn settings_for_test(db_name: &str, queue: &str) -> Settings {
     settings.worker.progress_interval_ms = 200;
     // The lab cloud listens on 127.0.0.1.
     settings.cloud.allow_loopback = true;
+    // Tests share the lab cloud: each one's orphan sweep must see only its own images.
+    settings.cloud.deployment = db_name.to_string();
     settings.worker.retry.min_delay_ms = 300;
     settings.worker.retry.max_delay_ms = 2000;
     settings.worker.retry.deadline_secs = 600;

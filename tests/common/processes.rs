@@ -52,6 +52,8 @@ impl Env {
             .env("PIMAGE_ENV", "dev")
             .env("PIMAGE__DATABASE__URL", self.database_url())
             .env("PIMAGE__AMQP__QUEUE", &self.queue)
+            // Tests share the lab cloud: each one's orphan sweep must see only its own images.
+            .env("PIMAGE__CLOUD__DEPLOYMENT", &self.db_name)
             .env("PIMAGE__STORAGE__IMAGE_DIR", self.dir.join("store"))
             .env("PIMAGE__WORKER__PROGRESS_INTERVAL_MS", "200")
             .env("PIMAGE__WORKER__LISTEN", "127.0.0.1:0");

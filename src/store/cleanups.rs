@@ -1,0 +1,241 @@
+//! Images a ticket may have left in the cloud: the `image_cleanups` rows (recorded by the
+//! migration's triggers whenever a ticket ends in anything but `complete`), taken one at a
+//! time under row locks by the reconciler, and what the orphan sweep asks about an image.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::tickets::TicketState;
+
+/// A cloud account as stored with a ticket (the password still sealed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoredAccount {
+    pub keystone_url: String,
+    pub keystone_domain: String,
+    pub keystone_project: String,
+    pub glance_url: Option<String>,
+    pub cloud_login: String,
+    pub cloud_password_enc: Vec<u8>,
+}
+
+/// One pending cleanup: the images of `ticket_key` (and `cloud_id`) must go.
+#[derive(Debug, Clone)]
+pub struct Cleanup {
+    pub id: i64,
+    /// `None` once the ticket record was deleted.
+    pub ticket_id: Option<i64>,
+    pub ticket_key: Uuid,
+    pub cloud_id: Option<String>,
+    pub attempts: i32,
+    pub account: StoredAccount,
+}
+
+/// A cleanup as `pimage tickets list --state cleanup` shows it.
+#[derive(Debug, Clone)]
+pub struct PendingCleanup {
+    pub id: i64,
+    pub ticket_id: Option<i64>,
+    pub ticket_key: Uuid,
+    pub cloud_id: Option<String>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub next_try_at: DateTime<Utc>,
+}
+
+/// A due cleanup, locked (with its ticket, if any) until the transaction ends.
+pub struct TakenCleanup {
+    pub tx: Transaction<'static, Postgres>,
+    pub cleanup: Cleanup,
+    /// The ticket's state now; `None` when its record was deleted.
+    pub ticket_state: Option<TicketState>,
+}
+
+/// Takes the next due cleanup no other reconciler holds (`SKIP LOCKED`), and locks its
+/// ticket so that nobody re-queues it while the image is being deleted.
+pub async fn take_due(pool: &PgPool) -> Result<Option<TakenCleanup>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query!(
+        "SELECT id, ticket_id, ticket_key, cloud_id, attempts, keystone_url, keystone_domain,
+                keystone_project, glance_url, cloud_login, cloud_password_enc
+           FROM image_cleanups
+          WHERE done_at IS NULL AND next_try_at <= now()
+          ORDER BY next_try_at
+          LIMIT 1
+            FOR UPDATE SKIP LOCKED"
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let ticket_state = match row.ticket_id {
+        Some(ticket_id) => sqlx::query_scalar!(
+            r#"SELECT state AS "state: TicketState" FROM publish_tickets WHERE id = $1 FOR UPDATE"#,
+            ticket_id
+        )
+        .fetch_optional(&mut *tx)
+        .await?,
+        None => None,
+    };
+    Ok(Some(TakenCleanup {
+        tx,
+        ticket_state,
+        cleanup: Cleanup {
+            id: row.id,
+            ticket_id: row.ticket_id,
+            ticket_key: row.ticket_key,
+            cloud_id: row.cloud_id,
+            attempts: row.attempts,
+            account: StoredAccount {
+                keystone_url: row.keystone_url,
+                keystone_domain: row.keystone_domain,
+                keystone_project: row.keystone_project,
+                glance_url: row.glance_url,
+                cloud_login: row.cloud_login,
+                cloud_password_enc: row.cloud_password_enc,
+            },
+        },
+    }))
+}
+
+impl TakenCleanup {
+    /// Glance confirmed (or nothing is to be deleted): the cleanup is done, and an ended
+    /// ticket stops naming the image.
+    pub async fn done(mut self) -> Result<(), sqlx::Error> {
+        sqlx::query!(
+            "UPDATE image_cleanups SET done_at = now(), attempts = attempts + 1 WHERE id = $1",
+            self.cleanup.id
+        )
+        .execute(&mut *self.tx)
+        .await?;
+        if let Some(ticket_id) = self.cleanup.ticket_id {
+            sqlx::query!(
+                "UPDATE publish_tickets SET cloud_id = NULL, updated_at = now(),
+                     message = CASE WHEN state = 'cancelled'
+                                    THEN 'cancelled; the partial image was removed from the cloud'
+                                    ELSE message END
+                  WHERE id = $1 AND state IN ('error', 'cancelled')",
+                ticket_id
+            )
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        self.tx.commit().await
+    }
+
+    /// The delete failed: tried again after `retry_in`, the error shown until then.
+    pub async fn failed(mut self, error: &str, retry_in_secs: f64) -> Result<(), sqlx::Error> {
+        sqlx::query!(
+            "UPDATE image_cleanups SET attempts = attempts + 1, last_error = $2,
+                 next_try_at = now() + make_interval(secs => $3)
+              WHERE id = $1",
+            self.cleanup.id,
+            error,
+            retry_in_secs
+        )
+        .execute(&mut *self.tx)
+        .await?;
+        self.tx.commit().await
+    }
+}
+
+/// Cleanups not yet confirmed, oldest first.
+pub async fn pending(pool: &PgPool, limit: i64) -> Result<Vec<PendingCleanup>, sqlx::Error> {
+    sqlx::query_as!(
+        PendingCleanup,
+        "SELECT id, ticket_id, ticket_key, cloud_id, attempts, last_error, next_try_at
+           FROM image_cleanups WHERE done_at IS NULL ORDER BY id LIMIT $1",
+        limit
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// How many cleanups wait, and how many of them have failed at least once.
+pub async fn count_pending(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT count(*) AS "pending!", count(*) FILTER (WHERE last_error IS NOT NULL) AS "failing!"
+             FROM image_cleanups WHERE done_at IS NULL"#
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.pending, row.failing))
+}
+
+/// Every cloud account tickets (and pending cleanups) name: where the orphan sweep looks.
+pub async fn known_accounts(pool: &PgPool) -> Result<Vec<StoredAccount>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT DISTINCT keystone_url AS "keystone_url!", keystone_domain AS "keystone_domain!",
+                keystone_project AS "keystone_project!", glance_url,
+                cloud_login AS "cloud_login!", cloud_password_enc AS "cloud_password_enc!"
+           FROM (SELECT keystone_url, keystone_domain, keystone_project, glance_url, cloud_login,
+                        cloud_password_enc FROM publish_tickets
+                 UNION
+                 SELECT keystone_url, keystone_domain, keystone_project, glance_url, cloud_login,
+                        cloud_password_enc FROM image_cleanups WHERE done_at IS NULL) accounts"#
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| StoredAccount {
+            keystone_url: r.keystone_url,
+            keystone_domain: r.keystone_domain,
+            keystone_project: r.keystone_project,
+            glance_url: r.glance_url,
+            cloud_login: r.cloud_login,
+            cloud_password_enc: r.cloud_password_enc,
+        })
+        .collect())
+}
+
+/// What pimage knows of an image found in the cloud by its properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageOwner {
+    /// Its ticket is complete and names it, or its ticket record was deleted with the image
+    /// kept: the user's image.
+    Kept,
+    /// Its ticket is queued or running (its worker settles it), or a cleanup is pending.
+    Busy,
+    /// Its ticket ended without it, or is unknown: a leftover to delete.
+    Leftover,
+}
+
+/// Judges an image found in the cloud, holding its ticket's row lock in `tx` (so the
+/// verdict holds until the transaction ends: nobody re-queues the ticket meanwhile).
+pub async fn judge_image(
+    tx: &mut Transaction<'static, Postgres>,
+    ticket_key: Uuid,
+    cloud_id: &str,
+) -> Result<ImageOwner, sqlx::Error> {
+    let ticket = sqlx::query!(
+        r#"SELECT state AS "state: TicketState", cloud_id FROM publish_tickets
+            WHERE ticket_key = $1 FOR UPDATE"#,
+        ticket_key
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(t) = ticket {
+        return Ok(match t.state {
+            TicketState::Complete if t.cloud_id.as_deref() == Some(cloud_id) => ImageOwner::Kept,
+            TicketState::Queued | TicketState::Running => ImageOwner::Busy,
+            _ => ImageOwner::Leftover,
+        });
+    }
+    let known = sqlx::query!(
+        r#"SELECT EXISTS (SELECT 1 FROM kept_images WHERE ticket_key = $1 AND cloud_id = $2)
+                      AS "kept!",
+                  EXISTS (SELECT 1 FROM image_cleanups WHERE ticket_key = $1 AND done_at IS NULL)
+                      AS "pending!""#,
+        ticket_key,
+        cloud_id
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(if known.kept {
+        ImageOwner::Kept
+    } else if known.pending {
+        ImageOwner::Busy
+    } else {
+        ImageOwner::Leftover
+    })
+}
