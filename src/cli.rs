@@ -12,6 +12,7 @@ use crate::queue::Publisher;
 use crate::secrets::{self, Secret, SecretBox};
 use crate::store::attempts::{self, Attempt};
 use crate::store::cleanups;
+use crate::store::rescue;
 use crate::store::sealed::{self, SealedColumn};
 use crate::store::tickets::{self, TicketState};
 use crate::store::{self, images, users, NewImage};
@@ -425,7 +426,7 @@ async fn tickets_command(
             }
         }
         TicketsCommand::Retry { id } => {
-            let Some(outbox_id) = tickets::retry(pool, id).await? else {
+            let Some(outbox_id) = rescue::retry(pool, id).await? else {
                 anyhow::bail!("ticket {id} does not exist, or has not failed or been cancelled: only those can be retried");
             };
             let publisher = Publisher::new(settings.amqp.clone(), "pimage-cli");

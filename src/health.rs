@@ -130,7 +130,7 @@ async fn metrics(State(probes): State<Probes>) -> Response {
             metrics::gauge!(metrics_catalog::TICKETS, "state" => state).set(n as f64);
         }
     }
-    if let Ok((pending, oldest)) = store::tickets::outbox_lag(&probes.pool).await {
+    if let Ok((pending, oldest)) = store::outbox::lag(&probes.pool).await {
         metrics::gauge!(metrics_catalog::OUTBOX_PENDING).set(pending as f64);
         metrics::gauge!(metrics_catalog::OUTBOX_OLDEST).set(oldest);
     }

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::queue::{Publisher, QueueError, TicketMessage};
-use crate::store::tickets;
+use crate::store;
 
 /// Rows younger than this are left to the request that wrote them.
 const RELAY_MIN_AGE_SECS: f64 = 5.0;
@@ -28,7 +28,7 @@ pub async fn hand_off(pool: &PgPool, publisher: &Publisher, ticket_id: i64, outb
     .await;
     match published.unwrap_or_else(|_| Err(QueueError::Timeout)) {
         Ok(()) => {
-            if let Err(e) = tickets::outbox_done(pool, outbox_id).await {
+            if let Err(e) = store::outbox::done(pool, outbox_id).await {
                 // The relay will publish it again; the worker's claim makes that harmless.
                 warn!(ticket_id, error = %e, "could not clear the outbox row");
             }
@@ -62,7 +62,7 @@ pub async fn run_relay(
 /// One relay pass; returns how many tickets it published.
 pub async fn relay_once(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
-    let rows = tickets::outbox_claim_stale(&mut tx, RELAY_MIN_AGE_SECS, RELAY_BATCH).await?;
+    let rows = store::outbox::claim_stale(&mut tx, RELAY_MIN_AGE_SECS, RELAY_BATCH).await?;
     let mut published = 0;
     for (outbox_id, ticket_id) in rows {
         tokio::time::timeout(
@@ -71,7 +71,7 @@ pub async fn relay_once(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<
         )
         .await
         .unwrap_or(Err(QueueError::Timeout))?;
-        tickets::outbox_delete_in(&mut tx, outbox_id).await?;
+        store::outbox::delete_in(&mut tx, outbox_id).await?;
         published += 1;
     }
     tx.commit().await?;

@@ -1,7 +1,7 @@
 //! The rescuer: re-queues tickets whose worker stopped writing progress (its lease expired),
 //! and gives up on tickets that used up their attempts. Judged by heartbeat age, never by
 //! total runtime, so a long upload that keeps reporting is never taken away. Every process
-//! may run it; concurrent passes are safe (see `tickets::rescue_expired`). Each pass also
+//! may run it; concurrent passes are safe (see `rescue::rescue_expired`). Each pass also
 //! forgets failed-login counts nobody has added to for a day.
 
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::metrics_catalog;
 use crate::outbox;
 use crate::queue::Publisher;
-use crate::store::{login_lock, rescue, tickets};
+use crate::store::{login_lock, rescue};
 
 /// Lost messages re-published per pass at most (see `rescue::requeue_lost`).
 const LOST_MESSAGES_PER_PASS: i64 = 20;
@@ -28,7 +28,7 @@ pub async fn rescue_once(
     publisher: &Publisher,
     max_attempts: i32,
 ) -> Result<(usize, usize), sqlx::Error> {
-    let mut rescued = tickets::rescue_expired(pool, max_attempts).await?;
+    let mut rescued = rescue::rescue_expired(pool, max_attempts).await?;
     for &(ticket_id, outbox_id) in &rescued.requeued {
         info!(ticket_id, "worker lost (lease expired): ticket re-queued");
         metrics::counter!(metrics_catalog::RESCUES).increment(1);

@@ -12,6 +12,7 @@ use common::processes::{free_port, get_json_at, sigterm_and_wait, wait_final_at,
 use common::{publish_json, spawn_app, DemoCloud, TestApp};
 use pimage::queue::Publisher;
 use pimage::store::attempts;
+use pimage::store::claims;
 use pimage::store::tickets::{self, TicketState};
 use reqwest::StatusCode;
 use sqlx::PgPool;
@@ -64,7 +65,7 @@ async fn claims_stop_at_the_maximum_attempts_and_the_ticket_ends_in_error() {
     let image = alice_with_image(&app).await;
     let id = queued_ticket(&app, &image).await;
     for n in 1..=2 {
-        let claim = tickets::claim(&app.pool, id, &format!("dying:{n}"), 60, 2)
+        let claim = claims::claim(&app.pool, id, &format!("dying:{n}"), 60, 2)
             .await
             .unwrap()
             .expect("claimable");
@@ -72,7 +73,7 @@ async fn claims_stop_at_the_maximum_attempts_and_the_ticket_ends_in_error() {
         expire_lease(&app.pool, id).await;
     }
     // A redelivered message reaches a worker before the rescuer: the claim refuses it.
-    assert!(tickets::claim(&app.pool, id, "dying:3", 60, 2)
+    assert!(claims::claim(&app.pool, id, "dying:3", 60, 2)
         .await
         .unwrap()
         .is_none());

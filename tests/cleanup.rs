@@ -16,7 +16,8 @@ use common::{TestApp, PASSWORD};
 use pimage::cloud::{AddressPolicy, Glance, OpenStackAccount};
 use pimage::reconciler::Reconciler;
 use pimage::secrets::{Secret, SecretBox};
-use pimage::store::tickets::{self, Outcome, TicketState};
+use pimage::store::claims::{self, Outcome};
+use pimage::store::tickets::{self, TicketState};
 use reqwest::StatusCode;
 use sqlx::PgPool;
 
@@ -141,7 +142,7 @@ async fn a_worker_that_lost_its_lease_spares_the_image_its_successor_adopted() {
     .execute(&app.pool)
     .await
     .unwrap();
-    let successor = tickets::claim(&app.pool, id, "successor:1", 300, 5)
+    let successor = claims::claim(&app.pool, id, "successor:1", 300, 5)
         .await
         .unwrap()
         .unwrap();
@@ -150,7 +151,7 @@ async fn a_worker_that_lost_its_lease_spares_the_image_its_successor_adopted() {
         bytes: 1 << 20,
     };
     assert_eq!(
-        tickets::finish(&app.pool, id, successor.token, &adopted)
+        claims::finish(&app.pool, id, successor.token, &adopted)
             .await
             .unwrap(),
         Some(TicketState::Complete)
@@ -185,12 +186,12 @@ async fn running_with_image(app: &TestApp) -> (i64, String, i64, String) {
         publish_json("racing", "demo", "demopass", "demo"),
     )
     .await;
-    let claim = tickets::claim(&app.pool, id, "worker:1", 60, 5)
+    let claim = claims::claim(&app.pool, id, "worker:1", 60, 5)
         .await
         .unwrap()
         .unwrap();
     let cloud_id = create_image(app, &claim.ticket.ticket_key.to_string()).await;
-    assert!(tickets::set_cloud_id(&app.pool, id, claim.token, &cloud_id)
+    assert!(claims::set_cloud_id(&app.pool, id, claim.token, &cloud_id)
         .await
         .unwrap());
     (id, uri, claim.token, cloud_id)
@@ -226,7 +227,7 @@ async fn a_delete_with_the_cloud_image_that_meets_the_publication_removes_the_im
         bytes: 4096,
     };
     assert_eq!(
-        tickets::finish(&app.pool, id, token, &published)
+        claims::finish(&app.pool, id, token, &published)
             .await
             .unwrap(),
         None,
@@ -264,7 +265,7 @@ async fn a_cancel_that_meets_the_publication_wins_and_removes_the_image() {
         bytes: 4096,
     };
     assert_eq!(
-        tickets::finish(&app.pool, id, token, &published)
+        claims::finish(&app.pool, id, token, &published)
             .await
             .unwrap(),
         Some(TicketState::Cancelled)
@@ -349,7 +350,7 @@ async fn the_orphan_sweep_deletes_leftovers_and_keeps_what_users_own() {
 async fn a_cleanup_whose_credentials_stopped_working_shows_its_error() {
     let app = app(false, 60).await;
     let (id, _) = ticket(&app, 4096, publish_json("pw", "demo", "demopass", "demo")).await;
-    let claim = tickets::claim(&app.pool, id, "worker:1", 60, 5)
+    let claim = claims::claim(&app.pool, id, "worker:1", 60, 5)
         .await
         .unwrap()
         .unwrap();
@@ -357,7 +358,7 @@ async fn a_cleanup_whose_credentials_stopped_working_shows_its_error() {
     // account while its password still worked: only the cleanup may delete this image.
     let key = claim.ticket.ticket_key.to_string();
     let cloud_id = create_image_of(&app, &key, "another-deployment").await;
-    assert!(tickets::set_cloud_id(&app.pool, id, claim.token, &cloud_id)
+    assert!(claims::set_cloud_id(&app.pool, id, claim.token, &cloud_id)
         .await
         .unwrap());
     // The account's password changes before the cleanup runs.
@@ -373,7 +374,7 @@ async fn a_cleanup_whose_credentials_stopped_working_shows_its_error() {
         detail: None,
     };
     assert_eq!(
-        tickets::finish(&app.pool, id, claim.token, &failed)
+        claims::finish(&app.pool, id, claim.token, &failed)
             .await
             .unwrap(),
         Some(TicketState::Error)

@@ -15,7 +15,9 @@ use common::fault_proxy::FaultProxy;
 use common::processes::{free_port, signal, sigterm_and_wait, wait_for_api, Env};
 use common::{publish_json, publish_json_via, spawn_app, DemoCloud, PASSWORD};
 use pimage::queue::Publisher;
-use pimage::store::tickets::{self, Heartbeat, Outcome, Progress};
+use pimage::store::cancel;
+use pimage::store::claims::{self, Heartbeat, Outcome, Progress};
+use pimage::store::tickets;
 use reqwest::StatusCode;
 use sqlx::PgPool;
 
@@ -68,19 +70,19 @@ async fn fencing_refuses_a_stale_workers_writes() {
     let _serial = SERIAL.lock().await;
     let app = spawn_app(false).await;
     let (id, _) = queued_ticket(&app).await;
-    let first = tickets::claim(&app.pool, id, "worker-a", 60, 5)
+    let first = claims::claim(&app.pool, id, "worker-a", 60, 5)
         .await
         .unwrap()
         .expect("claimable");
     assert!(
-        tickets::claim(&app.pool, id, "worker-b", 60, 5)
+        claims::claim(&app.pool, id, "worker-b", 60, 5)
             .await
             .unwrap()
             .is_none(),
         "a live lease is not taken"
     );
     expire_lease(&app.pool, id).await;
-    let second = tickets::claim(&app.pool, id, "worker-b", 60, 5)
+    let second = claims::claim(&app.pool, id, "worker-b", 60, 5)
         .await
         .unwrap()
         .expect("an expired lease is taken");
@@ -88,7 +90,7 @@ async fn fencing_refuses_a_stale_workers_writes() {
     assert_eq!(second.ticket.attempts, 2);
     // The stale worker can neither write progress nor finish the ticket.
     assert_eq!(
-        tickets::report_progress(&app.pool, id, first.token, &progress(), 60)
+        claims::report_progress(&app.pool, id, first.token, &progress(), 60)
             .await
             .unwrap(),
         Heartbeat::Lost
@@ -98,16 +100,16 @@ async fn fencing_refuses_a_stale_workers_writes() {
         bytes: 1,
     };
     assert_eq!(
-        tickets::finish(&app.pool, id, first.token, &outcome)
+        claims::finish(&app.pool, id, first.token, &outcome)
             .await
             .unwrap(),
         None
     );
-    assert!(!tickets::set_cloud_id(&app.pool, id, first.token, "stale")
+    assert!(!claims::set_cloud_id(&app.pool, id, first.token, "stale")
         .await
         .unwrap());
     assert_eq!(
-        tickets::report_progress(&app.pool, id, second.token, &progress(), 60)
+        claims::report_progress(&app.pool, id, second.token, &progress(), 60)
             .await
             .unwrap(),
         Heartbeat::Held
@@ -124,7 +126,7 @@ async fn the_rescuer_requeues_an_expired_lease_once_and_the_ticket_completes() {
     let mut app = spawn_app(false).await;
     let (id, uri) = queued_ticket(&app).await;
     // A worker claims the ticket and dies before it writes any progress.
-    tickets::claim(&app.pool, id, "dead-worker:1", 60, 5)
+    claims::claim(&app.pool, id, "dead-worker:1", 60, 5)
         .await
         .unwrap()
         .unwrap();
@@ -165,7 +167,7 @@ async fn a_ticket_that_keeps_losing_its_worker_ends_in_error() {
     let (id, uri) = queued_ticket(&app).await;
     let publisher = Publisher::new(app.settings.amqp.clone(), "test");
     for n in 1..=3 {
-        tickets::claim(&app.pool, id, &format!("crashing-worker:{n}"), 60, 5)
+        claims::claim(&app.pool, id, &format!("crashing-worker:{n}"), 60, 5)
             .await
             .unwrap()
             .expect("claimable");
@@ -189,17 +191,17 @@ async fn a_cancel_requested_while_the_worker_was_lost_is_honoured_not_requeued()
     let _serial = SERIAL.lock().await;
     let app = spawn_app(false).await;
     let (id, uri) = queued_ticket(&app).await;
-    let claim = tickets::claim(&app.pool, id, "dying-worker:1", 60, 5)
+    let claim = claims::claim(&app.pool, id, "dying-worker:1", 60, 5)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
-        tickets::request_cancel(&app.pool, id).await.unwrap(),
-        tickets::CancelOutcome::Requested
+        cancel::request_cancel(&app.pool, id).await.unwrap(),
+        cancel::CancelOutcome::Requested
     );
     // A worker shutting down must not hand a cancelled ticket back.
     assert_eq!(
-        tickets::release(&app.pool, id, claim.token).await.unwrap(),
+        claims::release(&app.pool, id, claim.token).await.unwrap(),
         None
     );
     expire_lease(&app.pool, id).await;

@@ -154,7 +154,7 @@ async fn readyz_reports_rabbitmq_degraded_without_failing_and_healthz_stays_up()
         .publish("alice", &image.uri(), "application/json", body)
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    let (pending, _) = pimage::store::tickets::outbox_lag(&app.pool).await.unwrap();
+    let (pending, _) = pimage::store::outbox::lag(&app.pool).await.unwrap();
     assert_eq!(pending, 1, "the ticket waits in the outbox");
     app.stop().await;
 }

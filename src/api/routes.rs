@@ -24,7 +24,8 @@ use super::AppState;
 use crate::cloud::{Glance, OpenStackAccount};
 use crate::metrics_catalog;
 use crate::outbox;
-use crate::store::tickets::{self, CancelOutcome, NewTicket};
+use crate::store::cancel::{self, CancelOutcome};
+use crate::store::tickets::{self, NewTicket};
 use crate::store::{attempts, images, Image, Ticket};
 
 type PathParams = Path<HashMap<String, String>>;
@@ -373,7 +374,7 @@ pub async fn cancel_ticket(
     Path(params): PathParams,
 ) -> Result<Response, ApiError> {
     let ticket = resolve_ticket(&state, &caller, &params).await?;
-    match tickets::request_cancel(&state.pool, ticket.id).await? {
+    match cancel::request_cancel(&state.pool, ticket.id).await? {
         CancelOutcome::Cancelled | CancelOutcome::Requested => {
             Ok(StatusCode::NO_CONTENT.into_response())
         }
@@ -419,7 +420,7 @@ pub async fn delete_ticket(
     let mut ticket = resolve_ticket(&state, &caller, &params).await?;
     if !ticket.state.is_final() {
         if let CancelOutcome::AlreadyFinished(_) =
-            tickets::request_cancel(&state.pool, ticket.id).await?
+            cancel::request_cancel(&state.pool, ticket.id).await?
         {
             // It ended in this very moment (published, maybe): deleted as an ended ticket.
             ticket = tickets::get(&state.pool, ticket.id)

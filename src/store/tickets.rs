@@ -7,18 +7,6 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-// Moved to the files of their concern; re-exported so that callers keep their paths.
-pub use super::cancel::{request_cancel, CancelOutcome, CANCEL_CHANNEL};
-pub use super::claims::{
-    claim, extend_lease, finish, release, report_progress, set_cloud_id, Claim, Heartbeat, Outcome,
-    Progress,
-};
-pub use super::outbox::{
-    claim_stale as outbox_claim_stale, delete_in as outbox_delete_in, done as outbox_done,
-    lag as outbox_lag,
-};
-pub use super::rescue::{rescue_expired, retry, Rescued};
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum TicketState {

@@ -8,7 +8,8 @@ use tracing::{info, warn};
 
 use crate::cloud::{CloudError, Glance, OpenStackAccount};
 use crate::retry::Retryable;
-use crate::store::tickets::{self, Claim, Heartbeat};
+use crate::store::claims::{self, Claim, Heartbeat};
+use crate::store::tickets;
 use crate::store::Image;
 
 use super::Worker;
@@ -195,7 +196,7 @@ impl Job<'_> {
                 (&key, &self.worker.deployment),
             )
             .await?;
-        let result = match tickets::set_cloud_id(
+        let result = match claims::set_cloud_id(
             &self.worker.pool,
             self.claim.ticket.id,
             self.claim.token,
@@ -234,7 +235,7 @@ impl Job<'_> {
     async fn may_delete_own_image(&self) -> bool {
         let (pool, id) = (&self.worker.pool, self.claim.ticket.id);
         let lease = self.worker.settings.lease_seconds;
-        match tickets::extend_lease(pool, id, self.claim.token, lease).await {
+        match claims::extend_lease(pool, id, self.claim.token, lease).await {
             Ok(Heartbeat::Held | Heartbeat::CancelRequested) => true,
             Ok(Heartbeat::Lost) => matches!(tickets::get(pool, id).await, Ok(None)),
             // Unsure: the reconciler deletes it once the ticket has ended.

@@ -1,6 +1,7 @@
 //! Cancels by Postgres LISTEN/NOTIFY: the tickets this worker runs, and the listener that
 //! fires their cancel tokens.
 
+use crate::store::cancel::CANCEL_CHANNEL;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,8 +10,6 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-
-use crate::store::tickets::CANCEL_CHANNEL;
 
 /// Tickets this worker runs, by id, with the token that cancels each; fed by Postgres NOTIFY.
 #[derive(Clone, Default)]

@@ -11,8 +11,9 @@ use crate::outbox;
 use crate::retry::retry;
 use crate::secrets::Secret;
 use crate::store::attempts::{self, AttemptEnd};
+use crate::store::claims::{self, Claim, Outcome};
 use crate::store::images;
-use crate::store::tickets::{self, Claim, Outcome, TicketState};
+use crate::store::tickets::TicketState;
 
 use super::attempt::{AttemptError, Job};
 use super::lease::{keep_lease, AbortOnDrop};
@@ -46,8 +47,7 @@ impl Worker {
                 return Ok(());
             }
             Some(Outcome::Cancelled) if abort.is_cancelled() => {
-                if let Some(outbox_id) =
-                    tickets::release(&self.pool, ticket_id, claim.token).await?
+                if let Some(outbox_id) = claims::release(&self.pool, ticket_id, claim.token).await?
                 {
                     info!("handed the ticket back to the queue");
                     let how = AttemptEnd::Released;
@@ -60,7 +60,7 @@ impl Worker {
             }
             Some(outcome) => outcome,
         };
-        let Some(state) = tickets::finish(&self.pool, ticket_id, claim.token, &outcome).await?
+        let Some(state) = claims::finish(&self.pool, ticket_id, claim.token, &outcome).await?
         else {
             // Nothing deleted here: the image may be the one its new owner adopted.
             warn!("lost the ticket before finishing; another worker owns it (or it was deleted)");

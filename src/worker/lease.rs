@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::metrics_catalog;
-use crate::store::tickets::{self, Heartbeat};
+use crate::store::claims::{self, Heartbeat};
 
 /// A spawned task that ends with its owner.
 pub(super) struct AbortOnDrop(pub(super) tokio::task::JoinHandle<()>);
@@ -35,7 +35,7 @@ pub(super) async fn keep_lease(
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
-        match tickets::extend_lease(&pool, id, token, lease_secs).await {
+        match claims::extend_lease(&pool, id, token, lease_secs).await {
             Ok(Heartbeat::Held) => {}
             Ok(Heartbeat::CancelRequested) => stop.cancel(),
             Ok(Heartbeat::Lost) => {

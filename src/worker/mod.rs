@@ -34,7 +34,7 @@ use crate::config::{AmqpSettings, CloudSettings, WorkerSettings};
 use crate::queue::{self, Publisher, TicketMessage};
 use crate::reconciler::Reconciler;
 use crate::secrets::SecretBox;
-use crate::store::tickets;
+use crate::store::claims;
 use crate::{outbox, rescuer};
 
 use cancel::CancelWatch;
@@ -223,7 +223,7 @@ impl Worker {
             };
             let ticket_id = message.ticket_id;
             let claim = loop {
-                match tickets::claim(
+                match claims::claim(
                     &self.pool,
                     ticket_id,
                     &self.id,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::store::tickets::{self, Heartbeat, Progress};
+use crate::store::claims::{self, Heartbeat, Progress};
 
 use super::attempt::{AttemptError, Job};
 
@@ -23,7 +23,7 @@ impl Job<'_> {
     /// Writes progress (a heartbeat); a requested cancel or a lost claim ends the attempt.
     pub(super) async fn report(&self, progress: &Progress) -> Result<(), AttemptError> {
         let w = self.worker;
-        let written = tickets::report_progress(
+        let written = claims::report_progress(
             &w.pool,
             self.claim.ticket.id,
             self.claim.token,
