@@ -5,7 +5,15 @@
 //! | module        | concern                                                                  |
 //! |---------------|--------------------------------------------------------------------------|
 //! | [`cli`]       | the `pimage` subcommands                                                 |
-//! | [`api`]       | HTTP routes, auth (Basic, API keys, login lock), XML/JSON, OpenAPI doc   |
+//! | [`api`]       | the HTTP API (axum): router and state, in sub-modules:                   |
+//! | · `routes`    | route handlers: check the request, call the store, answer a document     |
+//! | · `auth`      | who is calling (Basic, API keys), the login lock, remembered logins      |
+//! | · `publish_request` | the body of `POST …/pimages`, from XML or JSON, checked            |
+//! | · `wire`      | what the API sends: one struct per schema type                           |
+//! | · `xml`       | XML on the wire: writing documents, reading bodies safely               |
+//! | · `openapi`   | the OpenAPI document, generated from the handlers and wire types         |
+//! | · `error`     | `ApiError`, its `status_code()`, the `uforgeError` body                  |
+//! | · `observe`   | a span, a request id and metrics per request                             |
 //! | [`worker`]    | the upload slots and the consume loop, in sub-modules:                   |
 //! | · `job`       | one claimed ticket, from claim to recorded end (or handed back)          |
 //! | · `attempt`   | one attempt (login, earlier images, create, upload) and `AttemptError`   |
@@ -26,7 +34,18 @@
 //! | · `address_policy` | the SSRF guard: URLs, resolved addresses, redirects                 |
 //! | · `answer`    | every call bounded: call timeout, answer sizes read, no decompression   |
 //! | · `error`     | `CloudError`, `Cause`, the transient/permanent classifier               |
-//! | [`store`]     | Postgres: users and credentials, images, tickets; all the SQL            |
+//! | [`store`]     | Postgres, the source of truth; all the SQL, in sub-modules:              |
+//! | · `tickets`   | the ticket row: create, read, list, delete                               |
+//! | · `claims`    | a worker's hold: claim, lease, progress, cloud id, finish, release       |
+//! | · `attempts`  | one row per try of a ticket                                              |
+//! | · `cancel`    | a user's cancel (and its NOTIFY)                                         |
+//! | · `rescue`    | tickets put back in the queue (lost workers and messages, retry)         |
+//! | · `outbox`    | tickets still to be handed to RabbitMQ                                   |
+//! | · `cleanups`  | images a ticket may have left in the cloud, and kept images              |
+//! | · `users`     | users, entitlements, API keys                                            |
+//! | · `login_lock` | failed-login windows and locks                                          |
+//! | · `sealed`    | re-sealing stored secrets under the current key                          |
+//! | · `images`    | scanned instances, scans and images                                      |
 //! | [`retry`]     | backoff with full jitter, attempts and deadline, for transient failures  |
 //! | [`telemetry`] | logging and shutdown signals                                             |
 //! | [`image_files`] | image files on disk: format check, checksums, shared directory        |

@@ -576,3 +576,41 @@ fn metrics_are_named_only_by_the_catalog() {
         found.join("\n")
     );
 }
+
+/// The map at the top of `src/lib.rs` names every room and every file of a room's folder.
+#[test]
+fn the_module_map_lists_every_file() {
+    let lib = std::fs::read_to_string(src().join("lib.rs")).expect("read src/lib.rs");
+    let map: Vec<&str> = lib.lines().take_while(|l| l.starts_with("//!")).collect();
+    let listed = |name: &str| {
+        map.iter()
+            .any(|l| l.contains(&format!("[`{name}`]")) || l.contains(&format!("· `{name}`")))
+    };
+    let mut missing = vec![];
+    for entry in std::fs::read_dir(src()).expect("read src/") {
+        let path = entry.expect("dir entry").path();
+        let name = path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if ["lib", "main"].contains(&name) {
+            continue;
+        }
+        if !listed(name) {
+            missing.push(name.to_string());
+        }
+        if path.is_dir() {
+            for sub in std::fs::read_dir(&path).expect("read room") {
+                let sub = sub.expect("dir entry").path();
+                let sub = sub.file_stem().and_then(|n| n.to_str()).unwrap_or_default();
+                if sub != "mod" && !listed(sub) {
+                    missing.push(format!("{name}/{sub}"));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "src/lib.rs's map does not list: {missing:?}"
+    );
+}
