@@ -165,6 +165,11 @@ impl Reconciler {
                 ids.push(known.clone());
             }
         }
+        // A later run may have published the ticket and its user kept that image.
+        let kept = cleanups::kept_image(&self.pool, cleanup.ticket_key)
+            .await
+            .map_err(|e| format!("could not read the kept images: {e}"))?;
+        ids.retain(|id| Some(id) != kept.as_ref());
         for id in &ids {
             glance.delete_image(id).await.map_err(|e| described(&e))?;
         }

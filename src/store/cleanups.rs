@@ -102,7 +102,11 @@ impl TakenCleanup {
     /// ticket stops naming the image.
     pub async fn done(mut self) -> Result<(), sqlx::Error> {
         sqlx::query!(
-            "UPDATE image_cleanups SET done_at = now(), attempts = attempts + 1 WHERE id = $1",
+            // The password is wiped with it: it is needed no more, and must not outlive its
+            // ticket.
+            "UPDATE image_cleanups SET done_at = now(), attempts = attempts + 1,
+                 cloud_password_enc = ''::bytea
+              WHERE id = $1",
             self.cleanup.id
         )
         .execute(&mut *self.tx)
@@ -163,15 +167,22 @@ pub async fn count_pending(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
 
 /// Every cloud account tickets (and pending cleanups) name: where the orphan sweep looks.
 pub async fn known_accounts(pool: &PgPool) -> Result<Vec<StoredAccount>, sqlx::Error> {
+    // One row per account, with its newest sealed password, not one per ticket: sealing
+    // uses a fresh nonce, so a plain DISTINCT would keep every ticket.
     let rows = sqlx::query!(
-        r#"SELECT DISTINCT keystone_url AS "keystone_url!", keystone_domain AS "keystone_domain!",
+        r#"SELECT DISTINCT ON (keystone_url, keystone_domain, keystone_project, glance_url,
+                              cloud_login)
+                keystone_url AS "keystone_url!", keystone_domain AS "keystone_domain!",
                 keystone_project AS "keystone_project!", glance_url,
                 cloud_login AS "cloud_login!", cloud_password_enc AS "cloud_password_enc!"
            FROM (SELECT keystone_url, keystone_domain, keystone_project, glance_url, cloud_login,
-                        cloud_password_enc FROM publish_tickets
-                 UNION
+                        cloud_password_enc, created_at FROM publish_tickets
+                 UNION ALL
                  SELECT keystone_url, keystone_domain, keystone_project, glance_url, cloud_login,
-                        cloud_password_enc FROM image_cleanups WHERE done_at IS NULL) accounts"#
+                        cloud_password_enc, created_at FROM image_cleanups WHERE done_at IS NULL)
+                accounts
+          ORDER BY keystone_url, keystone_domain, keystone_project, glance_url, cloud_login,
+                   created_at DESC"#
     )
     .fetch_all(pool)
     .await?;
@@ -238,4 +249,15 @@ pub async fn judge_image(
     } else {
         ImageOwner::Leftover
     })
+}
+
+/// The image a user kept when deleting this ticket's record, if any: a cleanup of an older
+/// run of the same ticket must spare it.
+pub async fn kept_image(pool: &PgPool, ticket_key: Uuid) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT cloud_id FROM kept_images WHERE ticket_key = $1",
+        ticket_key
+    )
+    .fetch_optional(pool)
+    .await
 }

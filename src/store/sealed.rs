@@ -13,18 +13,22 @@ pub enum SealedColumn {
     TicketCloudPasswords,
     /// `api_keys.secret_enc`
     ApiKeySecrets,
+    /// `image_cleanups.cloud_password_enc` of pending cleanups (done ones are wiped)
+    CleanupCloudPasswords,
 }
 
 impl SealedColumn {
-    pub const ALL: [SealedColumn; 2] = [
+    pub const ALL: [SealedColumn; 3] = [
         SealedColumn::TicketCloudPasswords,
         SealedColumn::ApiKeySecrets,
+        SealedColumn::CleanupCloudPasswords,
     ];
 
     pub fn describe(self) -> &'static str {
         match self {
             SealedColumn::TicketCloudPasswords => "ticket cloud passwords",
             SealedColumn::ApiKeySecrets => "API-key secrets",
+            SealedColumn::CleanupCloudPasswords => "cloud passwords of pending cleanups",
         }
     }
 }
@@ -113,6 +117,20 @@ async fn not_under(
         .into_iter()
         .map(|r| (r.id, r.secret_enc))
         .collect(),
+        SealedColumn::CleanupCloudPasswords => sqlx::query!(
+            "SELECT id, cloud_password_enc FROM image_cleanups
+              WHERE done_at IS NULL AND id > $2
+                AND substring(cloud_password_enc FROM 1 FOR octet_length($1::bytea)) <> $1
+              ORDER BY id LIMIT $3",
+            header,
+            after,
+            limit
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.cloud_password_enc))
+        .collect(),
     })
 }
 
@@ -152,6 +170,18 @@ async fn replace(
             .execute(pool)
             .await?
         }
+        SealedColumn::CleanupCloudPasswords => {
+            sqlx::query!(
+                "UPDATE image_cleanups c SET cloud_password_enc = v.new
+                   FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS v(id, old, new)
+                  WHERE c.id = v.id AND c.cloud_password_enc = v.old AND c.done_at IS NULL",
+                ids,
+                old,
+                new
+            )
+            .execute(pool)
+            .await?
+        }
     };
     Ok(done.rows_affected())
 }
@@ -175,6 +205,15 @@ async fn count_not_under(
             sqlx::query_scalar!(
                 r#"SELECT count(*) AS "count!" FROM api_keys
                 WHERE substring(secret_enc FROM 1 FOR octet_length($1::bytea)) <> $1"#,
+                header
+            )
+            .fetch_one(pool)
+            .await?
+        }
+        SealedColumn::CleanupCloudPasswords => {
+            sqlx::query_scalar!(
+                r#"SELECT count(*) AS "count!" FROM image_cleanups WHERE done_at IS NULL
+                AND substring(cloud_password_enc FROM 1 FOR octet_length($1::bytea)) <> $1"#,
                 header
             )
             .fetch_one(pool)
