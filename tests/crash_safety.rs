@@ -12,7 +12,10 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::fault_proxy::FaultProxy;
-use common::processes::{free_port, signal, sigterm_and_wait, wait_for_api, Env};
+use common::processes::{
+    free_port, kill_a_glance_worker, restart_postgres, restart_rabbitmq_node, signal,
+    sigterm_and_wait, wait_for_api, Env,
+};
 use common::{publish_json, publish_json_via, spawn_app, DemoCloud, PASSWORD};
 use pimage::queue::Publisher;
 use pimage::store::cancel;
@@ -344,11 +347,13 @@ async fn a_publish_made_while_rabbitmq_is_down_is_delivered_after_it_comes_back(
     app.stop().await;
 }
 
-/// Processes: an API and `n` workers on one fresh database and queue.
+/// Processes: API processes and `n` workers on one fresh database and queue.
 struct Cluster {
     env: Env,
-    api: Child,
+    /// Each API process with the port it listens on (a restart takes the same port).
+    apis: Vec<(Child, u16)>,
     workers: Vec<Child>,
+    /// The first API's address.
     base: String,
     pool: PgPool,
 }
@@ -364,7 +369,7 @@ impl Cluster {
         assert!(out.status.success());
         env.set("PIMAGE__WORKER__RESCUE_INTERVAL_SECS", 1);
         let port = free_port();
-        let api = env.spawn(&["api"], Some(port), "api");
+        let api = env.spawn(&["api"], Some(port), "api-0");
         let base = format!("http://127.0.0.1:{port}/api");
         wait_for_api(&base).await;
         let workers = (0..workers)
@@ -373,11 +378,34 @@ impl Cluster {
         let pool = PgPool::connect(&env.database_url()).await.unwrap();
         Cluster {
             env,
-            api,
+            apis: vec![(api, port)],
             workers,
             base,
             pool,
         }
+    }
+
+    fn api_base(&self, api: usize) -> String {
+        format!("http://127.0.0.1:{}/api", self.apis[api].1)
+    }
+
+    /// Starts one more API process; returns its index.
+    async fn add_api(&mut self) -> usize {
+        let port = free_port();
+        let n = self.apis.len();
+        let api = self.env.spawn(&["api"], Some(port), &format!("api-{n}"));
+        self.apis.push((api, port));
+        wait_for_api(&self.api_base(n)).await;
+        n
+    }
+
+    /// Kills API `api` with -9, then starts it again on its port.
+    async fn kill_and_restart_api(&mut self, api: usize) {
+        let port = self.apis[api].1;
+        signal(&self.apis[api].0, "-KILL");
+        let _ = self.apis[api].0.wait();
+        self.apis[api].0 = self.env.spawn(&["api"], Some(port), &format!("api-{api}"));
+        wait_for_api(&self.api_base(api)).await;
     }
 
     fn register(&self, file: &std::path::Path, format: &str) -> String {
@@ -396,8 +424,13 @@ impl Cluster {
     }
 
     async fn publish(&self, image_uri: &str, body: String) -> (i64, String) {
+        self.publish_via(0, image_uri, body).await
+    }
+
+    /// Publishes through API process `api`.
+    async fn publish_via(&self, api: usize, image_uri: &str, body: String) -> (i64, String) {
         let resp = reqwest::Client::new()
-            .post(format!("{}/{image_uri}/pimages", self.base))
+            .post(format!("{}/{image_uri}/pimages", self.api_base(api)))
             .basic_auth("alice", Some(PASSWORD))
             .header("Content-Type", "application/json")
             .header("Accept", "application/json")
@@ -413,6 +446,40 @@ impl Cluster {
         )
     }
 
+    /// Asks API `api` to cancel the ticket at `uri`: true when accepted (204), false when
+    /// the ticket had already ended (409).
+    async fn cancel_via(&self, api: usize, uri: &str) -> bool {
+        let resp = reqwest::Client::new()
+            .delete(format!("{}/{uri}/cancel", self.api_base(api)))
+            .basic_auth("alice", Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        match resp.status() {
+            StatusCode::NO_CONTENT => true,
+            StatusCode::CONFLICT => false,
+            other => panic!("cancel of {uri}: {other} {}", resp.text().await.unwrap()),
+        }
+    }
+
+    /// Running tickets with bytes already sent to Glance, no cancel asked: (id, the pid of
+    /// the worker holding it).
+    async fn uploading(&self) -> Vec<(i64, u32)> {
+        let rows: Vec<(i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, lease_owner FROM publish_tickets
+              WHERE state = 'running' AND bytes_loaded > 0 AND NOT cancel_requested",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        rows.into_iter()
+            .filter_map(|(id, owner)| {
+                let pid = owner?.rsplit_once(':')?.1.parse().ok()?;
+                Some((id, pid))
+            })
+            .collect()
+    }
+
     async fn states(&self) -> HashMap<String, i64> {
         let rows: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, count(*) FROM publish_tickets GROUP BY state")
@@ -426,7 +493,9 @@ impl Cluster {
         for w in self.workers.drain(..) {
             sigterm_and_wait(w, "pimage worker", Duration::from_secs(30)).await;
         }
-        sigterm_and_wait(self.api, "pimage api", Duration::from_secs(30)).await;
+        for (api, _) in self.apis.drain(..) {
+            sigterm_and_wait(api, "pimage api", Duration::from_secs(30)).await;
+        }
         self.pool.close().await;
         self.env.drop_all().await;
     }
@@ -602,6 +671,21 @@ async fn a_ticket_given_up_after_its_worker_died_leaves_no_image() {
     cluster.stop().await;
 }
 
+/// The faults a chaos run injected, for its figures.
+#[derive(Debug, Default)]
+struct Faults {
+    worker_kills: usize,
+    api_kills: usize,
+    rabbitmq_node_restarts: usize,
+    rabbitmq_app_outages: usize,
+    postgres_restarts: usize,
+    glance_worker_kills: usize,
+    /// Cancels (accepted) of tickets whose worker had just been killed mid-upload.
+    cancels_while_dead: usize,
+    /// Cancels (accepted) of tickets uploading with their worker alive.
+    cancels_running: usize,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_kills_restarts_and_resets_lose_nothing() {
     let _serial = SERIAL.lock().await;
@@ -613,10 +697,12 @@ async fn chaos_kills_restarts_and_resets_lose_nothing() {
     env.set("PIMAGE__WORKER__RETRY__MAX_ATTEMPTS", 10);
     env.set("PIMAGE__WORKER__SHUTDOWN_GRACE_SECS", 5);
     let mut cluster = Cluster::start(env, 3).await;
+    let second_api = cluster.add_api().await;
     let proxy = FaultProxy::start("127.0.0.1:9292").await;
     proxy.throttle(24 << 20);
 
-    // 10 images of 1 to 10 MiB, each published 10 times: 100 tickets.
+    // 10 images of 1 to 10 MiB, each published 10 times through both APIs: 100 tickets;
+    // 10 more later through the API that was killed and restarted.
     let mut images = vec![];
     for n in 1..=10u32 {
         let file = cluster.env.dir.join(format!("img-{n}.raw"));
@@ -629,55 +715,112 @@ async fn chaos_kills_restarts_and_resets_lose_nothing() {
         .unwrap();
         images.push(cluster.register(&file, "raw"));
     }
-    let mut ids = vec![];
+    let body = |label: String| publish_json_via(&label, "demo", "demopass", "demo", &proxy.url);
+    let mut uris: HashMap<i64, String> = HashMap::new();
     for round in 0..10 {
-        for image in &images {
-            let (id, _) = cluster
-                .publish(
-                    image,
-                    publish_json_via(
-                        &format!("chaos {round}"),
-                        "demo",
-                        "demopass",
-                        "demo",
-                        &proxy.url,
-                    ),
-                )
+        for (n, image) in images.iter().enumerate() {
+            let api = (round + n) % 2;
+            let (id, uri) = cluster
+                .publish_via(api, image, body(format!("chaos {round}")))
                 .await;
-            ids.push(id);
+            uris.insert(id, uri);
         }
     }
-    assert_eq!(ids.len(), 100);
+    assert_eq!(uris.len(), 100);
 
-    // 20 kill -9s of a random worker (each restarted), RabbitMQ stopped and started twice,
+    // 20 rounds, each ending with a kill -9 of a worker (restarted at once); among them the
+    // worker holding an upload, whose tickets are then cancelled a second later; cancels of
+    // uploads whose worker lives; an API killed (-9) and restarted; a full RabbitMQ node
+    // restart and a broker stop/start; a PostgreSQL restart; Glance uwsgi workers killed;
     // and a connection reset now and then on the way to Glance.
     let started = Instant::now();
-    let mut outages = 0;
-    for kill in 0..20 {
+    let mut faults = Faults::default();
+    let mut cancelled: HashSet<i64> = HashSet::new();
+    for round in 0..20 {
         tokio::time::sleep(Duration::from_millis(1200 + rand::random::<u64>() % 800)).await;
-        if kill % 4 == 1 {
+        if round % 4 == 1 {
             proxy.reset_after("PUT", "/file", 512 * 1024, 1);
         }
-        let victim = rand::random::<usize>() % cluster.workers.len();
+        match round {
+            2 => {
+                cluster.kill_and_restart_api(second_api).await;
+                faults.api_kills += 1;
+                for (n, image) in images.iter().enumerate() {
+                    let (id, uri) = cluster
+                        .publish_via(second_api, image, body(format!("after restart {n}")))
+                        .await;
+                    uris.insert(id, uri);
+                }
+            }
+            3 | 9 => {
+                if let Some(&(id, _)) = cluster.uploading().await.first() {
+                    if cluster.cancel_via(round % 2, &uris[&id]).await {
+                        cancelled.insert(id);
+                        faults.cancels_running += 1;
+                    }
+                }
+            }
+            6 => {
+                restart_rabbitmq_node().await;
+                faults.rabbitmq_node_restarts += 1;
+            }
+            8 | 17 => {
+                kill_a_glance_worker();
+                faults.glance_worker_kills += 1;
+            }
+            10 => {
+                restart_postgres().await;
+                faults.postgres_restarts += 1;
+            }
+            13 => {
+                let outage = RabbitOutage::begin();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                drop(outage);
+                faults.rabbitmq_app_outages += 1;
+            }
+            _ => {}
+        }
+        // In rounds 1, 4, 7 and 11 the victim is a worker holding an upload, if one does.
+        let uploading = cluster.uploading().await;
+        let holder = |w: &Child| uploading.iter().any(|(_, pid)| *pid == w.id());
+        let victim = match round {
+            1 | 4 | 7 | 11 => cluster.workers.iter().position(holder),
+            _ => None,
+        };
+        let victim = victim.unwrap_or_else(|| rand::random::<usize>() % cluster.workers.len());
         let mut child = cluster.workers.remove(victim);
+        let orphaned: Vec<i64> = uploading
+            .iter()
+            .filter(|(_, pid)| *pid == child.id())
+            .map(|(id, _)| *id)
+            .collect();
         signal(&child, "-KILL");
         let _ = child.wait();
+        faults.worker_kills += 1;
         cluster.workers.insert(
             victim,
             cluster
                 .env
                 .spawn(&["worker"], None, &format!("worker-{victim}")),
         );
-        if kill == 6 || kill == 13 {
-            let outage = RabbitOutage::begin();
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            drop(outage);
-            outages += 1;
+        if matches!(round, 1 | 4 | 7 | 11) && !orphaned.is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for id in orphaned {
+                if cluster.cancel_via(round % 2, &uris[&id]).await {
+                    cancelled.insert(id);
+                    faults.cancels_while_dead += 1;
+                }
+            }
         }
     }
-    assert_eq!(outages, 2);
+    assert!(
+        faults.cancels_while_dead > 0,
+        "a cancel met a dead worker: {faults:?}"
+    );
+    assert!(faults.cancels_running > 0, "a running upload was cancelled");
+    let tickets_in_all = uris.len() as i64;
 
-    // Everything ends, and ends complete.
+    // Everything ends: cancelled if a cancel was accepted, complete otherwise.
     let states = loop {
         let states = cluster.states().await;
         if states
@@ -687,58 +830,101 @@ async fn chaos_kills_restarts_and_resets_lose_nothing() {
             break states;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "not all final after 10 min: {states:?}"
+            started.elapsed() < Duration::from_secs(300),
+            "not all final after 5 min: {states:?}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    let count = |state: &str| states.get(state).copied().unwrap_or(0);
     assert_eq!(
-        states.get("complete"),
-        Some(&100),
-        "all 100 complete: {states:?}"
+        (count("complete"), count("cancelled"), count("error")),
+        (
+            tickets_in_all - cancelled.len() as i64,
+            cancelled.len() as i64,
+            0
+        ),
+        "{states:?}"
     );
+    let ended_at = started.elapsed();
+    // Then the reconciler confirms every cleanup with Glance.
+    loop {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM image_cleanups WHERE done_at IS NULL")
+                .fetch_one(&cluster.pool)
+                .await
+                .unwrap();
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < ended_at + Duration::from_secs(120),
+            "{pending} cleanups still pending 2 min after the end"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Glance holds exactly one image per complete ticket, active and the one the ticket
+    // names, and none in any state for a cancelled ticket.
+    let rows: Vec<(i64, uuid::Uuid, String, Option<String>)> =
+        sqlx::query_as("SELECT id, ticket_key, state, cloud_id FROM publish_tickets")
+            .fetch_all(&cluster.pool)
+            .await
+            .unwrap();
     let (attempts, rescued): (i64, i64) = sqlx::query_as(
         "SELECT sum(attempts)::bigint, count(*) FILTER (WHERE attempts > 1) FROM publish_tickets",
     )
     .fetch_one(&cluster.pool)
     .await
     .unwrap();
-    println!(
-        "chaos: 100 tickets complete in {:.1} s; {attempts} claims in all ({rescued} tickets needed more than one); {} resets injected",
-        started.elapsed().as_secs_f64(),
-        proxy.injected()
-    );
-
-    // Glance holds exactly one image per ticket, the one the ticket names; none stray.
-    let rows: Vec<(uuid::Uuid, Option<String>)> =
-        sqlx::query_as("SELECT ticket_key, cloud_id FROM publish_tickets")
-            .fetch_all(&cluster.pool)
-            .await
-            .unwrap();
     let cloud = DemoCloud::login().await;
-    let keys: HashSet<String> = rows.iter().map(|r| r.0.to_string()).collect();
     let in_glance = cloud.images_with_ticket_property().await;
-    let ours: Vec<&(String, String)> = in_glance
-        .iter()
-        .filter(|(_, key)| keys.contains(key))
-        .collect();
-    assert_eq!(
-        ours.len(),
-        100,
-        "exactly 100 images in Glance for the 100 tickets"
-    );
-    let distinct: HashSet<&String> = ours.iter().map(|(_, key)| key).collect();
-    assert_eq!(distinct.len(), 100, "no ticket has two images");
-    for (key, cloud_id) in &rows {
-        let id = cloud_id
-            .as_deref()
-            .expect("complete tickets name their image");
-        assert!(ours
+    let mut left_for_non_complete = 0;
+    for (id, key, state, cloud_id) in &rows {
+        let key = key.to_string();
+        let images: Vec<&String> = in_glance
             .iter()
-            .any(|(img, k)| img == id && k == &key.to_string()));
+            .filter(|(_, k)| *k == key)
+            .map(|(image, _)| image)
+            .collect();
+        if state == "complete" {
+            let named = cloud_id
+                .as_ref()
+                .expect("a complete ticket names its image");
+            assert_eq!(images, vec![named], "ticket {id}: exactly its one image");
+            let image = cloud.image(named).await.expect("the named image exists");
+            assert_eq!(image["status"], "active", "ticket {id}: {image}");
+        } else {
+            assert!(cancelled.contains(id), "ticket {id} ended {state}");
+            assert_eq!(cloud_id, &None, "ticket {id} names no image");
+            left_for_non_complete += images.len();
+        }
     }
-    for (id, _) in ours {
-        cloud.delete(id).await;
+    println!(
+        "chaos figures: {tickets_in_all} tickets: {} complete, {} cancelled, {} error; \
+         {attempts} claims in all ({rescued} tickets needed more than one); faults: {faults:?}, \
+         {} connection resets; images left for non-complete tickets: {left_for_non_complete}; \
+         all final in {:.1} s, cleanups done in {:.1} s",
+        count("complete"),
+        count("cancelled"),
+        count("error"),
+        proxy.injected(),
+        ended_at.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        left_for_non_complete, 0,
+        "no image left for a cancelled ticket"
+    );
+    // The restarts of RabbitMQ, PostgreSQL and Glance stopped no process: each rode them out.
+    let apis = cluster.apis.iter_mut().map(|(api, _)| ("an API", api));
+    let workers = cluster.workers.iter_mut().map(|w| ("a worker", w));
+    for (what, child) in apis.chain(workers) {
+        assert_eq!(child.try_wait().unwrap(), None, "{what} process exited");
+    }
+    for (image, key) in &in_glance {
+        if rows.iter().any(|r| r.1.to_string() == *key) {
+            cloud.delete(image).await;
+        }
     }
     cluster.stop().await;
 }

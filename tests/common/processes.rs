@@ -192,3 +192,89 @@ pub async fn wait_final_at(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Waits (up to `within`) until something accepts TCP connections at `addr`.
+fn wait_for_port(addr: &str, within: Duration) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(started.elapsed() < within, "{addr} accepts connections");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_tool(program: &str, args: &[&str]) {
+    let ok = Command::new(program).args(args).status().unwrap().success();
+    assert!(ok, "{program} {args:?}");
+}
+
+/// Restarts the whole RabbitMQ node (the Erlang VM too, not only the broker app) and waits
+/// until it serves again. Blocking tools run off the runtime's threads.
+pub async fn restart_rabbitmq_node() {
+    tokio::task::spawn_blocking(|| {
+        run_tool("rabbitmqctl", &["-q", "stop"]);
+        run_tool("rabbitmq-server", &["-detached"]);
+        wait_for_port("127.0.0.1:5672", Duration::from_secs(90));
+        run_tool("rabbitmqctl", &["-q", "await_startup"]);
+    })
+    .await
+    .unwrap();
+}
+
+/// Restarts the PostgreSQL cluster (every connection drops) and waits until it serves again.
+pub async fn restart_postgres() {
+    tokio::task::spawn_blocking(|| {
+        let version = std::fs::read_dir("/etc/postgresql")
+            .unwrap()
+            .next()
+            .expect("one PostgreSQL cluster version")
+            .unwrap()
+            .file_name();
+        let version = version.to_str().unwrap();
+        run_tool(
+            "pg_ctlcluster",
+            &["--skip-systemctl-redirect", version, "main", "restart"],
+        );
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    while PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "PostgreSQL serves again after its restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Kills (-9) one worker process of the Glance lab's uwsgi, not its master (which respawns
+/// the worker); returns the killed pid.
+pub fn kill_a_glance_worker() -> u32 {
+    let out = Command::new("pgrep")
+        .args(["-f", "uwsgi.*glance"])
+        .output()
+        .unwrap();
+    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    // /proc/<pid>/stat: "pid (comm) state ppid …"; a worker's parent is the uwsgi master.
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let worker = *pids
+        .iter()
+        .find(|&&pid| parent_of(pid).is_some_and(|parent| pids.contains(&parent)))
+        .expect("a Glance uwsgi worker process");
+    run_tool("kill", &["-KILL", &worker.to_string()]);
+    worker
+}
