@@ -203,18 +203,7 @@ async fn api_and_worker_started_before_postgres_and_rabbitmq_wait_then_work() {
         .env("PIMAGE_USER_PASSWORD", "alice-pw")
         .output()
         .unwrap();
-    let file = env.dir.join("disk.raw");
-    std::fs::write(&file, vec![7u8; 1 << 20]).unwrap();
-    let uri = env.run_ok(&[
-        "images",
-        "register",
-        "--user",
-        "alice",
-        "--file",
-        file.to_str().unwrap(),
-        "--format",
-        "raw",
-    ]);
+    let uri = env.register_raw_image("alice", &vec![7u8; 1 << 20]);
     // PostgreSQL (for both) and RabbitMQ (for the worker) behind ports that open later.
     let (pg_port, amqp_port) = (free_port(), free_port());
     let late_db = format!("postgres://postgres@127.0.0.1:{pg_port}/{}", env.db_name);

@@ -657,18 +657,7 @@ async fn no_secret_in_logs_answers_metrics_or_rows() {
         .env("PIMAGE_USER_PASSWORD", USER_PASSWORD)
         .output()
         .unwrap();
-    let file = env.dir.join("disk.raw");
-    std::fs::write(&file, vec![3u8; 1_000_000]).unwrap();
-    let uri = env.run_ok(&[
-        "images",
-        "register",
-        "--user",
-        "alice",
-        "--file",
-        file.to_str().unwrap(),
-        "--format",
-        "raw",
-    ]);
+    let uri = env.register_raw_image("alice", &vec![3u8; 1_000_000]);
     let metrics_port = free_port();
     let port = free_port();
     let api = env.spawn(&["api"], Some(port), "api");
@@ -1066,18 +1055,7 @@ async fn secrets_rotate_reseals_everything_and_old_values_keep_opening() {
     .execute(&mut db)
     .await
     .unwrap();
-    let file = env.dir.join("disk.raw");
-    std::fs::write(&file, vec![5u8; 4096]).unwrap();
-    let uri = env.run_ok(&[
-        "images",
-        "register",
-        "--user",
-        "alice",
-        "--file",
-        file.to_str().unwrap(),
-        "--format",
-        "raw",
-    ]);
+    let uri = env.register_raw_image("alice", &vec![5u8; 4096]);
 
     // Every process gets the new key, the old one kept; then the rotation runs while the
     // API serves.

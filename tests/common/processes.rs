@@ -77,6 +77,23 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Writes `content` as `<dir>/disk.raw` and registers it for `user` (`pimage images
+    /// register`); returns what the command printed (the image URI).
+    pub fn register_raw_image(&self, user: &str, content: &[u8]) -> String {
+        let file = self.dir.join("disk.raw");
+        std::fs::write(&file, content).unwrap();
+        self.run_ok(&[
+            "images",
+            "register",
+            "--user",
+            user,
+            "--file",
+            file.to_str().unwrap(),
+            "--format",
+            "raw",
+        ])
+    }
+
     /// Starts a long-running role; its log goes to `<dir>/<log_name>.log`.
     pub fn spawn(&self, args: &[&str], port: Option<u16>, log_name: &str) -> Child {
         let mut cmd = self.command(args);
