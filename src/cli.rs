@@ -60,8 +60,13 @@ pub enum Command {
     /// Manage the key that seals stored secrets.
     #[command(subcommand)]
     Secrets(SecretsCommand),
-    /// Print the effective configuration, secrets masked.
-    Config,
+    /// Print the effective configuration, secrets masked; with --for-url, the cloud
+    /// profile (cloud.profiles) that applies to that Glance or Keystone URL.
+    Config {
+        /// A Glance (or Keystone) URL: show what applies to it.
+        #[arg(long, value_name = "URL")]
+        for_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,6 +232,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     size_bytes: prepared.size as i64,
                     md5sum: &prepared.md5,
                     sha256sum: &prepared.sha256,
+                    sha512sum: &prepared.sha512,
                 },
             )
             .await?;
@@ -240,7 +246,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = store::connect_and_migrate(&settings.database).await?;
             rotate_secrets(&pool, &settings, batch).await?;
         }
-        Command::Config => println!("{}", settings.describe()),
+        Command::Config { for_url: None } => println!("{}", settings.describe()),
+        Command::Config { for_url: Some(url) } => print!(
+            "{}",
+            crate::cloud::describe_for_url(&settings.cloud, &url).map_err(anyhow::Error::msg)?
+        ),
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Typed settings, layered: `config/default.toml`, then `config/<PIMAGE_ENV>.toml` if
 //! `PIMAGE_ENV` is set, then `PIMAGE__SECTION__KEY` environment variables.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -99,6 +100,59 @@ pub struct CloudSettings {
     /// How often the reconciler looks for leftover images in every known account, in seconds.
     #[serde(default = "default_orphan_sweep_secs")]
     pub orphan_sweep_secs: u64,
+    /// A PEM bundle of CA certificates trusted beside the system roots (a company CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The catalog region whose Glance is used when `glanceUrl` is absent.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Per-cloud settings by host pattern; the first profile whose `hosts` match wins.
+    #[serde(default)]
+    pub profiles: Vec<CloudProfile>,
+}
+
+/// How a cloud is configured by its operator, for the clouds whose Glance (or, for
+/// `ca_file` and `region`, Keystone) host matches one of `hosts` (names, `*.domain`
+/// wildcards, addresses or networks, as in `allowed_hosts`). Unset fields fall back to the
+/// `cloud.*` settings.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct CloudProfile {
+    pub name: String,
+    pub hosts: Vec<String>,
+    /// PEM bundle trusted beside the system roots and `cloud.ca_file`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The disk format Glance wants (e.g. `raw` on Ceph): other formats are converted with
+    /// `qemu-img convert` before the upload.
+    #[serde(default)]
+    pub disk_format: Option<String>,
+    /// Extra image properties set at creation (`hw_disk_bus`, `os_distro`, ...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// How the bytes reach Glance: `direct` (PUT …/file), `glance-direct` (stage + import).
+    #[serde(default)]
+    pub import_method: Option<ImportMethod>,
+    /// Overrides `cloud.call_timeout_ms` for this cloud.
+    #[serde(default)]
+    pub call_timeout_ms: Option<u64>,
+    /// How long Glance may take to import staged bytes, in seconds (default 1800).
+    #[serde(default)]
+    pub import_timeout_secs: Option<u64>,
+    /// Uploads to this cloud at once, across workers (the scale-out limit).
+    #[serde(default)]
+    pub max_uploads: Option<u32>,
+}
+
+/// How the image's bytes reach Glance.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImportMethod {
+    /// `PUT /v2/images/{id}/file`; when Glance forbids it (403), `glance-direct`.
+    Direct,
+    /// `PUT …/stage`, then `POST …/import` with `glance-direct`, and a wait for `active`.
+    GlanceDirect,
 }
 
 fn default_call_timeout_ms() -> u64 {
@@ -121,6 +175,9 @@ impl Default for CloudSettings {
             call_timeout_ms: default_call_timeout_ms(),
             deployment: default_deployment(),
             orphan_sweep_secs: default_orphan_sweep_secs(),
+            ca_file: None,
+            region: None,
+            profiles: vec![],
         }
     }
 }

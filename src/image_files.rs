@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use md5::Md5;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 /// Glance v2 disk formats pimage can publish.
 pub const DISK_FORMATS: &[&str] = &["raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso", "ploop"];
@@ -17,6 +17,16 @@ pub struct ImageFile {
     pub size: u64,
     pub md5: String,
     pub sha256: String,
+    pub sha512: String,
+}
+
+/// A file's size and digests (hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checksums {
+    pub size: u64,
+    pub md5: String,
+    pub sha256: String,
+    pub sha512: String,
 }
 
 /// Checks `source` against `format`, copies it into `image_dir` (unless `in_place`), and
@@ -49,13 +59,14 @@ pub fn prepare(
         std::fs::copy(source, &target)?;
         target
     };
-    let (size, md5, sha256) = checksums(&path)?;
+    let sums = checksums(&path)?;
     Ok(ImageFile {
         path,
         file_name,
-        size,
-        md5,
-        sha256,
+        size: sums.size,
+        md5: sums.md5,
+        sha256: sums.sha256,
+        sha512: sums.sha512,
     })
 }
 
@@ -77,11 +88,12 @@ fn check_magic(file: &mut std::fs::File, format: &str, source: &Path) -> anyhow:
     Ok(())
 }
 
-/// Size, md5 and sha256 of a file (hex).
-pub fn checksums(path: &Path) -> anyhow::Result<(u64, String, String)> {
+/// Size, md5, sha256 and sha512 of a file (hex), in one read.
+pub fn checksums(path: &Path) -> anyhow::Result<Checksums> {
     let mut file = std::fs::File::open(path)?;
     let mut md5 = Md5::new();
     let mut sha = Sha256::new();
+    let mut sha512 = Sha512::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
@@ -91,13 +103,15 @@ pub fn checksums(path: &Path) -> anyhow::Result<(u64, String, String)> {
         }
         md5.update(&buf[..n]);
         sha.update(&buf[..n]);
+        sha512.update(&buf[..n]);
         size += n as u64;
     }
-    Ok((
+    Ok(Checksums {
         size,
-        hex::encode(md5.finalize()),
-        hex::encode(sha.finalize()),
-    ))
+        md5: hex::encode(md5.finalize()),
+        sha256: hex::encode(sha.finalize()),
+        sha512: hex::encode(sha512.finalize()),
+    })
 }
 
 #[cfg(test)]
@@ -121,6 +135,12 @@ mod tests {
         let raw = prepare(&f, "raw", &dir.join("store"), false).unwrap();
         assert_eq!(raw.size, 18);
         assert_eq!(raw.md5, "b12e8d2f9cab8dab0bcbe923394ae31f");
+        // sha512sum of the same 18 bytes
+        assert_eq!(raw.sha512.len(), 128);
+        assert_eq!(
+            raw.sha512,
+            hex::encode(Sha512::digest(b"not a qcow2 at all"))
+        );
         assert!(raw
             .path
             .starts_with(std::fs::canonicalize(dir.join("store")).unwrap()));

@@ -73,6 +73,7 @@ async fn create_image_of(app: &TestApp, ticket_key: &str, deployment: &str) -> S
             "raw",
             false,
             (ticket_key, deployment),
+            &Default::default(),
         )
         .await
         .unwrap()

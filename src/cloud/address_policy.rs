@@ -33,6 +33,10 @@ impl AddressPolicy {
         std::time::Duration::from_millis(self.settings.call_timeout_ms.max(1))
     }
 
+    pub(super) fn settings(&self) -> &CloudSettings {
+        &self.settings
+    }
+
     /// `Err` says, in words for the user, why `url` may not be called.
     pub fn check_url(&self, url: &url::Url) -> Result<(), String> {
         let refuse = |why: &str| Err(format!("'{url}' {why}"));
@@ -99,7 +103,7 @@ impl AddressPolicy {
 }
 
 /// Does an `allowed_hosts` entry admit `host` (lower case; `ip` when it is an address)?
-fn host_matches(entry: &str, host: &str, ip: Option<IpAddr>) -> bool {
+pub(super) fn host_matches(entry: &str, host: &str, ip: Option<IpAddr>) -> bool {
     let entry = entry.trim().to_ascii_lowercase();
     if let Some(suffix) = entry.strip_prefix("*.") {
         return host.ends_with(&format!(".{suffix}"));

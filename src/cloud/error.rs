@@ -46,6 +46,9 @@ impl CloudError {
     /// never be allowed), everything else transient.
     pub(super) fn sending(summary: impl Into<String>, err: &reqwest::Error) -> CloudError {
         let summary = summary.into();
+        if let Some(certificate) = super::tls::certificate_failure(err) {
+            return certificate;
+        }
         if err.is_redirect() {
             return CloudError {
                 summary: format!("{summary}: {}", error_chain(err)),
@@ -108,7 +111,7 @@ pub(super) fn clip(mut text: String) -> String {
     text
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::answer::{json, within};
 use super::error::{check, CloudError};
 use super::keystone::log_in;
+use super::quota::quota_refusal;
 use super::{AddressPolicy, OpenStackAccount};
 use crate::secrets::Secret;
 
@@ -52,7 +53,7 @@ pub(super) fn glance_v2(mut url: url::Url) -> url::Url {
 }
 
 impl Glance {
-    fn url(&self, segments: &[&str]) -> url::Url {
+    pub(super) fn url(&self, segments: &[&str]) -> url::Url {
         let mut url = self.session.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
@@ -60,7 +61,7 @@ impl Glance {
         url
     }
 
-    fn token(&self) -> Secret {
+    pub(super) fn token(&self) -> Secret {
         self.session
             .token
             .lock()
@@ -70,7 +71,7 @@ impl Glance {
 
     /// Sends the request `build` makes with the token; on a 401, logs in again once and
     /// sends it anew.
-    async fn send(
+    pub(super) async fn send(
         &self,
         unreachable: &str,
         build: impl Fn(&reqwest::Client, &str) -> RequestBuilder,
@@ -101,29 +102,48 @@ pub struct GlanceImage {
     /// The ticket property, when the image carries one.
     #[serde(rename = "pimage_ticket", default)]
     pub ticket_key: Option<String>,
+    /// Glance's multihash (`sha512` by default), when it reports one.
+    #[serde(default)]
+    pub os_hash_algo: Option<String>,
+    #[serde(default)]
+    pub os_hash_value: Option<String>,
+    /// Stores an import failed for (comma-separated), set by Glance's import flow.
+    #[serde(default)]
+    pub os_glance_failed_import: Option<String>,
+    /// Stores an import still writes to.
+    #[serde(default)]
+    pub os_glance_importing_to_stores: Option<String>,
 }
 
 impl Glance {
-    fn timeout(&self) -> std::time::Duration {
-        self.session.policy.call_timeout()
+    pub(super) fn timeout(&self) -> std::time::Duration {
+        self.session.policy.call_timeout_for(&self.session.base)
     }
 
-    /// Creates an empty (queued) image carrying the ticket and deployment properties.
+    /// Creates an empty (queued) image carrying the ticket and deployment properties, and
+    /// `extra` properties (a profile's; they never replace pimage's own).
     pub async fn create_image(
         &self,
         name: &str,
         disk_format: &str,
         public: bool,
         (ticket_key, deployment): (&str, &str),
+        extra: &std::collections::BTreeMap<String, String>,
     ) -> Result<GlanceImage, CloudError> {
-        let body = serde_json::json!({
-            "name": name,
-            "disk_format": disk_format,
-            "container_format": "bare",
-            "visibility": if public { "public" } else { "private" },
-            TICKET_PROPERTY: ticket_key,
-            DEPLOYMENT_PROPERTY: deployment,
-        });
+        let mut body = serde_json::Map::new();
+        for (key, value) in extra {
+            body.insert(key.clone(), value.clone().into());
+        }
+        for (key, value) in [
+            ("name", name),
+            ("disk_format", disk_format),
+            ("container_format", "bare"),
+            ("visibility", if public { "public" } else { "private" }),
+            (TICKET_PROPERTY, ticket_key),
+            (DEPLOYMENT_PROPERTY, deployment),
+        ] {
+            body.insert(key.into(), value.into());
+        }
         let url = self.url(&["images"]);
         within(self.timeout(), "Glance, creating the image", async {
             let response = self
@@ -144,7 +164,8 @@ impl Glance {
                 413 => "Glance refused the image: quota exceeded".into(),
                 s => format!("Glance failed to create the image (HTTP {s})"),
             })
-            .await?;
+            .await
+            .map_err(quota_refusal)?;
             json(response, "Glance answered the image creation").await
         })
         .await
@@ -181,6 +202,7 @@ impl Glance {
             s => format!("the upload to Glance failed (HTTP {s})"),
         })
         .await
+        .map_err(quota_refusal)
         .map(|_| ())
     }
 

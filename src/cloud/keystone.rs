@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::answer::{json, within};
+use super::catalog::{image_endpoint, CatalogService};
 use super::error::{check, clip, Cause, CloudError};
 use super::glance::{glance_v2, Session};
 use super::{http_client, AddressPolicy, Glance, OpenStackAccount};
@@ -23,20 +24,6 @@ struct TokenAnswer {
 struct Token {
     #[serde(default)]
     catalog: Vec<CatalogService>,
-}
-
-#[derive(Deserialize)]
-struct CatalogService {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    endpoints: Vec<CatalogEndpoint>,
-}
-
-#[derive(Deserialize)]
-struct CatalogEndpoint {
-    interface: String,
-    url: String,
 }
 
 impl Glance {
@@ -105,7 +92,8 @@ pub(super) async fn log_in(
         }
         None => None,
     };
-    let (client, refusal) = http_client(policy)?;
+    let ca_files = super::tls::ca_files(policy, &[&keystone]);
+    let (client, refusal) = http_client(policy, &ca_files)?;
     // A name resolved only to addresses the policy forbids: permanent, and said plainly.
     let resolver_refused = |summary: String| {
         refusal
@@ -124,7 +112,7 @@ pub(super) async fn log_in(
             "password": account.password.expose()}}},
         "scope": {"project": {"name": account.project, "domain": {"name": account.domain}}}}});
     let what = format!("Keystone at '{}'", account.keystone_url);
-    let login = within(policy.call_timeout(), &what, async {
+    let login = within(policy.call_timeout_for(&keystone), &what, async {
         let response = client
             .post(tokens_url(&account.keystone_url))
             .json(&body)
@@ -174,26 +162,25 @@ pub(super) async fn log_in(
     let glance = match given_glance {
         Some(url) => url,
         None => {
-            let endpoint = catalog
-                .iter()
-                .filter(|s| s.kind == "image")
-                .flat_map(|s| &s.endpoints)
-                .find(|e| e.interface == "public")
-                .ok_or_else(|| CloudError {
-                    summary: "no Glance (image service) in the Keystone catalog".into(),
-                    detail: None,
-                    cause: Cause::Http {
-                        status: 404,
-                        retry_after: None,
-                    },
-                })?;
+            let profile = policy.profile_for(&keystone);
+            let region = profile
+                .and_then(|p| p.region.as_deref())
+                .or(policy.settings().region.as_deref());
+            let endpoint = image_endpoint(&catalog, region)?;
             // Checked before the first connection to it (the resolver checks names again).
-            let url = parse("the catalog's Glance endpoint", &endpoint.url)?;
+            let url = parse("the catalog's Glance endpoint", &endpoint)?;
             policy
                 .check_url(&url)
                 .map_err(|why| refused("the catalog's Glance endpoint", why))?;
             url
         }
+    };
+    // Glance's own profile may trust one more CA.
+    let all = super::tls::ca_files(policy, &[&keystone, &glance]);
+    let client = if all == ca_files {
+        client
+    } else {
+        http_client(policy, &all)?.0
     };
     Ok((client, token, glance_v2(glance)))
 }

@@ -8,9 +8,14 @@
 
 mod address_policy;
 mod answer;
+mod catalog;
 mod error;
 mod glance;
+mod import;
 mod keystone;
+mod profile;
+mod quota;
+mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +27,7 @@ use address_policy::{GuardedResolver, Refusal};
 pub use address_policy::AddressPolicy;
 pub use error::{Cause, CloudError};
 pub use glance::{Glance, GlanceImage, DEPLOYMENT_PROPERTY, TICKET_PROPERTY};
+pub use profile::{describe_for_url, DEFAULT_IMPORT_TIMEOUT_SECS};
 
 /// Where and as whom to publish (a `CredAccountOpenStack` plus the project scope).
 #[derive(Debug, Clone)]
@@ -35,15 +41,19 @@ pub struct OpenStackAccount {
 }
 
 /// The client for every cloud call: names resolved through the policy's guard, redirects
-/// checked too; the `Refusal` tells why the guard refused a name.
-fn http_client(policy: &AddressPolicy) -> Result<(reqwest::Client, Refusal), CloudError> {
+/// checked too, the CA files of `ca_files` trusted beside the system roots; the `Refusal`
+/// tells why the guard refused a name.
+fn http_client(
+    policy: &AddressPolicy,
+    ca_files: &[std::path::PathBuf],
+) -> Result<(reqwest::Client, Refusal), CloudError> {
     let redirects = policy.clone();
     let refusal = Refusal::default();
     let resolver = GuardedResolver {
         policy: policy.clone(),
         refusal: refusal.clone(),
     };
-    reqwest::Client::builder()
+    tls::trust(reqwest::Client::builder(), ca_files)?
         .dns_resolver(Arc::new(resolver))
         .redirect(reqwest::redirect::Policy::custom(
             move |attempt| match redirects.check_url(attempt.url()) {

@@ -17,6 +17,8 @@ pub struct Image {
     pub size_bytes: i64,
     pub md5sum: String,
     pub sha256sum: String,
+    /// None for images registered before sha512 was computed.
+    pub sha512sum: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -39,6 +41,7 @@ pub struct NewImage<'a> {
     pub size_bytes: i64,
     pub md5sum: &'a str,
     pub sha256sum: &'a str,
+    pub sha512sum: &'a str,
 }
 
 /// Expands to a compile-time checked `query_as!` of `Image` rows: the image columns, with the
@@ -49,7 +52,7 @@ macro_rules! select_images {
             Image,
             "SELECT i.id, i.scan_id, s.scanned_instance_id, u.login AS owner_login, i.name,
                     i.file_path, i.file_name, i.format, i.size_bytes, i.md5sum, i.sha256sum,
-                    i.created_at, i.updated_at
+                    i.sha512sum, i.created_at, i.updated_at
                FROM images i
                JOIN scans s ON s.id = i.scan_id
                JOIN scanned_instances si ON si.id = s.scanned_instance_id
@@ -78,8 +81,8 @@ pub async fn register(pool: &PgPool, new: &NewImage<'_>) -> Result<Image, sqlx::
     .fetch_one(&mut *tx)
     .await?;
     let id = sqlx::query_scalar!(
-        "INSERT INTO images (scan_id, name, file_path, file_name, format, size_bytes, md5sum, sha256sum)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        "INSERT INTO images (scan_id, name, file_path, file_name, format, size_bytes, md5sum, sha256sum, sha512sum)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         sid,
         new.name,
         new.file_path,
@@ -87,7 +90,8 @@ pub async fn register(pool: &PgPool, new: &NewImage<'_>) -> Result<Image, sqlx::
         new.format,
         new.size_bytes,
         new.md5sum,
-        new.sha256sum
+        new.sha256sum,
+        new.sha512sum
     )
     .fetch_one(&mut *tx)
     .await?;

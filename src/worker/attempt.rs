@@ -6,12 +6,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cloud::{CloudError, Glance, OpenStackAccount};
+use crate::cloud::{Cause, CloudError, Glance, OpenStackAccount};
+use crate::config::ImportMethod;
 use crate::retry::Retryable;
 use crate::store::claims::{self, Claim, Heartbeat};
 use crate::store::tickets;
 use crate::store::Image;
 
+use super::upload::{holds_file, Transfer};
 use super::Worker;
 
 /// One ticket's publication, shared by its attempts.
@@ -155,15 +157,7 @@ impl Job<'_> {
             self.account.user
         )))
         .await?;
-        let file = tokio::fs::File::open(&self.image.file_path)
-            .await
-            .map_err(|e| AttemptError::Permanent {
-                summary: format!(
-                    "the file of image {} ('{}') is missing or unreadable on the server",
-                    self.image.id, self.image.name
-                ),
-                detail: Some(e.to_string()),
-            })?;
+        let file = self.open_file().await?;
         let glance = Glance::login(&self.account, &self.worker.cloud_policy).await?;
         let key = self.claim.ticket.ticket_key.to_string();
 
@@ -177,23 +171,31 @@ impl Job<'_> {
             glance.images_of_ticket(&key).await?
         };
         for existing in earlier {
-            if existing.status == "active"
-                && existing.checksum.as_deref() == Some(self.image.md5sum.as_str())
-            {
+            if holds_file(self.image, &existing) {
                 info!(image = %existing.id, "an earlier attempt already published it");
                 return Ok(existing.id);
             }
             glance.delete_image(&existing.id).await?;
         }
 
+        let transfer = match glance.profile().and_then(|p| p.import_method) {
+            Some(ImportMethod::GlanceDirect) => Transfer::Stage,
+            Some(ImportMethod::Direct) | None => Transfer::Upload,
+        };
+        // Refused at once when it cannot fit, rather than after the bytes went up.
+        glance
+            .check_quota(self.image.size_bytes as u64, transfer == Transfer::Stage)
+            .await?;
         self.report(&self.step(format!("creating the image in Glance{of}")))
             .await?;
+        let no_properties = Default::default();
         let created = glance
             .create_image(
                 &self.claim.ticket.display_name,
                 &self.image.format,
                 self.claim.ticket.public_image,
                 (&key, &self.worker.deployment),
+                glance.profile().map_or(&no_properties, |p| &p.properties),
             )
             .await?;
         let result = match claims::set_cloud_id(
@@ -205,7 +207,7 @@ impl Job<'_> {
         .await
         {
             Ok(true) => {
-                self.upload_and_verify(&glance, &created.id, file, &of, deadline)
+                self.transfer(&glance, &created.id, file, (&of, transfer), deadline)
                     .await
             }
             Ok(false) => Err(AttemptError::Lost),
@@ -227,6 +229,55 @@ impl Job<'_> {
             }
         }
         result.map(|()| created.id)
+    }
+
+    async fn open_file(&self) -> Result<tokio::fs::File, AttemptError> {
+        tokio::fs::File::open(&self.image.file_path)
+            .await
+            .map_err(|e| AttemptError::Permanent {
+                summary: format!(
+                    "the file of image {} ('{}') is missing or unreadable on the server",
+                    self.image.id, self.image.name
+                ),
+                detail: Some(e.to_string()),
+            })
+    }
+
+    /// Uploads (or stages) and verifies; a direct upload that Glance forbids (403, the
+    /// `upload_image` policy) goes again through glance-direct when Glance offers it.
+    async fn transfer(
+        &self,
+        glance: &Glance,
+        image_id: &str,
+        file: tokio::fs::File,
+        (of, transfer): (&str, Transfer),
+        deadline: tokio::time::Instant,
+    ) -> Result<(), AttemptError> {
+        let result = self
+            .upload_and_verify(glance, image_id, file, (of, transfer), deadline)
+            .await;
+        let forbidden = matches!(
+            &result,
+            Err(AttemptError::Cloud(CloudError {
+                cause: Cause::Http { status: 403, .. },
+                ..
+            }))
+        );
+        if !(forbidden && transfer == Transfer::Upload) {
+            return result;
+        }
+        if !glance
+            .import_methods()
+            .await?
+            .iter()
+            .any(|m| m == "glance-direct")
+        {
+            return result;
+        }
+        info!("Glance forbids the direct upload; staging the image for glance-direct");
+        let file = self.open_file().await?;
+        self.upload_and_verify(glance, image_id, file, (of, Transfer::Stage), deadline)
+            .await
     }
 
     /// Whether this worker may delete the image it created: only while its fencing token

@@ -1,6 +1,7 @@
-//! The upload: the file streamed to Glance at flat memory, stalls cut (too little
-//! throughput over a window), progress written, and the stored image checked against the
-//! file's registered md5.
+//! The upload: the file streamed to Glance at flat memory (uploaded, or staged for
+//! glance-direct and then imported), stalls cut (too little throughput over a window),
+//! progress written, and the stored image checked against the file's registered md5 and
+//! sha512.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,8 +11,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tokio_util::io::ReaderStream;
 
-use crate::cloud::{Cause, CloudError, Glance};
+use crate::cloud::{Cause, CloudError, Glance, GlanceImage, DEFAULT_IMPORT_TIMEOUT_SECS};
 use crate::metrics_catalog;
+use crate::store::Image;
 
 use super::attempt::{past_deadline, AttemptError, Job};
 use super::progress::upload_progress;
@@ -23,6 +25,31 @@ const UPLOAD_CHUNK: usize = 256 * 1024;
 /// How long Glance may take to answer once it has every byte (it hashes the whole file).
 const ANSWER_LIMIT: Duration = Duration::from_secs(900);
 
+/// How the bytes go to Glance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Transfer {
+    /// `PUT …/file`.
+    Upload,
+    /// `PUT …/stage`, then the glance-direct import.
+    Stage,
+}
+
+/// Whether Glance's image holds the registered file: active, the same md5 and, when both
+/// Glance and the registration know it, the same sha512.
+pub(super) fn holds_file(image: &Image, stored: &GlanceImage) -> bool {
+    let sha512_agrees = match (
+        stored.os_hash_algo.as_deref(),
+        stored.os_hash_value.as_deref(),
+        image.sha512sum.as_deref(),
+    ) {
+        (Some("sha512"), Some(theirs), Some(ours)) => theirs.eq_ignore_ascii_case(ours),
+        _ => true,
+    };
+    stored.status == "active"
+        && stored.checksum.as_deref() == Some(image.md5sum.as_str())
+        && sha512_agrees
+}
+
 impl Job<'_> {
     /// Streams the file into `image_id` and checks what Glance stored; `of` names the attempt.
     pub(super) async fn upload_and_verify(
@@ -30,7 +57,7 @@ impl Job<'_> {
         glance: &Glance,
         image_id: &str,
         file: tokio::fs::File,
-        of: &str,
+        (of, transfer): (&str, Transfer),
         deadline: tokio::time::Instant,
     ) -> Result<(), AttemptError> {
         let total = self.image.size_bytes;
@@ -48,7 +75,13 @@ impl Job<'_> {
                 chunk
             })
         };
-        let upload = glance.upload(image_id, reqwest::Body::wrap_stream(body), total as u64);
+        let body = reqwest::Body::wrap_stream(body);
+        let upload = async {
+            match transfer {
+                Transfer::Upload => glance.upload(image_id, body, total as u64).await,
+                Transfer::Stage => glance.stage(image_id, body, total as u64).await,
+            }
+        };
         tokio::pin!(upload);
 
         let started = Instant::now();
@@ -112,9 +145,12 @@ impl Job<'_> {
         }
         metrics::histogram!(metrics_catalog::UPLOAD_DURATION)
             .record(started.elapsed().as_secs_f64());
+        if transfer == Transfer::Stage {
+            self.import(glance, image_id, of, deadline).await?;
+        }
         let registered = self.image.md5sum.as_str();
         let stored = glance.image(image_id).await?;
-        if stored.status == "active" && stored.checksum.as_deref() == Some(registered) {
+        if holds_file(self.image, &stored) {
             return Ok(());
         }
         // Rare: tell a file changed since registration (permanent) from bytes damaged on
@@ -129,20 +165,33 @@ impl Job<'_> {
         })
         .await
         .map_err(|e| unreadable(e.to_string()))?
-        .map_err(|e| unreadable(e.to_string()))?
-        .1;
-        if read != registered {
+        .map_err(|e| unreadable(e.to_string()))?;
+        let sha512_changed = self
+            .image
+            .sha512sum
+            .as_deref()
+            .is_some_and(|sha| sha != read.sha512);
+        if read.md5 != registered || sha512_changed {
             return Err(AttemptError::Permanent {
                 summary: format!(
                     "the file of image {} changed on disk since it was registered (checksum differs)",
                     self.image.id
                 ),
-                detail: Some(format!("registered md5 {registered}, file md5 now {read}")),
+                detail: Some(format!(
+                    "registered md5 {registered}, sha512 {}; file md5 now {}, sha512 {}",
+                    self.image.sha512sum.as_deref().unwrap_or("unknown"),
+                    read.md5,
+                    read.sha512
+                )),
             });
         }
         let detail = format!(
-            "Glance status {}, checksum {:?}; file md5 {registered}",
-            stored.status, stored.checksum
+            "Glance status {}, checksum {:?}, {} {:?}; file md5 {registered}, sha512 {}",
+            stored.status,
+            stored.checksum,
+            stored.os_hash_algo.as_deref().unwrap_or("os_hash_value"),
+            stored.os_hash_value,
+            read.sha512
         );
         if self.checksum_retried.swap(true, Ordering::Relaxed) {
             Err(AttemptError::Permanent {
@@ -152,6 +201,87 @@ impl Job<'_> {
             })
         } else {
             Err(AttemptError::ChecksumMismatch { detail })
+        }
+    }
+}
+
+impl Job<'_> {
+    /// Has Glance import the staged bytes (glance-direct) and waits until the image is
+    /// `active`, saying so in the status. A failed import (`os_glance_failed_import`) is
+    /// permanent; the whole import ends at the profile's `import_timeout_secs` (transient),
+    /// at the attempt deadline, or at once when the ticket is cancelled.
+    async fn import(
+        &self,
+        glance: &Glance,
+        image_id: &str,
+        of: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), AttemptError> {
+        let limit = Duration::from_secs(
+            glance
+                .profile()
+                .and_then(|p| p.import_timeout_secs)
+                .unwrap_or(DEFAULT_IMPORT_TIMEOUT_SECS)
+                .max(1),
+        );
+        let mut step = self.step(format!("importing in Glance{of}"));
+        step.bytes_loaded = self.image.size_bytes;
+        step.percentage = 99;
+        self.report(&step).await?;
+        let import = async {
+            glance.start_import(image_id).await?;
+            loop {
+                let image = glance.image(image_id).await?;
+                if image.status == "active" {
+                    return Ok(());
+                }
+                if let Some(stores) = image
+                    .os_glance_failed_import
+                    .as_deref()
+                    .filter(|s| !s.trim().is_empty())
+                {
+                    return Err(AttemptError::Permanent {
+                        summary: format!(
+                            "Glance failed to import the image into its store(s) {stores}"
+                        ),
+                        detail: Some(format!("image {image_id} status {}", image.status)),
+                    });
+                }
+                if matches!(
+                    image.status.as_str(),
+                    "queued" | "killed" | "deleted" | "pending_delete"
+                ) {
+                    return Err(AttemptError::Cloud(CloudError {
+                        summary: format!(
+                            "Glance's import of the image ended in status {}",
+                            image.status
+                        ),
+                        detail: None,
+                        cause: Cause::BadAnswer,
+                    }));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                // A heartbeat that also notices a cancel requested through Postgres.
+                self.report(&step).await?;
+            }
+        };
+        tokio::select! {
+            result = tokio::time::timeout(limit, import) => result.unwrap_or_else(|_| {
+                Err(AttemptError::Cloud(CloudError {
+                    summary: format!(
+                        "Glance did not finish importing the image within {} s (import_timeout_secs)",
+                        limit.as_secs()
+                    ),
+                    detail: Some(format!("image {image_id}")),
+                    cause: Cause::Bound,
+                }))
+            }),
+            // Dropping the import stops the wait; the image is deleted as after any failure.
+            _ = self.cancel.cancelled() => Err(AttemptError::Cancelled),
+            _ = tokio::time::sleep_until(deadline) => {
+                let limit = self.worker.settings.attempt_deadline_secs.max(1);
+                Err(past_deadline(Duration::from_secs(limit)))
+            }
         }
     }
 }

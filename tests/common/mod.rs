@@ -231,6 +231,7 @@ impl TestApp {
                 size_bytes: f.size as i64,
                 md5sum: &f.md5,
                 sha256sum: &f.sha256,
+                sha512sum: &f.sha512,
             },
         )
         .await

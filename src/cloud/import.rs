@@ -1,0 +1,117 @@
+//! Glance's interoperable import (`glance-direct`): the methods Glance offers
+//! (`GET /v2/info/import`), staging the bytes (`PUT …/stage`) and starting the import
+//! (`POST …/import`). The wait for `active` is the worker's (it reports and cancels).
+
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use serde::Deserialize;
+
+use super::answer::{json, within};
+use super::error::{check, CloudError};
+use super::quota::quota_refusal;
+use super::Glance;
+
+#[derive(Debug, Deserialize)]
+struct ImportInfo {
+    #[serde(rename = "import-methods")]
+    methods: ImportMethods,
+}
+
+#[derive(Debug, Deserialize)]
+struct ImportMethods {
+    #[serde(default)]
+    value: Vec<String>,
+}
+
+impl Glance {
+    /// The import methods this Glance offers; empty when it does not say (an older Glance).
+    pub async fn import_methods(&self) -> Result<Vec<String>, CloudError> {
+        let url = self.url(&["info", "import"]);
+        within(
+            self.timeout(),
+            "Glance, reading its import methods",
+            async {
+                let response = self
+                    .send(
+                        "could not reach Glance to read its import methods",
+                        |c, token| {
+                            c.get(url.clone())
+                                .header("x-auth-token", token)
+                                .header(ACCEPT, "application/json")
+                        },
+                    )
+                    .await?;
+                if response.status().is_client_error() {
+                    return Ok(vec![]);
+                }
+                let response = check(response, |s| {
+                    format!("Glance failed to tell its import methods (HTTP {s})")
+                })
+                .await?;
+                json::<ImportInfo>(response, "Glance answered its import methods")
+                    .await
+                    .map(|i| i.methods.value)
+            },
+        )
+        .await
+    }
+
+    /// Streams `body` (exactly `length` bytes) into the image's staging area; bounded by the
+    /// worker's upload watchdog, as `upload` is.
+    pub async fn stage(
+        &self,
+        image_id: &str,
+        body: reqwest::Body,
+        length: u64,
+    ) -> Result<(), CloudError> {
+        let response = self
+            .session
+            .client
+            .put(self.url(&["images", image_id, "stage"]))
+            .header("x-auth-token", self.token().expose())
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, length)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| CloudError::sending("staging the image in Glance was cut off", &e))?;
+        check(response, |status| match status {
+            403 => "Glance refused to stage the image (forbidden): this account may use neither \
+                    the direct upload nor glance-direct"
+                .to_string(),
+            404 | 409 | 410 => "the image was removed from Glance during staging".into(),
+            s => format!("staging the image in Glance failed (HTTP {s})"),
+        })
+        .await
+        .map_err(quota_refusal)
+        .map(|_| ())
+    }
+
+    /// Asks Glance to import the staged bytes (`glance-direct`).
+    pub async fn start_import(&self, image_id: &str) -> Result<(), CloudError> {
+        let url = self.url(&["images", image_id, "import"]);
+        let body = serde_json::json!({"method": {"name": "glance-direct"}});
+        within(self.timeout(), "Glance, starting the import", async {
+            let response = self
+                .send("could not reach Glance to start the import", |c, token| {
+                    c.post(url.clone())
+                        .header("x-auth-token", token)
+                        .header(ACCEPT, "application/json")
+                        .json(&body)
+                })
+                .await?;
+            check(response, |s| {
+                format!("Glance refused to import the staged image (HTTP {s})")
+            })
+            .await
+            .map_err(quota_refusal)
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// The profile that applies to this Glance, if any.
+    pub fn profile(&self) -> Option<&crate::config::CloudProfile> {
+        self.session.policy.profile_for(&self.session.base)
+    }
+}

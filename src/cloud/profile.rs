@@ -1,0 +1,189 @@
+//! Per-cloud profiles: which `cloud.profiles` entry applies to a cloud host, and what it
+//! says, for the worker and for `pimage config --for-url`.
+
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use crate::config::{CloudProfile, CloudSettings, ImportMethod};
+
+use super::address_policy::host_matches;
+use super::AddressPolicy;
+
+impl AddressPolicy {
+    /// The first profile whose hosts match `url`'s host.
+    pub fn profile_for(&self, url: &url::Url) -> Option<&CloudProfile> {
+        profile_for(self.settings(), url)
+    }
+
+    /// The call timeout for calls to the cloud at `url` (its profile's, or `cloud.*`'s).
+    pub(super) fn call_timeout_for(&self, url: &url::Url) -> std::time::Duration {
+        match self.profile_for(url).and_then(|p| p.call_timeout_ms) {
+            Some(ms) => std::time::Duration::from_millis(ms.max(1)),
+            None => self.call_timeout(),
+        }
+    }
+}
+
+fn profile_for<'a>(settings: &'a CloudSettings, url: &url::Url) -> Option<&'a CloudProfile> {
+    let host = url.host_str()?.to_ascii_lowercase();
+    let ip: Option<IpAddr> = host.trim_matches(|c| c == '[' || c == ']').parse().ok();
+    settings
+        .profiles
+        .iter()
+        .find(|p| p.hosts.iter().any(|entry| host_matches(entry, &host, ip)))
+}
+
+/// What applies to a cloud at `url`: the profile's settings, and the `cloud.*` ones it leaves.
+pub fn describe_for_url(settings: &CloudSettings, url: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("'{url}' is not a valid URL: {e}"))?;
+    let profile = profile_for(settings, &parsed);
+    let unset = CloudProfile::default();
+    let p = profile.unwrap_or(&unset);
+    let mut out = String::new();
+    let from = |set: bool| if set { "profile" } else { "cloud.*" };
+    let _ = match profile {
+        Some(p) => writeln!(out, "profile: {} (hosts {})", p.name, p.hosts.join(", ")),
+        None => writeln!(out, "profile: none matches; the cloud.* settings apply"),
+    };
+    let mut ca: Vec<String> = settings
+        .ca_file
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect();
+    ca.extend(p.ca_file.iter().map(|f| f.display().to_string()));
+    let _ = writeln!(
+        out,
+        "ca_file: {}",
+        if ca.is_empty() {
+            "none (system roots only)".into()
+        } else {
+            format!("system roots + {}", ca.join(" + "))
+        }
+    );
+    let region = p.region.as_ref().or(settings.region.as_ref());
+    let _ = writeln!(
+        out,
+        "region: {} ({})",
+        region.map_or("none (the catalog must list one Glance)", |r| r.as_str()),
+        from(p.region.is_some())
+    );
+    let _ = writeln!(
+        out,
+        "disk_format: {}",
+        p.disk_format
+            .as_deref()
+            .unwrap_or("as registered (no conversion)")
+    );
+    let _ = writeln!(
+        out,
+        "import_method: {}",
+        match p.import_method {
+            Some(ImportMethod::GlanceDirect) => "glance-direct (stage, then import)",
+            Some(ImportMethod::Direct) | None =>
+                "direct upload (glance-direct when Glance forbids it)",
+        }
+    );
+    let props: Vec<String> = p
+        .properties
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "properties: {}",
+        if props.is_empty() {
+            "none".into()
+        } else {
+            props.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "call_timeout_ms: {} ({})",
+        p.call_timeout_ms.unwrap_or(settings.call_timeout_ms),
+        from(p.call_timeout_ms.is_some())
+    );
+    let _ = writeln!(
+        out,
+        "import_timeout_secs: {}",
+        p.import_timeout_secs.unwrap_or(DEFAULT_IMPORT_TIMEOUT_SECS)
+    );
+    let _ = writeln!(
+        out,
+        "max_uploads: {}",
+        p.max_uploads
+            .map_or("no per-cloud limit in the profile".into(), |n| n
+                .to_string())
+    );
+    Ok(out)
+}
+
+/// How long Glance may take to import staged bytes when no profile says.
+pub const DEFAULT_IMPORT_TIMEOUT_SECS: u64 = 1800;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> CloudSettings {
+        CloudSettings {
+            region: Some("RegionOne".into()),
+            profiles: vec![
+                CloudProfile {
+                    name: "ceph".into(),
+                    hosts: vec!["*.ceph.example.com".into(), "10.0.0.0/8".into()],
+                    disk_format: Some("raw".into()),
+                    properties: [("hw_disk_bus".to_string(), "scsi".to_string())].into(),
+                    import_method: Some(ImportMethod::GlanceDirect),
+                    call_timeout_ms: Some(5000),
+                    max_uploads: Some(2),
+                    ..Default::default()
+                },
+                CloudProfile {
+                    name: "later".into(),
+                    hosts: vec!["glance.ceph.example.com".into()],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_first_profile_whose_hosts_match_applies() {
+        let s = settings();
+        let url = |u: &str| url::Url::parse(u).unwrap();
+        let name = |u: &str| profile_for(&s, &url(u)).map(|p| p.name.clone());
+        assert_eq!(
+            name("https://glance.ceph.example.com:9292"),
+            Some("ceph".into())
+        );
+        assert_eq!(name("http://10.2.3.4:9292"), Some("ceph".into()));
+        assert_eq!(name("https://ceph.example.com.evil.net"), None);
+        assert_eq!(name("https://glance.other.org"), None);
+        let policy = AddressPolicy::from(s.clone());
+        assert_eq!(
+            policy.call_timeout_for(&url("http://10.2.3.4")),
+            std::time::Duration::from_millis(5000)
+        );
+        assert_eq!(
+            policy.call_timeout_for(&url("http://elsewhere")),
+            std::time::Duration::from_millis(s.call_timeout_ms)
+        );
+    }
+
+    #[test]
+    fn config_for_url_shows_the_profile_and_what_it_leaves_to_cloud_settings() {
+        let s = settings();
+        let text = describe_for_url(&s, "https://glance.ceph.example.com").unwrap();
+        assert!(text.contains("profile: ceph"), "{text}");
+        assert!(text.contains("disk_format: raw"), "{text}");
+        assert!(text.contains("hw_disk_bus=scsi"), "{text}");
+        assert!(text.contains("glance-direct"), "{text}");
+        assert!(text.contains("region: RegionOne (cloud.*)"), "{text}");
+        assert!(text.contains("max_uploads: 2"), "{text}");
+        let none = describe_for_url(&s, "https://glance.other.org").unwrap();
+        assert!(none.contains("none matches"), "{none}");
+        assert!(describe_for_url(&s, "not a url").is_err());
+    }
+}
