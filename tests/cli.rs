@@ -90,6 +90,13 @@ async fn admin_commands_set_up_users_and_images() {
     let config = env.run_ok(&["config"]);
     assert!(config.contains("image_dir") && config.contains("***"));
     assert!(!config.contains("ZGV2LW9ubHkta2V5"), "the key is masked");
+    // `config --for-url`: the profile that applies to a cloud (none is configured here).
+    let for_url = env.run_ok(&["config", "--for-url", "https://glance.example.com:9292"]);
+    assert!(for_url.contains("profile: none matches"), "{for_url}");
+    assert!(
+        for_url.contains("import_method: direct upload"),
+        "{for_url}"
+    );
     let no_key = env
         .command(&["worker"])
         .env_remove("PIMAGE_ENV")

@@ -58,7 +58,12 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Listens on 127.0.0.1 (a free port) and forwards to `upstream` ("127.0.0.1:9292").
     pub async fn start(upstream: &str) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        FaultProxy::start_on("127.0.0.1:0", upstream).await
+    }
+
+    /// The same on a given address (one a lab catalog names).
+    pub async fn start_on(listen: &str, upstream: &str) -> FaultProxy {
+        let listener = TcpListener::bind(listen).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(Mutex::new(State::default()));
         let upstream = upstream.to_string();

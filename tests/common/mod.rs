@@ -4,6 +4,7 @@
 
 pub mod fault_proxy;
 pub mod processes;
+pub mod tls_proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,551 @@
+//! Clouds as operators configure them, against the real lab: Keystone and Glance behind a
+//! TLS terminator with a CA made at test time; sha512 compared with Glance's os_hash_value;
+//! and one lab variant (started by scripts/openstack-lab with options) whose catalog lists
+//! two regions, whose Glance forbids the direct upload (so only glance-direct works) and
+//! runs on Keystone unified limits with image_size_total = 2 MiB.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::fault_proxy::FaultProxy;
+use common::tls_proxy::TestCa;
+use common::{spawn_app_with, DemoCloud, TestApp, PASSWORD};
+use pimage::config::{CloudProfile, ImportMethod};
+use reqwest::StatusCode;
+
+fn body(keystone: &str, glance: Option<&str>, name: &str) -> String {
+    let mut account = serde_json::json!({
+        "targetPlatform": {"name": "openstack"},
+        "keystoneUrl": keystone,
+        "keystoneVersion": "v3",
+        "login": "demo",
+        "password": "demopass"
+    });
+    if let Some(glance) = glance {
+        account["glanceUrl"] = glance.into();
+    }
+    serde_json::json!({
+        "displayName": name,
+        "publicImage": false,
+        "keystoneDomain": "Default",
+        "keystoneProject": "demo",
+        "credAccount": account
+    })
+    .to_string()
+}
+
+/// Publishes a fresh raw image of `bytes` as alice; the ticket's URI and id.
+async fn publish(app: &TestApp, bytes: usize, body: String) -> (String, i64) {
+    let file = app.raw_file(&format!("disk-{}.raw", uuid::Uuid::new_v4()), bytes);
+    let image = app.register_image("alice", &file, "raw").await;
+    let resp = app
+        .publish("alice", &image.uri(), "application/json", body)
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let ticket: serde_json::Value = resp.json().await.unwrap();
+    (
+        ticket["uri"].as_str().unwrap().to_string(),
+        ticket["dbId"].as_i64().unwrap(),
+    )
+}
+
+async fn cancel(app: &TestApp, ticket: &str) {
+    let resp = app
+        .client
+        .delete(app.url(&format!("{ticket}/cancel")))
+        .basic_auth("alice", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+}
+
+/// Polls the status until `pred` holds for it (or the ticket ends first: a failure).
+async fn wait_status(
+    app: &TestApp,
+    ticket: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) {
+    let started = Instant::now();
+    loop {
+        let s = app.status("alice", ticket).await;
+        if pred(&s) {
+            return;
+        }
+        assert!(
+            s["complete"] != true && s["error"] != true && s["cancelled"] != true,
+            "ended before {what}: {s}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never {what}: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca_trusted_missing_and_for_another_name() {
+    let dir = std::env::temp_dir().join(format!("pimage-tls-{}", uuid::Uuid::new_v4()));
+    let ca = TestCa::new(&dir);
+    let keystone = ca.proxy_to("127.0.0.1:5000").await;
+    let glance = ca.proxy_to("127.0.0.1:9292").await;
+    let ca_file = ca.ca_pem.clone();
+    let trusted = spawn_app_with(true, |s| s.cloud.ca_file = Some(ca_file)).await;
+    trusted
+        .add_user("alice", &["migration_publish"], false)
+        .await;
+    let untrusted = spawn_app_with(true, |_| {}).await;
+    untrusted
+        .add_user("alice", &["migration_publish"], false)
+        .await;
+
+    // The company CA in cloud.ca_file: Keystone and Glance over HTTPS.
+    let good = body(
+        &format!("https://localhost:{keystone}/v3"),
+        Some(&format!("https://localhost:{glance}")),
+        "over TLS",
+    );
+    let (ticket, _) = publish(&trusted, 64 * 1024, good.clone()).await;
+    let status = trusted
+        .wait_final("alice", &ticket, Duration::from_secs(60))
+        .await;
+    assert_eq!(status["complete"], true, "{status}");
+    let cloud_id = trusted.get_json("alice", &ticket).await["cloudId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    DemoCloud::login().await.delete(&cloud_id).await;
+
+    // No CA configured: permanent, in plain words, at once (no retry loop).
+    let started = Instant::now();
+    let (ticket, _) = publish(&untrusted, 4096, good).await;
+    let status = untrusted
+        .wait_final("alice", &ticket, Duration::from_secs(30))
+        .await;
+    let message = status["errorMessage"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(status["error"], true, "{status}");
+    assert!(
+        message.starts_with("the certificate of localhost is not trusted: "),
+        "{message}"
+    );
+    assert!(message.contains("cloud.ca_file"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "retried: {status}"
+    );
+
+    // The right CA, but a URL naming a host the certificate does not (127.0.0.1).
+    let wrong_name = body(
+        &format!("https://127.0.0.1:{keystone}/v3"),
+        Some(&format!("https://127.0.0.1:{glance}")),
+        "wrong name",
+    );
+    let (ticket, _) = publish(&trusted, 4096, wrong_name).await;
+    let status = trusted
+        .wait_final("alice", &ticket, Duration::from_secs(30))
+        .await;
+    let message = status["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("the certificate of 127.0.0.1 is not valid for that name"),
+        "{status}"
+    );
+
+    trusted.stop().await;
+    untrusted.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_sha512_that_differs_from_glances_is_caught() {
+    let app = spawn_app_with(true, |_| {}).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let file = app.raw_file("disk.raw", 64 * 1024);
+    let image = app.register_image("alice", &file, "raw").await;
+    let sha512 = image.sha512sum.clone().expect("computed at registration");
+    assert_eq!(sha512.len(), 128);
+    // The md5 still agrees; only the sha512 Glance reports can tell.
+    sqlx::query("UPDATE images SET sha512sum = repeat('0', 128) WHERE id = $1")
+        .bind(image.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let resp = app
+        .publish(
+            "alice",
+            &image.uri(),
+            "application/json",
+            common::publish_json("sha512", "demo", "demopass", "demo"),
+        )
+        .await;
+    let ticket: serde_json::Value = resp.json().await.unwrap();
+    let ticket = ticket["uri"].as_str().unwrap().to_string();
+    let status = app
+        .wait_final("alice", &ticket, Duration::from_secs(60))
+        .await;
+    assert_eq!(status["error"], true, "{status}");
+    assert!(
+        status["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("changed on disk since it was registered"),
+        "{status}"
+    );
+    let detail = app.get_json("alice", &ticket).await;
+    assert!(
+        detail.to_string().contains(&sha512),
+        "the detail names the file's real sha512: {detail}"
+    );
+    app.stop().await;
+}
+
+/// A lab variant, started by the project's script and stopped (purged) on drop.
+struct VariantLab {
+    dir: PathBuf,
+}
+
+const VARIANT_KEYSTONE: &str = "http://127.0.0.1:5201/v3";
+const VARIANT_GLANCE: &str = "127.0.0.1:9401";
+/// Where the variant's catalog puts RegionTwo's Glance: the test's proxy to it.
+const REGION_TWO: &str = "127.0.0.1:9402";
+
+impl VariantLab {
+    fn command(dir: &std::path::Path, args: &[&str]) -> Command {
+        let mut c = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/openstack-lab"
+        ));
+        c.args(args)
+            .env("PIMAGE_LAB_DIR", dir)
+            .env(
+                "PIMAGE_LAB_VENV",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/.lab/venv"),
+            )
+            .env("PIMAGE_LAB_KEYSTONE_PORT", "5201")
+            .env("PIMAGE_LAB_GLANCE_PORT", "9401")
+            .env(
+                "PIMAGE_LAB_EXTRA_REGION",
+                format!("RegionTwo=http://{REGION_TWO}"),
+            )
+            .env("PIMAGE_LAB_FORBID_UPLOAD", "1")
+            .env("PIMAGE_LAB_IMAGE_SIZE_TOTAL_MIB", "2");
+        c
+    }
+
+    fn up() -> VariantLab {
+        let dir = std::env::temp_dir().join(format!("pimage-lab-variant-{}", uuid::Uuid::new_v4()));
+        let lab = VariantLab { dir };
+        let out = VariantLab::command(&lab.dir, &["up"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "variant lab up: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab
+    }
+}
+
+impl Drop for VariantLab {
+    fn drop(&mut self) {
+        let _ = VariantLab::command(&self.dir, &["down", "--purge"]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The demo project's images in the variant's Glance.
+struct VariantCloud {
+    token: String,
+    client: reqwest::Client,
+}
+
+impl VariantCloud {
+    async fn login() -> VariantCloud {
+        let client = reqwest::Client::new();
+        let body = serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+            "name": "demo", "domain": {"name": "Default"}, "password": "demopass"}}},
+            "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}}}});
+        let resp = client
+            .post(format!("{VARIANT_KEYSTONE}/auth/tokens"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let token = resp.headers()["x-subject-token"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        VariantCloud { token, client }
+    }
+
+    async fn images_of_ticket(&self, key: &str) -> Vec<serde_json::Value> {
+        let page: serde_json::Value = self
+            .client
+            .get(format!("http://{VARIANT_GLANCE}/v2/images"))
+            .query(&[(pimage::cloud::TICKET_PROPERTY, key)])
+            .header("X-Auth-Token", &self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        page["images"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until the ticket's images are gone from Glance.
+    async fn assert_nothing_left(&self, key: &str, what: &str) {
+        let started = Instant::now();
+        loop {
+            let left = self.images_of_ticket(key).await;
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "{what}: left {left:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn delete(&self, id: &str) {
+        let _ = self
+            .client
+            .delete(format!("http://{VARIANT_GLANCE}/v2/images/{id}"))
+            .header("X-Auth-Token", &self.token)
+            .send()
+            .await;
+    }
+}
+
+fn lab_profiles(import_timeout_secs: Option<u64>) -> Vec<CloudProfile> {
+    vec![
+        // Reached as localhost: stage + import, always.
+        CloudProfile {
+            name: "staged".into(),
+            hosts: vec!["localhost".into()],
+            import_method: Some(ImportMethod::GlanceDirect),
+            import_timeout_secs,
+            ..Default::default()
+        },
+        // Reached as 127.0.0.1: direct upload first, and extra properties.
+        CloudProfile {
+            name: "lab".into(),
+            hosts: vec!["127.0.0.1".into()],
+            properties: [
+                ("hw_disk_bus".to_string(), "scsi".to_string()),
+                ("os_distro".to_string(), "pimage-lab".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        },
+    ]
+}
+
+#[tokio::test]
+async fn a_cloud_configured_as_operators_do() {
+    let started = Instant::now();
+    let region_two = FaultProxy::start_on(REGION_TWO, VARIANT_GLANCE).await;
+    let _lab = VariantLab::up();
+    println!("variant lab up in {:.1} s", started.elapsed().as_secs_f64());
+    let cloud = VariantCloud::login().await;
+
+    // Two regions in the catalog, none configured: an error that names them.
+    let no_region = spawn_app_with(true, |s| s.cloud.profiles = lab_profiles(None)).await;
+    no_region
+        .add_user("alice", &["migration_publish"], false)
+        .await;
+    let (ticket, _) = publish(&no_region, 4096, body(VARIANT_KEYSTONE, None, "no region")).await;
+    let status = no_region
+        .wait_final("alice", &ticket, Duration::from_secs(30))
+        .await;
+    let message = status["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("several regions ('RegionOne', 'RegionTwo')")
+            && message.contains("cloud.region"),
+        "{status}"
+    );
+    no_region.stop().await;
+
+    let app = spawn_app_with(true, |s| {
+        s.cloud.region = Some("RegionTwo".into());
+        s.cloud.profiles = lab_profiles(None);
+    })
+    .await;
+    app.add_user("alice", &["migration_publish"], false).await;
+
+    // RegionTwo's Glance from the catalog; the direct upload is forbidden (403), so the
+    // worker stages and imports; the profile's properties are set; sha512 checked.
+    let (ticket, id) = publish(&app, 256 * 1024, body(VARIANT_KEYSTONE, None, "region two")).await;
+    let seen = app
+        .watch_until_final("alice", &ticket, Duration::from_secs(90))
+        .await;
+    let last = seen.last().unwrap();
+    assert_eq!(last["complete"], true, "{seen:#?}");
+    assert!(
+        seen.iter().any(|s| s["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("importing in Glance")),
+        "the status said it was importing: {seen:#?}"
+    );
+    let calls = region_two.seen();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("PUT") && c.ends_with("/file")),
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("PUT") && c.ends_with("/stage")),
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("POST") && c.ends_with("/import")),
+        "{calls:?}"
+    );
+    let key = app.ticket_key(id).await;
+    let images = cloud.images_of_ticket(&key).await;
+    assert_eq!(images.len(), 1, "{images:#?}");
+    let stored = &images[0];
+    assert_eq!(stored["hw_disk_bus"], "scsi");
+    assert_eq!(stored["os_distro"], "pimage-lab");
+    let registered: Option<String> = sqlx::query_scalar(
+        "SELECT i.sha512sum FROM images i JOIN publish_tickets t ON t.image_id = i.id WHERE t.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored["os_hash_algo"], "sha512");
+    assert_eq!(stored["os_hash_value"].as_str(), registered.as_deref());
+    cloud.delete(stored["id"].as_str().unwrap()).await;
+
+    // 3 MiB against image_size_total = 2 MiB: refused before any byte goes up, with the
+    // numbers, and nothing created.
+    let before = Instant::now();
+    let (ticket, id) = publish(&app, 3 << 20, body(VARIANT_KEYSTONE, None, "too big")).await;
+    let status = app
+        .wait_final("alice", &ticket, Duration::from_secs(30))
+        .await;
+    let message = status["errorMessage"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("image_size_total")
+            && message.contains("of 2 MiB")
+            && message.contains("3 MiB"),
+        "{status}"
+    );
+    assert!(
+        before.elapsed() < Duration::from_secs(10),
+        "retried: {status}"
+    );
+    cloud
+        .assert_nothing_left(&app.ticket_key(id).await, "quota")
+        .await;
+
+    // Cancel while staging (the bytes trickle through a throttled proxy).
+    let slow = FaultProxy::start(VARIANT_GLANCE).await;
+    slow.throttle(128 * 1024);
+    let glance = slow.url.replace("127.0.0.1", "localhost");
+    let (ticket, id) = publish(
+        &app,
+        1 << 20,
+        body(VARIANT_KEYSTONE, Some(&glance), "cancel staging"),
+    )
+    .await;
+    wait_status(&app, &ticket, "staging", |s| {
+        s["bytesLoaded"].as_i64().unwrap_or(0) > 0
+    })
+    .await;
+    assert!(slow
+        .seen()
+        .iter()
+        .any(|c| c.starts_with("PUT") && c.ends_with("/stage")));
+    cancel(&app, &ticket).await;
+    let status = app
+        .wait_final("alice", &ticket, Duration::from_secs(10))
+        .await;
+    assert_eq!(status["cancelled"], true, "{status}");
+    cloud
+        .assert_nothing_left(&app.ticket_key(id).await, "cancel while staging")
+        .await;
+
+    // Cancel while importing (Glance is never asked in time: its import call hangs).
+    let hung = FaultProxy::start(VARIANT_GLANCE).await;
+    hung.hang("POST", "/import", 1);
+    let glance = hung.url.replace("127.0.0.1", "localhost");
+    let (ticket, id) = publish(
+        &app,
+        64 * 1024,
+        body(VARIANT_KEYSTONE, Some(&glance), "cancel import"),
+    )
+    .await;
+    wait_status(&app, &ticket, "importing", |s| {
+        s["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("importing in Glance")
+    })
+    .await;
+    cancel(&app, &ticket).await;
+    let status = app
+        .wait_final("alice", &ticket, Duration::from_secs(10))
+        .await;
+    assert_eq!(status["cancelled"], true, "{status}");
+    cloud
+        .assert_nothing_left(&app.ticket_key(id).await, "cancel while importing")
+        .await;
+    app.stop().await;
+
+    // The import's wait has a timeout (the profile's import_timeout_secs).
+    let bounded = spawn_app_with(true, |s| {
+        s.cloud.profiles = lab_profiles(Some(2));
+        s.worker.retry.max_attempts = 1;
+    })
+    .await;
+    bounded
+        .add_user("alice", &["migration_publish"], false)
+        .await;
+    let hung = FaultProxy::start(VARIANT_GLANCE).await;
+    hung.hang("POST", "/import", 1);
+    let glance = hung.url.replace("127.0.0.1", "localhost");
+    let (ticket, id) = publish(
+        &bounded,
+        64 * 1024,
+        body(VARIANT_KEYSTONE, Some(&glance), "import timeout"),
+    )
+    .await;
+    let status = bounded
+        .wait_final("alice", &ticket, Duration::from_secs(30))
+        .await;
+    assert!(
+        status["errorMessage"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not finish importing the image within 2 s (import_timeout_secs)"),
+        "{status}"
+    );
+    cloud
+        .assert_nothing_left(&bounded.ticket_key(id).await, "import timeout")
+        .await;
+    bounded.stop().await;
+    println!(
+        "whole variant test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
