@@ -30,7 +30,12 @@
 //! | [`queue`]     | RabbitMQ: queue declaration, confirmed publishing, consuming             |
 //! | [`cloud`]     | the OpenStack account and the one HTTP client, in sub-modules:           |
 //! | · `keystone`  | Keystone v3 login, wrong password told from unreachable project          |
+//! | · `catalog`   | Glance from the Keystone catalog: public interface, region, ambiguity    |
 //! | · `glance`    | Glance v2 calls: create, upload, read back, delete, find by ticket       |
+//! | · `import`    | Glance's interoperable import: methods offered, stage, glance-direct    |
+//! | · `quota`     | quota refusals made permanent; the pre-check on `/v2/info/usage`         |
+//! | · `tls`       | CA files trusted beside the system roots; certificate errors in words    |
+//! | · `profile`   | per-cloud profiles by host pattern; `pimage config --for-url`            |
 //! | · `address_policy` | the SSRF guard: URLs, resolved addresses, redirects                 |
 //! | · `answer`    | every call bounded: call timeout, answer sizes read, no decompression   |
 //! | · `error`     | `CloudError`, `Cause`, the transient/permanent classifier               |
