@@ -64,7 +64,15 @@ pub struct WorkerSettings {
     /// `upload_stall_window_secs` is cut (transient): a trickling cloud cannot pin a slot.
     pub upload_min_bytes_per_sec: u64,
     pub upload_stall_window_secs: u64,
+    /// Where images converted for a cloud's profile (`disk_format`) are written, one
+    /// attempt at a time, and removed when it ends.
+    #[serde(default = "default_scratch_dir")]
+    pub scratch_dir: PathBuf,
     pub retry: RetrySettings,
+}
+
+fn default_scratch_dir() -> PathBuf {
+    std::env::temp_dir().join("pimage-scratch")
 }
 
 /// Transient failures are retried with exponential backoff and full jitter (`retry`).

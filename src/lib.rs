@@ -17,6 +17,7 @@
 //! | [`worker`]    | the upload slots and the consume loop, in sub-modules:                   |
 //! | · `job`       | one claimed ticket, from claim to recorded end (or handed back)          |
 //! | · `attempt`   | one attempt (login, earlier images, create, upload) and `AttemptError`   |
+//! | · `convert`   | the bytes sent: the file, or a copy converted for the cloud's profile    |
 //! | · `upload`    | the file streamed to Glance, stalls cut, the stored checksum checked     |
 //! | · `progress`  | progress values and their writes (heartbeats that report cancels)        |
 //! | · `lease`     | the lease keeper                                                         |

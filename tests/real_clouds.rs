@@ -549,3 +549,61 @@ async fn a_cloud_configured_as_operators_do() {
         started.elapsed().as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn a_profile_converts_to_the_disk_format_the_cloud_wants() {
+    let scratch = std::env::temp_dir().join(format!("pimage-scratch-{}", uuid::Uuid::new_v4()));
+    let dir = scratch.clone();
+    let app = spawn_app_with(true, |s| {
+        s.worker.scratch_dir = dir;
+        s.cloud.profiles = vec![CloudProfile {
+            name: "ceph".into(),
+            hosts: vec!["localhost".into()],
+            disk_format: Some("raw".into()),
+            ..Default::default()
+        }];
+    })
+    .await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let file = app.qcow2_file("disk.qcow2", 2);
+    let image = app.register_image("alice", &file, "qcow2").await;
+    let glance = common::glance_url().replace("127.0.0.1", "localhost");
+    let resp = app
+        .publish(
+            "alice",
+            &image.uri(),
+            "application/json",
+            common::publish_json_via("converted", "demo", "demopass", "demo", &glance),
+        )
+        .await;
+    let ticket: serde_json::Value = resp.json().await.unwrap();
+    let ticket = ticket["uri"].as_str().unwrap().to_string();
+    let seen = app
+        .watch_until_final("alice", &ticket, Duration::from_secs(90))
+        .await;
+    assert_eq!(seen.last().unwrap()["complete"], true, "{seen:#?}");
+    assert!(
+        seen.iter().any(|s| s["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("converting the image from qcow2 to raw")),
+        "{seen:#?}"
+    );
+    let cloud_id = app.get_json("alice", &ticket).await["cloudId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let demo = DemoCloud::login().await;
+    let stored = demo.image(&cloud_id).await.unwrap();
+    assert_eq!(stored["disk_format"], "raw");
+    assert_eq!(
+        stored["size"],
+        2 << 20,
+        "the raw copy holds the virtual size"
+    );
+    demo.delete(&cloud_id).await;
+    let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().collect();
+    assert!(left.is_empty(), "the converted copy is removed: {left:?}");
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(scratch);
+}

@@ -1,6 +1,7 @@
 //! One attempt at publishing a ticket (log in, settle earlier images, create, upload,
 //! verify), and `AttemptError`: why an attempt failed, as the retry loop sees it.
 
+use std::path::Path;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -13,6 +14,7 @@ use crate::store::claims::{self, Claim, Heartbeat};
 use crate::store::tickets;
 use crate::store::Image;
 
+use super::convert::Payload;
 use super::upload::{holds_file, Transfer};
 use super::Worker;
 
@@ -157,9 +159,16 @@ impl Job<'_> {
             self.account.user
         )))
         .await?;
-        let file = self.open_file().await?;
+        let registered = self.open_file(Path::new(&self.image.file_path)).await?;
         let glance = Glance::login(&self.account, &self.worker.cloud_policy).await?;
         let key = self.claim.ticket.ticket_key.to_string();
+        // The file as registered, or converted for this cloud (removed when this ends).
+        let payload = self.payload(&glance).await?;
+        let file = if payload.path == Path::new(&self.image.file_path) {
+            registered
+        } else {
+            self.open_file(&payload.path).await?
+        };
 
         // Never two images for one ticket: reuse a finished one, remove unfinished ones. The
         // first attempt of the first claim ever (fencing token 1: never reset) has no
@@ -171,7 +180,7 @@ impl Job<'_> {
             glance.images_of_ticket(&key).await?
         };
         for existing in earlier {
-            if holds_file(self.image, &existing) {
+            if holds_file(&payload, &existing) {
                 info!(image = %existing.id, "an earlier attempt already published it");
                 return Ok(existing.id);
             }
@@ -184,7 +193,7 @@ impl Job<'_> {
         };
         // Refused at once when it cannot fit, rather than after the bytes went up.
         glance
-            .check_quota(self.image.size_bytes as u64, transfer == Transfer::Stage)
+            .check_quota(payload.size as u64, transfer == Transfer::Stage)
             .await?;
         self.report(&self.step(format!("creating the image in Glance{of}")))
             .await?;
@@ -192,7 +201,7 @@ impl Job<'_> {
         let created = glance
             .create_image(
                 &self.claim.ticket.display_name,
-                &self.image.format,
+                &payload.format,
                 self.claim.ticket.public_image,
                 (&key, &self.worker.deployment),
                 glance.profile().map_or(&no_properties, |p| &p.properties),
@@ -207,8 +216,14 @@ impl Job<'_> {
         .await
         {
             Ok(true) => {
-                self.transfer(&glance, &created.id, file, (&of, transfer), deadline)
-                    .await
+                self.transfer(
+                    &glance,
+                    &created.id,
+                    (file, &payload),
+                    (&of, transfer),
+                    deadline,
+                )
+                .await
             }
             Ok(false) => Err(AttemptError::Lost),
             Err(e) => Err(AttemptError::Store(e)),
@@ -231,8 +246,8 @@ impl Job<'_> {
         result.map(|()| created.id)
     }
 
-    async fn open_file(&self) -> Result<tokio::fs::File, AttemptError> {
-        tokio::fs::File::open(&self.image.file_path)
+    async fn open_file(&self, path: &Path) -> Result<tokio::fs::File, AttemptError> {
+        tokio::fs::File::open(path)
             .await
             .map_err(|e| AttemptError::Permanent {
                 summary: format!(
@@ -249,12 +264,12 @@ impl Job<'_> {
         &self,
         glance: &Glance,
         image_id: &str,
-        file: tokio::fs::File,
+        (file, payload): (tokio::fs::File, &Payload),
         (of, transfer): (&str, Transfer),
         deadline: tokio::time::Instant,
     ) -> Result<(), AttemptError> {
         let result = self
-            .upload_and_verify(glance, image_id, file, (of, transfer), deadline)
+            .upload_and_verify(glance, image_id, (file, payload), (of, transfer), deadline)
             .await;
         let forbidden = matches!(
             &result,
@@ -275,9 +290,15 @@ impl Job<'_> {
             return result;
         }
         info!("Glance forbids the direct upload; staging the image for glance-direct");
-        let file = self.open_file().await?;
-        self.upload_and_verify(glance, image_id, file, (of, Transfer::Stage), deadline)
-            .await
+        let file = self.open_file(&payload.path).await?;
+        self.upload_and_verify(
+            glance,
+            image_id,
+            (file, payload),
+            (of, Transfer::Stage),
+            deadline,
+        )
+        .await
     }
 
     /// Whether this worker may delete the image it created: only while its fencing token

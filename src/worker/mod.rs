@@ -12,6 +12,7 @@
 
 mod attempt;
 mod cancel;
+mod convert;
 mod job;
 mod lease;
 mod progress;

@@ -13,9 +13,9 @@ use tokio_util::io::ReaderStream;
 
 use crate::cloud::{Cause, CloudError, Glance, GlanceImage, DEFAULT_IMPORT_TIMEOUT_SECS};
 use crate::metrics_catalog;
-use crate::store::Image;
 
 use super::attempt::{past_deadline, AttemptError, Job};
+use super::convert::Payload;
 use super::progress::upload_progress;
 
 /// Read size for the upload stream: large enough for full-speed loopback, small enough that
@@ -34,19 +34,19 @@ pub(super) enum Transfer {
     Stage,
 }
 
-/// Whether Glance's image holds the registered file: active, the same md5 and, when both
-/// Glance and the registration know it, the same sha512.
-pub(super) fn holds_file(image: &Image, stored: &GlanceImage) -> bool {
+/// Whether Glance's image holds the payload: active, the same md5 and, when both Glance
+/// and the registration know it, the same sha512.
+pub(super) fn holds_file(payload: &Payload, stored: &GlanceImage) -> bool {
     let sha512_agrees = match (
         stored.os_hash_algo.as_deref(),
         stored.os_hash_value.as_deref(),
-        image.sha512sum.as_deref(),
+        payload.sha512.as_deref(),
     ) {
         (Some("sha512"), Some(theirs), Some(ours)) => theirs.eq_ignore_ascii_case(ours),
         _ => true,
     };
     stored.status == "active"
-        && stored.checksum.as_deref() == Some(image.md5sum.as_str())
+        && stored.checksum.as_deref() == Some(payload.md5.as_str())
         && sha512_agrees
 }
 
@@ -56,11 +56,11 @@ impl Job<'_> {
         &self,
         glance: &Glance,
         image_id: &str,
-        file: tokio::fs::File,
+        (file, payload): (tokio::fs::File, &Payload),
         (of, transfer): (&str, Transfer),
         deadline: tokio::time::Instant,
     ) -> Result<(), AttemptError> {
-        let total = self.image.size_bytes;
+        let total = payload.size;
         let sent = Arc::new(AtomicU64::new(0));
         // No checksum here: Glance computes one as it stores, and it is compared with the
         // file's registered md5 below. Hashing in the stream too cost ~15% of the upload speed
@@ -146,16 +146,17 @@ impl Job<'_> {
         metrics::histogram!(metrics_catalog::UPLOAD_DURATION)
             .record(started.elapsed().as_secs_f64());
         if transfer == Transfer::Stage {
-            self.import(glance, image_id, of, deadline).await?;
+            self.import(glance, image_id, (of, payload.size), deadline)
+                .await?;
         }
-        let registered = self.image.md5sum.as_str();
+        let registered = payload.md5.as_str();
         let stored = glance.image(image_id).await?;
-        if holds_file(self.image, &stored) {
+        if holds_file(payload, &stored) {
             return Ok(());
         }
         // Rare: tell a file changed since registration (permanent) from bytes damaged on
         // the way (one more upload).
-        let path = self.image.file_path.clone();
+        let path = payload.path.clone();
         let unreadable = |e: String| AttemptError::Permanent {
             summary: format!("the file of image {} could not be read back", self.image.id),
             detail: Some(e),
@@ -166,9 +167,8 @@ impl Job<'_> {
         .await
         .map_err(|e| unreadable(e.to_string()))?
         .map_err(|e| unreadable(e.to_string()))?;
-        let sha512_changed = self
-            .image
-            .sha512sum
+        let sha512_changed = payload
+            .sha512
             .as_deref()
             .is_some_and(|sha| sha != read.sha512);
         if read.md5 != registered || sha512_changed {
@@ -179,7 +179,7 @@ impl Job<'_> {
                 ),
                 detail: Some(format!(
                     "registered md5 {registered}, sha512 {}; file md5 now {}, sha512 {}",
-                    self.image.sha512sum.as_deref().unwrap_or("unknown"),
+                    payload.sha512.as_deref().unwrap_or("unknown"),
                     read.md5,
                     read.sha512
                 )),
@@ -214,7 +214,7 @@ impl Job<'_> {
         &self,
         glance: &Glance,
         image_id: &str,
-        of: &str,
+        (of, size): (&str, i64),
         deadline: tokio::time::Instant,
     ) -> Result<(), AttemptError> {
         let limit = Duration::from_secs(
@@ -225,7 +225,7 @@ impl Job<'_> {
                 .max(1),
         );
         let mut step = self.step(format!("importing in Glance{of}"));
-        step.bytes_loaded = self.image.size_bytes;
+        (step.bytes_loaded, step.bytes_total) = (size, size);
         step.percentage = 99;
         self.report(&step).await?;
         let import = async {
