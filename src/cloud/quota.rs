@@ -3,7 +3,6 @@
 //! `GET /v2/info/usage` (Keystone unified limits), where the cloud exposes it.
 
 use reqwest::header::ACCEPT;
-use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::answer::{json, within};
@@ -118,18 +117,15 @@ impl Glance {
                     },
                 )
                 .await?;
-            if !response.status().is_success() {
-                // 404: an older Glance, or no unified limits: nothing to check against.
-                if response.status() == StatusCode::NOT_FOUND || response.status().is_client_error()
-                {
-                    return Ok(None);
-                }
-                return super::error::check(response, |s| {
-                    format!("Glance failed to tell the quota usage (HTTP {s})")
-                })
-                .await
-                .map(|_| None);
+            // 404 (an older Glance) or another refusal: nothing to check against. A 5xx is
+            // transient, like any other.
+            if response.status().is_client_error() {
+                return Ok(None);
             }
+            let response = super::error::check(response, |s| {
+                format!("Glance failed to tell the quota usage (HTTP {s})")
+            })
+            .await?;
             json::<UsageAnswer>(response, "Glance answered the quota usage")
                 .await
                 .map(|a| Some(a.usage))
