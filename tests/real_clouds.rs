@@ -458,6 +458,38 @@ async fn a_cloud_configured_as_operators_do() {
         .assert_nothing_left(&app.ticket_key(id).await, "quota")
         .await;
 
+    // Glance's import fails (random bytes declared vmdk): os_glance_failed_import names the
+    // store; a clear, permanent error, and the image removed.
+    let file = app.raw_file("not-really.vmdk", 64 * 1024);
+    let image = app.register_image("alice", &file, "vmdk").await;
+    let glance = format!(
+        "http://localhost:{}",
+        VARIANT_GLANCE.rsplit(':').next().unwrap()
+    );
+    let resp = app
+        .publish(
+            "alice",
+            &image.uri(),
+            "application/json",
+            body(VARIANT_KEYSTONE, Some(&glance), "import fails"),
+        )
+        .await;
+    let ticket: serde_json::Value = resp.json().await.unwrap();
+    let (ticket, id) = (
+        ticket["uri"].as_str().unwrap().to_string(),
+        ticket["dbId"].as_i64().unwrap(),
+    );
+    let status = app
+        .wait_final("alice", &ticket, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        status["errorMessage"], "Glance failed to import the image into its store(s) fs",
+        "{status}"
+    );
+    cloud
+        .assert_nothing_left(&app.ticket_key(id).await, "failed import")
+        .await;
+
     // Cancel while staging (the bytes trickle through a throttled proxy).
     let slow = FaultProxy::start(VARIANT_GLANCE).await;
     slow.throttle(128 * 1024);
