@@ -12,6 +12,7 @@
 
 mod attempt;
 mod cancel;
+mod heartbeat;
 mod job;
 mod lease;
 mod progress;
@@ -128,6 +129,15 @@ impl Worker {
                 .clone()
                 .run(rescue_interval, shutdown.clone()),
         );
+        // The heartbeat outlives the consume loop: the worker is there until its uploads end.
+        let heartbeat_stop = CancellationToken::new();
+        background.spawn(heartbeat::run(
+            self.pool.clone(),
+            self.id.clone(),
+            self.settings.concurrency.max(1) as usize,
+            slots.clone(),
+            heartbeat_stop.clone(),
+        ));
         let mut delay = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
             match self
@@ -166,6 +176,7 @@ impl Worker {
             abort.cancel();
             uploads.wait().await;
         }
+        heartbeat_stop.cancel();
         background.close();
         background.wait().await;
         info!("worker stopped");
