@@ -31,12 +31,16 @@ pub enum Live {
 #[derive(Clone)]
 pub struct Hub {
     sender: broadcast::Sender<Live>,
+    /// Fired when the process stops: open streams end (clients resume elsewhere), so
+    /// they do not hold up the shutdown.
+    stopped: CancellationToken,
 }
 
 impl Default for Hub {
     fn default() -> Hub {
         Hub {
             sender: broadcast::channel(BUFFER).0,
+            stopped: CancellationToken::new(),
         }
     }
 }
@@ -44,6 +48,11 @@ impl Default for Hub {
 impl Hub {
     pub fn subscribe(&self) -> broadcast::Receiver<Live> {
         self.sender.subscribe()
+    }
+
+    /// Fires when the hub stops.
+    pub fn stopped(&self) -> CancellationToken {
+        self.stopped.clone()
     }
 
     /// Subscribers now (for tests and the load check).
@@ -90,5 +99,6 @@ impl Hub {
                 _ = shutdown.cancelled() => {}
             }
         }
+        self.stopped.cancel();
     }
 }

@@ -14,12 +14,13 @@ use futures::Stream;
 use sqlx::PgPool;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
+use tokio_util::sync::CancellationToken;
 
 use super::auth::Caller;
 use super::error::ApiError;
 use super::openapi::{ReadErrors, TicketEventsPath};
 use super::{paths, routes, AppState};
-use crate::live::Live;
+use crate::live::{Hub, Live};
 use crate::store::events::{self, TicketEvent};
 
 /// Comment lines this often keep proxies from closing an idle stream.
@@ -38,6 +39,7 @@ pub(super) fn last_event_id(headers: &HeaderMap) -> Option<i64> {
 pub(super) struct Feed {
     pool: PgPool,
     live: Receiver<Live>,
+    stopped: CancellationToken,
     /// Events of this ticket only; the stream ends at its final state.
     ticket: Option<i64>,
     /// The console's feed also carries worker heartbeats.
@@ -51,15 +53,11 @@ pub(super) struct Feed {
 impl Feed {
     /// `live` must be subscribed before anything is read from the log, so nothing falls
     /// between the two.
-    pub(super) fn new(
-        pool: PgPool,
-        live: Receiver<Live>,
-        ticket: Option<i64>,
-        workers: bool,
-    ) -> Feed {
+    pub(super) fn new(pool: PgPool, hub: &Hub, ticket: Option<i64>, workers: bool) -> Feed {
         Feed {
             pool,
-            live,
+            live: hub.subscribe(),
+            stopped: hub.stopped(),
             ticket,
             workers,
             last_id: 0,
@@ -117,7 +115,11 @@ impl Feed {
                 }
                 continue;
             }
-            match self.live.recv().await {
+            let received = tokio::select! {
+                received = self.live.recv() => received,
+                _ = self.stopped.cancelled() => return None,
+            };
+            match received {
                 Ok(Live::Ticket(event)) => self.push_ticket(&event),
                 Ok(Live::Worker(worker)) if self.workers => {
                     if let Ok(sse) = Event::default().event("worker").json_data(&*worker) {
@@ -165,12 +167,7 @@ pub async fn ticket_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let ticket = routes::resolve_ticket(&state, &caller, &params).await?;
-    let feed = Feed::new(
-        state.pool.clone(),
-        state.live.subscribe(),
-        Some(ticket.id),
-        false,
-    );
+    let feed = Feed::new(state.pool.clone(), &state.live, Some(ticket.id), false);
     let latest = events::latest_of(&state.pool, ticket.id).await?;
     if let Some(id) = last_event_id(&headers) {
         // The client saw the end already: 204 tells an EventSource to stop reconnecting.

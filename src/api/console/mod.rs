@@ -46,23 +46,25 @@ pub const WORKER_STALE_SECS: f64 = 20.0;
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// The console's router, nested at `/console` (its own fallback: unknown pages are pages).
 pub fn routes(state: AppState) -> Router {
-    Router::new()
-        .route("/console", get(overview))
-        .route("/console/login", get(login_form).post(login))
-        .route("/console/logout", post(logout))
-        .route("/console/tickets", get(ticket_list))
-        .route("/console/tickets/{id}", get(ticket_page))
-        .route("/console/tickets/{id}/glance", get(glance_state))
-        .route("/console/tickets/{id}/{action}", post(ticket_action))
-        .route("/console/workers", get(worker_page))
-        .route("/console/events", get(live_feed))
-        .route("/console/assets/console.css", get(css))
-        .route("/console/assets/console.js", get(js))
+    let pages = Router::new()
+        .route("/", get(overview))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/tickets", get(ticket_list))
+        .route("/tickets/{id}", get(ticket_page))
+        .route("/tickets/{id}/glance", get(glance_state))
+        .route("/tickets/{id}/{action}", post(ticket_action))
+        .route("/workers", get(worker_page))
+        .route("/events", get(live_feed))
+        .route("/assets/console.css", get(css))
+        .route("/assets/console.js", get(js))
         .route_layer(axum::middleware::from_fn(observe::http_metrics))
         .fallback(|| async { page_error(StatusCode::NOT_FOUND, "no such page") })
         .layer(axum::middleware::map_response(secure_headers))
-        .with_state(state)
+        .with_state(state);
+    Router::new().nest("/console", pages)
 }
 
 async fn secure_headers(mut response: Response) -> Response {
@@ -590,7 +592,7 @@ async fn live_feed(
     headers: HeaderMap,
     Query(query): Query<FeedQuery>,
 ) -> Response {
-    let feed = Feed::new(state.pool.clone(), state.live.subscribe(), None, true);
+    let feed = Feed::new(state.pool.clone(), &state.live, None, true);
     let after = last_event_id(&headers).or(query.after);
     match after {
         Some(id) => feed.resume_after(id).into_response(),
