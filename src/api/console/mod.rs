@@ -60,6 +60,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/events", get(live_feed))
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
+        .route("/assets/favicon.svg", get(favicon))
         .route_layer(axum::middleware::from_fn(observe::http_metrics))
         .fallback(|| async { page_error(StatusCode::NOT_FOUND, "no such page") })
         .layer(axum::middleware::map_response(secure_headers))
@@ -620,4 +621,8 @@ async fn css() -> Response {
 
 async fn js() -> Response {
     asset("text/javascript; charset=utf-8", include_str!("console.js"))
+}
+
+async fn favicon() -> Response {
+    asset("image/svg+xml", include_str!("favicon.svg"))
 }
