@@ -16,6 +16,24 @@ use common::processes::{free_port, sigterm_and_wait, wait_for_api, Env};
 use common::publish_json_via;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+/// Kills the process if the test fails before stopping it.
+struct Running(Option<std::process::Child>);
+
+impl Running {
+    fn take(&mut self) -> std::process::Child {
+        self.0.take().expect("running")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 const ADMIN_PASSWORD: &str = "console-admin-pw";
 const ALICE_PASSWORD: &str = "alice-pw";
 
@@ -76,7 +94,7 @@ async fn an_administrator_watches_and_steers_tickets_in_a_browser() {
     let image_uri = env.register_raw_image("alice", &vec![7u8; 4 << 20]);
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let api = env.spawn(&["api"], Some(port), "api");
+    let mut api = Running(Some(env.spawn(&["api"], Some(port), "api")));
     wait_for_api(&base).await;
 
     // B's Glance is slow (4 MiB at 128 KiB/s: a 32 s upload, to cancel midway); C's refuses
@@ -116,10 +134,12 @@ async fn an_administrator_watches_and_steers_tickets_in_a_browser() {
     let script = async {
         while let Some(line) = lines.next_line().await.unwrap() {
             match line.trim() {
-                "@start-worker" => worker = Some(env.spawn(&["worker"], None, "worker")),
+                "@start-worker" => {
+                    worker = Some(Running(Some(env.spawn(&["worker"], None, "worker"))))
+                }
                 "@stop-worker" => {
-                    let w = worker.take().expect("a worker runs");
-                    sigterm_and_wait(w, "worker", Duration::from_secs(30)).await;
+                    let mut w = worker.take().expect("a worker runs");
+                    sigterm_and_wait(w.take(), "worker", Duration::from_secs(30)).await;
                 }
                 "@done" => {
                     done = true;
@@ -134,10 +154,10 @@ async fn an_administrator_watches_and_steers_tickets_in_a_browser() {
         .await
         .expect("the browser script finishes within 400 s");
     let status = node.wait().await.unwrap();
-    if let Some(w) = worker.take() {
-        sigterm_and_wait(w, "worker", Duration::from_secs(30)).await;
+    if let Some(mut w) = worker.take() {
+        sigterm_and_wait(w.take(), "worker", Duration::from_secs(30)).await;
     }
-    sigterm_and_wait(api, "api", Duration::from_secs(30)).await;
+    sigterm_and_wait(api.take(), "api", Duration::from_secs(30)).await;
     let logs = std::fs::read_to_string(env.dir.join("api.log")).unwrap_or_default();
     assert!(
         status.success() && done,
