@@ -4,6 +4,7 @@
 //! through the fault proxy for the slow and the failing upload) and performs the steps the
 //! script asks for: start the worker, speed Glance up, stop the worker. The script saves
 //! the screenshots shown in the README under docs/console/.
+#![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
 
 mod common;
 

@@ -423,11 +423,8 @@ async fn ticket_list(
     Ok(pages::ticket_list(&admin, newest, &filter, lines, more).into_response())
 }
 
-fn ticket_id(raw: &str) -> Result<i64, Response> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| page_error(StatusCode::NOT_FOUND, "no such ticket"))
+fn ticket_id(raw: &str) -> Option<i64> {
+    raw.parse::<i64>().ok().filter(|id| *id > 0)
 }
 
 async fn ticket_page(
@@ -435,9 +432,8 @@ async fn ticket_page(
     admin: Admin,
     Path(id): Path<String>,
 ) -> PageResult {
-    let id = match ticket_id(&id) {
-        Ok(id) => id,
-        Err(r) => return Ok(r),
+    let Some(id) = ticket_id(&id) else {
+        return Ok(page_error(StatusCode::NOT_FOUND, "no such ticket"));
     };
     let newest = events::newest_id(&state.pool).await?;
     let Some(ticket) = tickets::get(&state.pool, id).await? else {
@@ -458,9 +454,8 @@ async fn glance_state(
     _admin: Admin,
     Path(id): Path<String>,
 ) -> PageResult {
-    let id = match ticket_id(&id) {
-        Ok(id) => id,
-        Err(r) => return Ok(r),
+    let Some(id) = ticket_id(&id) else {
+        return Ok(page_error(StatusCode::NOT_FOUND, "no such ticket"));
     };
     let Some(ticket) = tickets::get(&state.pool, id).await? else {
         return Ok(page_error(
@@ -505,9 +500,8 @@ async fn ticket_action(
     if !same_token(&admin.csrf, &form.csrf) {
         return Ok(csrf_refused());
     }
-    let id = match ticket_id(&id) {
-        Ok(id) => id,
-        Err(r) => return Ok(r),
+    let Some(id) = ticket_id(&id) else {
+        return Ok(page_error(StatusCode::NOT_FOUND, "no such ticket"));
     };
     let Some(action) = pages::Action::parse(&action) else {
         return Ok(page_error(StatusCode::NOT_FOUND, "no such action"));
