@@ -195,8 +195,10 @@ async fn two_hundred_event_streams_cost_little_and_no_queries() {
         grown_kib < 50 * 1024,
         "{STREAMS} streams cost {grown_kib} KiB"
     );
+    // The background passes (relay, rescuer, reconciler) vary by a few queries a second; a
+    // query per stream per second would add 200.
     assert!(
-        open_rate <= idle_rate + 1.0,
+        open_rate <= idle_rate + 5.0,
         "{open_rate:.2} queries/s with {STREAMS} streams against {idle_rate:.2} idle"
     );
     drop(streams);
