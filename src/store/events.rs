@@ -101,7 +101,10 @@ pub async fn bytes_over_time(
     points: i64,
 ) -> Result<Vec<(DateTime<Utc>, i64)>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"WITH e AS (SELECT at, bytes_loaded, row_number() OVER (ORDER BY id) AS n,
+        // The most sent so far: a step that resets the counter (verifying, a new attempt)
+        // does not undo what was sent.
+        r#"WITH e AS (SELECT at, max(bytes_loaded) OVER (ORDER BY id) AS bytes_loaded,
+                             row_number() OVER (ORDER BY id) AS n,
                              count(*) OVER () AS total
                         FROM ticket_events WHERE ticket_id = $1)
            SELECT at AS "at!", bytes_loaded AS "bytes!" FROM e
