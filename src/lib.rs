@@ -14,6 +14,8 @@
 //! | · `openapi`   | the OpenAPI document, generated from the handlers and wire types         |
 //! | · `error`     | `ApiError`, its `status_code()`, the `uforgeError` body                  |
 //! | · `observe`   | a span, a request id and metrics per request                             |
+//! | · `events`    | Server-Sent Events: a client's `…/pimages/{pitid}/events`, the console feed |
+//! | · `console`   | the operator console `/console`: sessions, CSRF, pages (maud), assets    |
 //! | [`worker`]    | the upload slots and the consume loop, in sub-modules:                   |
 //! | · `job`       | one claimed ticket, from claim to recorded end (or handed back)          |
 //! | · `attempt`   | one attempt (login, earlier images, create, upload) and `AttemptError`   |
@@ -22,10 +24,12 @@
 //! | · `progress`  | progress values and their writes (heartbeats that report cancels)        |
 //! | · `lease`     | the lease keeper                                                         |
 //! | · `cancel`    | cancels by Postgres LISTEN/NOTIFY (`CancelWatch`)                        |
+//! | · `heartbeat` | the worker's own heartbeat (host, pid, version, slots), for the console  |
 //! | [`rescuer`]   | re-queues tickets whose worker died (expired lease); gives up on poison; |
 //! |               | forgets stale failed-login counts                                        |
 //! | [`reconciler`] | deletes images left by tickets that ended without them (cleanups and    |
 //! |               | the orphan sweep), until Glance confirms                                 |
+//! | [`live`]      | one LISTEN per process fanned out to every viewer (ticket events, workers) |
 //! | [`outbox`]    | hands stored tickets to RabbitMQ (at once, or later by the relay)        |
 //! | [`health`]    | `/healthz`, `/readyz`, `/metrics` (API and worker)                       |
 //! | [`queue`]     | RabbitMQ: queue declaration, confirmed publishing, consuming             |
@@ -44,6 +48,9 @@
 //! | · `tickets`   | the ticket row: create, read, list, delete                               |
 //! | · `claims`    | a worker's hold: claim, lease, progress, cloud id, finish, release       |
 //! | · `attempts`  | one row per try of a ticket                                              |
+//! | · `events`    | the ticket event log (live updates, Last-Event-ID, the bytes chart)      |
+//! | · `console`   | console sessions, the filtered ticket list (keyset), Overview figures    |
+//! | · `workers`   | worker heartbeats and the leases they hold                               |
 //! | · `cancel`    | a user's cancel (and its NOTIFY)                                         |
 //! | · `rescue`    | tickets put back in the queue (lost workers and messages, retry)         |
 //! | · `outbox`    | tickets still to be handed to RabbitMQ                                   |
@@ -74,6 +81,7 @@ pub mod cloud;
 pub mod config;
 pub mod health;
 pub mod image_files;
+pub mod live;
 pub mod metrics_catalog;
 pub mod outbox;
 pub mod printable;

@@ -158,17 +158,23 @@ impl Publisher {
 
     /// Messages ready in the work queue (deliveries not yet acknowledged not counted).
     pub async fn queue_depth(&self) -> Result<u32, QueueError> {
+        self.depth_of(&self.settings.queue).await
+    }
+
+    /// Messages in the dead-letter queue (`<queue>.dead`).
+    pub async fn dead_letter_depth(&self) -> Result<u32, QueueError> {
+        self.depth_of(&format!("{}.dead", self.settings.queue))
+            .await
+    }
+
+    async fn depth_of(&self, queue: &str) -> Result<u32, QueueError> {
         let channel = self.channel().await?;
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
         let queue = channel
-            .queue_declare(
-                self.settings.queue.as_str().into(),
-                passive,
-                FieldTable::default(),
-            )
+            .queue_declare(queue.into(), passive, FieldTable::default())
             .await?;
         Ok(queue.message_count())
     }

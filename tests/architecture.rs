@@ -32,6 +32,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
         "api",
         &[
             "rescuer",
+            "live",
             "reconciler",
             "outbox",
             "health",
@@ -66,6 +67,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
         "reconciler",
         &["cloud", "store", "secrets", "config", "metrics_catalog"],
     ),
+    ("live", &["store"]),
     ("outbox", &["queue", "store"]),
     ("health", &["queue", "store", "metrics_catalog"]),
     ("queue", &["config", "metrics_catalog"]),

@@ -141,7 +141,11 @@ impl Authenticator {
         })
     }
 
-    async fn by_password(&self, login: String, password: Secret) -> Result<User, ApiError> {
+    pub(super) async fn by_password(
+        &self,
+        login: String,
+        password: Secret,
+    ) -> Result<User, ApiError> {
         // A name no user can have is refused at once, and not counted.
         if !valid_login(&login) {
             return Err(ApiError::Unauthorized);

@@ -5,7 +5,9 @@
 //! `run_until_stopped` serves until the shutdown token fires and drains in-flight requests.
 
 mod auth;
+mod console;
 mod error;
+mod events;
 mod observe;
 mod openapi;
 pub mod publish_request;
@@ -30,6 +32,7 @@ pub use error::ApiError;
 
 use crate::cloud::AddressPolicy;
 use crate::config::Settings;
+use crate::live::Hub;
 use crate::queue::Publisher;
 use crate::reconciler::Reconciler;
 use crate::secrets::SecretBox;
@@ -45,6 +48,8 @@ pub struct AppState {
     /// Hand-offs to RabbitMQ still running after their request was answered.
     pub hand_offs: TaskTracker,
     pub max_body_bytes: usize,
+    /// Live ticket events and worker heartbeats: one listener, every viewer.
+    pub live: Hub,
 }
 
 /// The route templates, shared by the router and the handlers' OpenAPI annotations.
@@ -61,6 +66,8 @@ pub(crate) mod paths {
         "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimages/{pitid}/status";
     pub const TICKET_CANCEL: &str =
         "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimages/{pitid}/cancel";
+    pub const TICKET_EVENTS: &str =
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimages/{pitid}/events";
     pub const USER_TICKETS: &str = "/api/users/{uid}/pimages";
     pub const USER_STATUSES: &str = "/api/users/{uid}/pimages/status";
 }
@@ -101,6 +108,7 @@ pub(crate) fn api_routes() -> Vec<ApiRoute> {
         route(Method::DELETE, TICKET, routes::delete_ticket),
         route(Method::GET, TICKET_STATUS, routes::get_ticket_status),
         route(Method::DELETE, TICKET_CANCEL, routes::cancel_ticket),
+        route(Method::GET, TICKET_EVENTS, events::ticket_events),
         route(Method::GET, USER_TICKETS, routes::list_user_tickets),
         route(Method::GET, USER_STATUSES, routes::list_user_statuses),
     ]
@@ -113,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         queue_required: false,
     };
     // Routes on one path merge their methods.
+    let console = console::routes(state.clone());
     let api = api_routes()
         .into_iter()
         .fold(Router::new(), |api, route| {
@@ -124,7 +133,8 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn(error::render_errors))
         .with_state(state);
-    api.merge(health::routes(probes))
+    api.merge(console)
+        .merge(health::routes(probes))
         .layer(axum::middleware::from_fn(observe::request_span))
 }
 
@@ -154,6 +164,7 @@ impl Application {
                 cloud_policy: AddressPolicy::from(settings.cloud.clone()),
                 hand_offs: TaskTracker::new(),
                 max_body_bytes: settings.api.max_body_bytes,
+                live: Hub::default(),
             },
             rescue: (
                 settings.worker.max_ticket_attempts,
@@ -191,6 +202,12 @@ impl Application {
         let reconciler = tokio::spawn(self.reconciler.run(self.rescue.1, shutdown.clone()));
         let user_changes =
             tokio::spawn(self.state.auth.clone().watch_user_changes(shutdown.clone()));
+        let live = tokio::spawn(
+            self.state
+                .live
+                .clone()
+                .run(self.state.pool.clone(), shutdown.clone()),
+        );
         let hand_offs = self.state.hand_offs.clone();
         axum::serve(self.listener, router(self.state))
             .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -199,6 +216,7 @@ impl Application {
         hand_offs.close();
         hand_offs.wait().await;
         user_changes.await?;
+        live.await?;
         relay.await?;
         rescuer.await?;
         reconciler.await?;

@@ -46,6 +46,7 @@ const MEDIA_TYPES: [&str; 2] = ["application/json", "application/xml"];
         routes::delete_ticket,
         routes::get_ticket_status,
         routes::cancel_ticket,
+        super::events::ticket_events,
         routes::list_user_tickets,
         routes::list_user_statuses,
     ),
@@ -379,6 +380,9 @@ fn parameter(name: &str) -> Parameter {
         "pitid" => id("Publish ticket id"),
         "img" => json!({"name": name, "in": "query", "required": false,
             "description": "Only this image (its id or URI)", "schema": {"type": "string"}}),
+        "Last-Event-ID" => json!({"name": name, "in": "header", "required": false,
+            "description": "Resume after this event: the changes since are sent first",
+            "schema": {"type": "integer", "format": "int64", "minimum": 0}}),
         "deleteCloudImage" => json!({"name": name, "in": "query", "required": false,
             "description": "Also delete the published image from the cloud",
             "schema": {"type": "boolean"}}),
@@ -410,6 +414,8 @@ parameters! {
     ImagePath = ["uid", "siid", "sid", "itid"];
     /// `…/pimages/{pitid}…`.
     TicketPath = ["uid", "siid", "sid", "itid", "pitid"];
+    /// `GET …/pimages/{pitid}/events`.
+    TicketEventsPath = ["uid", "siid", "sid", "itid", "pitid", "Last-Event-ID"];
     /// `DELETE …/pimages/{pitid}`.
     DeleteTicketParams = ["uid", "siid", "sid", "itid", "pitid", "deleteCloudImage"];
 }

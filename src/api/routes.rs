@@ -67,7 +67,7 @@ async fn resolve_image(
         })
 }
 
-async fn resolve_ticket(
+pub(super) async fn resolve_ticket(
     state: &AppState,
     caller: &Caller,
     params: &HashMap<String, String>,

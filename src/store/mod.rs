@@ -5,6 +5,8 @@ pub mod attempts;
 pub mod cancel;
 pub mod claims;
 pub mod cleanups;
+pub mod console;
+pub mod events;
 pub mod images;
 pub mod login_lock;
 pub mod outbox;
@@ -12,6 +14,7 @@ pub mod rescue;
 pub mod sealed;
 pub mod tickets;
 pub mod users;
+pub mod workers;
 
 use std::time::Duration;
 

@@ -13,6 +13,7 @@
 mod attempt;
 mod cancel;
 mod convert;
+mod heartbeat;
 mod job;
 mod lease;
 mod progress;
@@ -129,6 +130,15 @@ impl Worker {
                 .clone()
                 .run(rescue_interval, shutdown.clone()),
         );
+        // The heartbeat outlives the consume loop: the worker is there until its uploads end.
+        let heartbeat_stop = CancellationToken::new();
+        background.spawn(heartbeat::run(
+            self.pool.clone(),
+            self.id.clone(),
+            self.settings.concurrency.max(1) as usize,
+            slots.clone(),
+            heartbeat_stop.clone(),
+        ));
         let mut delay = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
             match self
@@ -167,6 +177,7 @@ impl Worker {
             abort.cancel();
             uploads.wait().await;
         }
+        heartbeat_stop.cancel();
         background.close();
         background.wait().await;
         info!("worker stopped");

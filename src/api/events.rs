@@ -1,0 +1,202 @@
+//! Server-Sent Events: a client's `GET …/pimages/{pitid}/events` and the console's live feed.
+//! Both read the process's one listener (`live::Hub`) and, on `Last-Event-ID` (or after
+//! falling behind), the event log: never a query per viewer per second.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use sqlx::PgPool;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::Receiver;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::openapi::{ReadErrors, TicketEventsPath};
+use super::{paths, routes, AppState};
+use crate::live::{Hub, Live};
+use crate::store::events::{self, TicketEvent};
+
+/// Comment lines this often keep proxies from closing an idle stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The id a reconnecting EventSource sends.
+pub(super) fn last_event_id(headers: &HeaderMap) -> Option<i64> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|id: &i64| *id >= 0)
+}
+
+/// What one stream sends, and where it is in the event log.
+pub(super) struct Feed {
+    pool: PgPool,
+    live: Receiver<Live>,
+    stopped: CancellationToken,
+    /// Events of this ticket only; the stream ends at its final state.
+    ticket: Option<i64>,
+    /// The console's feed also carries worker heartbeats.
+    workers: bool,
+    last_id: i64,
+    catch_up: bool,
+    queued: VecDeque<Event>,
+    done: bool,
+}
+
+impl Feed {
+    /// `live` must be subscribed before anything is read from the log, so nothing falls
+    /// between the two.
+    pub(super) fn new(pool: PgPool, hub: &Hub, ticket: Option<i64>, workers: bool) -> Feed {
+        Feed {
+            pool,
+            live: hub.subscribe(),
+            stopped: hub.stopped(),
+            ticket,
+            workers,
+            last_id: 0,
+            catch_up: false,
+            queued: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// Resumes after event `id`: what followed it is replayed from the log first.
+    pub(super) fn resume_after(mut self, id: i64) -> Feed {
+        self.last_id = id;
+        self.catch_up = true;
+        self
+    }
+
+    fn push_ticket(&mut self, event: &TicketEvent) {
+        if event.id <= self.last_id || self.ticket.is_some_and(|t| t != event.ticket_id) {
+            return;
+        }
+        self.last_id = event.id;
+        let name = if self.ticket.is_some() {
+            "status"
+        } else {
+            "ticket"
+        };
+        if let Ok(sse) = Event::default()
+            .id(event.id.to_string())
+            .event(name)
+            .json_data(event)
+        {
+            self.queued.push_back(sse);
+        }
+        if self.ticket.is_some() && event.is_final() {
+            self.done = true;
+        }
+    }
+
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.queued.pop_front() {
+                return Some(event);
+            }
+            if self.done {
+                return None;
+            }
+            if self.catch_up {
+                // A failed read ends the stream: the client resumes with its Last-Event-ID.
+                let batch = events::after(&self.pool, self.last_id, self.ticket)
+                    .await
+                    .ok()?;
+                self.catch_up = batch.len() as i64 == events::REPLAY_BATCH;
+                for event in &batch {
+                    self.push_ticket(event);
+                }
+                continue;
+            }
+            let received = tokio::select! {
+                received = self.live.recv() => received,
+                _ = self.stopped.cancelled() => return None,
+            };
+            match received {
+                Ok(Live::Ticket(event)) => self.push_ticket(&event),
+                Ok(Live::Worker(worker)) if self.workers => {
+                    if let Ok(sse) = Event::default().event("worker").json_data(&*worker) {
+                        self.queued.push_back(sse);
+                    }
+                }
+                Ok(Live::Worker(_)) => {}
+                Ok(Live::CatchUp) | Err(RecvError::Lagged(_)) => self.catch_up = true,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    pub(super) fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> {
+        futures::stream::unfold(self, |mut feed| async move {
+            feed.next().await.map(|event| (Ok(event), feed))
+        })
+    }
+
+    pub(super) fn into_response(self) -> Response {
+        Sse::new(self.into_stream())
+            .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+            .into_response()
+    }
+}
+
+/// `GET …/pimages/{pitid}/events`: the ticket's status changes as Server-Sent Events.
+#[utoipa::path(
+    get,
+    path = paths::TICKET_EVENTS,
+    operation_id = "ticketEvents",
+    summary = "The ticket's status changes, live (Server-Sent Events); ends at the final state",
+    description = "Each event is `status` with the event id and a JSON object (ticketId, kind, state, oldState, percentage, bytesLoaded, bytesTotal, message, at). Without Last-Event-ID the first event is the ticket's current status; with it, every change after that event is sent first. The stream ends after the final state (complete, error, cancelled, or deleted).",
+    params(TicketEventsPath),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 204, description = "The ticket has ended and Last-Event-ID names its last event: nothing more will come"),
+        ReadErrors,
+    )
+)]
+pub async fn ticket_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let ticket = routes::resolve_ticket(&state, &caller, &params).await?;
+    let feed = Feed::new(state.pool.clone(), &state.live, Some(ticket.id), false);
+    let latest = events::latest_of(&state.pool, ticket.id).await?;
+    if let Some(id) = last_event_id(&headers) {
+        // The client saw the end already: 204 tells an EventSource to stop reconnecting.
+        if ticket.state.is_final() && latest.as_ref().is_none_or(|e| e.id <= id) {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        return Ok(feed.resume_after(id).into_response());
+    }
+    // Start from the current status: its newest event (or, for a ticket older than the
+    // event log, the row itself).
+    let current = match latest {
+        Some(event) => event,
+        None => TicketEvent {
+            id: events::newest_id(&state.pool).await?,
+            ticket_id: ticket.id,
+            kind: "changed".into(),
+            state: ticket.state.as_str().into(),
+            old_state: None,
+            percentage: ticket.percentage,
+            bytes_loaded: ticket.bytes_loaded,
+            bytes_total: ticket.bytes_total,
+            message: ticket.message.clone(),
+            at: ticket.updated_at,
+        },
+    };
+    let mut feed = feed.resume_after(current.id - 1);
+    feed.catch_up = false;
+    feed.push_ticket(&current);
+    // What happened since that event is replayed before live events.
+    feed.catch_up = !feed.done;
+    Ok(feed.into_response())
+}

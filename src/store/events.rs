@@ -1,0 +1,119 @@
+//! The ticket event log (table `ticket_events`, written by triggers on every visible change
+//! of a ticket and announced on `TICKET_EVENTS_CHANNEL`): what live pages and clients are
+//! sent, what a reconnecting one is replayed from its `Last-Event-ID`, and the points of the
+//! bytes-over-time chart.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+/// NOTIFY channel of ticket events (payload: a `TicketEvent` as JSON).
+pub const TICKET_EVENTS_CHANNEL: &str = "pimage_ticket_events";
+/// NOTIFY channel of worker heartbeats (payload: a `WorkerEvent` as JSON).
+pub const WORKER_EVENTS_CHANNEL: &str = "pimage_worker_events";
+
+/// Replayed events at most per query: a client far behind is sent the rest on its next turn.
+pub const REPLAY_BATCH: i64 = 500;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TicketEvent {
+    pub id: i64,
+    pub ticket_id: i64,
+    /// `created`, `changed` or `deleted`.
+    pub kind: String,
+    pub state: String,
+    pub old_state: Option<String>,
+    pub percentage: i32,
+    pub bytes_loaded: i64,
+    pub bytes_total: i64,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+impl TicketEvent {
+    pub fn is_final(&self) -> bool {
+        self.kind == "deleted" || matches!(self.state.as_str(), "complete" | "error" | "cancelled")
+    }
+}
+
+/// A worker's heartbeat as announced (`gone` when it stopped).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerEvent {
+    pub worker: String,
+    pub host: String,
+    pub pid: i32,
+    pub version: String,
+    pub slots_total: i32,
+    pub slots_used: i32,
+    pub beat_at: DateTime<Utc>,
+    pub gone: bool,
+    pub tickets: Vec<i64>,
+}
+
+/// Events after `after`, oldest first, of one ticket or of all.
+pub async fn after(
+    pool: &PgPool,
+    after: i64,
+    ticket_id: Option<i64>,
+) -> Result<Vec<TicketEvent>, sqlx::Error> {
+    sqlx::query_as!(
+        TicketEvent,
+        "SELECT id, ticket_id, kind, state, old_state, percentage, bytes_loaded, bytes_total,
+                message, at
+           FROM ticket_events
+          WHERE id > $1 AND ($2::bigint IS NULL OR ticket_id = $2)
+          ORDER BY id LIMIT $3",
+        after,
+        ticket_id,
+        REPLAY_BATCH,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The newest event of a ticket: where a client that names no `Last-Event-ID` starts.
+pub async fn latest_of(pool: &PgPool, ticket_id: i64) -> Result<Option<TicketEvent>, sqlx::Error> {
+    sqlx::query_as!(
+        TicketEvent,
+        "SELECT id, ticket_id, kind, state, old_state, percentage, bytes_loaded, bytes_total,
+                message, at
+           FROM ticket_events WHERE ticket_id = $1 ORDER BY id DESC LIMIT 1",
+        ticket_id,
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// The newest event id of all (0 when none): where a page rendered now resumes from.
+pub async fn newest_id(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query!(r#"SELECT COALESCE(max(id), 0) AS "id!" FROM ticket_events"#)
+        .fetch_one(pool)
+        .await?;
+    Ok(row.id)
+}
+
+/// (time, bytes sent) of a ticket, for its chart: at most `points`, evenly picked.
+pub async fn bytes_over_time(
+    pool: &PgPool,
+    ticket_id: i64,
+    points: i64,
+) -> Result<Vec<(DateTime<Utc>, i64)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        // The most sent so far: a step that resets the counter (verifying, a new attempt)
+        // does not undo what was sent.
+        r#"WITH e AS (SELECT at, max(bytes_loaded) OVER (ORDER BY id) AS bytes_loaded,
+                             row_number() OVER (ORDER BY id) AS n,
+                             count(*) OVER () AS total
+                        FROM ticket_events WHERE ticket_id = $1)
+           SELECT at AS "at!", bytes_loaded AS "bytes!" FROM e
+            WHERE n % GREATEST(total / $2, 1) = 0 OR n = total OR n = 1
+            ORDER BY n"#,
+        ticket_id,
+        points.max(2),
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.at, r.bytes)).collect())
+}
