@@ -17,7 +17,7 @@ ENV PIMAGE_LAB_DIR=/var/lib/openstack-lab \
 # once here so the container starts without PyPI. Pin with e.g.
 #   --build-arg PIMAGE_LAB_PIP_PKGS="glance==33.0.0 keystone==30.0.0 uwsgi==2.0.31"
 # gcc, libc6-dev, python3-dev: pip compiles uwsgi from source; removed once it is built
-# (libpython3.11 stays: uwsgi links it). The script needs curl, jq, ps (procps), ss
+# (libpython3.11 and libxml2 stay: uwsgi links them). The script needs curl, jq, ps (procps), ss
 # (iproute2), flock and setsid (util-linux), plus coreutils/awk/base64/sha512sum.
 ARG PIMAGE_LAB_PIP_PKGS="glance keystone uwsgi"
 ARG PIP_NO_INDEX
@@ -25,7 +25,7 @@ ARG PIP_FIND_LINKS
 COPY docker/wheels /tmp/wheels
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        python3 python3-venv libpython3.11 gcc libc6-dev python3-dev \
+        python3 python3-venv libpython3.11 libxml2 gcc libc6-dev python3-dev \
         ca-certificates curl jq procps iproute2 util-linux \
     && python3 -m venv "$PIMAGE_LAB_DIR/venv" \
     && "$PIMAGE_LAB_DIR/venv/bin/pip" install -q --no-cache-dir --disable-pip-version-check $PIMAGE_LAB_PIP_PKGS \
