@@ -1,6 +1,29 @@
 # pimage: one small runtime image for every role (api, worker, migrate, admin commands).
 # Build: docker build -t pimage .
-FROM rust:1-bookworm AS build
+# Base images are build arguments (scripts/compose-test builds offline from local ones).
+# The runtime stage comes first: `--target runtime` then builds nothing else, even with the
+# legacy builder, and docker/prebuilt.Dockerfile puts the host's release binary on top of it.
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+ARG RUST_IMAGE=rust:1-bookworm
+
+FROM ${RUNTIME_IMAGE} AS runtime
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/pimage pimage \
+    && mkdir -p /var/lib/pimage/images && chown -R pimage /var/lib/pimage
+# Only the defaults: config/dev.toml holds the public development key, which never ships.
+# The key comes from the environment (PIMAGE__SECRETS__KEY).
+COPY config/default.toml /etc/pimage/default.toml
+ENV PIMAGE_CONFIG_DIR=/etc/pimage \
+    PIMAGE__STORAGE__IMAGE_DIR=/var/lib/pimage/images \
+    PIMAGE__API__LISTEN=0.0.0.0:8080
+USER pimage
+WORKDIR /var/lib/pimage
+EXPOSE 8080 9101
+ENTRYPOINT ["/usr/local/bin/pimage"]
+CMD ["api"]
+
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
@@ -9,18 +32,5 @@ COPY migrations migrations
 COPY .sqlx .sqlx
 RUN cargo build --release --locked && strip target/release/pimage
 
-FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 curl \
-    && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /var/lib/pimage pimage \
-    && mkdir -p /var/lib/pimage/images && chown -R pimage /var/lib/pimage
+FROM runtime
 COPY --from=build /src/target/release/pimage /usr/local/bin/pimage
-COPY config /etc/pimage
-ENV PIMAGE_CONFIG_DIR=/etc/pimage \
-    PIMAGE__STORAGE__IMAGE_DIR=/var/lib/pimage/images \
-    PIMAGE__API__LISTEN=0.0.0.0:8080
-USER pimage
-WORKDIR /var/lib/pimage
-EXPOSE 8080
-ENTRYPOINT ["/usr/local/bin/pimage"]
-CMD ["api"]

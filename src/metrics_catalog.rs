@@ -77,11 +77,16 @@ catalog! {
         "Accounts the orphan sweep could not list, and leftovers it could not delete.";
 }
 
-/// Gives every metric its HELP text and unit in the installed recorder.
+/// Gives every metric its HELP text and unit in the installed recorder, and starts every
+/// counter at 0 (without labels): a counter first exported at 1 loses that increase to
+/// `rate()`, and dashboard queries over counters that never moved would return nothing.
 pub fn describe_all() {
     for m in ALL {
         match m.kind {
-            Kind::Counter => describe_counter!(m.name, m.unit, m.help),
+            Kind::Counter => {
+                describe_counter!(m.name, m.unit, m.help);
+                metrics::counter!(m.name).increment(0);
+            }
             Kind::Gauge => describe_gauge!(m.name, m.unit, m.help),
             Kind::Histogram => describe_histogram!(m.name, m.unit, m.help),
         }
