@@ -99,6 +99,45 @@ pub struct CloudSettings {
     /// How often the reconciler looks for leftover images in every known account, in seconds.
     #[serde(default = "default_orphan_sweep_secs")]
     pub orphan_sweep_secs: u64,
+    /// Uploads that may run at once to one cloud over the whole worker pool (see
+    /// `upload_limit_for`); `upload_limits` overrides it by host.
+    #[serde(default = "default_max_uploads_per_cloud")]
+    pub max_uploads_per_cloud: u32,
+    #[serde(default)]
+    pub upload_limits: Vec<UploadLimit>,
+}
+
+/// A per-cloud upload limit for the hosts `host` matches: a name, or `*.` and a domain (its
+/// subdomains).
+#[derive(Debug, Clone, Deserialize)]
+pub struct UploadLimit {
+    pub host: String,
+    pub max_uploads: u32,
+}
+
+impl UploadLimit {
+    fn matches(&self, host: &str) -> bool {
+        let (pattern, host) = (self.host.to_ascii_lowercase(), host.to_ascii_lowercase());
+        match pattern.strip_prefix("*.") {
+            Some(domain) => host
+                .strip_suffix(domain)
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            None => pattern == host,
+        }
+    }
+}
+
+impl CloudSettings {
+    /// The most uploads that may run at once to the cloud at `host` (a ticket's Glance host,
+    /// or its Keystone host when Glance comes from the catalog), over every worker: the first
+    /// `upload_limits` entry matching it, else `max_uploads_per_cloud`; never below 1.
+    pub fn upload_limit_for(&self, host: &str) -> u32 {
+        self.upload_limits
+            .iter()
+            .find(|limit| limit.matches(host))
+            .map_or(self.max_uploads_per_cloud, |limit| limit.max_uploads)
+            .max(1)
+    }
 }
 
 fn default_call_timeout_ms() -> u64 {
@@ -113,6 +152,10 @@ fn default_orphan_sweep_secs() -> u64 {
     600
 }
 
+fn default_max_uploads_per_cloud() -> u32 {
+    8
+}
+
 impl Default for CloudSettings {
     fn default() -> CloudSettings {
         CloudSettings {
@@ -121,6 +164,8 @@ impl Default for CloudSettings {
             call_timeout_ms: default_call_timeout_ms(),
             deployment: default_deployment(),
             orphan_sweep_secs: default_orphan_sweep_secs(),
+            max_uploads_per_cloud: default_max_uploads_per_cloud(),
+            upload_limits: vec![],
         }
     }
 }
@@ -184,5 +229,36 @@ impl Settings {
     /// The effective settings as TOML-like text, with every secret masked.
     pub fn describe(&self) -> String {
         format!("{self:#?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_limits_by_host_pattern_first_match_else_the_default() {
+        let limit = |host: &str, max_uploads| UploadLimit {
+            host: host.into(),
+            max_uploads,
+        };
+        let cloud = CloudSettings {
+            max_uploads_per_cloud: 8,
+            upload_limits: vec![
+                limit("glance.small.example", 2),
+                limit("*.example.com", 3),
+                limit("*.other.example.com", 4),
+                limit("zero.example.org", 0),
+            ],
+            ..CloudSettings::default()
+        };
+        assert_eq!(cloud.upload_limit_for("glance.small.example"), 2);
+        assert_eq!(cloud.upload_limit_for("GLANCE.Small.Example"), 2);
+        assert_eq!(cloud.upload_limit_for("a.example.com"), 3);
+        assert_eq!(cloud.upload_limit_for("b.other.example.com"), 3);
+        assert_eq!(cloud.upload_limit_for("example.com"), 8);
+        assert_eq!(cloud.upload_limit_for("badexample.com"), 8);
+        assert_eq!(cloud.upload_limit_for("zero.example.org"), 1);
+        assert_eq!(cloud.upload_limit_for("127.0.0.1"), 8);
     }
 }

@@ -21,6 +21,7 @@
 //! | · `progress`  | progress values and their writes (heartbeats that report cancels)        |
 //! | · `lease`     | the lease keeper                                                         |
 //! | · `cancel`    | cancels by Postgres LISTEN/NOTIFY (`CancelWatch`)                        |
+//! | · `slots`     | the fairest claim under per-cloud limits, and the wait for a free slot   |
 //! | [`rescuer`]   | re-queues tickets whose worker died (expired lease); gives up on poison; |
 //! |               | forgets stale failed-login counts                                        |
 //! | [`reconciler`] | deletes images left by tickets that ended without them (cleanups and    |
@@ -31,6 +32,7 @@
 //! | [`cloud`]     | the OpenStack account and the one HTTP client, in sub-modules:           |
 //! | · `keystone`  | Keystone v3 login, wrong password told from unreachable project          |
 //! | · `glance`    | Glance v2 calls: create, upload, read back, delete, find by ticket       |
+//! | · `session`   | Keystone tokens renewed before expiry; `Sessions`, kept per account      |
 //! | · `address_policy` | the SSRF guard: URLs, resolved addresses, redirects                 |
 //! | · `answer`    | every call bounded: call timeout, answer sizes read, no decompression   |
 //! | · `error`     | `CloudError`, `Cause`, the transient/permanent classifier               |

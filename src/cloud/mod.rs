@@ -11,6 +11,7 @@ mod answer;
 mod error;
 mod glance;
 mod keystone;
+mod session;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use address_policy::{GuardedResolver, Refusal};
 pub use address_policy::AddressPolicy;
 pub use error::{Cause, CloudError};
 pub use glance::{Glance, GlanceImage, DEPLOYMENT_PROPERTY, TICKET_PROPERTY};
+pub use session::Sessions;
 
 /// Where and as whom to publish (a `CredAccountOpenStack` plus the project scope).
 #[derive(Debug, Clone)]

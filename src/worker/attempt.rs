@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cloud::{CloudError, Glance, OpenStackAccount};
+use crate::cloud::{CloudError, OpenStackAccount};
 use crate::retry::Retryable;
 use crate::store::claims::{self, Claim, Heartbeat};
 use crate::store::tickets;
@@ -164,7 +164,9 @@ impl Job<'_> {
                 ),
                 detail: Some(e.to_string()),
             })?;
-        let glance = Glance::login(&self.account, &self.worker.cloud_policy).await?;
+        let glance = (self.worker.sessions)
+            .glance(&self.account, &self.worker.cloud_policy)
+            .await?;
         let key = self.claim.ticket.ticket_key.to_string();
 
         // Never two images for one ticket: reuse a finished one, remove unfinished ones. The

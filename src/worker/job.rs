@@ -27,7 +27,8 @@ impl Worker {
         abort: &CancellationToken,
     ) -> Result<(), sqlx::Error> {
         let ticket_id = claim.ticket.id;
-        info!("claimed");
+        info!(cloud = %claim.cloud_host, "claimed");
+        let _running = super::slots::Running::start(&claim.cloud_host);
         let cancel = self.cancels.register(ticket_id, abort);
         // Aborted on drop too: a panicking upload must not keep renewing the lease.
         let keeper = AbortOnDrop(tokio::spawn(keep_lease(
