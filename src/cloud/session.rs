@@ -143,8 +143,8 @@ impl Default for Sessions {
 
 impl Sessions {
     fn key(&self, account: &OpenStackAccount) -> Key {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.salt[..])
-            .expect("HMAC takes a key of any length");
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.salt[..]).expect("HMAC takes a key of any length");
         mac.update(account.password.expose().as_bytes());
         Key {
             keystone_url: account.keystone_url.clone(),

@@ -129,7 +129,12 @@ pub async fn claim_next(
     let open: Vec<(&str, i32)> = loads
         .iter()
         .filter(|(load, limit)| load.queued > 0 && load.running < i64::from(*limit))
-        .map(|(load, limit)| (load.host.as_str(), i32::try_from(*limit).unwrap_or(i32::MAX)))
+        .map(|(load, limit)| {
+            (
+                load.host.as_str(),
+                i32::try_from(*limit).unwrap_or(i32::MAX),
+            )
+        })
         .collect();
     let mut claim = None;
     // A cloud found full under its lock is left out of the next try (its count is committed).

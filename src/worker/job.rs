@@ -28,7 +28,7 @@ impl Worker {
     ) -> Result<(), sqlx::Error> {
         let ticket_id = claim.ticket.id;
         info!(cloud = %claim.cloud_host, "claimed");
-        let _running = super::slots::Running::start(&claim.cloud_host);
+        let running = super::slots::Running::start(&claim.cloud_host);
         let cancel = self.cancels.register(ticket_id, abort);
         // Aborted on drop too: a panicking upload must not keep renewing the lease.
         let keeper = AbortOnDrop(tokio::spawn(keep_lease(
@@ -39,6 +39,8 @@ impl Worker {
             cancel.clone(),
         )));
         let outcome = self.publish(&claim, &cancel).await;
+        // Before the end is written: the gauge never counts more than the leases held.
+        drop(running);
         drop(keeper);
         self.cancels.unregister(ticket_id);
         let outcome = match outcome? {

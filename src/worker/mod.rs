@@ -81,15 +81,16 @@ impl Worker {
             amqp.clone(),
             format!("pimage-worker-publisher@{id}"),
         ));
+        let reconciler = Reconciler::new(pool.clone(), secrets.clone(), &cloud);
         Worker {
-            reconciler: Reconciler::new(pool.clone(), secrets.clone(), &cloud),
+            sessions: reconciler.sessions(),
+            reconciler,
             deployment: cloud.deployment.clone(),
             pool,
             settings,
             amqp,
             cloud_policy: AddressPolicy::from(cloud.clone()),
             cloud,
-            sessions: Sessions::default(),
             slots: SlotWatch::default(),
             secrets,
             cancels: CancelWatch::default(),
@@ -237,7 +238,7 @@ impl Worker {
             let signalled_by = message.ticket_id;
             let claim = loop {
                 match self.claim_fairest().await {
-                    Ok(Found::Claimed(claim)) => break Some(claim),
+                    Ok(Found::Claimed(claim)) => break Some(*claim),
                     Ok(Found::Nothing) => break None,
                     // Every queued ticket waits for a slot of its cloud: keep the delivery (one
                     // of them needs it) until a slot frees.
@@ -278,7 +279,11 @@ impl Worker {
             }
             let worker = self.clone();
             let abort = abort.clone();
-            let span = info_span!("ticket", ticket_id = claim.ticket.id, attempt = claim.ticket.attempts);
+            let span = info_span!(
+                "ticket",
+                ticket_id = claim.ticket.id,
+                attempt = claim.ticket.attempts
+            );
             uploads.spawn(
                 async move {
                     let _slot = permit;

@@ -30,7 +30,7 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// What a delivery found.
 pub(super) enum Found {
-    Claimed(Claim),
+    Claimed(Box<Claim>),
     /// Queued tickets exist, but none can start now (their clouds are full, or another worker
     /// is claiming them): keep the delivery and try again.
     Waiting,
@@ -118,7 +118,7 @@ impl Worker {
                     .unwrap_or_default();
                 metrics::histogram!(metrics_catalog::TICKET_WAIT).record(waited.as_secs_f64());
             }
-            return Ok(Found::Claimed(claim));
+            return Ok(Found::Claimed(Box::new(claim)));
         }
         // Read again: the loads above predate the claim, and a delivery dropped while a
         // ticket still waits would leave that ticket without its message.
@@ -166,7 +166,6 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        metrics::gauge!(metrics_catalog::UPLOADS_RUNNING, "cloud" => self.0.clone())
-            .decrement(1.0);
+        metrics::gauge!(metrics_catalog::UPLOADS_RUNNING, "cloud" => self.0.clone()).decrement(1.0);
     }
 }
