@@ -201,7 +201,31 @@ pub async fn claim_next(
         claim = Some(claimed_ticket(pool, candidate.id, token, candidate.cloud_host).await?);
         break;
     }
+    if claim.is_none() {
+        give_up_queued(pool, max_attempts).await?;
+    }
     Ok(NextClaim { claim, loads })
+}
+
+/// Ends in `error` the queued tickets that already had `max_attempts` claims (possible only
+/// after `worker.max_ticket_attempts` was lowered): no claim takes them, as `claim` would not.
+async fn give_up_queued(pool: &PgPool, max_attempts: i32) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let gave_up = sqlx::query_scalar!(
+        "UPDATE publish_tickets SET state = 'error', eta = NULL,
+             error_message = 'gave up after ' || attempts || ' attempts: the worker running it stopped each time',
+             message = 'failed: gave up after ' || attempts || ' attempts',
+             lease_owner = NULL, lease_expires_at = NULL, finished_at = now(), updated_at = now()
+          WHERE state = 'queued' AND NOT cancel_requested AND attempts >= $1
+         RETURNING id",
+        max_attempts
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for id in gave_up {
+        attempts::end_abandoned_in(&mut tx, id).await?;
+    }
+    tx.commit().await
 }
 
 /// Writes into the status of every queued ticket of a full cloud (of `clouds`: host and
