@@ -3,6 +3,8 @@
 //! whose tokens live 20 s), the per-cloud upload limit over three worker processes, and
 //! fairness between users.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
+
 mod common;
 
 use std::process::Child;
