@@ -108,6 +108,10 @@ pub struct CloudSettings {
     /// How often the reconciler looks for leftover images in every known account, in seconds.
     #[serde(default = "default_orphan_sweep_secs")]
     pub orphan_sweep_secs: u64,
+    /// Uploads that may run at once to one cloud over the whole worker pool; a profile's
+    /// `max_uploads` overrides it (`cloud::upload_limit_for`).
+    #[serde(default = "default_max_uploads_per_cloud")]
+    pub max_uploads_per_cloud: u32,
     /// A PEM bundle of CA certificates trusted beside the system roots (a company CA).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -175,6 +179,10 @@ fn default_orphan_sweep_secs() -> u64 {
     600
 }
 
+fn default_max_uploads_per_cloud() -> u32 {
+    8
+}
+
 impl Default for CloudSettings {
     fn default() -> CloudSettings {
         CloudSettings {
@@ -186,6 +194,7 @@ impl Default for CloudSettings {
             ca_file: None,
             region: None,
             profiles: vec![],
+            max_uploads_per_cloud: default_max_uploads_per_cloud(),
         }
     }
 }

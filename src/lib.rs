@@ -25,6 +25,7 @@
 //! | · `lease`     | the lease keeper                                                         |
 //! | · `cancel`    | cancels by Postgres LISTEN/NOTIFY (`CancelWatch`)                        |
 //! | · `heartbeat` | the worker's own heartbeat (host, pid, version, slots), for the console  |
+//! | · `slots`     | the fairest claim under per-cloud limits, and the wait for a free slot   |
 //! | [`rescuer`]   | re-queues tickets whose worker died (expired lease); gives up on poison; |
 //! |               | forgets stale failed-login counts                                        |
 //! | [`reconciler`] | deletes images left by tickets that ended without them (cleanups and    |
@@ -40,7 +41,8 @@
 //! | · `import`    | Glance's interoperable import: methods offered, stage, glance-direct    |
 //! | · `quota`     | quota refusals made permanent; the pre-check on `/v2/info/usage`         |
 //! | · `tls`       | CA files trusted beside the system roots; certificate errors in words    |
-//! | · `profile`   | per-cloud profiles by host pattern; `pimage config --for-url`            |
+//! | · `profile`   | per-cloud profiles by host pattern, upload limits; `pimage config --for-url` |
+//! | · `session`   | Keystone tokens renewed before expiry; `Sessions`, kept per account      |
 //! | · `address_policy` | the SSRF guard: URLs, resolved addresses, redirects                 |
 //! | · `answer`    | every call bounded: call timeout, answer sizes read, no decompression   |
 //! | · `error`     | `CloudError`, `Cause`, the transient/permanent classifier               |

@@ -73,6 +73,16 @@ catalog! {
         "Pending image cleanups whose last try failed (see pimage tickets list --state cleanup).";
     ORPHANS_DELETED = "pimage_orphan_images_deleted_total", Counter, Count,
         "Leftover images (ticket unknown or ended without them) the orphan sweep deleted.";
+    KEYSTONE_LOGINS = "pimage_keystone_logins_total", Counter, Count,
+        "Keystone password logins, by outcome (ok, refused, failed).";
+    KEYSTONE_SESSION_HITS = "pimage_keystone_session_hits_total", Counter, Count,
+        "Tickets served by a kept Keystone session instead of a new login.";
+    UPLOADS_RUNNING = "pimage_uploads_running", Gauge, Count,
+        "Tickets this worker process is running, by cloud (Glance host, else Keystone host).";
+    TICKETS_WAITING_FOR_SLOT = "pimage_tickets_waiting_for_slot", Gauge, Count,
+        "Queued tickets whose cloud has cloud.max_uploads_per_cloud uploads running (the whole pool, as this worker's last claim saw it), by cloud.";
+    TICKET_WAIT = "pimage_ticket_wait_seconds", Histogram, Seconds,
+        "Time from a ticket's creation to its first claim by a worker.";
     ORPHAN_SWEEP_FAILURES = "pimage_orphan_sweep_failures_total", Counter, Count,
         "Accounts the orphan sweep could not list, and leftovers it could not delete.";
 }

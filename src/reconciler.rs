@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::cloud::{AddressPolicy, CloudError, Glance, OpenStackAccount};
+use crate::cloud::{AddressPolicy, CloudError, Glance, OpenStackAccount, Sessions};
 use crate::config::CloudSettings;
 use crate::metrics_catalog;
 use crate::secrets::SecretBox;
@@ -33,6 +33,8 @@ pub struct Reconciler {
     pool: PgPool,
     secrets: SecretBox,
     policy: AddressPolicy,
+    /// Keystone sessions by account; a worker shares them with its tickets.
+    sessions: Sessions,
     deployment: String,
     sweep_every: Duration,
 }
@@ -54,9 +56,15 @@ impl Reconciler {
             pool,
             secrets,
             policy: AddressPolicy::from(cloud.clone()),
+            sessions: Sessions::default(),
             deployment: cloud.deployment.clone(),
             sweep_every: Duration::from_secs(cloud.orphan_sweep_secs.max(1)),
         }
+    }
+
+    /// The Keystone sessions this reconciler keeps, to share with the process's tickets.
+    pub fn sessions(&self) -> Sessions {
+        self.sessions.clone()
     }
 
     /// Works the due cleanups, then (when `sweep`) sweeps the known accounts for orphans.
@@ -254,7 +262,8 @@ impl Reconciler {
             domain: stored.keystone_domain.clone(),
             project: stored.keystone_project.clone(),
         };
-        Glance::login(&account, &self.policy)
+        self.sessions
+            .glance(&account, &self.policy)
             .await
             .map_err(|e| described(&e))
     }

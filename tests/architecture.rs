@@ -71,7 +71,7 @@ const MAY_USE: &[(&str, &[&str])] = &[
     ("outbox", &["queue", "store"]),
     ("health", &["queue", "store", "metrics_catalog"]),
     ("queue", &["config", "metrics_catalog"]),
-    ("cloud", &["secrets", "config"]),
+    ("cloud", &["secrets", "config", "metrics_catalog"]),
     ("store", &["secrets", "config"]),
     ("retry", &["config"]),
     ("telemetry", &["config"]),

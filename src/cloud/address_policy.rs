@@ -33,7 +33,7 @@ impl AddressPolicy {
         std::time::Duration::from_millis(self.settings.call_timeout_ms.max(1))
     }
 
-    pub(super) fn settings(&self) -> &CloudSettings {
+    pub fn settings(&self) -> &CloudSettings {
         &self.settings
     }
 

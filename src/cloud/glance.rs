@@ -2,7 +2,7 @@
 //! from `keystone`; every call but the upload within the call timeout, answers read within
 //! the bounds of `answer`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{RequestBuilder, Response, StatusCode};
@@ -10,9 +10,8 @@ use serde::Deserialize;
 
 use super::answer::{json, within};
 use super::error::{check, CloudError};
-use super::keystone::log_in;
 use super::quota::quota_refusal;
-use super::{AddressPolicy, OpenStackAccount};
+use super::session::Session;
 use crate::secrets::Secret;
 
 /// Glance property naming the ticket an image belongs to: a retried job finds its image by it.
@@ -21,21 +20,11 @@ pub const TICKET_PROPERTY: &str = "pimage_ticket";
 /// deletes only its own deployment's images.
 pub const DEPLOYMENT_PROPERTY: &str = "pimage_deployment";
 
-/// A logged-in session on one project.
+/// A logged-in session on one project, maybe shared with other tickets (`Sessions`).
 #[derive(Clone)]
 pub struct Glance {
-    /// Set up by `Glance::login` (keystone.rs).
+    /// Set up by `Glance::login` (keystone.rs) or `Sessions::glance` (session.rs).
     pub(super) session: Arc<Session>,
-}
-
-/// The client, Glance's v2 base URL, and the token (renewed on a 401: tokens expire, and
-/// an upload may outlast one).
-pub(super) struct Session {
-    pub(super) client: reqwest::Client,
-    pub(super) base: url::Url,
-    pub(super) token: Mutex<Secret>,
-    pub(super) account: OpenStackAccount,
-    pub(super) policy: AddressPolicy,
 }
 
 /// Glance's v2 API under an endpoint given with or without its version (`/v2/`, ending in
@@ -61,16 +50,9 @@ impl Glance {
         url
     }
 
-    pub(super) fn token(&self) -> Secret {
-        self.session
-            .token
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Sends the request `build` makes with the token; on a 401, logs in again once and
-    /// sends it anew.
+    /// Sends the request `build` makes with a fresh token (renewed before it expires: an
+    /// upload may outlast one); on a 401 (a revoked token), logs in again once and sends it
+    /// anew.
     pub(super) async fn send(
         &self,
         unreachable: &str,
@@ -83,13 +65,12 @@ impl Glance {
                 .await
                 .map_err(|e| CloudError::sending(unreachable, &e))
         };
-        let response = send(self.token()).await?;
+        let token = session.token().await?;
+        let response = send(token.clone()).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        let (_, token, _) = log_in(&session.account, &session.policy).await?;
-        *session.token.lock().unwrap_or_else(|e| e.into_inner()) = token.clone();
-        send(token).await
+        send(session.renew(&token).await?).await
     }
 }
 
@@ -180,11 +161,12 @@ impl Glance {
         body: reqwest::Body,
         length: u64,
     ) -> Result<(), CloudError> {
+        let token = self.session.token().await?;
         let response = self
             .session
             .client
             .put(self.url(&["images", image_id, "file"]))
-            .header("x-auth-token", self.token().expose())
+            .header("x-auth-token", token.expose())
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, length)

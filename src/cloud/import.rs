@@ -63,11 +63,12 @@ impl Glance {
         body: reqwest::Body,
         length: u64,
     ) -> Result<(), CloudError> {
+        let token = self.session.token().await?;
         let response = self
             .session
             .client
             .put(self.url(&["images", image_id, "stage"]))
-            .header("x-auth-token", self.token().expose())
+            .header("x-auth-token", token.expose())
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, length)

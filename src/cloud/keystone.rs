@@ -2,19 +2,21 @@
 //! every address against the policy BEFORE connecting, and telling a wrong password from an
 //! unreachable project. Answers are read within the bounds of `answer`.
 
-use std::sync::Arc;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::answer::{json, within};
 use super::catalog::{image_endpoint, CatalogService};
 use super::error::{check, clip, Cause, CloudError};
-use super::glance::{glance_v2, Session};
+use super::glance::glance_v2;
+use super::session::Session;
 use super::{http_client, AddressPolicy, Glance, OpenStackAccount};
 use crate::secrets::Secret;
 
-/// The part of a Keystone token answer pimage reads: the catalog.
+/// The part of a Keystone token answer pimage reads: the catalog and the token's lifetime.
 #[derive(Deserialize)]
 struct TokenAnswer {
     token: Token,
@@ -24,25 +26,32 @@ struct TokenAnswer {
 struct Token {
     #[serde(default)]
     catalog: Vec<CatalogService>,
+    issued_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// A token with no readable lifetime is used for this long at most.
+const UNKNOWN_LIFETIME: Duration = Duration::from_secs(300);
+
+/// A new token and what goes with it.
+pub(super) struct Login {
+    pub(super) client: reqwest::Client,
+    pub(super) token: Secret,
+    /// Glance's v2 base URL (checked).
+    pub(super) glance: url::Url,
+    /// `expires_at - issued_at`, both by Keystone's clock, so a skewed local clock is harmless.
+    pub(super) lifetime: Duration,
 }
 
 impl Glance {
-    /// Logs in to Keystone v3 (user in `domain`, scoped to `project` in the same domain).
-    /// Every address called must pass `policy`.
+    /// Logs in to Keystone v3 (user in `domain`, scoped to `project` in the same domain), for
+    /// one use; workers reuse sessions instead (`Sessions`). Every address called must pass
+    /// `policy`.
     pub async fn login(
         account: &OpenStackAccount,
         policy: &AddressPolicy,
     ) -> Result<Glance, CloudError> {
-        let (client, token, glance) = log_in(account, policy).await?;
-        Ok(Glance {
-            session: Arc::new(Session {
-                client,
-                base: glance,
-                token: std::sync::Mutex::new(token),
-                account: account.clone(),
-                policy: policy.clone(),
-            }),
-        })
+        Session::start(account, policy).await.map(Glance::from)
     }
 }
 
@@ -76,7 +85,7 @@ fn tokens_url(keystone_url: &str) -> String {
 pub(super) async fn log_in(
     account: &OpenStackAccount,
     policy: &AddressPolicy,
-) -> Result<(reqwest::Client, Secret, url::Url), CloudError> {
+) -> Result<Login, CloudError> {
     let keystone = parse("keystoneUrl", &account.keystone_url)?;
     policy
         .check_url(&keystone)
@@ -156,9 +165,13 @@ pub(super) async fn log_in(
                 cause: Cause::BadAnswer,
             })?;
         let answer: TokenAnswer = json(response, &format!("{what} answered the login")).await?;
-        Ok((token, answer.token.catalog))
+        let lifetime = match (answer.token.issued_at, answer.token.expires_at) {
+            (Some(issued), Some(expires)) => (expires - issued).to_std().unwrap_or_default(),
+            _ => UNKNOWN_LIFETIME,
+        };
+        Ok((token, answer.token.catalog, lifetime))
     });
-    let (token, catalog) = login.await?;
+    let (token, catalog, lifetime) = login.await?;
     let glance = match given_glance {
         Some(url) => url,
         None => {
@@ -182,7 +195,12 @@ pub(super) async fn log_in(
     } else {
         http_client(policy, &all)?.0
     };
-    Ok((client, token, glance_v2(glance)))
+    Ok(Login {
+        client,
+        token,
+        glance: glance_v2(glance),
+        lifetime,
+    })
 }
 
 /// Keystone answers 401 both to a wrong password and to a project the user cannot reach.

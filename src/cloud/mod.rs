@@ -15,6 +15,7 @@ mod import;
 mod keystone;
 mod profile;
 mod quota;
+mod session;
 mod tls;
 
 use std::sync::Arc;
@@ -27,7 +28,8 @@ use address_policy::{GuardedResolver, Refusal};
 pub use address_policy::AddressPolicy;
 pub use error::{Cause, CloudError};
 pub use glance::{Glance, GlanceImage, DEPLOYMENT_PROPERTY, TICKET_PROPERTY};
-pub use profile::{describe_for_url, DEFAULT_IMPORT_TIMEOUT_SECS};
+pub use profile::{describe_for_url, upload_limit_for, DEFAULT_IMPORT_TIMEOUT_SECS};
+pub use session::Sessions;
 
 /// Where and as whom to publish (a `CredAccountOpenStack` plus the project scope).
 #[derive(Debug, Clone)]

@@ -25,12 +25,26 @@ impl AddressPolicy {
 }
 
 fn profile_for<'a>(settings: &'a CloudSettings, url: &url::Url) -> Option<&'a CloudProfile> {
-    let host = url.host_str()?.to_ascii_lowercase();
+    profile_for_host(settings, url.host_str()?)
+}
+
+fn profile_for_host<'a>(settings: &'a CloudSettings, host: &str) -> Option<&'a CloudProfile> {
+    let host = host.to_ascii_lowercase();
     let ip: Option<IpAddr> = host.trim_matches(|c| c == '[' || c == ']').parse().ok();
     settings
         .profiles
         .iter()
         .find(|p| p.hosts.iter().any(|entry| host_matches(entry, &host, ip)))
+}
+
+/// The most uploads that may run at once to the cloud at `host` (a ticket's Glance host, or
+/// its Keystone host when Glance comes from the catalog), over every worker: the matching
+/// profile's `max_uploads`, else `cloud.max_uploads_per_cloud`; never below 1.
+pub fn upload_limit_for(settings: &CloudSettings, host: &str) -> u32 {
+    profile_for_host(settings, host)
+        .and_then(|p| p.max_uploads)
+        .unwrap_or(settings.max_uploads_per_cloud)
+        .max(1)
 }
 
 /// What applies to a cloud at `url`: the profile's settings, and the `cloud.*` ones it leaves.
@@ -111,9 +125,13 @@ pub fn describe_for_url(settings: &CloudSettings, url: &str) -> Result<String, S
     let _ = writeln!(
         out,
         "max_uploads: {}",
-        p.max_uploads
-            .map_or("no per-cloud limit in the profile".into(), |n| n
-                .to_string())
+        p.max_uploads.map_or(
+            format!(
+                "{} (cloud.max_uploads_per_cloud)",
+                settings.max_uploads_per_cloud
+            ),
+            |n| n.to_string()
+        )
     );
     Ok(out)
 }
@@ -185,5 +203,36 @@ mod tests {
         let none = describe_for_url(&s, "https://glance.other.org").unwrap();
         assert!(none.contains("none matches"), "{none}");
         assert!(describe_for_url(&s, "not a url").is_err());
+    }
+
+    #[test]
+    fn upload_limits_come_from_the_first_matching_profile_else_the_default() {
+        let profile = |name: &str, host: &str, max_uploads| CloudProfile {
+            name: name.into(),
+            hosts: vec![host.into()],
+            max_uploads,
+            ..Default::default()
+        };
+        let cloud = CloudSettings {
+            max_uploads_per_cloud: 8,
+            profiles: vec![
+                profile("small", "glance.small.example", Some(2)),
+                profile("com", "*.example.com", Some(3)),
+                profile("other", "*.other.example.com", Some(4)),
+                profile("zero", "zero.example.org", Some(0)),
+                profile("unlimited-here", "tls.example.org", None),
+            ],
+            ..CloudSettings::default()
+        };
+        let limit = |host| upload_limit_for(&cloud, host);
+        assert_eq!(limit("glance.small.example"), 2);
+        assert_eq!(limit("GLANCE.Small.Example"), 2);
+        assert_eq!(limit("a.example.com"), 3);
+        assert_eq!(limit("b.other.example.com"), 3);
+        assert_eq!(limit("example.com"), 8);
+        assert_eq!(limit("badexample.com"), 8);
+        assert_eq!(limit("zero.example.org"), 1);
+        assert_eq!(limit("tls.example.org"), 8);
+        assert_eq!(limit("127.0.0.1"), 8);
     }
 }

@@ -124,14 +124,14 @@ pub async fn tickets(
 /// Running uploads per cloud (Keystone URL).
 pub async fn running_per_cloud(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"SELECT keystone_url, count(*) AS "running!" FROM publish_tickets
-            WHERE state = 'running' GROUP BY keystone_url ORDER BY keystone_url"#
+        r#"SELECT cloud_host, count(*) AS "running!" FROM publish_tickets
+            WHERE state = 'running' GROUP BY cloud_host ORDER BY cloud_host"#
     )
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.keystone_url, r.running))
+        .map(|r| (r.cloud_host, r.running))
         .collect())
 }
 

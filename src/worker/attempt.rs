@@ -160,7 +160,9 @@ impl Job<'_> {
         )))
         .await?;
         let registered = self.open_file(Path::new(&self.image.file_path)).await?;
-        let glance = Glance::login(&self.account, &self.worker.cloud_policy).await?;
+        let glance = (self.worker.sessions)
+            .glance(&self.account, &self.worker.cloud_policy)
+            .await?;
         let key = self.claim.ticket.ticket_key.to_string();
         // The file as registered, or converted for this cloud (removed when this ends).
         let payload = self.payload(&glance).await?;

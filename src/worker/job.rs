@@ -27,7 +27,8 @@ impl Worker {
         abort: &CancellationToken,
     ) -> Result<(), sqlx::Error> {
         let ticket_id = claim.ticket.id;
-        info!("claimed");
+        info!(cloud = %claim.cloud_host, "claimed");
+        let running = super::slots::Running::start(&claim.cloud_host);
         let cancel = self.cancels.register(ticket_id, abort);
         // Aborted on drop too: a panicking upload must not keep renewing the lease.
         let keeper = AbortOnDrop(tokio::spawn(keep_lease(
@@ -38,6 +39,8 @@ impl Worker {
             cancel.clone(),
         )));
         let outcome = self.publish(&claim, &cancel).await;
+        // Before the end is written: the gauge never counts more than the leases held.
+        drop(running);
         drop(keeper);
         self.cancels.unregister(ticket_id);
         let outcome = match outcome? {

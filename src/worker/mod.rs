@@ -1,9 +1,11 @@
 //! The worker: takes tickets from RabbitMQ, claims them in Postgres, and publishes the
 //! image to Glance while writing progress, retrying transient failures.
 //!
-//! A delivery is taken only while an upload slot is free, and acknowledged as soon as the
-//! ticket is claimed in Postgres (a lease with a fencing token); from then on Postgres, not
-//! RabbitMQ, tracks the job. Progress writes extend the lease; if the worker dies, the
+//! A delivery is taken only while an upload slot is free; it says that a ticket waits, and
+//! the claim in Postgres takes the fairest one whose cloud has a free slot (`slots`). It is
+//! acknowledged as soon as that ticket is claimed (a lease with a fencing token); from then
+//! on Postgres, not RabbitMQ, tracks the job. Keystone sessions are kept per account
+//! (`cloud::Sessions`), so tickets of one account share a token. Progress writes extend the lease; if the worker dies, the
 //! rescuer re-queues the ticket once the lease expires.
 //! Cancels arrive by Postgres NOTIFY (`CancelWatch`); the progress writes, which report a
 //! requested cancel too, are the fallback.
@@ -17,6 +19,7 @@ mod heartbeat;
 mod job;
 mod lease;
 mod progress;
+mod slots;
 mod upload;
 
 use std::sync::Arc;
@@ -31,15 +34,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::cloud::AddressPolicy;
+use crate::cloud::{AddressPolicy, Sessions};
 use crate::config::{AmqpSettings, CloudSettings, WorkerSettings};
 use crate::queue::{self, Publisher, TicketMessage};
 use crate::reconciler::Reconciler;
 use crate::secrets::SecretBox;
-use crate::store::claims;
 use crate::{outbox, rescuer};
 
 use cancel::CancelWatch;
+use slots::{Found, SlotWatch};
 
 #[derive(Clone)]
 pub struct Worker {
@@ -47,6 +50,11 @@ pub struct Worker {
     settings: WorkerSettings,
     amqp: AmqpSettings,
     cloud_policy: AddressPolicy,
+    /// Per-cloud upload limits (`cloud::upload_limit_for`).
+    cloud: CloudSettings,
+    /// Keystone sessions kept per cloud account.
+    sessions: Sessions,
+    slots: SlotWatch,
     secrets: SecretBox,
     cancels: CancelWatch,
     /// Hands released and rescued tickets back to the queue.
@@ -75,13 +83,17 @@ impl Worker {
             amqp.clone(),
             format!("pimage-worker-publisher@{id}"),
         ));
+        let reconciler = Reconciler::new(pool.clone(), secrets.clone(), &cloud);
         Worker {
-            reconciler: Reconciler::new(pool.clone(), secrets.clone(), &cloud),
+            sessions: reconciler.sessions(),
+            reconciler,
             deployment: cloud.deployment.clone(),
             pool,
             settings,
             amqp,
-            cloud_policy: AddressPolicy::from(cloud),
+            cloud_policy: AddressPolicy::from(cloud.clone()),
+            cloud,
+            slots: SlotWatch::default(),
             secrets,
             cancels: CancelWatch::default(),
             publisher,
@@ -112,6 +124,7 @@ impl Worker {
                 .clone()
                 .run(self.pool.clone(), shutdown.clone()),
         );
+        background.spawn(self.slots.clone().run(self.pool.clone(), shutdown.clone()));
         background.spawn(outbox::run_relay(
             self.pool.clone(),
             self.publisher.clone(),
@@ -233,22 +246,26 @@ impl Worker {
                     continue;
                 }
             };
-            let ticket_id = message.ticket_id;
+            // The message says a ticket waits; the claim takes the fairest one that may start.
+            let signalled_by = message.ticket_id;
             let claim = loop {
-                match claims::claim(
-                    &self.pool,
-                    ticket_id,
-                    &self.id,
-                    self.settings.lease_seconds,
-                    self.settings.max_ticket_attempts,
-                )
-                .await
-                {
-                    Ok(claim) => break claim,
+                match self.claim_fairest().await {
+                    Ok(Found::Claimed(claim)) => break Some(*claim),
+                    Ok(Found::Nothing) => break None,
+                    // Every queued ticket waits for a slot of its cloud: keep the delivery (one
+                    // of them needs it) until a slot frees.
+                    Ok(Found::Waiting) => tokio::select! {
+                        _ = self.slots.wait() => {}
+                        _ = shutdown.cancelled() => {
+                            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                            queue::stop_consuming(&channel, &tag, consumer.take()).await;
+                            return Ok(());
+                        }
+                    },
                     // Keep the delivery (bouncing it would count towards the delivery limit)
                     // and try again once Postgres is back.
                     Err(e) => {
-                        error!(ticket_id, error = %e, "cannot claim: Postgres unavailable; retrying");
+                        error!(signalled_by, error = %e, "cannot claim: Postgres unavailable; retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                             _ = shutdown.cancelled() => {
@@ -261,7 +278,7 @@ impl Worker {
                 }
             };
             let Some(claim) = claim else {
-                info!(ticket_id, "ticket not claimable (ended, cancelled, out of attempts, or owned by a live worker); dropping the message");
+                info!(signalled_by, "no ticket queued (ended, cancelled or taken by another worker); dropping the message");
                 drop(permit);
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                 continue;
@@ -274,7 +291,11 @@ impl Worker {
             }
             let worker = self.clone();
             let abort = abort.clone();
-            let span = info_span!("ticket", ticket_id, attempt = claim.ticket.attempts);
+            let span = info_span!(
+                "ticket",
+                ticket_id = claim.ticket.id,
+                attempt = claim.ticket.attempts
+            );
             uploads.spawn(
                 async move {
                     let _slot = permit;

@@ -44,6 +44,8 @@ struct State {
     throttle: u64,
     /// Every request head seen: "METHOD path".
     seen: Vec<String>,
+    /// The `X-Auth-Token` of each request seen ("" without one), in the order of `seen`.
+    tokens: Vec<String>,
     injected: u32,
     /// PUT requests (uploads) being forwarded right now.
     uploads: u32,
@@ -133,6 +135,18 @@ impl FaultProxy {
         self.state.lock().unwrap().seen.clone()
     }
 
+    /// Every request seen with the `X-Auth-Token` it carried ("" without one): the tests'
+    /// own proxy reads it to revoke it or to tell tokens apart; pimage never shows it.
+    pub fn seen_with_tokens(&self) -> Vec<(String, String)> {
+        let state = self.state.lock().unwrap();
+        state
+            .seen
+            .iter()
+            .cloned()
+            .zip(state.tokens.iter().cloned())
+            .collect()
+    }
+
     /// Uploads (PUT requests) being forwarded to Glance right now.
     pub fn uploads_in_flight(&self) -> u32 {
         self.state.lock().unwrap().uploads
@@ -155,9 +169,10 @@ enum Action {
     },
 }
 
-fn decide(state: &Mutex<State>, method: &str, path: &str) -> Action {
+fn decide(state: &Mutex<State>, method: &str, path: &str, token: String) -> Action {
     let mut s = state.lock().unwrap();
     s.seen.push(format!("{method} {path}"));
+    s.tokens.push(token);
     let throttle = s.throttle;
     let mut action = Action::Forward {
         reset_after: None,
@@ -251,7 +266,15 @@ async fn handle(
         .unwrap_or(0);
     let already = (head.len() - body_start) as u64;
 
-    match decide(&state, &method, &path) {
+    let token = text
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("x-auth-token")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_default();
+    match decide(&state, &method, &path, token) {
         Action::Hang => {
             // Read (and drop) whatever comes, answer nothing, until the client gives up.
             while client.read(&mut buf).await? > 0 {}

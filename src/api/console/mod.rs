@@ -300,12 +300,6 @@ async fn logout(
     Ok(response)
 }
 
-/// The upload limit of a cloud, if one is set. (Per-cloud limits arrive with the worker's
-/// fairness work; until then there is none.)
-pub fn cloud_upload_limit(_keystone_url: &str) -> Option<u32> {
-    None
-}
-
 /// RabbitMQ's figures, or why they are missing; bounded so a stuck broker cannot hold a page.
 async fn queue_figures(state: &AppState) -> Result<(u32, u32), String> {
     let read = async {
@@ -324,10 +318,10 @@ async fn overview(State(state): State<AppState>, admin: Admin) -> PageResult {
     let newest = events::newest_id(&state.pool).await?;
     let counts = tickets::count_by_state(&state.pool).await?;
     let running = store::running_per_cloud(&state.pool).await?;
-    let running: Vec<(String, i64, Option<u32>)> = running
+    let running: Vec<(String, i64, u32)> = running
         .into_iter()
         .map(|(cloud, n)| {
-            let limit = cloud_upload_limit(&cloud);
+            let limit = crate::cloud::upload_limit_for(state.cloud_policy.settings(), &cloud);
             (cloud, n, limit)
         })
         .collect();

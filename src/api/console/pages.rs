@@ -176,7 +176,7 @@ pub fn overview(
     admin: &Admin,
     after: i64,
     counts: &[(String, i64)],
-    running: &[(String, i64, Option<u32>)],
+    running: &[(String, i64, u32)],
     queue: Result<(u32, u32), String>,
     outbox: (i64, f64),
     hour: &LastHour,
@@ -208,13 +208,13 @@ pub fn overview(
                     p { "No upload is running." }
                 } @else {
                     table {
-                        thead { tr { th { "Cloud (Keystone)" } th { "Running" } th { "Limit" } } }
+                        thead { tr { th { "Cloud (Glance host)" } th { "Running" } th { "Limit" } } }
                         tbody {
                             @for (cloud, n, limit) in running {
                                 tr {
                                     td { (cloud) }
                                     td { (n) }
-                                    td { @match limit { Some(l) => (l), None => "none" } }
+                                    td { (limit) }
                                 }
                             }
                         }

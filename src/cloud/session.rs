@@ -1,0 +1,257 @@
+//! Keystone sessions: one token per cloud account, renewed shortly before it expires or once
+//! after Glance refused it, and `Sessions`, the cache that lets one worker process's tickets
+//! share them instead of each logging in with the password.
+//!
+//! An account is keyed by its Keystone URL, domain, project, user, glanceUrl and a salted
+//! digest of its password (the salt is random per process, the password is never a key). A
+//! changed password is thus a new session; a refused login is never kept. Tokens live in
+//! memory only, as `Secret`s (never printed).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::time::Instant;
+
+use super::error::{Cause, CloudError};
+use super::keystone::{log_in, Login};
+use super::{AddressPolicy, Glance, OpenStackAccount};
+use crate::metrics_catalog;
+use crate::secrets::Secret;
+
+/// A token is renewed this long before it expires (a fifth of its lifetime when that is
+/// shorter): a call started with it must still be accepted.
+const RENEW_BEFORE: Duration = Duration::from_secs(120);
+
+/// A logged-in session on one project: the client, Glance's v2 base URL and the token.
+pub(super) struct Session {
+    pub(super) client: reqwest::Client,
+    pub(super) base: url::Url,
+    token: Mutex<Token>,
+    /// One renewal at a time: tickets that meet an expired token wait for the same login.
+    renewing: tokio::sync::Mutex<()>,
+    account: OpenStackAccount,
+    pub(super) policy: AddressPolicy,
+}
+
+#[derive(Clone)]
+struct Token {
+    value: Secret,
+    renew_at: Instant,
+}
+
+impl Token {
+    fn from(login: &Login) -> Token {
+        let margin = RENEW_BEFORE.min(login.lifetime / 5);
+        Token {
+            value: login.token.clone(),
+            renew_at: Instant::now() + login.lifetime.saturating_sub(margin),
+        }
+    }
+}
+
+impl Session {
+    /// Logs in (counted in the logins metric, by outcome).
+    pub(super) async fn start(
+        account: &OpenStackAccount,
+        policy: &AddressPolicy,
+    ) -> Result<Session, CloudError> {
+        let login = counted(log_in(account, policy).await)?;
+        Ok(Session {
+            token: Mutex::new(Token::from(&login)),
+            client: login.client,
+            base: login.glance,
+            renewing: tokio::sync::Mutex::new(()),
+            account: account.clone(),
+            policy: policy.clone(),
+        })
+    }
+
+    fn current(&self) -> Token {
+        self.token.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn fresh(&self) -> bool {
+        Instant::now() < self.current().renew_at
+    }
+
+    /// A token to send now: the current one, or a new one if it is about to expire.
+    pub(super) async fn token(&self) -> Result<Secret, CloudError> {
+        let token = self.current();
+        if Instant::now() < token.renew_at {
+            return Ok(token.value);
+        }
+        self.renew(&token.value).await
+    }
+
+    /// A new token in place of `refused` (expired or revoked); when another call already
+    /// renewed it, that token, without a second login.
+    pub(super) async fn renew(&self, refused: &Secret) -> Result<Secret, CloudError> {
+        let _one_at_a_time = self.renewing.lock().await;
+        let token = self.current();
+        if token.value != *refused && Instant::now() < token.renew_at {
+            return Ok(token.value);
+        }
+        let login = counted(log_in(&self.account, &self.policy).await)?;
+        let token = Token::from(&login);
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = token.clone();
+        Ok(token.value)
+    }
+}
+
+fn counted(login: Result<Login, CloudError>) -> Result<Login, CloudError> {
+    let outcome = match &login {
+        Ok(_) => "ok",
+        Err(e) if e.cause == Cause::LoginRefused => "refused",
+        Err(_) => "failed",
+    };
+    metrics::counter!(metrics_catalog::KEYSTONE_LOGINS, "outcome" => outcome).increment(1);
+    login
+}
+
+/// What identifies an account's session (the password only as a salted digest).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    keystone_url: String,
+    domain: String,
+    project: String,
+    user: String,
+    glance_url: Option<String>,
+    password_digest: [u8; 32],
+}
+
+/// One account's session, or none yet; its lock makes concurrent tickets wait for one login.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Session>>>>;
+
+/// The sessions of one process, by account.
+#[derive(Clone)]
+pub struct Sessions {
+    salt: Arc<[u8; 32]>,
+    slots: Arc<Mutex<HashMap<Key, Slot>>>,
+}
+
+impl Default for Sessions {
+    fn default() -> Sessions {
+        Sessions {
+            salt: Arc::new(rand::random()),
+            slots: Arc::default(),
+        }
+    }
+}
+
+impl Sessions {
+    fn key(&self, account: &OpenStackAccount) -> Key {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.salt[..]).expect("HMAC takes a key of any length");
+        mac.update(account.password.expose().as_bytes());
+        Key {
+            keystone_url: account.keystone_url.clone(),
+            domain: account.domain.clone(),
+            project: account.project.clone(),
+            user: account.user.clone(),
+            glance_url: account.glance_url.clone(),
+            password_digest: mac.finalize().into_bytes().into(),
+        }
+    }
+
+    /// Glance as `account`: with the account's session while its token is fresh, else
+    /// after a new login. A refused or failed login is not kept.
+    pub async fn glance(
+        &self,
+        account: &OpenStackAccount,
+        policy: &AddressPolicy,
+    ) -> Result<Glance, CloudError> {
+        let key = self.key(account);
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.entry(key.clone()).or_default().clone()
+        };
+        let mut held = slot.lock().await;
+        if let Some(session) = held.as_ref().filter(|s| s.fresh()) {
+            metrics::counter!(metrics_catalog::KEYSTONE_SESSION_HITS).increment(1);
+            return Ok(Glance {
+                session: session.clone(),
+            });
+        }
+        let started = Session::start(account, policy).await.map(Arc::new);
+        *held = started.as_ref().ok().cloned();
+        drop(held);
+        self.forget_stale();
+        started.map(|session| Glance { session })
+    }
+
+    /// Drops the accounts whose session is gone or due for renewal and that no call uses.
+    fn forget_stale(&self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.retain(|_, slot| {
+            Arc::strong_count(slot) > 1
+                || match slot.try_lock() {
+                    Ok(held) => held.as_ref().is_some_and(|s| s.fresh()),
+                    Err(_) => true,
+                }
+        });
+    }
+
+    /// Accounts with a session kept (tests and metrics).
+    pub fn len(&self) -> usize {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Session> for Glance {
+    fn from(session: Session) -> Glance {
+        Glance {
+            session: Arc::new(session),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(password: &str) -> OpenStackAccount {
+        OpenStackAccount {
+            keystone_url: "http://k:5000/v3".into(),
+            glance_url: None,
+            user: "u".into(),
+            password: Secret::new(password),
+            domain: "Default".into(),
+            project: "p".into(),
+        }
+    }
+
+    #[test]
+    fn a_changed_password_is_another_account_and_no_key_holds_the_password() {
+        let sessions = Sessions::default();
+        let (a, b) = (sessions.key(&account("one")), sessions.key(&account("two")));
+        assert!(a == sessions.key(&account("one")));
+        assert!(a != b);
+        assert!(!a.password_digest.windows(3).any(|w| w == b"one"));
+        // Another process (another salt) derives another digest from the same password.
+        assert!(Sessions::default().key(&account("one")).password_digest != a.password_digest);
+    }
+
+    #[test]
+    fn a_token_is_renewed_a_fifth_of_its_lifetime_early_at_most_two_minutes() {
+        let login = |secs| Login {
+            client: reqwest::Client::new(),
+            token: Secret::new("t"),
+            glance: url::Url::parse("http://g/v2/").unwrap(),
+            lifetime: Duration::from_secs(secs),
+        };
+        let early = |secs| {
+            let now = Instant::now();
+            (now + Duration::from_secs(secs)) - Token::from(&login(secs)).renew_at
+        };
+        let close = |d: Duration, want: u64| d.as_secs_f64().round() as u64 == want;
+        assert!(close(early(3600), 120));
+        assert!(close(early(20), 4));
+    }
+}
