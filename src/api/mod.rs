@@ -6,6 +6,7 @@
 
 mod auth;
 mod error;
+mod image_link;
 mod observe;
 mod openapi;
 pub mod publish_request;
@@ -112,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         publisher: state.publisher.clone(),
         queue_required: false,
     };
+    let image_links = image_link::routes(state.clone());
     // Routes on one path merge their methods.
     let api = api_routes()
         .into_iter()
@@ -125,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(error::render_errors))
         .with_state(state);
     api.merge(health::routes(probes))
+        .merge(image_links)
         .layer(axum::middleware::from_fn(observe::request_span))
 }
 
