@@ -371,6 +371,27 @@ impl PasswordChecker {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_image_link_holds_only_for_its_ticket_and_expiry() {
+        let key = Secret::new(base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
+        let other = Secret::new(base64::engine::general_purpose::STANDARD.encode([8u8; 32]));
+        let sealer = SecretBox::new(&key, &[]).unwrap();
+        let link = sealer.image_link("http://api:8080/", 12, 1000);
+        let signature = link.rsplit("signature=").next().unwrap();
+        assert!(link.starts_with("http://api:8080/image-links/12?expires=1000&signature="));
+        assert!(sealer.image_link_valid("12", 1000, signature));
+        assert!(!sealer.image_link_valid("13", 1000, signature));
+        assert!(!sealer.image_link_valid("12", 1001, signature));
+        assert!(!sealer.image_link_valid("12", 1000, &signature[1..]));
+        assert!(!sealer.image_link_valid("12", 1000, "not hex"));
+        // Another key does not sign it; after a rotation, the old key still does.
+        assert!(!SecretBox::new(&other, &[])
+            .unwrap()
+            .image_link_valid("12", 1000, signature));
+        let rotated = SecretBox::new(&other, &[key]).unwrap();
+        assert!(rotated.image_link_valid("12", 1000, signature));
+    }
+
     use super::*;
 
     fn key(byte: u8) -> Secret {
