@@ -143,9 +143,14 @@ pub struct CloudProfile {
     /// Extra image properties set at creation (`hw_disk_bus`, `os_distro`, ...).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
-    /// How the bytes reach Glance: `direct` (PUT …/file), `glance-direct` (stage + import).
+    /// How the bytes reach Glance: `direct` (PUT …/file), `glance-direct` (stage + import),
+    /// `web-download` (Glance fetches a signed link from `web_download_base_url`).
     #[serde(default)]
     pub import_method: Option<ImportMethod>,
+    /// The root URL of pimage's API as this cloud's Glance reaches it (e.g.
+    /// `http://pimage.internal:8080`), for `web-download`.
+    #[serde(default)]
+    pub web_download_base_url: Option<String>,
     /// Overrides `cloud.call_timeout_ms` for this cloud.
     #[serde(default)]
     pub call_timeout_ms: Option<u64>,
@@ -165,6 +170,9 @@ pub enum ImportMethod {
     Direct,
     /// `PUT …/stage`, then `POST …/import` with `glance-direct`, and a wait for `active`.
     GlanceDirect,
+    /// `POST …/import` with `web-download` and a signed, expiring link to the file served by
+    /// the API (`/image-links/{ticket}`), then the same wait for `active`.
+    WebDownload,
 }
 
 fn default_call_timeout_ms() -> u64 {

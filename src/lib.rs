@@ -13,6 +13,7 @@
 //! | · `xml`       | XML on the wire: writing documents, reading bodies safely               |
 //! | · `openapi`   | the OpenAPI document, generated from the handlers and wire types         |
 //! | · `error`     | `ApiError`, its `status_code()`, the `uforgeError` body                  |
+//! | · `image_link` | signed, expiring links through which Glance fetches a file (web-download) |
 //! | · `observe`   | a span, a request id and metrics per request                             |
 //! | · `events`    | Server-Sent Events: a client's `…/pimages/{pitid}/events`, the console feed |
 //! | · `console`   | the operator console `/console`: sessions, CSRF, pages (maud), assets    |

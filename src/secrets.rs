@@ -11,6 +11,7 @@ use aes_gcm::{AeadCore, Aes256Gcm, Key, Nonce};
 use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine;
+use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -71,6 +72,8 @@ type KeyId = [u8; 4];
 struct SealingKey {
     id: KeyId,
     cipher: Aes256Gcm,
+    /// Signs image links (web-download); derived, so a leaked link key opens nothing.
+    link_key: Zeroizing<[u8; 32]>,
 }
 
 /// Encrypts and decrypts stored secrets (cloud passwords, API-key secrets).
@@ -197,7 +200,58 @@ fn sealing_key(key: &Secret) -> Option<SealingKey> {
             .try_into()
             .expect("a SHA-256 digest has 4 bytes"),
         cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
+        link_key: Zeroizing::new(
+            Sha256::new()
+                .chain_update(b"pimage image link key\0")
+                .chain_update(&*bytes)
+                .finalize()
+                .into(),
+        ),
     })
+}
+
+impl SecretBox {
+    /// HMAC-SHA256 (hex) of an image link's `message` under the current key's link key.
+    fn sign_link(&self, message: &str) -> String {
+        hex::encode(link_mac(&self.keys[0], message).finalize().into_bytes())
+    }
+
+    /// The web-download link to ticket `ticket`'s image file under `base` (the API's root
+    /// URL), valid until `expires` (Unix seconds). The one place of the link's format.
+    pub fn image_link(&self, base: &str, ticket: i64, expires: u64) -> String {
+        let signature = self.sign_link(&image_link_message(&ticket.to_string(), expires));
+        format!(
+            "{}/image-links/{ticket}?expires={expires}&signature={signature}",
+            base.trim_end_matches('/')
+        )
+    }
+
+    /// Whether `signature` signs the link of `ticket` (as written in the URL) until `expires`.
+    pub fn image_link_valid(&self, ticket: &str, expires: u64, signature: &str) -> bool {
+        self.verify_link(&image_link_message(ticket, expires), signature)
+    }
+
+    /// Whether `signature` (hex) signs `message` under any key of the ring (a rotation does
+    /// not break links already handed out); compared in constant time.
+    fn verify_link(&self, message: &str, signature: &str) -> bool {
+        let Ok(signature) = hex::decode(signature) else {
+            return false;
+        };
+        self.keys
+            .iter()
+            .any(|k| link_mac(k, message).verify_slice(&signature).is_ok())
+    }
+}
+
+fn image_link_message(ticket: &str, expires: u64) -> String {
+    format!("image-link\0{ticket}\0{expires}")
+}
+
+fn link_mac(key: &SealingKey, message: &str) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&*key.link_key)
+        .expect("HMAC takes a key of any length");
+    mac.update(message.as_bytes());
+    mac
 }
 
 fn header(id: &KeyId) -> [u8; SEALED_HEADER_LEN] {
@@ -317,6 +371,27 @@ impl PasswordChecker {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_image_link_holds_only_for_its_ticket_and_expiry() {
+        let key = Secret::new(base64::engine::general_purpose::STANDARD.encode([7u8; 32]));
+        let other = Secret::new(base64::engine::general_purpose::STANDARD.encode([8u8; 32]));
+        let sealer = SecretBox::new(&key, &[]).unwrap();
+        let link = sealer.image_link("http://api:8080/", 12, 1000);
+        let signature = link.rsplit("signature=").next().unwrap();
+        assert!(link.starts_with("http://api:8080/image-links/12?expires=1000&signature="));
+        assert!(sealer.image_link_valid("12", 1000, signature));
+        assert!(!sealer.image_link_valid("13", 1000, signature));
+        assert!(!sealer.image_link_valid("12", 1001, signature));
+        assert!(!sealer.image_link_valid("12", 1000, &signature[1..]));
+        assert!(!sealer.image_link_valid("12", 1000, "not hex"));
+        // Another key does not sign it; after a rotation, the old key still does.
+        assert!(!SecretBox::new(&other, &[])
+            .unwrap()
+            .image_link_valid("12", 1000, signature));
+        let rotated = SecretBox::new(&other, &[key]).unwrap();
+        assert!(rotated.image_link_valid("12", 1000, signature));
+    }
+
     use super::*;
 
     fn key(byte: u8) -> Secret {

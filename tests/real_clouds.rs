@@ -2,7 +2,8 @@
 //! TLS terminator with a CA made at test time; sha512 compared with Glance's os_hash_value;
 //! and one lab variant (started by scripts/openstack-lab with options) whose catalog lists
 //! two regions, whose Glance forbids the direct upload (so only glance-direct works) and
-//! runs on Keystone unified limits with image_size_total = 2 MiB.
+//! runs on Keystone unified limits with image_size_total = 2 MiB, and which may fetch
+//! web-download links from 127.0.0.1 (pimage's API on loopback).
 
 #![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
 
@@ -237,7 +238,8 @@ impl VariantLab {
                 format!("RegionTwo=http://{REGION_TWO}"),
             )
             .env("PIMAGE_LAB_FORBID_UPLOAD", "1")
-            .env("PIMAGE_LAB_IMAGE_SIZE_TOTAL_MIB", "2");
+            .env("PIMAGE_LAB_IMAGE_SIZE_TOTAL_MIB", "2")
+            .env("PIMAGE_LAB_WEB_DOWNLOAD_HOSTS", "127.0.0.1");
         c
     }
 
@@ -576,8 +578,164 @@ async fn a_cloud_configured_as_operators_do() {
         .assert_nothing_left(&bounded.ticket_key(id).await, "import timeout")
         .await;
     bounded.stop().await;
+
+    web_download(&cloud).await;
     println!(
         "whole variant test: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// web-download (on the variant lab, whose Glance may fetch from 127.0.0.1): Glance fetches
+/// the file from the API's signed link; no byte goes through pimage's upload; cancel during
+/// the import leaves nothing; tampered, expired and ended-ticket links are refused.
+async fn web_download(cloud: &VariantCloud) {
+    let started = Instant::now();
+    // The API's address must be in the profile before the app starts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = spawn_app_with(true, |s| {
+        s.api.listen = ([127, 0, 0, 1], port).into();
+        s.cloud.profiles = vec![CloudProfile {
+            name: "web".into(),
+            hosts: vec!["localhost".into()],
+            import_method: Some(ImportMethod::WebDownload),
+            web_download_base_url: Some(format!("http://127.0.0.1:{port}")),
+            ..Default::default()
+        }];
+    })
+    .await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let watched = FaultProxy::start(VARIANT_GLANCE).await;
+    let glance = watched.url.replace("127.0.0.1", "localhost");
+    let (ticket, id) = publish(
+        &app,
+        512 * 1024,
+        body(VARIANT_KEYSTONE, Some(&glance), "web-download"),
+    )
+    .await;
+    let seen = app
+        .watch_until_final("alice", &ticket, Duration::from_secs(90))
+        .await;
+    let last = seen.last().unwrap();
+    assert_eq!(last["complete"], true, "{seen:#?}");
+    assert!(
+        seen.iter().any(|s| s["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("importing in Glance")),
+        "{seen:#?}"
+    );
+    let calls = watched.seen();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("POST") && c.ends_with("/import")),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.starts_with("PUT")),
+        "no bytes went up: {calls:?}"
+    );
+    let key = app.ticket_key(id).await;
+    let images = cloud.images_of_ticket(&key).await;
+    assert_eq!(images.len(), 1, "{images:#?}");
+    let registered: String = sqlx::query_scalar(
+        "SELECT i.sha512sum FROM images i JOIN publish_tickets t ON t.image_id = i.id WHERE t.id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(images[0]["status"], "active");
+    assert_eq!(
+        images[0]["os_hash_value"].as_str(),
+        Some(registered.as_str())
+    );
+    cloud.delete(images[0]["id"].as_str().unwrap()).await;
+
+    // Links: a valid signature for an ended ticket is 404; tampered, expired, unsigned or
+    // moved to another ticket are 403; nothing is listed.
+    let secrets = pimage::secrets::SecretBox::new(&app.settings.secrets.key, &[]).unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let valid = secrets.image_link(&base, id, now + 600);
+    let get = |url: String| {
+        let client = app.client.clone();
+        async move { client.get(url).send().await.unwrap().status() }
+    };
+    assert_eq!(get(valid.clone()).await, StatusCode::NOT_FOUND, "ended");
+    let flipped = {
+        let mut v = valid.clone().into_bytes();
+        let last = v.len() - 1;
+        v[last] = if v[last] == b'0' { b'1' } else { b'0' };
+        String::from_utf8(v).unwrap()
+    };
+    assert_eq!(get(flipped).await, StatusCode::FORBIDDEN, "tampered");
+    let later = valid.replace(
+        &format!("expires={}", now + 600),
+        &format!("expires={}", now + 6000),
+    );
+    assert_eq!(get(later).await, StatusCode::FORBIDDEN, "expiry moved");
+    let other = valid.replace(
+        &format!("/image-links/{id}?"),
+        &format!("/image-links/{}?", id + 1),
+    );
+    assert_eq!(get(other).await, StatusCode::FORBIDDEN, "another ticket");
+    assert_eq!(
+        get(secrets.image_link(&base, id, now - 1)).await,
+        StatusCode::FORBIDDEN,
+        "expired"
+    );
+    assert_eq!(
+        get(format!("{base}/image-links/{id}")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        get(format!("{base}/image-links/")).await,
+        StatusCode::NOT_FOUND
+    );
+
+    // Cancel while Glance imports (its import call hangs): nothing left.
+    let hung = FaultProxy::start(VARIANT_GLANCE).await;
+    hung.hang("POST", "/import", 1);
+    let glance = hung.url.replace("127.0.0.1", "localhost");
+    let (ticket, id) = publish(
+        &app,
+        64 * 1024,
+        body(VARIANT_KEYSTONE, Some(&glance), "cancel web-download"),
+    )
+    .await;
+    wait_status(&app, &ticket, "importing", |s| {
+        s["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("importing in Glance")
+    })
+    .await;
+    // While it runs, its link serves exactly the file, with its length.
+    let running = secrets.image_link(&base, id, now + 600);
+    let resp = app.client.get(running).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.content_length(), Some(64 * 1024));
+    assert_eq!(resp.bytes().await.unwrap().len(), 64 * 1024);
+    cancel(&app, &ticket).await;
+    let status = app
+        .wait_final("alice", &ticket, Duration::from_secs(10))
+        .await;
+    assert_eq!(status["cancelled"], true, "{status}");
+    cloud
+        .assert_nothing_left(&app.ticket_key(id).await, "cancel during web-download")
+        .await;
+    app.stop().await;
+    println!(
+        "web-download part: {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

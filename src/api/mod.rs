@@ -8,6 +8,7 @@ mod auth;
 mod console;
 mod error;
 mod events;
+mod image_link;
 mod observe;
 mod openapi;
 pub mod publish_request;
@@ -120,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         publisher: state.publisher.clone(),
         queue_required: false,
     };
+    let image_links = image_link::routes(state.clone());
     // Routes on one path merge their methods.
     let console = console::routes(state.clone());
     let api = api_routes()
@@ -135,6 +137,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state);
     api.merge(console)
         .merge(health::routes(probes))
+        .merge(image_links)
         .layer(axum::middleware::from_fn(observe::request_span))
 }
 

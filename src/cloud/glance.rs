@@ -94,6 +94,9 @@ pub struct GlanceImage {
     /// Stores an import still writes to.
     #[serde(default)]
     pub os_glance_importing_to_stores: Option<String>,
+    /// The import task holding the image (set when the import is accepted, removed at its end).
+    #[serde(default)]
+    pub os_glance_import_task: Option<String>,
 }
 
 impl Glance {

@@ -1,4 +1,4 @@
-//! Glance's interoperable import (`glance-direct`): the methods Glance offers
+//! Glance's interoperable import (`glance-direct`, `web-download`): the methods Glance offers
 //! (`GET /v2/info/import`), staging the bytes (`PUT …/stage`) and starting the import
 //! (`POST …/import`). The wait for `active` is the worker's (it reports and cancels).
 
@@ -88,10 +88,18 @@ impl Glance {
         .map(|_| ())
     }
 
-    /// Asks Glance to import the staged bytes (`glance-direct`).
-    pub async fn start_import(&self, image_id: &str) -> Result<(), CloudError> {
+    /// Asks Glance to import the staged bytes (`glance-direct`), or, given a link, to fetch
+    /// them from it (`web-download`).
+    pub async fn start_import(
+        &self,
+        image_id: &str,
+        web_download: Option<&str>,
+    ) -> Result<(), CloudError> {
         let url = self.url(&["images", image_id, "import"]);
-        let body = serde_json::json!({"method": {"name": "glance-direct"}});
+        let body = match web_download {
+            None => serde_json::json!({"method": {"name": "glance-direct"}}),
+            Some(uri) => serde_json::json!({"method": {"name": "web-download", "uri": uri}}),
+        };
         within(self.timeout(), "Glance, starting the import", async {
             let response = self
                 .send("could not reach Glance to start the import", |c, token| {
@@ -101,8 +109,14 @@ impl Glance {
                         .json(&body)
                 })
                 .await?;
-            check(response, |s| {
-                format!("Glance refused to import the staged image (HTTP {s})")
+            check(response, |s| match web_download {
+                None => format!("Glance refused to import the staged image (HTTP {s})"),
+                // 400: the link fails the cloud's [import_filtering_opts].
+                Some(_) if s < 500 => format!(
+                    "Glance refused the web-download import (HTTP {s}): the cloud must offer \
+                     web-download and allow fetching from the profile's web_download_base_url"
+                ),
+                Some(_) => format!("Glance failed to start the web-download import (HTTP {s})"),
             })
             .await
             .map_err(quota_refusal)

@@ -92,9 +92,15 @@ pub fn describe_for_url(settings: &CloudSettings, url: &str) -> Result<String, S
         out,
         "import_method: {}",
         match p.import_method {
-            Some(ImportMethod::GlanceDirect) => "glance-direct (stage, then import)",
+            Some(ImportMethod::GlanceDirect) => "glance-direct (stage, then import)".to_string(),
+            Some(ImportMethod::WebDownload) => format!(
+                "web-download (Glance fetches a signed link from {})",
+                p.web_download_base_url
+                    .as_deref()
+                    .unwrap_or("nowhere: web_download_base_url is not set")
+            ),
             Some(ImportMethod::Direct) | None =>
-                "direct upload (glance-direct when Glance forbids it)",
+                "direct upload (glance-direct when Glance forbids it)".to_string(),
         }
     );
     let props: Vec<String> = p

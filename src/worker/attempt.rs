@@ -191,11 +191,21 @@ impl Job<'_> {
 
         let transfer = match glance.profile().and_then(|p| p.import_method) {
             Some(ImportMethod::GlanceDirect) => Transfer::Stage,
+            // Glance fetches the registered file from the API, which cannot see a converted copy.
+            Some(ImportMethod::WebDownload) if payload.path != Path::new(&self.image.file_path) => {
+                return Err(AttemptError::Permanent {
+                    summary: "the cloud's profile asks for web-download and a disk_format \
+                              conversion: Glance can fetch only the registered file"
+                        .into(),
+                    detail: None,
+                })
+            }
+            Some(ImportMethod::WebDownload) => Transfer::WebDownload,
             Some(ImportMethod::Direct) | None => Transfer::Upload,
         };
         // Refused at once when it cannot fit, rather than after the bytes went up.
         glance
-            .check_quota(payload.size as u64, transfer == Transfer::Stage)
+            .check_quota(payload.size as u64, transfer != Transfer::Upload)
             .await?;
         self.report(&self.step(format!("creating the image in Glance{of}")))
             .await?;

@@ -22,6 +22,9 @@ use super::progress::upload_progress;
 /// memory stays flat whatever the file size.
 const UPLOAD_CHUNK: usize = 256 * 1024;
 
+/// How much longer than the import's wait a web-download link stays valid.
+const LINK_MARGIN_SECS: u64 = 300;
+
 /// How long Glance may take to answer once it has every byte (it hashes the whole file).
 const ANSWER_LIMIT: Duration = Duration::from_secs(900);
 
@@ -32,6 +35,8 @@ pub(super) enum Transfer {
     Upload,
     /// `PUT …/stage`, then the glance-direct import.
     Stage,
+    /// Glance fetches the file from a signed link to the API (web-download import).
+    WebDownload,
 }
 
 /// Whether Glance's image holds the payload: active, the same md5 and, when both Glance
@@ -60,6 +65,13 @@ impl Job<'_> {
         (of, transfer): (&str, Transfer),
         deadline: tokio::time::Instant,
     ) -> Result<(), AttemptError> {
+        if transfer == Transfer::WebDownload {
+            drop(file);
+            let link = self.image_link(glance)?;
+            self.import(glance, image_id, (of, payload.size), deadline, Some(&link))
+                .await?;
+            return self.verify(glance, image_id, payload).await;
+        }
         let total = payload.size;
         let sent = Arc::new(AtomicU64::new(0));
         // No checksum here: Glance computes one as it stores, and it is compared with the
@@ -79,7 +91,10 @@ impl Job<'_> {
         let upload = async {
             match transfer {
                 Transfer::Upload => glance.upload(image_id, body, total as u64).await,
-                Transfer::Stage => glance.stage(image_id, body, total as u64).await,
+                // (web-download returned above: Glance fetches the bytes itself)
+                Transfer::Stage | Transfer::WebDownload => {
+                    glance.stage(image_id, body, total as u64).await
+                }
             }
         };
         tokio::pin!(upload);
@@ -146,9 +161,19 @@ impl Job<'_> {
         metrics::histogram!(metrics_catalog::UPLOAD_DURATION)
             .record(started.elapsed().as_secs_f64());
         if transfer == Transfer::Stage {
-            self.import(glance, image_id, (of, payload.size), deadline)
+            self.import(glance, image_id, (of, payload.size), deadline, None)
                 .await?;
         }
+        self.verify(glance, image_id, payload).await
+    }
+
+    /// Checks what Glance stored against the file's registered md5 and sha512.
+    async fn verify(
+        &self,
+        glance: &Glance,
+        image_id: &str,
+        payload: &Payload,
+    ) -> Result<(), AttemptError> {
         let registered = payload.md5.as_str();
         let stored = glance.image(image_id).await?;
         if holds_file(payload, &stored) {
@@ -206,8 +231,35 @@ impl Job<'_> {
 }
 
 impl Job<'_> {
-    /// Has Glance import the staged bytes (glance-direct) and waits until the image is
-    /// `active`, saying so in the status. A failed import (`os_glance_failed_import`) is
+    /// The signed link through which Glance fetches this ticket's file (web-download),
+    /// valid for the import's whole wait.
+    fn image_link(&self, glance: &Glance) -> Result<String, AttemptError> {
+        let profile = glance.profile();
+        let Some(base) = profile.and_then(|p| p.web_download_base_url.as_deref()) else {
+            return Err(AttemptError::Permanent {
+                summary: "the cloud's profile asks for web-download but sets no \
+                          web_download_base_url (the API's root URL as Glance reaches it)"
+                    .into(),
+                detail: None,
+            });
+        };
+        let valid = profile
+            .and_then(|p| p.import_timeout_secs)
+            .unwrap_or(DEFAULT_IMPORT_TIMEOUT_SECS)
+            + LINK_MARGIN_SECS;
+        let expires = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            + valid;
+        Ok(self
+            .worker
+            .secrets
+            .image_link(base, self.claim.ticket.id, expires))
+    }
+
+    /// Has Glance import the staged bytes (glance-direct), or fetch them from `link`
+    /// (web-download), and waits until the image is `active`, saying so in the status. A failed import (`os_glance_failed_import`) is
     /// permanent; the whole import ends at the profile's `import_timeout_secs` (transient),
     /// at the attempt deadline, or at once when the ticket is cancelled.
     async fn import(
@@ -216,6 +268,7 @@ impl Job<'_> {
         image_id: &str,
         (of, size): (&str, i64),
         deadline: tokio::time::Instant,
+        link: Option<&str>,
     ) -> Result<(), AttemptError> {
         let limit = Duration::from_secs(
             glance
@@ -229,7 +282,7 @@ impl Job<'_> {
         step.percentage = 99;
         self.report(&step).await?;
         let import = async {
-            glance.start_import(image_id).await?;
+            glance.start_import(image_id, link).await?;
             loop {
                 let image = glance.image(image_id).await?;
                 if image.status == "active" {
@@ -247,10 +300,15 @@ impl Job<'_> {
                         detail: Some(format!("image {image_id} status {}", image.status)),
                     });
                 }
-                if matches!(
-                    image.status.as_str(),
-                    "queued" | "killed" | "deleted" | "pending_delete"
-                ) {
+                // A web-download image stays `queued` until Glance's task starts; the task's
+                // lock on the image says it has not ended yet.
+                let not_started = image.status == "queued" && image.os_glance_import_task.is_some();
+                if !not_started
+                    && matches!(
+                        image.status.as_str(),
+                        "queued" | "killed" | "deleted" | "pending_delete"
+                    )
+                {
                     return Err(AttemptError::Cloud(CloudError {
                         summary: format!(
                             "Glance's import of the image ended in status {}",
