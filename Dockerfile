@@ -7,7 +7,8 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 ARG RUST_IMAGE=rust:1-bookworm
 
 FROM ${RUNTIME_IMAGE} AS runtime
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 curl \
+# qemu-utils: qemu-img, for profiles that convert images to the disk format a cloud wants.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 curl qemu-utils \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/pimage pimage \
     && mkdir -p /var/lib/pimage/images && chown -R pimage /var/lib/pimage

@@ -2,7 +2,8 @@
 //! and gives up on tickets that used up their attempts. Judged by heartbeat age, never by
 //! total runtime, so a long upload that keeps reporting is never taken away. Every process
 //! may run it; concurrent passes are safe (see `rescue::rescue_expired`). Each pass also
-//! forgets failed-login counts nobody has added to for a day.
+//! forgets failed-login counts nobody has added to for a day; every hour, the ticket events
+//! of ended tickets older than a week and the heartbeats of workers silent for an hour.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +15,18 @@ use tracing::{info, warn};
 use crate::metrics_catalog;
 use crate::outbox;
 use crate::queue::Publisher;
-use crate::store::{login_lock, rescue};
+use crate::store::{events, login_lock, rescue, workers};
 
 /// Lost messages re-published per pass at most (see `rescue::requeue_lost`).
 const LOST_MESSAGES_PER_PASS: i64 = 20;
+
+/// Ticket events (the console's charts and resumable streams) kept after a ticket ended.
+const ENDED_EVENTS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A worker heartbeat silent this long is a dead worker's.
+const SILENT_WORKER: Duration = Duration::from_secs(3600);
+/// How often the event log and the heartbeats are pruned, and how much at once.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const EVENTS_PER_PRUNE: i64 = 50_000;
 
 /// Failed-login windows older than this are forgotten.
 const STALE_LOGIN_FAILURES: Duration = Duration::from_secs(24 * 3600);
@@ -65,6 +74,7 @@ pub async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
+    let mut pruned_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -77,5 +87,24 @@ pub async fn run(
         if let Err(e) = login_lock::purge_stale(&pool, STALE_LOGIN_FAILURES).await {
             warn!(error = %e, "could not purge old failed-login counts");
         }
+        if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            pruned_at = Some(tokio::time::Instant::now());
+            prune(&pool).await;
+        }
+    }
+}
+
+/// The event log and the heartbeats would otherwise grow with every ticket and every worker.
+async fn prune(pool: &PgPool) {
+    match events::purge_old(pool, ENDED_EVENTS_KEPT.as_secs_f64(), EVENTS_PER_PRUNE).await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            events = n,
+            "forgot the events of tickets ended over a week ago"
+        ),
+        Err(e) => warn!(error = %e, "could not prune old ticket events"),
+    }
+    if let Err(e) = workers::purge_silent(pool, SILENT_WORKER.as_secs_f64()).await {
+        warn!(error = %e, "could not prune silent workers' heartbeats");
     }
 }

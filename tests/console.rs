@@ -335,13 +335,28 @@ async fn login_sessions_roles_and_csrf() {
     );
 
     // A user no longer administrator: 403 at once, with the same session.
-    app.add_user("root", &["migration_publish"], false).await;
+    let set_admin = |admin: bool| {
+        sqlx::query("UPDATE users SET is_admin = $1 WHERE login = 'root'")
+            .bind(admin)
+            .execute(&app.pool)
+    };
+    set_admin(false).await.unwrap();
     assert_eq!(
         console.get("/console").await.status(),
         StatusCode::FORBIDDEN
     );
-    app.add_user("root", &["migration_publish"], true).await;
+    set_admin(true).await.unwrap();
     assert_eq!(console.get("/console").await.status(), StatusCode::OK);
+
+    // A new password (`pimage users add` again) ends the user's console sessions: a stolen
+    // cookie does not outlive the password it was made with.
+    app.add_user("root", &["migration_publish"], true).await;
+    let reset = console.get("/console").await;
+    assert_eq!(reset.status(), StatusCode::SEE_OTHER);
+    assert_eq!(reset.headers()[LOCATION], "/console/login");
+    let console = Console::login(&base, "root", PASSWORD, false)
+        .await
+        .unwrap();
 
     // An expired session is anonymous again.
     sqlx::query("UPDATE console_sessions SET expires_at = now() - interval '1 second'")
@@ -606,5 +621,64 @@ async fn a_client_follows_its_ticket_by_events_and_resumes_with_last_event_id() 
     assert!(ended);
     assert_eq!(once.len(), 1);
     assert_eq!(once[0].2["state"], "complete");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn old_events_of_ended_tickets_and_silent_heartbeats_are_pruned() {
+    let (app, image_uri) = app_with_users().await;
+    let live = queued_ticket(&app, &image_uri, "pw-live").await;
+    let ended = queued_ticket(&app, &image_uri, "pw-ended").await;
+    sqlx::query(
+        "UPDATE publish_tickets SET state = 'cancelled', finished_at = now() WHERE id = $1",
+    )
+    .bind(ended)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE ticket_events SET at = now() - interval '8 days'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let events_of = |id: i64| {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM ticket_events WHERE ticket_id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+    };
+    assert!(events_of(ended).await.unwrap() > 0);
+    let week = 7.0 * 24.0 * 3600.0;
+    let purged = pimage::store::events::purge_old(&app.pool, week, 1000)
+        .await
+        .unwrap();
+    assert!(purged > 0);
+    assert_eq!(
+        events_of(ended).await.unwrap(),
+        0,
+        "an ended ticket's old events go"
+    );
+    assert!(
+        events_of(live).await.unwrap() > 0,
+        "a queued ticket keeps its history"
+    );
+
+    sqlx::query(
+        "INSERT INTO worker_heartbeats (worker, host, pid, version, slots_total, slots_used, beat_at)
+         VALUES ('gone:1', 'gone', 1, 'test', 4, 0, now() - interval '2 hours'),
+                ('here:2', 'here', 2, 'test', 4, 0, now())",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        pimage::store::workers::purge_silent(&app.pool, 3600.0)
+            .await
+            .unwrap(),
+        1
+    );
+    let left: Vec<String> = sqlx::query_scalar("SELECT worker FROM worker_heartbeats")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["here:2"]);
     app.stop().await;
 }

@@ -33,6 +33,8 @@ impl Drop for Running {
 
 const STREAMS: usize = 200;
 const WINDOW: Duration = Duration::from_secs(10);
+/// Longer than PostgreSQL's PGSTAT_IDLE_INTERVAL (10 s).
+const STATS_FLUSH: Duration = Duration::from_secs(11);
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -60,6 +62,9 @@ async fn transactions(conn: &mut PgConnection, db: &str) -> i64 {
 }
 
 async fn queries_per_second(conn: &mut PgConnection, db: &str) -> f64 {
+    // A backend that went idle reports its counts up to 10 s later (PostgreSQL's idle stats
+    // flush): what came before the window must have been counted before it starts.
+    tokio::time::sleep(STATS_FLUSH).await;
     let before = transactions(conn, db).await;
     tokio::time::sleep(WINDOW).await;
     (transactions(conn, db).await - before) as f64 / WINDOW.as_secs_f64()

@@ -44,7 +44,13 @@ pub(super) struct Feed {
     ticket: Option<i64>,
     /// The console's feed also carries worker heartbeats.
     workers: bool,
+    /// The highest event id sent (where a catch-up read resumes).
     last_id: i64,
+    /// Where the client resumed: events up to it were seen, of every ticket.
+    resumed_after: i64,
+    /// The last event id sent per ticket. Events of different tickets may commit (and so be
+    /// announced) out of id order; those of one ticket never do (its row lock orders them).
+    sent: HashMap<i64, i64>,
     catch_up: bool,
     queued: VecDeque<Event>,
     done: bool,
@@ -61,6 +67,8 @@ impl Feed {
             ticket,
             workers,
             last_id: 0,
+            resumed_after: 0,
+            sent: HashMap::new(),
             catch_up: false,
             queued: VecDeque::new(),
             done: false,
@@ -70,15 +78,24 @@ impl Feed {
     /// Resumes after event `id`: what followed it is replayed from the log first.
     pub(super) fn resume_after(mut self, id: i64) -> Feed {
         self.last_id = id;
+        self.resumed_after = id;
         self.catch_up = true;
         self
     }
 
     fn push_ticket(&mut self, event: &TicketEvent) {
-        if event.id <= self.last_id || self.ticket.is_some_and(|t| t != event.ticket_id) {
+        if self.ticket.is_some_and(|t| t != event.ticket_id) {
             return;
         }
-        self.last_id = event.id;
+        let sent = self
+            .sent
+            .entry(event.ticket_id)
+            .or_insert(self.resumed_after);
+        if event.id <= *sent {
+            return;
+        }
+        *sent = event.id;
+        self.last_id = self.last_id.max(event.id);
         let name = if self.ticket.is_some() {
             "status"
         } else {
@@ -199,4 +216,45 @@ pub async fn ticket_events(
     // What happened since that event is replayed before live events.
     feed.catch_up = !feed.done;
     Ok(feed.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: i64, ticket_id: i64) -> TicketEvent {
+        TicketEvent {
+            id,
+            ticket_id,
+            kind: "changed".into(),
+            state: "running".into(),
+            old_state: None,
+            percentage: 0,
+            bytes_loaded: 0,
+            bytes_total: 0,
+            message: String::new(),
+            at: chrono::Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_of_two_tickets_committed_out_of_id_order_are_both_sent() {
+        let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let mut feed = Feed::new(pool, &Hub::default(), None, false);
+        feed.push_ticket(&event(11, 2));
+        feed.push_ticket(&event(10, 1)); // committed after 11
+        feed.push_ticket(&event(11, 2)); // the same event again (a catch-up read)
+        feed.push_ticket(&event(9, 2)); // older than what ticket 2 sent
+        assert_eq!(feed.queued.len(), 2);
+        assert_eq!(feed.last_id, 11);
+    }
+
+    #[tokio::test]
+    async fn a_resumed_feed_skips_what_the_client_saw() {
+        let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let mut feed = Feed::new(pool, &Hub::default(), None, false).resume_after(20);
+        feed.push_ticket(&event(20, 1));
+        feed.push_ticket(&event(21, 1));
+        assert_eq!(feed.queued.len(), 1);
+    }
 }

@@ -53,19 +53,20 @@ pub async fn claim(
         return Ok(None);
     };
     attempts::start_in(&mut tx, id, claimed.fencing_token, owner).await?;
+    let claim = claimed_ticket(&mut tx, id, claimed.fencing_token, claimed.cloud_host).await?;
     tx.commit().await?;
-    claimed_ticket(pool, id, claimed.fencing_token, claimed.cloud_host)
-        .await
-        .map(Some)
+    Ok(Some(claim))
 }
 
+/// Read in the claim's own transaction: a claim committed without its ticket read would
+/// leave the ticket running with no worker until its lease expired.
 async fn claimed_ticket(
-    pool: &PgPool,
+    tx: &mut Transaction<'_, Postgres>,
     id: i64,
     token: i64,
     cloud_host: String,
 ) -> Result<Claim, sqlx::Error> {
-    let ticket = tickets::get(pool, id)
+    let ticket = tickets::get(&mut **tx, id)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
     Ok(Claim {
@@ -197,8 +198,8 @@ pub async fn claim_next(
         .fetch_one(&mut *tx)
         .await?;
         attempts::start_in(&mut tx, candidate.id, token, owner).await?;
+        claim = Some(claimed_ticket(&mut tx, candidate.id, token, candidate.cloud_host).await?);
         tx.commit().await?;
-        claim = Some(claimed_ticket(pool, candidate.id, token, candidate.cloud_host).await?);
         break;
     }
     if claim.is_none() {

@@ -117,3 +117,22 @@ pub async fn bytes_over_time(
     .await?;
     Ok(rows.into_iter().map(|r| (r.at, r.bytes)).collect())
 }
+
+/// Forgets, at most `limit` at a time, the events older than `age_secs` of tickets that are no
+/// longer queued or running (their chart goes with them; a live ticket keeps its history).
+/// Returns how many went.
+pub async fn purge_old(pool: &PgPool, age_secs: f64, limit: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        "DELETE FROM ticket_events WHERE id IN (
+             SELECT e.id FROM ticket_events e
+              WHERE e.at < now() - make_interval(secs => $1)
+                AND NOT EXISTS (SELECT 1 FROM publish_tickets t
+                                 WHERE t.id = e.ticket_id AND t.state IN ('queued', 'running'))
+              ORDER BY e.id LIMIT $2)",
+        age_secs,
+        limit
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -229,9 +229,12 @@ pub async fn create(pool: &PgPool, new: &NewTicket<'_>) -> Result<(Ticket, i64),
     Ok((ticket, row.outbox_id))
 }
 
-pub async fn get(pool: &PgPool, id: i64) -> Result<Option<Ticket>, sqlx::Error> {
+pub async fn get<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    id: i64,
+) -> Result<Option<Ticket>, sqlx::Error> {
     select_tickets!("WHERE t.id = $1", id)
-        .fetch_optional(pool)
+        .fetch_optional(executor)
         .await
 }
 

@@ -127,6 +127,10 @@ pub async fn upsert(
     sqlx::query!("DELETE FROM user_entitlements WHERE user_id = $1", id)
         .execute(&mut *tx)
         .await?;
+    // A new password ends the user's console sessions: a stolen cookie dies with the old one.
+    sqlx::query!("DELETE FROM console_sessions WHERE user_id = $1", id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query!(
         "INSERT INTO user_entitlements (user_id, entitlement) SELECT $1, unnest($2::text[])",
         id,

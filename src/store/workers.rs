@@ -73,3 +73,14 @@ pub async fn live(pool: &PgPool, fresh_secs: f64) -> Result<Vec<WorkerRow>, sqlx
     .fetch_all(pool)
     .await
 }
+
+/// Forgets the heartbeats of workers silent for `age_secs` (killed ones never remove theirs).
+pub async fn purge_silent(pool: &PgPool, age_secs: f64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        "DELETE FROM worker_heartbeats WHERE beat_at < now() - make_interval(secs => $1)",
+        age_secs
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -97,7 +97,13 @@ impl Job<'_> {
             scratch: Some(target.clone()),
         };
         let convert = Command::new("qemu-img")
-            .args(["convert", "-f", &image.format, "-O", &format])
+            .args([
+                "convert",
+                "-f",
+                qemu_format(&image.format),
+                "-O",
+                qemu_format(&format),
+            ])
             .arg(&image.file_path)
             .arg(&target)
             .kill_on_drop(true)
@@ -127,9 +133,20 @@ impl Job<'_> {
 }
 
 /// The size a converted copy may take at most: the image's virtual size.
+/// qemu-img's name for a Glance disk format (Glance says `vhd` for qemu's `vpc`, `ploop` for
+/// `parallels`; `iso` and the Amazon formats are raw bytes to qemu).
+fn qemu_format(glance: &str) -> &str {
+    match glance {
+        "vhd" => "vpc",
+        "ploop" => "parallels",
+        "iso" | "ami" | "ari" | "aki" => "raw",
+        other => other,
+    }
+}
+
 async fn virtual_size(path: &Path, format: &str) -> Result<u64, AttemptError> {
     let out = Command::new("qemu-img")
-        .args(["info", "--output=json", "-f", format])
+        .args(["info", "--output=json", "-f", qemu_format(format)])
         .arg(path)
         .output()
         .await
@@ -166,4 +183,18 @@ async fn free_space(dir: &Path) -> Result<u64, AttemptError> {
                 String::from_utf8_lossy(&out.stderr).trim(),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::qemu_format;
+
+    #[test]
+    fn glance_format_names_become_qemu_img_names() {
+        assert_eq!(qemu_format("vhd"), "vpc");
+        assert_eq!(qemu_format("ploop"), "parallels");
+        assert_eq!(qemu_format("iso"), "raw");
+        assert_eq!(qemu_format("qcow2"), "qcow2");
+        assert_eq!(qemu_format("vmdk"), "vmdk");
+    }
 }

@@ -44,6 +44,10 @@ use crate::{outbox, rescuer};
 use cancel::CancelWatch;
 use slots::{Found, SlotWatch};
 
+/// The longest a delivery is held while every queued ticket waits for a slot: below
+/// RabbitMQ's default `consumer_timeout` (30 min), which would close the channel.
+const MAX_HOLD: Duration = Duration::from_secs(20 * 60);
+
 #[derive(Clone)]
 pub struct Worker {
     pool: PgPool,
@@ -248,10 +252,29 @@ impl Worker {
             };
             // The message says a ticket waits; the claim takes the fairest one that may start.
             let signalled_by = message.ticket_id;
+            let held_since = tokio::time::Instant::now();
+            let mut handed_back = false;
             let claim = loop {
                 match self.claim_fairest().await {
                     Ok(Found::Claimed(claim)) => break Some(*claim),
                     Ok(Found::Nothing) => break None,
+                    // Held past MAX_HOLD, RabbitMQ's consumer_timeout (30 min by default) would
+                    // close the channel: hand the delivery back (one count of its 20) instead.
+                    Ok(Found::Waiting) if held_since.elapsed() > MAX_HOLD => {
+                        info!(
+                            signalled_by,
+                            "still waiting for a slot; handing the message back to RabbitMQ"
+                        );
+                        let _ = delivery
+                            .acker
+                            .nack(BasicNackOptions {
+                                requeue: true,
+                                ..Default::default()
+                            })
+                            .await;
+                        handed_back = true;
+                        break None;
+                    }
                     // Every queued ticket waits for a slot of its cloud: keep the delivery (one
                     // of them needs it) until a slot frees.
                     Ok(Found::Waiting) => tokio::select! {
@@ -278,9 +301,11 @@ impl Worker {
                 }
             };
             let Some(claim) = claim else {
-                info!(signalled_by, "no ticket queued (ended, cancelled or taken by another worker); dropping the message");
                 drop(permit);
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                if !handed_back {
+                    info!(signalled_by, "no ticket queued (ended, cancelled or taken by another worker); dropping the message");
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                }
                 continue;
             };
             if slots.available_permits() == 0 {
