@@ -438,6 +438,21 @@ pub async fn delete_ticket(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// The cloud account a ticket publishes with, its password opened.
+pub(super) fn cloud_account_of(
+    ticket: &Ticket,
+    password: crate::secrets::Secret,
+) -> OpenStackAccount {
+    OpenStackAccount {
+        keystone_url: ticket.keystone_url.clone(),
+        glance_url: ticket.glance_url.clone(),
+        user: ticket.cloud_login.clone(),
+        password,
+        domain: ticket.keystone_domain.clone(),
+        project: ticket.keystone_project.clone(),
+    }
+}
+
 async fn delete_cloud_image_of(
     state: &AppState,
     ticket: &Ticket,
@@ -447,14 +462,7 @@ async fn delete_cloud_image_of(
         .secrets
         .open(&ticket.cloud_password_enc)
         .map_err(|e| ApiError::Internal(e.into()))?;
-    let account = OpenStackAccount {
-        keystone_url: ticket.keystone_url.clone(),
-        glance_url: ticket.glance_url.clone(),
-        user: ticket.cloud_login.clone(),
-        password,
-        domain: ticket.keystone_domain.clone(),
-        project: ticket.keystone_project.clone(),
-    };
+    let account = cloud_account_of(ticket, password);
     let glance = Glance::login(&account, &state.cloud_policy)
         .await
         .map_err(|e| {

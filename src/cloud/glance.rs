@@ -164,19 +164,15 @@ impl Glance {
         body: reqwest::Body,
         length: u64,
     ) -> Result<(), CloudError> {
-        let token = self.session.token().await?;
         let response = self
-            .session
-            .client
-            .put(self.url(&["images", image_id, "file"]))
-            .header("x-auth-token", token.expose())
-            .header(ACCEPT, "application/json")
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_LENGTH, length)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| CloudError::sending("the upload to Glance was cut off", &e))?;
+            .put_bytes(
+                image_id,
+                "file",
+                body,
+                length,
+                "the upload to Glance was cut off",
+            )
+            .await?;
         check(response, |status| match status {
             413 => "Glance refused the image data: quota or size limit exceeded".to_string(),
             415 | 400 => {
@@ -189,6 +185,30 @@ impl Glance {
         .await
         .map_err(quota_refusal)
         .map(|_| ())
+    }
+
+    /// Streams `body` (exactly `length` bytes) to `…/images/{id}/{target}` (`file` or
+    /// `stage`) with the session's current token; the answer is the caller's to check.
+    pub(super) async fn put_bytes(
+        &self,
+        image_id: &str,
+        target: &str,
+        body: reqwest::Body,
+        length: u64,
+        cut_off: &str,
+    ) -> Result<Response, CloudError> {
+        let token = self.session.token().await?;
+        self.session
+            .client
+            .put(self.url(&["images", image_id, target]))
+            .header("x-auth-token", token.expose())
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, length)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| CloudError::sending(cut_off, &e))
     }
 
     /// Reads an image back (status, checksum, size).

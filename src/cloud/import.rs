@@ -2,7 +2,7 @@
 //! (`GET /v2/info/import`), staging the bytes (`PUT …/stage`) and starting the import
 //! (`POST …/import`). The wait for `active` is the worker's (it reports and cancels).
 
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::header::ACCEPT;
 use serde::Deserialize;
 
 use super::answer::{json, within};
@@ -63,19 +63,15 @@ impl Glance {
         body: reqwest::Body,
         length: u64,
     ) -> Result<(), CloudError> {
-        let token = self.session.token().await?;
         let response = self
-            .session
-            .client
-            .put(self.url(&["images", image_id, "stage"]))
-            .header("x-auth-token", token.expose())
-            .header(ACCEPT, "application/json")
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_LENGTH, length)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| CloudError::sending("staging the image in Glance was cut off", &e))?;
+            .put_bytes(
+                image_id,
+                "stage",
+                body,
+                length,
+                "staging the image in Glance was cut off",
+            )
+            .await?;
         check(response, |status| match status {
             403 => "Glance refused to stage the image (forbidden): this account may use neither \
                     the direct upload nor glance-direct"

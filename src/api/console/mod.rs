@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use super::error::ApiError;
 use super::events::{last_event_id, Feed};
 use super::{observe, AppState};
-use crate::cloud::{Glance, OpenStackAccount};
+use crate::cloud::Glance;
 use crate::outbox;
 use crate::secrets::Secret;
 use crate::store::cancel::{self, CancelOutcome};
@@ -467,14 +467,7 @@ async fn glance_state(
         )
         .into_response());
     };
-    let account = OpenStackAccount {
-        keystone_url: ticket.keystone_url.clone(),
-        glance_url: ticket.glance_url.clone(),
-        user: ticket.cloud_login.clone(),
-        password,
-        domain: ticket.keystone_domain.clone(),
-        project: ticket.keystone_project.clone(),
-    };
+    let account = super::routes::cloud_account_of(&ticket, password);
     let status = match Glance::login(&account, &state.cloud_policy).await {
         Ok(glance) => match glance.image(&cloud_id).await {
             Ok(image) => image.status,
