@@ -32,7 +32,8 @@
 //! | [`reconciler`] | deletes images left by tickets that ended without them (cleanups and    |
 //! |               | the orphan sweep), until Glance confirms                                 |
 //! | [`live`]      | one LISTEN per process fanned out to every viewer (ticket events, workers) |
-//! | [`outbox`]    | hands stored tickets to RabbitMQ (at once, or later by the relay)        |
+//! | · `statuses`  | the status cache: statuses in memory, dropped as NOTIFY announces changes |
+//! | [`outbox`]    | hands stored tickets to RabbitMQ (in batches, one, or later by the relay) |
 //! | [`health`]    | `/healthz`, `/readyz`, `/metrics` (API and worker)                       |
 //! | [`queue`]     | RabbitMQ: queue declaration, confirmed publishing, consuming             |
 //! | [`cloud`]     | the OpenStack account and the one HTTP client, in sub-modules:           |

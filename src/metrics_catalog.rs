@@ -85,6 +85,8 @@ catalog! {
         "Time from a ticket's creation to its first claim by a worker.";
     ORPHAN_SWEEP_FAILURES = "pimage_orphan_sweep_failures_total", Counter, Count,
         "Accounts the orphan sweep could not list, and leftovers it could not delete.";
+    STATUS_READS = "pimage_status_reads_total", Counter, Count,
+        "Ticket status reads (GET …/status), by where they were answered from: memory (the status cache) or database.";
 }
 
 /// Gives every metric its HELP text and unit in the installed recorder, and starts every

@@ -354,17 +354,35 @@ async fn the_per_cloud_limit_holds_over_three_worker_processes() {
         .await
         .unwrap();
         assert!(running as usize <= LIMIT, "{running} leases held at once");
-        // Three processes are read one after the other: a slot that moved between two reads
-        // can count twice once; an excess that lasts is real (an upload takes a second).
+        // Three processes are read one after the other, so a slot that moved from one to
+        // another between two reads counts twice (seen in CI, twice in a row on a loaded
+        // machine). A real excess lasts about an upload (a second): it is the one that
+        // survives five reads over a quarter of a second.
         let mut metric = running_over(&ports).await;
-        if metric as usize > LIMIT {
+        for _ in 0..4 {
+            if metric as usize <= LIMIT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(60)).await;
             metric = running_over(&ports).await;
         }
         assert!(
             metric as usize <= LIMIT,
             "pimage_uploads_running summed to {metric}"
         );
-        assert!(glance.uploads_in_flight() as usize <= LIMIT);
+        // The proxy ends its count after the worker already read Glance's answer.
+        let mut in_flight = glance.uploads_in_flight() as usize;
+        for _ in 0..4 {
+            if in_flight <= LIMIT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            in_flight = glance.uploads_in_flight() as usize;
+        }
+        assert!(
+            in_flight <= LIMIT,
+            "{in_flight} uploads through the proxy at once"
+        );
         most_leases = most_leases.max(running as usize);
         most_metric = most_metric.max(metric);
         waiting_seen |= waiting > 0;

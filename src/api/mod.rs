@@ -26,7 +26,6 @@ use axum::Router;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use auth::{new_api_key, sign, valid_login, PUBLISH_ENTITLEMENT};
 pub use error::ApiError;
@@ -46,8 +45,8 @@ pub struct AppState {
     pub secrets: SecretBox,
     pub auth: Arc<auth::Authenticator>,
     pub cloud_policy: AddressPolicy,
-    /// Hand-offs to RabbitMQ still running after their request was answered.
-    pub hand_offs: TaskTracker,
+    /// Stored tickets on their way to RabbitMQ, after their request was answered.
+    pub hand_offs: outbox::HandOffs,
     pub max_body_bytes: usize,
     /// Live ticket events and worker heartbeats: one listener, every viewer.
     pub live: Hub,
@@ -161,11 +160,11 @@ impl Application {
             listener,
             state: AppState {
                 auth: auth::Authenticator::new(pool.clone(), secrets.clone(), &settings.api),
+                hand_offs: outbox::HandOffs::start(pool.clone(), publisher.clone()),
                 pool,
                 publisher,
                 secrets,
                 cloud_policy: AddressPolicy::from(settings.cloud.clone()),
-                hand_offs: TaskTracker::new(),
                 max_body_bytes: settings.api.max_body_bytes,
                 live: Hub::default(),
             },
@@ -215,9 +214,8 @@ impl Application {
         axum::serve(self.listener, router(self.state))
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
-        // Each is bounded (outbox::HAND_OFF_TIMEOUT); what does not finish, the relay redoes.
-        hand_offs.close();
-        hand_offs.wait().await;
+        // Bounded (outbox::HandOffs::finish); what does not finish, the relay redoes.
+        hand_offs.finish().await;
         user_changes.await?;
         live.await?;
         relay.await?;

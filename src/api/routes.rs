@@ -2,6 +2,7 @@
 //! `#[utoipa::path]` is its operation in the OpenAPI document (`openapi.rs`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -22,8 +23,8 @@ use super::wire::{
 };
 use super::AppState;
 use crate::cloud::{Glance, OpenStackAccount};
+use crate::live::statuses::CachedStatus;
 use crate::metrics_catalog;
-use crate::outbox;
 use crate::store::cancel::{self, CancelOutcome};
 use crate::store::tickets::{self, NewTicket};
 use crate::store::{attempts, images, Image, Ticket};
@@ -40,6 +41,16 @@ fn id_param(params: &HashMap<String, String>, name: &str) -> Result<i64, ApiErro
     raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
         ApiError::BadRequest(format!("{name} must be a positive integer, not '{raw}'"))
     })
+}
+
+/// A ticket's path ids: scanned instance, scan, image, ticket.
+fn ticket_path(params: &HashMap<String, String>) -> Result<(i64, i64, i64, i64), ApiError> {
+    Ok((
+        id_param(params, "siid")?,
+        id_param(params, "sid")?,
+        id_param(params, "itid")?,
+        id_param(params, "pitid")?,
+    ))
 }
 
 fn uid_param(params: &HashMap<String, String>) -> &str {
@@ -74,12 +85,7 @@ pub(super) async fn resolve_ticket(
 ) -> Result<Ticket, ApiError> {
     let uid = uid_param(params);
     caller.authorize(uid)?;
-    let path = (
-        id_param(params, "siid")?,
-        id_param(params, "sid")?,
-        id_param(params, "itid")?,
-        id_param(params, "pitid")?,
-    );
+    let path = ticket_path(params)?;
     if let Some(ticket) = tickets::find_at(&state.pool, uid, path).await? {
         return Ok(ticket);
     }
@@ -233,10 +239,7 @@ pub async fn publish(
     // Handed to RabbitMQ after the answer: the outbox row already promises it (the relay
     // publishes it if this process dies first), and the client need not wait for the
     // broker's confirm.
-    let (pool, publisher) = (state.pool.clone(), state.publisher.clone());
-    state.hand_offs.spawn(async move {
-        outbox::hand_off(&pool, &publisher, ticket.id, outbox_id).await;
-    });
+    state.hand_offs.created(ticket.id, outbox_id);
 
     let (doc, digest) = PublishImage::document(&ticket);
     let mut response = doc.render(format, StatusCode::CREATED);
@@ -350,13 +353,42 @@ pub async fn get_ticket_status(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let format = format_of(&headers)?;
-    let ticket = resolve_ticket(&state, &caller, &params).await?;
-    let attempts = attempts::of_ticket(&state.pool, ticket.id).await?;
-    let status = OpStatus::of(&ticket);
+    let cached = cached_status(&state, &caller, &params).await?;
+    let status = OpStatus::of(&cached.ticket);
     let digest = status.digest.clone();
-    let doc =
-        Document::new("status", status).with_json_field("attempts", AttemptDoc::list(&attempts));
+    let doc = Document::new("status", status)
+        .with_json_field("attempts", AttemptDoc::list(&cached.attempts));
     Ok(doc.render_cached(format, &digest, &headers))
+}
+
+/// A ticket and its attempts from the status cache (`live::statuses`), or from Postgres,
+/// then kept. A cached ticket is served only on its own path, to its owner (or an admin):
+/// the same check `resolve_ticket` makes in SQL.
+async fn cached_status(
+    state: &AppState,
+    caller: &Caller,
+    params: &HashMap<String, String>,
+) -> Result<Arc<CachedStatus>, ApiError> {
+    let uid = uid_param(params);
+    caller.authorize(uid)?;
+    let statuses = state.live.statuses();
+    let path = ticket_path(params)?;
+    if let Some(cached) = statuses.get(path.3) {
+        let t = &cached.ticket;
+        if t.owner_login == uid
+            && (t.scanned_instance_id, t.scan_id, t.image_id) == (path.0, path.1, path.2)
+        {
+            metrics::counter!(metrics_catalog::STATUS_READS, "from" => "memory").increment(1);
+            return Ok(cached);
+        }
+    }
+    metrics::counter!(metrics_catalog::STATUS_READS, "from" => "database").increment(1);
+    let mark = statuses.mark();
+    let ticket = resolve_ticket(state, caller, params).await?;
+    let attempts = attempts::of_ticket(&state.pool, ticket.id).await?;
+    let kept = Arc::new(CachedStatus::new(ticket, attempts));
+    statuses.fill(mark, kept.clone());
+    Ok(kept)
 }
 
 /// `DELETE …/pimages/{pitid}/cancel`.
@@ -374,7 +406,10 @@ pub async fn cancel_ticket(
     Path(params): PathParams,
 ) -> Result<Response, ApiError> {
     let ticket = resolve_ticket(&state, &caller, &params).await?;
-    match cancel::request_cancel(&state.pool, ticket.id).await? {
+    let outcome = cancel::request_cancel(&state.pool, ticket.id).await?;
+    // Its caller's next status read sees the cancel, before the NOTIFY arrives.
+    state.live.statuses().changed(ticket.id);
+    match outcome {
         CancelOutcome::Cancelled | CancelOutcome::Requested => {
             Ok(StatusCode::NO_CONTENT.into_response())
         }
@@ -435,6 +470,7 @@ pub async fn delete_ticket(
         delete_cloud_image_of(&state, &ticket, cloud_id).await?;
     }
     tickets::delete(&state.pool, ticket.id).await?;
+    state.live.statuses().changed(ticket.id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

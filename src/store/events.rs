@@ -52,6 +52,16 @@ pub struct WorkerEvent {
     pub tickets: Vec<i64>,
 }
 
+/// Announces the creation events of these tickets on `TICKET_EVENTS_CHANNEL`, in one commit:
+/// their inserts do not (a NOTIFY per insert serialized the inserts' commits; see the
+/// migration `status_cache`). Returns how many were announced.
+pub async fn announce_created(pool: &PgPool, ticket_ids: &[i64]) -> Result<i32, sqlx::Error> {
+    let announced = sqlx::query_scalar!("SELECT announce_created_tickets($1)", ticket_ids)
+        .fetch_one(pool)
+        .await?;
+    Ok(announced.unwrap_or(0))
+}
+
 /// Events after `after`, oldest first, of one ticket or of all.
 pub async fn after(
     pool: &PgPool,

@@ -18,9 +18,12 @@ pub(super) async fn enqueue_in(
     .await
 }
 
-/// RabbitMQ confirmed the message: the row is no longer needed.
-pub async fn done(pool: &PgPool, outbox_id: i64) -> Result<(), sqlx::Error> {
-    delete(pool, outbox_id).await
+/// RabbitMQ confirmed the messages: their rows are no longer needed.
+pub async fn done(pool: &PgPool, outbox_ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query!("DELETE FROM ticket_outbox WHERE id = ANY($1)", outbox_ids)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Outbox rows older than `min_age_secs`, locked for this transaction (other relays skip them).

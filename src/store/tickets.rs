@@ -48,6 +48,10 @@ impl TicketState {
     }
 }
 
+/// NOTIFY channel of every change of a ticket's row or of its attempts;
+/// payload: the ticket's id (the status cache, `live::statuses`).
+pub const TICKET_CHANGED_CHANNEL: &str = "pimage_ticket_changed";
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Ticket {
     pub id: i64,

@@ -28,7 +28,6 @@ use super::error::ApiError;
 use super::events::{last_event_id, Feed};
 use super::{observe, AppState};
 use crate::cloud::Glance;
-use crate::outbox;
 use crate::secrets::Secret;
 use crate::store::cancel::{self, CancelOutcome};
 use crate::store::console::{self as store, TicketFilter};
@@ -503,7 +502,7 @@ async fn ticket_action(
         return Ok(pages::confirm(&admin, &ticket, action).into_response());
     }
     let back = Redirect::to(&format!("/console/tickets/{id}")).into_response();
-    match action {
+    let answer = match action {
         pages::Action::Cancel => match cancel::request_cancel(&state.pool, id).await? {
             CancelOutcome::Cancelled | CancelOutcome::Requested => Ok(back),
             CancelOutcome::AlreadyFinished(s) => Ok(page_error(
@@ -520,10 +519,7 @@ async fn ticket_action(
         },
         pages::Action::Retry => match rescue::retry(&state.pool, id).await? {
             Some(outbox_id) => {
-                let (pool, publisher) = (state.pool.clone(), state.publisher.clone());
-                state.hand_offs.spawn(async move {
-                    outbox::hand_off(&pool, &publisher, id, outbox_id).await;
-                });
+                state.hand_offs.requeued(id, outbox_id);
                 tracing::info!(
                     ticket_id = id,
                     by = admin.login,
@@ -553,7 +549,10 @@ async fn ticket_action(
             );
             Ok(Redirect::to("/console/tickets").into_response())
         }
-    }
+    };
+    // The next status read sees the action, before the NOTIFY arrives.
+    state.live.statuses().changed(id);
+    answer
 }
 
 async fn worker_page(State(state): State<AppState>, admin: Admin) -> PageResult {

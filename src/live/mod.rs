@@ -4,6 +4,11 @@
 //! number of database queries. A subscriber that falls behind, or a listener that lost
 //! Postgres (notices may have been missed), is told to catch up from the event log
 //! (`store::events::after`) by its last event id.
+//!
+//! The same listener keeps the status cache (`statuses`) true: it drops the entry of each
+//! ticket whose change is announced, and switches the cache off while it is not listening.
+
+pub mod statuses;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +21,9 @@ use tokio_util::sync::CancellationToken;
 use crate::store::events::{
     TicketEvent, WorkerEvent, TICKET_EVENTS_CHANNEL, WORKER_EVENTS_CHANNEL,
 };
+use crate::store::tickets::TICKET_CHANGED_CHANNEL;
+
+use statuses::Statuses;
 
 /// Events held for slow subscribers; one further behind catches up from the log.
 const BUFFER: usize = 1024;
@@ -34,6 +42,7 @@ pub struct Hub {
     /// Fired when the process stops: open streams end (clients resume elsewhere), so
     /// they do not hold up the shutdown.
     stopped: CancellationToken,
+    statuses: Arc<Statuses>,
 }
 
 impl Default for Hub {
@@ -41,6 +50,7 @@ impl Default for Hub {
         Hub {
             sender: broadcast::channel(BUFFER).0,
             stopped: CancellationToken::new(),
+            statuses: Arc::default(),
         }
     }
 }
@@ -55,6 +65,11 @@ impl Hub {
         self.stopped.clone()
     }
 
+    /// The status cache this hub keeps true.
+    pub fn statuses(&self) -> &Statuses {
+        &self.statuses
+    }
+
     /// Subscribers now (for tests and the load check).
     pub fn subscribers(&self) -> usize {
         self.sender.receiver_count()
@@ -66,12 +81,26 @@ impl Hub {
             let heard = async {
                 let mut listener = PgListener::connect_with(&pool).await?;
                 listener
-                    .listen_all([TICKET_EVENTS_CHANNEL, WORKER_EVENTS_CHANNEL])
+                    .listen_all([
+                        TICKET_EVENTS_CHANNEL,
+                        WORKER_EVENTS_CHANNEL,
+                        TICKET_CHANGED_CHANNEL,
+                    ])
                     .await?;
+                self.statuses.listening();
                 // Whatever happened while not listening is in the log.
                 let _ = self.sender.send(Live::CatchUp);
-                loop {
-                    let notice = listener.recv().await?;
+                // `try_recv`, not `recv`: `recv` reconnects silently, and what was announced
+                // in between would be missed unnoticed.
+                while let Some(notice) = listener.try_recv().await? {
+                    if notice.channel() == TICKET_CHANGED_CHANNEL {
+                        match notice.payload().parse() {
+                            Ok(id) => self.statuses.changed(id),
+                            // Which ticket is unknown: forget them all.
+                            Err(_) => self.statuses.forget_all(),
+                        }
+                        continue;
+                    }
                     let event = if notice.channel() == TICKET_EVENTS_CHANNEL {
                         serde_json::from_str(notice.payload()).map(|e| Live::Ticket(Arc::new(e)))
                     } else {
@@ -83,11 +112,11 @@ impl Hub {
                         Err(e) => tracing::warn!(error = %e, "unreadable live event ignored"),
                     }
                 }
-                #[allow(unreachable_code)]
-                Ok::<(), sqlx::Error>(())
+                Err::<(), _>(sqlx::Error::Protocol("the connection was closed".into()))
             };
             tokio::select! {
                 result = heard => {
+                    self.statuses.deaf();
                     if let Err(e) = result {
                         tracing::warn!(error = %e, "live event listener lost Postgres; reconnecting");
                     }
@@ -99,6 +128,8 @@ impl Hub {
                 _ = shutdown.cancelled() => {}
             }
         }
+        // Requests still being answered read Postgres.
+        self.statuses.deaf();
         self.stopped.cancel();
     }
 }
