@@ -37,16 +37,30 @@ pub enum QueueError {
     Nacked,
     #[error("RabbitMQ did not confirm the message in time")]
     Timeout,
+    #[error("RabbitMQ did not complete the connection within {} s", CONNECT_TIMEOUT.as_secs())]
+    ConnectTimeout,
 }
 
-/// Opens a connection whose name shows in the management UI.
+/// How long a connection may take to open. RabbitMQ closes a handshake that stalls for 10 s
+/// (`handshake_timeout`), and lapin's connect then never returned: a worker whose first
+/// connection stalled (its runtime busy) waited forever, consuming nothing.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(12);
+
+/// Opens a connection whose name shows in the management UI, or fails within
+/// `CONNECT_TIMEOUT` (callers retry).
 pub async fn connect(
     settings: &AmqpSettings,
     connection_name: &str,
 ) -> Result<Connection, QueueError> {
     let props =
         ConnectionProperties::default().with_connection_name(connection_name.to_string().into());
-    Ok(Connection::connect(settings.url.expose(), props).await?)
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect(settings.url.expose(), props),
+    )
+    .await
+    .map_err(|_| QueueError::ConnectTimeout)?
+    .map_err(QueueError::from)
 }
 
 /// `host:port` of the broker, for messages (the URL itself carries the password).
@@ -228,5 +242,41 @@ pub async fn stop_consuming(channel: &Channel, consumer_tag: &str, consumer: Opt
             .acker
             .reject(BasicRejectOptions { requeue: true })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A broker that accepts the connection and never answers (what a stalled handshake
+    /// looks like from the client): `connect` gives up, so the caller's retry runs.
+    #[tokio::test]
+    async fn a_connection_that_never_completes_fails_in_bounded_time() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let (socket, _) = silent.accept().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            drop(socket);
+        });
+        let settings = AmqpSettings {
+            url: crate::secrets::Secret::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
+            queue: "unused".into(),
+        };
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(
+            CONNECT_TIMEOUT + std::time::Duration::from_secs(5),
+            connect(&settings, "test"),
+        )
+        .await
+        .expect("connect never returned");
+        assert!(
+            matches!(result, Err(QueueError::ConnectTimeout)),
+            "{:?}",
+            result.err()
+        );
+        assert!(started.elapsed() < CONNECT_TIMEOUT + std::time::Duration::from_secs(2));
+        held.abort();
     }
 }
