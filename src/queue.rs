@@ -260,10 +260,12 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
             drop(socket);
         });
-        let settings = AmqpSettings {
-            url: crate::secrets::Secret::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
-            queue: "unused".into(),
-        };
+        // Built as the configuration is read (the settings' own types).
+        let settings: AmqpSettings = serde_json::from_value(serde_json::json!({
+            "url": format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            "queue": "unused",
+        }))
+        .unwrap();
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(
             CONNECT_TIMEOUT + std::time::Duration::from_secs(5),
