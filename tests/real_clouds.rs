@@ -91,6 +91,34 @@ async fn wait_status(
     }
 }
 
+/// A status that says Glance is importing the image.
+fn importing(status: &serde_json::Value) -> bool {
+    status["message"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("importing in Glance")
+}
+
+/// Watches the ticket to its end: complete, after a status that said it was importing.
+async fn completed_after_importing(app: &TestApp, ticket: &str) {
+    let seen = app
+        .watch_until_final("alice", ticket, Duration::from_secs(90))
+        .await;
+    let last = seen.last().unwrap();
+    assert_eq!(last["complete"], true, "{seen:#?}");
+    assert!(
+        seen.iter().any(importing),
+        "the status said it was importing: {seen:#?}"
+    );
+}
+
+/// Whether a proxy saw a `method` request whose path ends with `path_end`.
+fn sent(calls: &[String], method: &str, path_end: &str) -> bool {
+    calls
+        .iter()
+        .any(|c| c.starts_with(method) && c.ends_with(path_end))
+}
+
 #[tokio::test]
 async fn tls_with_a_private_ca_trusted_missing_and_for_another_name() {
     let dir = std::env::temp_dir().join(format!("pimage-tls-{}", uuid::Uuid::new_v4()));
@@ -390,37 +418,11 @@ async fn a_cloud_configured_as_operators_do() {
     // RegionTwo's Glance from the catalog; the direct upload is forbidden (403), so the
     // worker stages and imports; the profile's properties are set; sha512 checked.
     let (ticket, id) = publish(&app, 256 * 1024, body(VARIANT_KEYSTONE, None, "region two")).await;
-    let seen = app
-        .watch_until_final("alice", &ticket, Duration::from_secs(90))
-        .await;
-    let last = seen.last().unwrap();
-    assert_eq!(last["complete"], true, "{seen:#?}");
-    assert!(
-        seen.iter().any(|s| s["message"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("importing in Glance")),
-        "the status said it was importing: {seen:#?}"
-    );
+    completed_after_importing(&app, &ticket).await;
     let calls = region_two.seen();
-    assert!(
-        calls
-            .iter()
-            .any(|c| c.starts_with("PUT") && c.ends_with("/file")),
-        "{calls:?}"
-    );
-    assert!(
-        calls
-            .iter()
-            .any(|c| c.starts_with("PUT") && c.ends_with("/stage")),
-        "{calls:?}"
-    );
-    assert!(
-        calls
-            .iter()
-            .any(|c| c.starts_with("POST") && c.ends_with("/import")),
-        "{calls:?}"
-    );
+    assert!(sent(&calls, "PUT", "/file"), "{calls:?}");
+    assert!(sent(&calls, "PUT", "/stage"), "{calls:?}");
+    assert!(sent(&calls, "POST", "/import"), "{calls:?}");
     let key = app.ticket_key(id).await;
     let images = cloud.images_of_ticket(&key).await;
     assert_eq!(images.len(), 1, "{images:#?}");
@@ -506,10 +508,7 @@ async fn a_cloud_configured_as_operators_do() {
         s["bytesLoaded"].as_i64().unwrap_or(0) > 0
     })
     .await;
-    assert!(slow
-        .seen()
-        .iter()
-        .any(|c| c.starts_with("PUT") && c.ends_with("/stage")));
+    assert!(sent(&slow.seen(), "PUT", "/stage"));
     cancel(&app, &ticket).await;
     let status = app
         .wait_final("alice", &ticket, Duration::from_secs(10))
@@ -529,13 +528,7 @@ async fn a_cloud_configured_as_operators_do() {
         body(VARIANT_KEYSTONE, Some(&glance), "cancel import"),
     )
     .await;
-    wait_status(&app, &ticket, "importing", |s| {
-        s["message"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("importing in Glance")
-    })
-    .await;
+    wait_status(&app, &ticket, "importing", importing).await;
     cancel(&app, &ticket).await;
     let status = app
         .wait_final("alice", &ticket, Duration::from_secs(10))
@@ -617,25 +610,9 @@ async fn web_download(cloud: &VariantCloud) {
         body(VARIANT_KEYSTONE, Some(&glance), "web-download"),
     )
     .await;
-    let seen = app
-        .watch_until_final("alice", &ticket, Duration::from_secs(90))
-        .await;
-    let last = seen.last().unwrap();
-    assert_eq!(last["complete"], true, "{seen:#?}");
-    assert!(
-        seen.iter().any(|s| s["message"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("importing in Glance")),
-        "{seen:#?}"
-    );
+    completed_after_importing(&app, &ticket).await;
     let calls = watched.seen();
-    assert!(
-        calls
-            .iter()
-            .any(|c| c.starts_with("POST") && c.ends_with("/import")),
-        "{calls:?}"
-    );
+    assert!(sent(&calls, "POST", "/import"), "{calls:?}");
     assert!(
         !calls.iter().any(|c| c.starts_with("PUT")),
         "no bytes went up: {calls:?}"
@@ -712,13 +689,7 @@ async fn web_download(cloud: &VariantCloud) {
         body(VARIANT_KEYSTONE, Some(&glance), "cancel web-download"),
     )
     .await;
-    wait_status(&app, &ticket, "importing", |s| {
-        s["message"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("importing in Glance")
-    })
-    .await;
+    wait_status(&app, &ticket, "importing", importing).await;
     // While it runs, its link serves exactly the file, with its length.
     let running = secrets.image_link(&base, id, now + 600);
     let resp = app.client.get(running).send().await.unwrap();
