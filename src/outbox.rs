@@ -58,6 +58,21 @@ async fn hand_off_all(pool: &PgPool, publisher: &Publisher, tickets: &[(i64, i64
     }
 }
 
+/// Announces the creation of tickets about to be published, to live viewers. Before the
+/// publish: a worker's claim must not be announced first. The API announces its own batches;
+/// the relay those of an API that died or fell behind (a creation already announced, or
+/// changed since, is not announced again to anyone who saw it: feeds skip what they sent).
+async fn announce_created(pool: &PgPool, ticket_ids: &[i64]) {
+    let announced = tokio::time::timeout(
+        HAND_OFF_TIMEOUT,
+        store::events::announce_created(pool, ticket_ids),
+    );
+    if let Err(e) = flatten(announced.await) {
+        // Live pages show these tickets at their first change (their claim).
+        warn!(tickets = ticket_ids.len(), error = %e, "could not announce new tickets");
+    }
+}
+
 /// A bounded store call's result: its own error, or the bound's.
 fn flatten<T>(
     result: Result<Result<T, sqlx::Error>, tokio::time::error::Elapsed>,
@@ -118,21 +133,13 @@ impl HandOffs {
                 if batch.is_empty() {
                     continue;
                 }
-                // Before the publish: a worker's claim must not be announced first.
                 let created: Vec<i64> = batch
                     .iter()
                     .filter(|q| q.created)
                     .map(|q| q.ticket_id)
                     .collect();
                 if !created.is_empty() {
-                    let announced = tokio::time::timeout(
-                        HAND_OFF_TIMEOUT,
-                        store::events::announce_created(&pool, &created),
-                    );
-                    if let Err(e) = flatten(announced.await) {
-                        // Live pages show these tickets at their first change (their claim).
-                        warn!(tickets = created.len(), error = %e, "could not announce new tickets");
-                    }
+                    announce_created(&pool, &created).await;
                 }
                 let tickets: Vec<(i64, i64)> =
                     batch.iter().map(|q| (q.ticket_id, q.outbox_id)).collect();
@@ -208,6 +215,9 @@ pub async fn run_relay(
 pub async fn relay_once(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     let rows = store::outbox::claim_stale(&mut tx, RELAY_MIN_AGE_SECS, RELAY_BATCH).await?;
+    if !rows.is_empty() {
+        announce_created(pool, &rows.iter().map(|&(_, t)| t).collect::<Vec<_>>()).await;
+    }
     let mut published = 0;
     for (outbox_id, ticket_id) in rows {
         tokio::time::timeout(

@@ -466,6 +466,97 @@ async fn no_page_shows_a_secret() {
     app.stop().await;
 }
 
+/// The events of `ticket` among those a feed sent: (kind, state) each.
+fn events_of(events: &[(i64, String, serde_json::Value)], ticket: i64) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|(_, name, data)| name == "ticket" && data["ticketId"] == ticket)
+        .map(|(_, _, data)| {
+            let text = |key: &str| data[key].as_str().unwrap_or_default().to_string();
+            (text("kind"), text("state"))
+        })
+        .collect()
+}
+
+fn created_queued() -> (String, String) {
+    ("created".into(), "queued".into())
+}
+
+/// A ticket's creation is announced with its batch of hand-offs (`outbox::HandOffs`), not by
+/// its insert: a console opened before the POST must still be sent the `created` event.
+#[tokio::test]
+async fn a_new_ticket_reaches_an_open_console_feed() {
+    let (app, image_uri) = app_with_users().await;
+    let console = Console::login(&app.address, "root", PASSWORD, false)
+        .await
+        .unwrap();
+    // No `after`: live events only, so what arrives was announced, not replayed from the log.
+    let feed = console.get("/console/events").await;
+    assert_eq!(feed.status(), StatusCode::OK);
+    let ticket = queued_ticket(&app, &image_uri, "demo").await;
+    let (events, _) = read_stream(feed, Duration::from_secs(5)).await;
+    assert_eq!(events_of(&events, ticket), [created_queued()], "{events:?}");
+    app.stop().await;
+}
+
+/// Tickets stored by an API that died before announcing its batch: the outbox relay (here,
+/// the test app's API) announces their creation when it hands them off, unless they changed
+/// since: one cancelled meanwhile is not shown as newly queued to a page opened after that.
+#[tokio::test]
+async fn tickets_left_to_the_outbox_relay_reach_an_open_console_feed() {
+    let (app, _) = app_with_users().await;
+    let console = Console::login(&app.address, "root", PASSWORD, false)
+        .await
+        .unwrap();
+    let alice = pimage::store::users::find_by_login(&app.pool, "alice")
+        .await
+        .unwrap()
+        .unwrap();
+    let file = app.raw_file("relayed.raw", 4096);
+    let image = app.register_image("alice", &file, "raw").await;
+    let sealed = pimage::secrets::SecretBox::from_base64_key(&app.settings.secrets.key)
+        .unwrap()
+        .seal(&pimage::secrets::Secret::new("demo"));
+    // What the dead API wrote: each ticket and its outbox row, and nothing announced.
+    let stored = || async {
+        let (ticket, _outbox_id) = pimage::store::tickets::create(
+            &app.pool,
+            &pimage::store::tickets::NewTicket {
+                image_id: image.id,
+                user_id: alice.id,
+                display_name: "relayed",
+                public_image: false,
+                account_name: None,
+                keystone_url: "http://127.0.0.1:5000/v3",
+                keystone_version: "v3",
+                keystone_domain: "Default",
+                keystone_project: "demo",
+                glance_url: None,
+                cloud_login: "demo",
+                cloud_password_enc: &sealed,
+                bytes_total: image.size_bytes,
+            },
+        )
+        .await
+        .unwrap();
+        ticket.id
+    };
+    let queued = stored().await;
+    let cancelled = stored().await;
+    pimage::store::cancel::request_cancel(&app.pool, cancelled)
+        .await
+        .unwrap();
+    // Opened now, live only: what it is sent of the two, only the relay announced. The relay
+    // takes rows older than 5 s, every 2 s.
+    let feed = console.get("/console/events").await;
+    assert_eq!(feed.status(), StatusCode::OK);
+    let (events, _) = read_stream(feed, Duration::from_secs(12)).await;
+    assert_eq!(events_of(&events, queued), [created_queued()], "{events:?}");
+    assert_eq!(events_of(&events, cancelled), [], "{events:?}");
+    app.wait_handed_off().await;
+    app.stop().await;
+}
+
 /// Reads a Server-Sent Events body until it ends (or `within`): (id, event name, data) each.
 async fn read_stream(
     mut answer: reqwest::Response,

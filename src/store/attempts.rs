@@ -3,7 +3,7 @@
 //! its claim's fencing token; read by `tickets show` and the JSON API.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,9 +82,11 @@ pub(super) async fn end_abandoned_in(
 
 /// Ends the running attempt of the claim `token`; the bytes sent are the ticket's last
 /// progress (each attempt starts its progress from zero). Touches the ticket, so that its
-/// ETag changes with its attempts.
-pub async fn end(
-    pool: &PgPool,
+/// ETag changes with its attempts. The claim's final write and its hand-back end the attempt
+/// in their own transaction (`claims::finish`, `claims::release`): never a ticket ended or
+/// queued again with its attempt still open.
+pub async fn end<'e>(
+    executor: impl PgExecutor<'e>,
     ticket_id: i64,
     token: i64,
     how: AttemptEnd,
@@ -105,7 +107,7 @@ pub async fn end(
         how.as_str(),
         error
     )
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(())
 }

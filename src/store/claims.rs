@@ -401,14 +401,16 @@ pub enum Outcome {
 /// Writes the final state, and returns it; `None`: the claim was lost and nothing was
 /// written. A cancel requested before the end wins over a publication: the ticket ends
 /// `cancelled`, and (like every end but `complete`) its image is left to the reconciler
-/// (the migration's trigger records the cleanup in this same statement).
+/// (the migration's trigger records the cleanup in this same statement). The attempt ends
+/// in the same transaction.
 pub async fn finish(
     pool: &PgPool,
     id: i64,
     token: i64,
     outcome: &Outcome,
 ) -> Result<Option<TicketState>, sqlx::Error> {
-    match outcome {
+    let mut tx = pool.begin().await?;
+    let state = match outcome {
         Outcome::Published { cloud_id, bytes } => {
             sqlx::query_scalar!(
                 r#"UPDATE publish_tickets SET
@@ -427,8 +429,8 @@ pub async fn finish(
                 cloud_id,
                 bytes
             )
-            .fetch_optional(pool)
-            .await
+            .fetch_optional(&mut *tx)
+            .await?
         }
         Outcome::Failed {
             error_message,
@@ -445,8 +447,8 @@ pub async fn finish(
                 error_message,
                 detail.as_deref()
             )
-            .fetch_optional(pool)
-            .await
+            .fetch_optional(&mut *tx)
+            .await?
         }
         Outcome::Cancelled => {
             // cloud_id stays until the reconciler has Glance's word that the image is gone.
@@ -459,14 +461,27 @@ pub async fn finish(
                 id,
                 token
             )
-            .fetch_optional(pool)
-            .await
+            .fetch_optional(&mut *tx)
+            .await?
         }
+    };
+    if state.is_some() {
+        let (how, error) = match outcome {
+            Outcome::Published { .. } => (attempts::AttemptEnd::Published, None),
+            Outcome::Failed { error_message, .. } => {
+                (attempts::AttemptEnd::Failed, Some(error_message.as_str()))
+            }
+            Outcome::Cancelled => (attempts::AttemptEnd::Cancelled, None),
+        };
+        attempts::end(&mut *tx, id, token, how, error).await?;
     }
+    tx.commit().await?;
+    Ok(state)
 }
 
 /// Gives a claimed ticket back (graceful shutdown): queued again at once, with an outbox
-/// row (its id is returned), and this attempt not counted. `None`: the claim was lost.
+/// row (its id is returned), and this attempt not counted (ended as `released`, in the same
+/// transaction). `None`: the claim was lost.
 pub async fn release(pool: &PgPool, id: i64, token: i64) -> Result<Option<i64>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let released = sqlx::query!(
@@ -482,6 +497,7 @@ pub async fn release(pool: &PgPool, id: i64, token: i64) -> Result<Option<i64>, 
     .rows_affected()
         == 1;
     let outbox_id = if released {
+        attempts::end(&mut *tx, id, token, attempts::AttemptEnd::Released, None).await?;
         Some(outbox::enqueue_in(&mut tx, id).await?)
     } else {
         None

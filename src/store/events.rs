@@ -54,7 +54,8 @@ pub struct WorkerEvent {
 
 /// Announces the creation events of these tickets on `TICKET_EVENTS_CHANNEL`, in one commit:
 /// their inserts do not (a NOTIFY per insert serialized the inserts' commits; see the
-/// migration `status_cache`). Returns how many were announced.
+/// migration `status_cache`). Only a creation that is still its ticket's latest event is
+/// announced (a ticket changed since is not shown as new). Returns how many were announced.
 pub async fn announce_created(pool: &PgPool, ticket_ids: &[i64]) -> Result<i32, sqlx::Error> {
     let announced = sqlx::query_scalar!("SELECT announce_created_tickets($1)", ticket_ids)
         .fetch_one(pool)

@@ -53,8 +53,6 @@ impl Worker {
                 if let Some(outbox_id) = claims::release(&self.pool, ticket_id, claim.token).await?
                 {
                     info!("handed the ticket back to the queue");
-                    let how = AttemptEnd::Released;
-                    attempts::end(&self.pool, ticket_id, claim.token, how, None).await?;
                     outbox::hand_off(&self.pool, &self.publisher, ticket_id, outbox_id).await;
                     return Ok(());
                 }
@@ -79,13 +77,6 @@ impl Worker {
             (Outcome::Failed { error_message, .. }, _) => warn!(error_message, "failed"),
             (Outcome::Cancelled, _) => info!("cancelled"),
         }
-        let (how, error) = match &outcome {
-            Outcome::Published { .. } => (AttemptEnd::Published, None),
-            Outcome::Failed { error_message, .. } => (AttemptEnd::Failed, Some(error_message)),
-            Outcome::Cancelled => (AttemptEnd::Cancelled, None),
-        };
-        let error = error.map(String::as_str);
-        attempts::end(&self.pool, ticket_id, claim.token, how, error).await?;
         metrics::counter!(metrics_catalog::TICKETS_FINISHED, "outcome" => state.as_str())
             .increment(1);
         Ok(())
