@@ -58,10 +58,10 @@ async fn hand_off_all(pool: &PgPool, publisher: &Publisher, tickets: &[(i64, i64
     }
 }
 
-/// Announces the creation of tickets about to be published, to live viewers. Before the
-/// publish: a worker's claim must not be announced first. The API announces its own batches;
-/// the relay those of an API that died or fell behind (a creation already announced, or
-/// changed since, is not announced again to anyone who saw it: feeds skip what they sent).
+/// Announces the creation of tickets to live viewers. The API announces its own batches
+/// before it publishes them (a worker's claim must not be announced first); the relay those
+/// of an API that died or fell behind. A creation already announced is not sent twice to a
+/// feed (feeds skip what they sent), and one changed since is not announced at all.
 async fn announce_created(pool: &PgPool, ticket_ids: &[i64]) {
     let announced = tokio::time::timeout(
         HAND_OFF_TIMEOUT,
@@ -215,11 +215,8 @@ pub async fn run_relay(
 pub async fn relay_once(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     let rows = store::outbox::claim_stale(&mut tx, RELAY_MIN_AGE_SECS, RELAY_BATCH).await?;
-    if !rows.is_empty() {
-        announce_created(pool, &rows.iter().map(|&(_, t)| t).collect::<Vec<_>>()).await;
-    }
     let mut published = 0;
-    for (outbox_id, ticket_id) in rows {
+    for &(outbox_id, ticket_id) in &rows {
         tokio::time::timeout(
             HAND_OFF_TIMEOUT,
             publisher.publish(TicketMessage { ticket_id }),
@@ -228,6 +225,12 @@ pub async fn relay_once(pool: &PgPool, publisher: &Publisher) -> anyhow::Result<
         .unwrap_or(Err(QueueError::Timeout))?;
         store::outbox::delete_in(&mut tx, outbox_id).await?;
         published += 1;
+    }
+    // After the publishes: a pass that fails (RabbitMQ down), retried every 2 s, announces
+    // nothing until it succeeds. A worker may have claimed one already: its creation is then
+    // not its latest event, and it is not announced (its claim was).
+    if !rows.is_empty() {
+        announce_created(pool, &rows.iter().map(|&(_, t)| t).collect::<Vec<_>>()).await;
     }
     tx.commit().await?;
     Ok(published)

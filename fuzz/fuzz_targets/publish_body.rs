@@ -1,10 +1,27 @@
 //! Fuzzes the publish request body reader (XML and JSON): it must never panic, hang or
 //! recurse without bound, and whatever it accepts must satisfy the checks it promises.
 #![no_main]
+// The parts of the service it uses are not all used here.
+#![allow(dead_code, unused_imports)]
 
 use libfuzzer_sys::fuzz_target;
-use pimage::api::publish_request::parse;
-use pimage::printable::is_printable;
+
+// The service's own sources, at their paths in the crate, so that `crate::…` and `super::…`
+// resolve as in pimage (see Cargo.toml for why not the crate itself).
+#[path = "../../src/api"]
+mod api {
+    #[path = "publish_request.rs"]
+    pub mod publish_request;
+    #[path = "xml.rs"]
+    pub mod xml;
+}
+#[path = "../../src/printable.rs"]
+mod printable;
+#[path = "../../src/secrets.rs"]
+mod secrets;
+
+use api::publish_request::parse;
+use printable::is_printable;
 
 fuzz_target!(|data: &[u8]| {
     // The first byte picks the media type, so one corpus covers both readers.
