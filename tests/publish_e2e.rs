@@ -154,11 +154,10 @@ async fn a_public_image_refused_by_glance_is_explained_and_cleaned_up() {
         "{status}"
     );
     let key = app.ticket_key(ticket["dbId"].as_i64().unwrap()).await;
-    assert!(DemoCloud::login()
+    DemoCloud::login()
         .await
-        .images_of_ticket(&key)
-        .await
-        .is_empty());
+        .wait_no_image_of_ticket(&key, "the refused image was deleted")
+        .await;
     app.stop().await;
 }
 
@@ -191,14 +190,10 @@ async fn a_file_changed_since_registration_is_caught_by_its_checksum() {
     let message = status["errorMessage"].as_str().unwrap();
     assert!(message.contains("changed on disk"), "{status}");
     let key = app.ticket_key(ticket["dbId"].as_i64().unwrap()).await;
-    assert!(
-        DemoCloud::login()
-            .await
-            .images_of_ticket(&key)
-            .await
-            .is_empty(),
-        "the bad image was deleted"
-    );
+    DemoCloud::login()
+        .await
+        .wait_no_image_of_ticket(&key, "the bad image was deleted")
+        .await;
     app.stop().await;
 }
 

@@ -510,6 +510,23 @@ impl DemoCloud {
         resp["images"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits until the ticket has no image in Glance. A failed attempt deletes its own image
+    /// at once; when that delete cannot be made, the reconciler makes it (every 10 s here).
+    pub async fn wait_no_image_of_ticket(&self, ticket_key: &str, what: &str) {
+        let started = Instant::now();
+        loop {
+            let left = self.images_of_ticket(ticket_key).await;
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{what}: left {left:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Every image of the project that carries a ticket property: (image id, ticket key).
     pub async fn images_with_ticket_property(&self) -> Vec<(String, String)> {
         let mut out = vec![];
