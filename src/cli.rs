@@ -177,7 +177,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 secrets,
             );
             let shutdown = shutdown_on_signal();
-            health::serve(settings.worker.listen, worker.probes(), shutdown.clone()).await?;
+            let timeouts = crate::api::connection_timeouts(&settings.limits);
+            health::serve(
+                settings.worker.listen,
+                worker.probes(),
+                timeouts,
+                shutdown.clone(),
+            )
+            .await?;
             worker.run(shutdown).await?;
         }
         Command::Users(UsersCommand::Add {

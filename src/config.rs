@@ -19,6 +19,8 @@ pub struct Settings {
     pub cloud: CloudSettings,
     pub secrets: SecretSettings,
     pub log: LogSettings,
+    #[serde(default)]
+    pub limits: LimitSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +205,44 @@ impl Default for CloudSettings {
             region: None,
             profiles: vec![],
             max_uploads_per_cloud: default_max_uploads_per_cloud(),
+        }
+    }
+}
+
+/// What one client or one user may hold of a process: connections that send nothing, event
+/// streams, queued tickets, publishes per minute (issue 23).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LimitSettings {
+    /// A request's head must arrive whole this long after the connection opened or its
+    /// previous answer ended (so it is also how long a kept-alive connection may idle).
+    pub header_read_timeout_secs: u64,
+    /// A connection that moves no byte either way this long is closed (a stalled body, an
+    /// answer not read). Longer than the event streams' 15 s keep-alive, and than a request
+    /// may wait on a cloud (a DELETE that removes the image: a login and a delete).
+    pub idle_timeout_secs: u64,
+    /// Ticket event streams one user may hold open at once, per API process.
+    pub event_streams_per_user: usize,
+    /// How often open event streams check that their session or user still has access.
+    pub stream_recheck_secs: u64,
+    /// Tickets one user may have queued or running at once (over every API process).
+    pub queued_tickets_per_user: i64,
+    /// Publishes one user may file per minute, per API process, after a burst of
+    /// `publish_burst`.
+    pub publishes_per_minute: u32,
+    pub publish_burst: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> LimitSettings {
+        LimitSettings {
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 120,
+            event_streams_per_user: 16,
+            stream_recheck_secs: 5,
+            queued_tickets_per_user: 200,
+            publishes_per_minute: 60,
+            publish_burst: 60,
         }
     }
 }

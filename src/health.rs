@@ -2,19 +2,31 @@
 //! `worker.listen`): `/healthz` (the process is alive), `/readyz` (Postgres and RabbitMQ
 //! reachable, migrations applied; the API stays ready without RabbitMQ, degraded, since
 //! its outbox keeps the tickets) and `/metrics` (Prometheus text format).
+//!
+//! `serve_http` serves every listener (API and worker) with header-read and idle timeouts.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics_catalog;
 use crate::queue::Publisher;
@@ -145,15 +157,179 @@ async fn metrics(State(probes): State<Probes>) -> Response {
 pub async fn serve(
     addr: SocketAddr,
     probes: Probes,
+    timeouts: ConnectionTimeouts,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "health and metrics listening");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, routes(probes))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-    });
+    tokio::spawn(serve_http(listener, routes(probes), timeouts, shutdown));
     Ok(local)
+}
+
+/// How long a connection may take to send a request's head, and to move any byte at all.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionTimeouts {
+    /// From the connection's opening, or its previous answer's end, to a whole request head.
+    pub header_read: Duration,
+    /// No byte read or written for this long (a stalled body, an answer not read): closed.
+    pub idle: Duration,
+}
+
+/// Serves `app` (HTTP/1.1) on `listener` until `shutdown`, then lets in-flight requests end.
+/// `axum::serve` has no timeouts: one client could hold every file descriptor with
+/// connections that send nothing. Here each connection gets both of `timeouts`.
+pub async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    timeouts: ConnectionTimeouts,
+    shutdown: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most often: wait for some to close.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        connections.spawn(serve_connection(
+            stream,
+            app.clone(),
+            timeouts,
+            shutdown.clone(),
+        ));
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    app: Router,
+    timeouts: ConnectionTimeouts,
+    shutdown: CancellationToken,
+) {
+    let activity = Activity::default();
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read);
+    let conn = builder.serve_connection(io, TowerToHyperService::new(app));
+    let mut conn = std::pin::pin!(conn);
+    // Dropping the connection closes its socket.
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = activity.idle_for(timeouts.idle) => return,
+        _ = shutdown.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = activity.idle_for(timeouts.idle) => {}
+    }
+}
+
+/// When a connection last moved a byte (milliseconds since it opened).
+#[derive(Clone)]
+struct Activity {
+    opened: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            opened: Instant::now(),
+            last_ms: Arc::default(),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once no byte has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            if last.elapsed() >= idle {
+                return;
+            }
+            tokio::time::sleep_until((last + idle).into()).await;
+        }
+    }
+}
+
+/// A stream that notes in `activity` each read or write that moved bytes.
+struct Watched<S> {
+    inner: S,
+    activity: Activity,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

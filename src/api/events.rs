@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Caller;
 use super::error::ApiError;
+use super::limits::{Access, StreamPass};
 use super::openapi::{ReadErrors, TicketEventsPath};
 use super::{paths, routes, AppState};
 use crate::live::{Hub, Live};
@@ -54,6 +55,9 @@ pub(super) struct Feed {
     catch_up: bool,
     queued: VecDeque<Event>,
     done: bool,
+    /// Registered with `AppState::streams`: it ends the stream when access is lost.
+    pass: Option<StreamPass>,
+    revoked: CancellationToken,
 }
 
 impl Feed {
@@ -72,7 +76,16 @@ impl Feed {
             catch_up: false,
             queued: VecDeque::new(),
             done: false,
+            pass: None,
+            revoked: CancellationToken::new(),
         }
+    }
+
+    /// Ends the stream when `pass` is revoked (its session or user lost access).
+    pub(super) fn held_by(mut self, pass: StreamPass) -> Feed {
+        self.revoked = pass.revoked.clone();
+        self.pass = Some(pass);
+        self
     }
 
     /// Resumes after event `id`: what followed it is replayed from the log first.
@@ -115,6 +128,9 @@ impl Feed {
 
     async fn next(&mut self) -> Option<Event> {
         loop {
+            if self.revoked.is_cancelled() {
+                return None;
+            }
             if let Some(event) = self.queued.pop_front() {
                 return Some(event);
             }
@@ -135,6 +151,7 @@ impl Feed {
             let received = tokio::select! {
                 received = self.live.recv() => received,
                 _ = self.stopped.cancelled() => return None,
+                _ = self.revoked.cancelled() => return None,
             };
             match received {
                 Ok(Live::Ticket(event)) => self.push_ticket(&event),
@@ -184,7 +201,14 @@ pub async fn ticket_events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let ticket = routes::resolve_ticket(&state, &caller, &params).await?;
-    let feed = Feed::new(state.pool.clone(), &state.live, Some(ticket.id), false);
+    let user = &caller.0;
+    let access = Access::User {
+        login: user.login.clone(),
+        password_hash: user.password_hash.clone(),
+        owner: ticket.owner_login.clone(),
+    };
+    let pass = state.streams.open(access, Some(&user.login))?;
+    let feed = Feed::new(state.pool.clone(), &state.live, Some(ticket.id), false).held_by(pass);
     let latest = events::latest_of(&state.pool, ticket.id).await?;
     if let Some(id) = last_event_id(&headers) {
         // The client saw the end already: 204 tells an EventSource to stop reconnecting.

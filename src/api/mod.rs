@@ -9,6 +9,7 @@ mod console;
 mod error;
 mod events;
 mod image_link;
+mod limits;
 mod observe;
 mod openapi;
 pub mod publish_request;
@@ -31,7 +32,7 @@ pub use auth::{new_api_key, sign, valid_login, PUBLISH_ENTITLEMENT};
 pub use error::ApiError;
 
 use crate::cloud::AddressPolicy;
-use crate::config::Settings;
+use crate::config::{LimitSettings, Settings};
 use crate::live::Hub;
 use crate::queue::Publisher;
 use crate::reconciler::Reconciler;
@@ -50,6 +51,11 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Live ticket events and worker heartbeats: one listener, every viewer.
     pub live: Hub,
+    /// Open event streams: counted per user, their access re-checked.
+    pub streams: Arc<limits::Streams>,
+    pub publish_rate: Arc<limits::PublishRate>,
+    /// Tickets one user may have queued or running.
+    pub queued_tickets_per_user: i64,
 }
 
 /// The route templates, shared by the router and the handlers' OpenAPI annotations.
@@ -145,6 +151,15 @@ pub struct Application {
     state: AppState,
     rescue: (i32, std::time::Duration),
     reconciler: Reconciler,
+    timeouts: health::ConnectionTimeouts,
+}
+
+/// Every listener's connection timeouts (the API's and the worker's).
+pub fn connection_timeouts(limits: &LimitSettings) -> health::ConnectionTimeouts {
+    health::ConnectionTimeouts {
+        header_read: std::time::Duration::from_secs(limits.header_read_timeout_secs.max(1)),
+        idle: std::time::Duration::from_secs(limits.idle_timeout_secs.max(1)),
+    }
 }
 
 impl Application {
@@ -157,6 +172,7 @@ impl Application {
         let listener = TcpListener::bind(settings.api.listen).await?;
         Ok(Application {
             reconciler: Reconciler::new(pool.clone(), secrets.clone(), &settings.cloud),
+            timeouts: connection_timeouts(&settings.limits),
             listener,
             state: AppState {
                 auth: auth::Authenticator::new(pool.clone(), secrets.clone(), &settings.api),
@@ -167,6 +183,9 @@ impl Application {
                 cloud_policy: AddressPolicy::from(settings.cloud.clone()),
                 max_body_bytes: settings.api.max_body_bytes,
                 live: Hub::default(),
+                streams: limits::Streams::new(&settings.limits),
+                publish_rate: Arc::new(limits::PublishRate::new(&settings.limits)),
+                queued_tickets_per_user: settings.limits.queued_tickets_per_user.max(1),
             },
             rescue: (
                 settings.worker.max_ticket_attempts,
@@ -210,14 +229,25 @@ impl Application {
                 .clone()
                 .run(self.state.pool.clone(), shutdown.clone()),
         );
+        let streams = tokio::spawn(
+            self.state
+                .streams
+                .clone()
+                .run(self.state.pool.clone(), shutdown.clone()),
+        );
         let hand_offs = self.state.hand_offs.clone();
-        axum::serve(self.listener, router(self.state))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        health::serve_http(
+            self.listener,
+            router(self.state),
+            self.timeouts,
+            shutdown.clone(),
+        )
+        .await;
         // Bounded (outbox::HandOffs::finish); what does not finish, the relay redoes.
         hand_offs.finish().await;
         user_changes.await?;
         live.await?;
+        streams.await?;
         relay.await?;
         rescuer.await?;
         reconciler.await?;

@@ -190,6 +190,7 @@ pub async fn publish(
     body: Body,
 ) -> Result<Response, ApiError> {
     let format = format_of(&headers)?;
+    state.publish_rate.take(&caller.0.login)?;
     let image = resolve_image(&state, &caller, &params).await?;
     let bytes = axum::body::to_bytes(body, state.max_body_bytes)
         .await
@@ -215,8 +216,9 @@ pub async fn publish(
         .display_name
         .clone()
         .unwrap_or_else(|| image.name.clone());
-    let (ticket, outbox_id) = tickets::create(
-        &state.pool,
+    let (ticket, outbox_id) = create_within_quota(
+        &state,
+        &image.owner_login,
         &NewTicket {
             image_id: image.id,
             user_id: caller_owner_id(&state, &caller, &image).await?,
@@ -251,6 +253,28 @@ pub async fn publish(
     }
     Ok(response)
 }
+
+/// Stores the ticket unless its owner has `queued_tickets_per_user` unfinished already (429).
+async fn create_within_quota(
+    state: &AppState,
+    owner: &str,
+    new: &NewTicket<'_>,
+) -> Result<(Ticket, i64), ApiError> {
+    let cap = state.queued_tickets_per_user;
+    match tickets::create_within_quota(&state.pool, new, cap).await? {
+        tickets::Filed::Created(ticket, outbox_id) => Ok((ticket, outbox_id)),
+        tickets::Filed::OverQuota(unfinished) => Err(ApiError::TooManyRequests {
+            message: format!(
+                "user '{owner}' has {unfinished} tickets queued or running, the most allowed is \
+                 {cap}: wait for some to end (or cancel some), then publish again"
+            ),
+            retry_after: QUOTA_RETRY_AFTER,
+        }),
+    }
+}
+
+/// What a publish refused for too many unfinished tickets is told to wait.
+const QUOTA_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The ticket belongs to the image's owner, also when an administrator files it.
 async fn caller_owner_id(

@@ -50,6 +50,20 @@ pub async fn session(pool: &PgPool, token_hash: &[u8]) -> Result<Option<Session>
     .await
 }
 
+/// Which of the sessions `token_hashes` are open and belong to an administrator.
+pub async fn admin_sessions(
+    pool: &PgPool,
+    token_hashes: &[Vec<u8>],
+) -> Result<Vec<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT s.token_hash FROM console_sessions s JOIN users u ON u.id = s.user_id
+          WHERE s.token_hash = ANY($1) AND s.expires_at > now() AND u.is_admin",
+        token_hashes,
+    )
+    .fetch_all(pool)
+    .await
+}
+
 pub async fn end_session(pool: &PgPool, token_hash: &[u8]) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "DELETE FROM console_sessions WHERE token_hash = $1",

@@ -164,7 +164,10 @@ pub struct NewTicket<'a> {
 
 /// Stores a ticket and its outbox row in one transaction. Returns the ticket and the
 /// outbox row id, which the caller deletes once RabbitMQ confirmed the message.
-pub async fn create(pool: &PgPool, new: &NewTicket<'_>) -> Result<(Ticket, i64), sqlx::Error> {
+pub async fn create<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    new: &NewTicket<'_>,
+) -> Result<(Ticket, i64), sqlx::Error> {
     // One statement (one round trip, atomic by itself): the ticket, its outbox row, and the
     // ticket read back as the API shows it. Its row has one column more than `Ticket`, so it
     // is a record, moved into a `Ticket` field by field.
@@ -194,7 +197,7 @@ pub async fn create(pool: &PgPool, new: &NewTicket<'_>) -> Result<(Ticket, i64),
         new.cloud_password_enc,
         new.bytes_total,
     )
-    .fetch_one(pool)
+    .fetch_one(executor)
     .await?;
     let ticket = Ticket {
         id: row.id,
@@ -231,6 +234,55 @@ pub async fn create(pool: &PgPool, new: &NewTicket<'_>) -> Result<(Ticket, i64),
         finished_at: row.finished_at,
     };
     Ok((ticket, row.outbox_id))
+}
+
+/// What `create_within_quota` did.
+pub enum Filed {
+    /// The ticket, and its outbox row's id (as `create` returns them).
+    Created(Ticket, i64),
+    /// The owner already has this many tickets queued or running: nothing was stored.
+    OverQuota(i64),
+}
+
+/// `create`, unless the owner already has `max_unfinished` tickets queued or running. The
+/// owner's row is locked first, so concurrent publishes of one user (through any API
+/// process) count one after another and cannot overshoot together.
+pub async fn create_within_quota(
+    pool: &PgPool,
+    new: &NewTicket<'_>,
+    max_unfinished: i64,
+) -> Result<Filed, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // NO KEY UPDATE: other inserts' foreign-key checks on the row are not held up.
+    sqlx::query!(
+        "SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE",
+        new.user_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    // A statement of its own: its snapshot, taken after the lock, sees what the previous
+    // holder committed.
+    let unfinished = unfinished_of_user(&mut *tx, new.user_id).await?;
+    if unfinished >= max_unfinished {
+        return Ok(Filed::OverQuota(unfinished));
+    }
+    let (ticket, outbox_id) = create(&mut *tx, new).await?;
+    tx.commit().await?;
+    Ok(Filed::Created(ticket, outbox_id))
+}
+
+/// The user's tickets queued or running.
+pub async fn unfinished_of_user<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    user_id: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM publish_tickets
+            WHERE user_id = $1 AND state IN ('queued', 'running')"#,
+        user_id
+    )
+    .fetch_one(executor)
+    .await
 }
 
 pub async fn get<'e>(

@@ -39,6 +39,13 @@ pub async fn find_by_login(pool: &PgPool, login: &str) -> Result<Option<User>, s
         .await
 }
 
+/// The users of `logins` that exist (any order).
+pub async fn find_by_logins(pool: &PgPool, logins: &[String]) -> Result<Vec<User>, sqlx::Error> {
+    select_users!("WHERE u.login = ANY($1) GROUP BY u.id", logins)
+        .fetch_all(pool)
+        .await
+}
+
 /// The owner of an API key, and the key's sealed secret.
 pub async fn find_by_api_key(
     pool: &PgPool,

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::events::{last_event_id, Feed};
+use super::limits::Access;
 use super::{observe, AppState};
 use crate::cloud::Glance;
 use crate::secrets::Secret;
@@ -573,7 +574,13 @@ async fn live_feed(
     headers: HeaderMap,
     Query(query): Query<FeedQuery>,
 ) -> Response {
-    let feed = Feed::new(state.pool.clone(), &state.live, None, true);
+    // `Admin` found the session, so the cookie is there. Not counted: administrators only.
+    let session = token_hash(cookie(&headers, SESSION_COOKIE).unwrap_or(""));
+    let pass = match state.streams.open(Access::Session(session), None) {
+        Ok(pass) => pass,
+        Err(e) => return page_error(e.status_code(), &e.to_string()),
+    };
+    let feed = Feed::new(state.pool.clone(), &state.live, None, true).held_by(pass);
     let after = last_event_id(&headers).or(query.after);
     match after {
         Some(id) => feed.resume_after(id).into_response(),

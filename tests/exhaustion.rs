@@ -1,0 +1,369 @@
+//! Nothing one client or user can exhaust at the API (issue 23, findings 6 to 9): open feeds
+//! and event streams end when their session or user loses access; connections that send
+//! nothing are closed; event streams, unfinished tickets and publishes per minute are capped
+//! per user, past the cap a 429 with Retry-After. Real API, Postgres and RabbitMQ; no worker
+//! (tickets stay queued).
+#![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{publish_json, spawn_app_with, TestApp, PASSWORD};
+use pimage::config::Settings;
+use reqwest::header::SET_COOKIE;
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// alice and bob publish (an image each); root is an administrator.
+async fn app_with(adjust: impl FnOnce(&mut Settings)) -> (TestApp, String, String) {
+    let app = spawn_app_with(false, adjust).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    app.add_user("bob", &["migration_publish"], false).await;
+    app.add_user("root", &["migration_publish"], true).await;
+    let file = app.raw_file("disk.raw", 4096);
+    let alice = app.register_image("alice", &file, "raw").await.uri();
+    let bob = app.register_image("bob", &file, "raw").await.uri();
+    (app, alice, bob)
+}
+
+async fn publish(app: &TestApp, user: &str, image_uri: &str) -> reqwest::Response {
+    let body = publish_json("exhaustion", "demo", "demopass", "demo");
+    app.publish(user, image_uri, "application/json", body).await
+}
+
+/// A queued ticket's URI.
+async fn queued_ticket(app: &TestApp, user: &str, image_uri: &str) -> String {
+    let answer = publish(app, user, image_uri).await;
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    body["uri"].as_str().unwrap().to_string()
+}
+
+/// Reads the stream until it ends: Ok(how long it took), or Err after `within`.
+async fn ends_within(mut stream: reqwest::Response, within: Duration) -> Result<Duration, String> {
+    let started = Instant::now();
+    let read_all = async { while let Ok(Some(_)) = stream.chunk().await {} };
+    match tokio::time::timeout(within, read_all).await {
+        Ok(()) => Ok(started.elapsed()),
+        Err(_) => Err(format!("the stream was still open after {within:?}")),
+    }
+}
+
+/// A 429's Retry-After (seconds) and its uforgeError message.
+async fn refused(answer: reqwest::Response) -> (u64, String) {
+    assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after = answer.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let error: serde_json::Value = answer.json().await.unwrap();
+    let message = error["localizedErrorMsg"]["message"].as_str().unwrap();
+    (retry_after, message.to_string())
+}
+
+/// A console session of `login`: its cookie and CSRF token.
+async fn console_login(app: &TestApp, login: &str) -> (String, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = http
+        .get(format!("{}/console/login", app.address))
+        .send()
+        .await
+        .unwrap();
+    let cookie = form.headers()[SET_COOKIE].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let csrf = csrf_of(&form.text().await.unwrap());
+    let answer = http
+        .post(format!("{}/console/login", app.address))
+        .header("Cookie", cookie)
+        .form(&[("login", login), ("password", PASSWORD), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let session = answer
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("pimage_console="))
+        .unwrap();
+    let session = session.split(';').next().unwrap().to_string();
+    let overview = http
+        .get(format!("{}/console", app.address))
+        .header("Cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&overview.text().await.unwrap());
+    (session, csrf)
+}
+
+fn csrf_of(html: &str) -> String {
+    let at = html.find(r#"name="csrf" value=""#).expect("a CSRF field") + 19;
+    html[at..at + html[at..].find('"').unwrap()].to_string()
+}
+
+async fn console_feed(app: &TestApp, session: &str) -> reqwest::Response {
+    let feed = app
+        .client
+        .get(format!("{}/console/events", app.address))
+        .header("Cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), StatusCode::OK);
+    feed
+}
+
+fn recheck_every_second(settings: &mut Settings) {
+    settings.limits.stream_recheck_secs = 1;
+}
+
+#[tokio::test]
+async fn a_console_feed_ends_when_its_session_is_logged_out_or_its_admin_demoted() {
+    let (app, _, _) = app_with(recheck_every_second).await;
+
+    let (session, csrf) = console_login(&app, "root").await;
+    let feed = console_feed(&app, &session).await;
+    let logout = app
+        .client
+        .post(format!("{}/console/logout", app.address))
+        .header("Cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(logout.status().is_success() || logout.status().is_redirection());
+    let took = ends_within(feed, Duration::from_secs(5)).await;
+    assert!(took.is_ok(), "logged out: {took:?}");
+
+    // Demoted (`pimage users add` without --admin).
+    let (session, _) = console_login(&app, "root").await;
+    let feed = console_feed(&app, &session).await;
+    app.add_user("root", &["migration_publish"], false).await;
+    let took = ends_within(feed, Duration::from_secs(5)).await;
+    assert!(took.is_ok(), "demoted: {took:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_ticket_stream_ends_when_its_user_loses_the_entitlement() {
+    let (app, alice_image, _) = app_with(recheck_every_second).await;
+    let ticket = queued_ticket(&app, "alice", &alice_image).await;
+    let mut stream = app
+        .get(&format!("{ticket}/events"), "alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    // The current status arrives first.
+    let first = stream.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("queued"));
+
+    sqlx::query(
+        "DELETE FROM user_entitlements WHERE user_id = (SELECT id FROM users WHERE login = 'alice')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let took = ends_within(stream, Duration::from_secs(5)).await;
+    assert!(took.is_ok(), "entitlement removed: {took:?}");
+    app.stop().await;
+}
+
+/// Reads until the server closes the connection: Ok, or Err after `within`.
+async fn closed_within(mut socket: TcpStream, within: Duration) -> Result<(), String> {
+    let mut buf = [0u8; 1024];
+    let read_to_end = async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // an answer (408 or 400) before the close
+            }
+        }
+    };
+    tokio::time::timeout(within, read_to_end)
+        .await
+        .map_err(|_| format!("still open after {within:?}"))
+}
+
+/// Three connections that hold the server: one sends nothing, one half a request head, one
+/// a publish whose body stops after 10 of its 1,000 bytes.
+async fn hold_three(addr: &str, publish_path: &str) -> [TcpStream; 3] {
+    let silent = TcpStream::connect(addr).await.unwrap();
+    let mut half_head = TcpStream::connect(addr).await.unwrap();
+    half_head
+        .write_all(b"GET /api/status HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut stalled_body = TcpStream::connect(addr).await.unwrap();
+    let credentials = base64_of(&format!("alice:{PASSWORD}"));
+    let head = format!(
+        "POST {publish_path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {credentials}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"displayN"
+    );
+    stalled_body.write_all(head.as_bytes()).await.unwrap();
+    [silent, half_head, stalled_body]
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test]
+async fn connections_that_send_nothing_are_closed_within_the_timeouts() {
+    let (app, alice_image, _) = app_with(|s| {
+        s.limits.header_read_timeout_secs = 1;
+        s.limits.idle_timeout_secs = 2;
+    })
+    .await;
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let publish_path = format!("/api/{alice_image}/pimages");
+    let held = hold_three(&addr, &publish_path).await;
+    for (socket, what) in held
+        .into_iter()
+        .zip(["silent", "half head", "stalled body"])
+    {
+        let closed = closed_within(socket, Duration::from_secs(5)).await;
+        assert!(closed.is_ok(), "API, {what}: {closed:?}");
+    }
+
+    // The worker's /metrics listener too.
+    let shutdown = CancellationToken::new();
+    let probes = pimage::health::Probes {
+        pool: app.pool.clone(),
+        publisher: Arc::new(pimage::queue::Publisher::new(
+            app.settings.amqp.clone(),
+            "exhaustion-test",
+        )),
+        queue_required: true,
+    };
+    let timeouts = pimage::api::connection_timeouts(&app.settings.limits);
+    let metrics = pimage::health::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        probes,
+        timeouts,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let silent = TcpStream::connect(metrics).await.unwrap();
+    let closed = closed_within(silent, Duration::from_secs(5)).await;
+    assert!(closed.is_ok(), "worker listener, silent: {closed:?}");
+    // A request that is sent whole is still answered.
+    let answer = reqwest::get(format!("http://{metrics}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    shutdown.cancel();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_user_past_the_event_stream_cap_gets_429_and_another_user_still_opens_one() {
+    let (app, alice_image, bob_image) = app_with(|s| s.limits.event_streams_per_user = 3).await;
+    let ticket = queued_ticket(&app, "alice", &alice_image).await;
+    let path = format!("{ticket}/events");
+    let mut open = vec![];
+    for _ in 0..3 {
+        let stream = app.get(&path, "alice").send().await.unwrap();
+        assert_eq!(stream.status(), StatusCode::OK);
+        open.push(stream);
+    }
+    let (retry_after, message) = refused(
+        app.get(&path, "alice")
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(retry_after >= 1);
+    assert!(message.contains("3 event streams open"), "{message}");
+
+    let bobs = queued_ticket(&app, "bob", &bob_image).await;
+    let stream = app
+        .get(&format!("{bobs}/events"), "bob")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_publishes_stop_at_the_queued_ticket_cap_and_another_user_still_publishes() {
+    let (app, alice_image, bob_image) = app_with(|s| s.limits.queued_tickets_per_user = 5).await;
+    let answers =
+        futures::future::join_all((0..20).map(|_| publish(&app, "alice", &alice_image))).await;
+    let created = answers
+        .iter()
+        .filter(|a| a.status() == StatusCode::CREATED)
+        .count();
+    assert_eq!(
+        created,
+        5,
+        "{:?}",
+        answers.iter().map(|a| a.status()).collect::<Vec<_>>()
+    );
+    let refusal = answers
+        .into_iter()
+        .find(|a| a.status() != StatusCode::CREATED)
+        .unwrap();
+    let (retry_after, message) = refused(refusal).await;
+    assert!(retry_after >= 1);
+    assert!(message.contains("5 tickets queued or running"), "{message}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM publish_tickets")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 5);
+
+    assert_eq!(
+        publish(&app, "bob", &bob_image).await.status(),
+        StatusCode::CREATED
+    );
+    // An ended ticket frees its place.
+    sqlx::query("UPDATE publish_tickets SET state = 'cancelled' WHERE id = (SELECT min(id) FROM publish_tickets)")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        publish(&app, "alice", &alice_image).await.status(),
+        StatusCode::CREATED
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn publishing_past_the_burst_gets_429_with_retry_after() {
+    let (app, alice_image, bob_image) = app_with(|s| {
+        s.limits.publish_burst = 3;
+        s.limits.publishes_per_minute = 2;
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            publish(&app, "alice", &alice_image).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    let (retry_after, message) = refused(publish(&app, "alice", &alice_image).await).await;
+    // One publish comes back every 30 s.
+    assert!((25..=30).contains(&retry_after), "{retry_after}");
+    assert!(message.contains("publishing too fast"), "{message}");
+    assert_eq!(
+        publish(&app, "bob", &bob_image).await.status(),
+        StatusCode::CREATED
+    );
+    app.stop().await;
+}
