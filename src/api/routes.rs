@@ -262,7 +262,7 @@ async fn create_within_quota(
 ) -> Result<(Ticket, i64), ApiError> {
     let cap = state.queued_tickets_per_user;
     match tickets::create_within_quota(&state.pool, new, cap).await? {
-        tickets::Filed::Created(ticket, outbox_id) => Ok((ticket, outbox_id)),
+        tickets::Filed::Created(ticket, outbox_id) => Ok((*ticket, outbox_id)),
         tickets::Filed::OverQuota(unfinished) => Err(ApiError::TooManyRequests {
             message: format!(
                 "user '{owner}' has {unfinished} tickets queued or running, the most allowed is \

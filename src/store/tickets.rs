@@ -239,7 +239,7 @@ pub async fn create<'e>(
 /// What `create_within_quota` did.
 pub enum Filed {
     /// The ticket, and its outbox row's id (as `create` returns them).
-    Created(Ticket, i64),
+    Created(Box<Ticket>, i64),
     /// The owner already has this many tickets queued or running: nothing was stored.
     OverQuota(i64),
 }
@@ -268,7 +268,7 @@ pub async fn create_within_quota(
     }
     let (ticket, outbox_id) = create(&mut *tx, new).await?;
     tx.commit().await?;
-    Ok(Filed::Created(ticket, outbox_id))
+    Ok(Filed::Created(Box::new(ticket), outbox_id))
 }
 
 /// The user's tickets queued or running.
