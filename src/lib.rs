@@ -16,6 +16,7 @@
 //! | · `image_link` | signed, expiring links through which Glance fetches a file (web-download) |
 //! | · `observe`   | a span, a request id and metrics per request                             |
 //! | · `events`    | Server-Sent Events: a client's `…/pimages/{pitid}/events`, the console feed |
+//! | · `limits`    | per user: publishes per minute, open event streams and their access re-check |
 //! | · `console`   | the operator console `/console`: sessions, CSRF, pages (maud), assets    |
 //! | [`worker`]    | the upload slots and the consume loop, in sub-modules:                   |
 //! | · `job`       | one claimed ticket, from claim to recorded end (or handed back)          |
@@ -34,7 +35,8 @@
 //! | [`live`]      | one LISTEN per process fanned out to every viewer (ticket events, workers) |
 //! | · `statuses`  | the status cache: statuses in memory, dropped as NOTIFY announces changes |
 //! | [`outbox`]    | hands stored tickets to RabbitMQ (in batches, one, or later by the relay) |
-//! | [`health`]    | `/healthz`, `/readyz`, `/metrics` (API and worker)                       |
+//! | [`health`]    | `/healthz`, `/readyz`, `/metrics` (API and worker); `serve_http`: every  |
+//! |               | listener, with header-read and idle timeouts                             |
 //! | [`queue`]     | RabbitMQ: queue declaration, confirmed publishing, consuming             |
 //! | [`cloud`]     | the OpenStack account and the one HTTP client, in sub-modules:           |
 //! | · `keystone`  | Keystone v3 login, wrong password told from unreachable project          |
