@@ -35,8 +35,8 @@
 //! | [`live`]      | one LISTEN per process fanned out to every viewer (ticket events, workers) |
 //! | · `statuses`  | the status cache: statuses in memory, dropped as NOTIFY announces changes |
 //! | [`outbox`]    | hands stored tickets to RabbitMQ (in batches, one, or later by the relay) |
-//! | [`health`]    | `/healthz`, `/readyz`, `/metrics` (API and worker); `serve_http`: every  |
-//! |               | listener, with header-read and idle timeouts                             |
+//! | [`health`]    | `/healthz`, `/readyz`, `/metrics` (API and worker)                       |
+//! |               | `serve_http`: every listener, with header-read and idle timeouts         |
 //! | [`queue`]     | RabbitMQ: queue declaration, confirmed publishing, consuming             |
 //! | [`cloud`]     | the OpenStack account and the one HTTP client, in sub-modules:           |
 //! | · `keystone`  | Keystone v3 login, wrong password told from unreachable project          |
