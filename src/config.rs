@@ -241,8 +241,8 @@ impl Default for LimitSettings {
             event_streams_per_user: 16,
             stream_recheck_secs: 5,
             queued_tickets_per_user: 200,
-            publishes_per_minute: 60,
-            publish_burst: 60,
+            publishes_per_minute: 120,
+            publish_burst: 120,
         }
     }
 }
