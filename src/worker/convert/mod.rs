@@ -179,23 +179,26 @@ impl Job<'_> {
             )
         })?;
         let limit = Duration::from_secs(settings.convert_timeout_secs.max(1));
-        // Dropping the child (timeout, cancel) kills it (kill_on_drop).
-        let out = tokio::select! {
-            out = tokio::time::timeout(limit, child.wait_with_output()) => out,
-            _ = self.cancel.cancelled() => return Err(AttemptError::Cancelled),
-        };
-        let out = out
-            .map_err(|_| {
-                failed(
+        let out = match wait_bounded(child, limit, self.cancel).await {
+            Ok(out) => out,
+            Err(Ended::Cancelled) => return Err(AttemptError::Cancelled),
+            Err(Ended::TimedOut) => {
+                return Err(failed(
                     format!(
                         "converting image {} took longer than {} s (worker.convert_timeout_secs)",
                         self.image.id,
                         limit.as_secs()
                     ),
                     "qemu-img killed",
-                )
-            })?
-            .map_err(|e| failed("could not run qemu-img to convert the image".into(), e))?;
+                ))
+            }
+            Err(Ended::Failed(e)) => {
+                return Err(failed(
+                    "could not run qemu-img to convert the image".into(),
+                    e,
+                ))
+            }
+        };
         if !out.status.success() {
             return Err(failed(
                 format!(
@@ -209,15 +212,34 @@ impl Job<'_> {
     }
 }
 
-/// `prlimit … qemu-img convert` reading `source` as exactly `from` (no probing, no backing
-/// file, only the local file named), with no environment but PATH (no secret of the worker).
-fn qemu_img_convert(
-    source: &Path,
-    from: &str,
-    target: &Path,
-    to: &str,
-    settings: &WorkerSettings,
-) -> Command {
+/// Why a child ended without its output.
+#[derive(Debug)]
+enum Ended {
+    Cancelled,
+    TimedOut,
+    Failed(std::io::Error),
+}
+
+/// The child's output, unless it runs past `limit` or `cancel` comes first: then it is
+/// killed (a `kill_on_drop` child is killed when dropped).
+async fn wait_bounded(
+    child: tokio::process::Child,
+    limit: Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<std::process::Output, Ended> {
+    tokio::select! {
+        out = tokio::time::timeout(limit, child.wait_with_output()) => match out {
+            Ok(out) => out.map_err(Ended::Failed),
+            Err(_) => Err(Ended::TimedOut),
+        },
+        _ = cancel.cancelled() => Err(Ended::Cancelled),
+    }
+}
+
+/// `prlimit` setting the conversion's CPU seconds, address space and open files (and no core
+/// dump) for the program that follows, which gets no environment but PATH (no secret of the
+/// worker), no stdin, and is killed when dropped.
+fn limited(settings: &WorkerSettings) -> Command {
     let mut command = Command::new("prlimit");
     command
         .env_clear()
@@ -225,22 +247,29 @@ fn qemu_img_convert(
         .arg(format!("--cpu={}", settings.convert_cpu_secs.max(1)))
         .arg(format!("--as={}", settings.convert_memory_bytes))
         .arg(format!("--nofile={}", settings.convert_max_open_files))
-        .args([
-            "--core=0",
-            "--",
-            "qemu-img",
-            "convert",
-            "-U",
-            "-O",
-            qemu_format(to),
-        ])
-        .arg("--image-opts")
-        .arg(image_opts(source, from))
-        .arg(target)
+        .args(["--core=0", "--"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    command
+}
+
+/// Limited `qemu-img convert` reading `source` as exactly `from` (no probing, no backing
+/// file, only the local file named).
+fn qemu_img_convert(
+    source: &Path,
+    from: &str,
+    target: &Path,
+    to: &str,
+    settings: &WorkerSettings,
+) -> Command {
+    let mut command = limited(settings);
+    command
+        .args(["qemu-img", "convert", "-U", "-O", qemu_format(to)])
+        .arg("--image-opts")
+        .arg(image_opts(source, from))
+        .arg(target);
     command
 }
 
@@ -335,8 +364,7 @@ mod tests {
             .unwrap();
         assert!(made.success());
         std::fs::write(&target, b"").unwrap();
-        let settings = crate::config::Settings::load(Path::new("config")).unwrap();
-        let command = qemu_img_convert(&source, "qcow2", &target, "raw", &settings.worker);
+        let command = qemu_img_convert(&source, "qcow2", &target, "raw", &test_settings());
         let child = sandbox::spawn_confined(command, &source, &target, false)
             .await
             .unwrap();
@@ -344,6 +372,63 @@ mod tests {
         assert!(out.status.success(), "{out:?}");
         assert_eq!(std::fs::metadata(&target).unwrap().len(), 1 << 20);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn test_settings() -> WorkerSettings {
+        crate::config::Settings::load(Path::new("config"))
+            .unwrap()
+            .worker
+    }
+
+    #[tokio::test]
+    async fn the_limits_apply_to_the_program_run() {
+        let mut settings = test_settings();
+        settings.convert_cpu_secs = 7;
+        settings.convert_memory_bytes = 512 << 20;
+        settings.convert_max_open_files = 33;
+        let mut command = limited(&settings);
+        command.args([
+            "sh",
+            "-c",
+            "ulimit -t; ulimit -v; ulimit -n; ulimit -c; env",
+        ]);
+        let out = command.output().await.unwrap();
+        let printed = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = printed.lines().filter(|l| !l.starts_with("PWD=")).collect();
+        assert_eq!(
+            lines,
+            [
+                "7",
+                "524288",
+                "33",
+                "0",
+                "PATH=/usr/sbin:/usr/bin:/sbin:/bin"
+            ],
+            "CPU seconds, KiB, files, no core; no variable of the worker"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_child_past_its_time_or_cancelled_is_killed() {
+        let settings = test_settings();
+        let never = tokio_util::sync::CancellationToken::new();
+        let sleeper = || limited(&settings).args(["sleep", "30"]).spawn().unwrap();
+        let started = std::time::Instant::now();
+        let child = sleeper();
+        let pid = child.id().unwrap();
+        let ended = wait_bounded(child, Duration::from_millis(300), &never).await;
+        assert!(matches!(ended, Err(Ended::TimedOut)), "{ended:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.contains(") Z "),
+            "the child is killed: {state}"
+        );
+        let cancel = tokio_util::sync::CancellationToken::new();
+        cancel.cancel();
+        let ended = wait_bounded(sleeper(), Duration::from_secs(60), &cancel).await;
+        assert!(matches!(ended, Err(Ended::Cancelled)), "{ended:?}");
     }
 
     #[test]
