@@ -518,6 +518,14 @@ mod tests {
         std::fs::write(&raw, b"just bytes").unwrap();
         assert_eq!(inspect(&raw, "raw", 100).unwrap(), 10);
         assert!(refusal(&raw, "iso").contains("is not a iso file"));
+        let mut iso = vec![0u8; 0x9000];
+        iso[0x8001..0x8006].copy_from_slice(b"CD001");
+        std::fs::write(&raw, &iso).unwrap();
+        assert_eq!(inspect(&raw, "iso", 1 << 20).unwrap(), 0x9000);
+        assert_eq!(
+            refusal(&raw, "raw"),
+            "it was declared raw but it is a iso image"
+        );
         // A qcow2 header that is also a VDI: two formats at once.
         let mut both = std::fs::read(&q).unwrap();
         both[0x40..0x44].copy_from_slice(&0xbeda_107f_u32.to_le_bytes());

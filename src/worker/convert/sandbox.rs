@@ -36,7 +36,7 @@ pub(super) enum SandboxError {
     Unavailable,
     #[error("the sandbox could not be set up: {0}")]
     Setup(String),
-    #[error("could not start {0}")]
+    #[error("the program could not be started: {0}")]
     Spawn(std::io::Error),
 }
 
