@@ -90,10 +90,15 @@ fn confine_this_thread(
         })
         .and_then(|r| r.restrict_self())
         .map_err(setup)?;
-    if status.ruleset == RulesetStatus::NotEnforced && !allow_unsandboxed {
-        return Err(SandboxError::Unavailable);
+    enforced_or_allowed(status.ruleset, allow_unsandboxed)
+}
+
+/// Fail closed: a kernel that enforced nothing runs nothing, unless the operator allows it.
+fn enforced_or_allowed(status: RulesetStatus, allow_unsandboxed: bool) -> Result<(), SandboxError> {
+    match status {
+        RulesetStatus::NotEnforced if !allow_unsandboxed => Err(SandboxError::Unavailable),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -170,6 +175,17 @@ mod tests {
         assert!(!out.status.success(), "{out:?}");
         assert!(listener.accept().is_err(), "no connection was accepted");
         std::fs::remove_dir_all(&f.dir).unwrap();
+    }
+
+    #[test]
+    fn without_landlock_nothing_runs_unless_allowed() {
+        let refused = enforced_or_allowed(RulesetStatus::NotEnforced, false).unwrap_err();
+        assert!(refused
+            .to_string()
+            .contains("set worker.allow_unsandboxed_conversion to convert anyway"));
+        assert!(enforced_or_allowed(RulesetStatus::NotEnforced, true).is_ok());
+        assert!(enforced_or_allowed(RulesetStatus::PartiallyEnforced, false).is_ok());
+        assert!(enforced_or_allowed(RulesetStatus::FullyEnforced, false).is_ok());
     }
 
     #[tokio::test]
