@@ -222,9 +222,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::anyhow!("no user '{user}': create it with `pimage users add`")
             })?;
             let image_dir = settings.storage.image_dir.clone();
+            let max_virtual_size = settings.worker.max_virtual_size_bytes;
             let prepared = tokio::task::spawn_blocking(move || {
-                image_files::prepare(&file, &format.to_lowercase(), &image_dir, in_place)
-                    .map(|f| (f, format))
+                image_files::prepare_within(
+                    &file,
+                    &format.to_lowercase(),
+                    &image_dir,
+                    in_place,
+                    max_virtual_size,
+                )
+                .map(|f| (f, format))
             })
             .await??;
             let (prepared, format) = prepared;

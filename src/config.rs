@@ -70,7 +70,41 @@ pub struct WorkerSettings {
     /// attempt at a time, and removed when it ends.
     #[serde(default = "default_scratch_dir")]
     pub scratch_dir: PathBuf,
+    /// Images that expand to more than this many bytes (their virtual size) are refused at
+    /// registration and before a conversion.
+    #[serde(default = "default_max_virtual_size_bytes")]
+    pub max_virtual_size_bytes: u64,
+    /// qemu-img runs in a sandbox (Landlock: it reads only the image, writes only its copy,
+    /// no network) under these limits: wall-clock and CPU seconds, address space, open files.
+    #[serde(default = "default_convert_timeout_secs")]
+    pub convert_timeout_secs: u64,
+    #[serde(default = "default_convert_cpu_secs")]
+    pub convert_cpu_secs: u64,
+    #[serde(default = "default_convert_memory_bytes")]
+    pub convert_memory_bytes: u64,
+    #[serde(default = "default_convert_max_open_files")]
+    pub convert_max_open_files: u64,
+    /// On a kernel without Landlock, conversions are refused unless this is true.
+    #[serde(default)]
+    pub allow_unsandboxed_conversion: bool,
     pub retry: RetrySettings,
+}
+
+/// 1 TiB, as `image_files::inspect::DEFAULT_MAX_VIRTUAL_SIZE`.
+fn default_max_virtual_size_bytes() -> u64 {
+    1 << 40
+}
+fn default_convert_timeout_secs() -> u64 {
+    3600
+}
+fn default_convert_cpu_secs() -> u64 {
+    1800
+}
+fn default_convert_memory_bytes() -> u64 {
+    2 << 30
+}
+fn default_convert_max_open_files() -> u64 {
+    64
 }
 
 fn default_scratch_dir() -> PathBuf {

@@ -68,6 +68,8 @@
 //! | [`retry`]     | backoff with full jitter, attempts and deadline, for transient failures  |
 //! | [`telemetry`] | logging and shutdown signals                                             |
 //! | [`image_files`] | image files on disk: format check, checksums, shared directory        |
+//! | · `inspect`   | what a file really is, from its headers: one format, self-contained, its |
+//! |               | virtual size (as OpenStack's format inspector)                           |
 //! | [`config`]    | typed settings (all of them) from `config/` and `PIMAGE__…` variables    |
 //! | [`secrets`]   | `Secret`, cloud-password encryption, user-password hashing               |
 //! | [`metrics_catalog`] | every exported metric: name, kind, unit, HELP text (a leaf)        |

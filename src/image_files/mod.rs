@@ -1,8 +1,10 @@
-//! Image files on disk: checking a file against its declared format, checksumming it, and
+//! Image files on disk: inspecting a file as its declared format (`inspect`), checksumming it, and
 //! placing it in the shared image directory that every worker reads.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+
+pub mod inspect;
 
 use md5::Md5;
 use sha2::{Digest, Sha256, Sha512};
@@ -29,13 +31,31 @@ pub struct Checksums {
     pub sha512: String,
 }
 
-/// Checks `source` against `format`, copies it into `image_dir` (unless `in_place`), and
-/// returns its final path and checksums.
+/// `prepare_within` the default virtual size limit.
 pub fn prepare(
     source: &Path,
     format: &str,
     image_dir: &Path,
     in_place: bool,
+) -> anyhow::Result<ImageFile> {
+    prepare_within(
+        source,
+        format,
+        image_dir,
+        in_place,
+        inspect::DEFAULT_MAX_VIRTUAL_SIZE,
+    )
+}
+
+/// Inspects `source` as a self-contained `format` image of at most `max_virtual_size` bytes
+/// once expanded, copies it into `image_dir` (unless `in_place`), and returns its final path
+/// and checksums.
+pub fn prepare_within(
+    source: &Path,
+    format: &str,
+    image_dir: &Path,
+    in_place: bool,
+    max_virtual_size: u64,
 ) -> anyhow::Result<ImageFile> {
     if !DISK_FORMATS.contains(&format) {
         anyhow::bail!(
@@ -43,9 +63,8 @@ pub fn prepare(
             DISK_FORMATS.join(", ")
         );
     }
-    let mut file = std::fs::File::open(source)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", source.display()))?;
-    check_magic(&mut file, format, source)?;
+    inspect::inspect(source, format, max_virtual_size)
+        .map_err(|e| anyhow::anyhow!("{} is refused: {e}", source.display()))?;
     let file_name = source
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -68,24 +87,6 @@ pub fn prepare(
         sha256: sums.sha256,
         sha512: sums.sha512,
     })
-}
-
-/// Glance refuses data that does not match the declared format: catch it at registration.
-fn check_magic(file: &mut std::fs::File, format: &str, source: &Path) -> anyhow::Result<()> {
-    let mut head = [0u8; 8];
-    let n = file.read(&mut head)?;
-    let expected: &[u8] = match format {
-        "qcow2" => b"QFI\xfb",
-        "vhdx" => b"vhdxfile",
-        _ => &[],
-    };
-    if !expected.is_empty() && head[..n].get(..expected.len()) != Some(expected) {
-        anyhow::bail!(
-            "{} is not a {format} file (its header does not match)",
-            source.display()
-        );
-    }
-    Ok(())
 }
 
 /// Size, md5, sha256 and sha512 of a file (hex), in one read.
@@ -131,7 +132,7 @@ mod tests {
         assert!(prepare(&f, "qcow2", &dir, true)
             .unwrap_err()
             .to_string()
-            .contains("not a qcow2"));
+            .contains("is not a qcow2 file"));
         let raw = prepare(&f, "raw", &dir.join("store"), false).unwrap();
         assert_eq!(raw.size, 18);
         assert_eq!(raw.md5, "b12e8d2f9cab8dab0bcbe923394ae31f");
