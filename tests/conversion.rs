@@ -51,32 +51,6 @@ async fn converting_app(disk_format: &str, scratch: PathBuf) -> TestApp {
     app
 }
 
-/// Stores `file` as alice's image without inspecting it, as registrations before this fix did.
-async fn insert_unchecked(app: &TestApp, file: &Path, format: &str) -> Image {
-    let owner = users::find_by_login(&app.pool, "alice")
-        .await
-        .unwrap()
-        .unwrap();
-    let sums = pimage::image_files::checksums(file).unwrap();
-    let name = file.file_name().unwrap().to_string_lossy().into_owned();
-    images::register(
-        &app.pool,
-        &NewImage {
-            owner_id: owner.id,
-            name: &name,
-            file_path: path_str(file),
-            file_name: &name,
-            format,
-            size_bytes: sums.size as i64,
-            md5sum: &sums.md5,
-            sha256sum: &sums.sha256,
-            sha512sum: &sums.sha512,
-        },
-    )
-    .await
-    .unwrap()
-}
-
 /// Publishes `image` through the converting profile; returns the final status and the
 /// ticket's Glance key.
 async fn publish_converted(app: &TestApp, image: &Image) -> (serde_json::Value, String) {
@@ -97,7 +71,7 @@ async fn publish_converted(app: &TestApp, image: &Image) -> (serde_json::Value, 
 
 /// The ticket of a crafted image ends in error saying `why`, and the cloud holds nothing of it.
 async fn assert_conversion_refused(app: &TestApp, file: &Path, format: &str, why: &str) {
-    let image = insert_unchecked(app, file, format).await;
+    let image = app.register_unchecked("alice", file, format).await;
     let (status, key) = publish_converted(app, &image).await;
     assert_eq!(status["error"], true, "{status}");
     let message = status["message"].as_str().unwrap();

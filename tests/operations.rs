@@ -299,7 +299,9 @@ async fn a_retried_attempt_shows_in_tickets_show_and_in_json_while_xml_stays_val
         assert_eq!(second["error"], serde_json::Value::Null);
         assert_eq!(second["bytesSent"], 1 << 20);
         assert_eq!(first["worker"], second["worker"]);
-        assert!(first["worker"].as_str().unwrap().contains(':'));
+        // Users see an opaque worker id, never its host and pid (issue 23, finding 11).
+        let worker = first["worker"].as_str().unwrap();
+        assert!(worker.starts_with("w-") && !worker.contains(':'), "{first}");
         // The XML form keeps to the UForge schema: no attempts in it.
         let xml = app
             .get(&path, "alice")

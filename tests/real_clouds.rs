@@ -463,9 +463,10 @@ async fn a_cloud_configured_as_operators_do() {
         .await;
 
     // Glance's import fails (random bytes declared vmdk): os_glance_failed_import names the
-    // store; a clear, permanent error, and the image removed.
+    // store; a clear, permanent error, and the image removed. Stored unchecked: registration
+    // itself now refuses a file that is not the format it claims.
     let file = app.raw_file("not-really.vmdk", 64 * 1024);
-    let image = app.register_image("alice", &file, "vmdk").await;
+    let image = app.register_unchecked("alice", &file, "vmdk").await;
     let glance = format!(
         "http://localhost:{}",
         VARIANT_GLANCE.rsplit(':').next().unwrap()
