@@ -346,3 +346,57 @@ async fn concurrent_logins_of_one_user_share_one_check_and_never_lock() {
     assert_eq!(right.status(), 200, "the right password still opens");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_cli_creates_keys_scoped_to_methods_with_an_expiry() {
+    let env = common::processes::Env::new().await;
+    env.run_ok(&["migrate"]);
+    env.command(&["users", "add", "alice"])
+        .env("PIMAGE_USER_PASSWORD", "alice-pw")
+        .output()
+        .unwrap();
+    let created = env.run_ok(&[
+        "apikeys",
+        "create",
+        "--user",
+        "alice",
+        "--methods",
+        "get",
+        "--expires-in",
+        "30d",
+    ]);
+    assert!(created.contains("apiKey:"), "{created}");
+    env.run_ok(&["apikeys", "create", "--user", "alice"]);
+    let listed = env.run_ok(&["apikeys", "list", "--user", "alice"]);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(lines[0].contains("  GET  expires "), "{listed}");
+    assert!(lines[1].contains("all methods  never expires"), "{listed}");
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&env.database_url())
+        .await
+        .unwrap();
+    let days: f64 = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM expires_at - now())::float8 / 86400 FROM api_keys
+          WHERE methods = '{GET}'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert!((29.9..=30.0).contains(&days), "{days}");
+    // Mistakes are named, and create nothing.
+    for (option, value, says) in [
+        ("--methods", "PATCH", "not one of GET, POST, PUT, DELETE"),
+        ("--expires-in", "30", "not a validity such as 30d"),
+    ] {
+        let out = env.run(&["apikeys", "create", "--user", "alice", option, value]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM api_keys")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(keys, 2);
+    drop(db);
+    env.drop_all().await;
+}
