@@ -3,8 +3,8 @@
 //! exactly as uforge-python-sdk 3.8.13 signs them (`UForgeApiKeyAuth`): base64 of
 //! HMAC-SHA1(secret, relative URL with `apiKey`, no leading `/`), then `&signature=`.
 //!
-//! Only `concurrent_logins_of_one_user_share_one_check_and_never_lock` uses passwords: it
-//! reads the process-wide count of password checks, which no other test here moves.
+//! The tests that use passwords run one at a time (`PASSWORD_TESTS`): one of them reads the
+//! process-wide count of password checks, which no other test may move meanwhile.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
 
@@ -277,6 +277,9 @@ async fn a_read_only_key_cannot_write_and_an_expired_key_nothing() {
     app.stop().await;
 }
 
+/// Held by each test that checks passwords.
+static PASSWORD_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `pimage_password_checks_total` of this test process (every app in it shares the recorder).
 async fn password_checks(app: &TestApp) -> u64 {
     let text = app
@@ -298,6 +301,7 @@ async fn password_checks(app: &TestApp) -> u64 {
 #[tokio::test]
 async fn concurrent_logins_of_one_user_share_one_check_and_never_lock() {
     const REMEMBERED_SECS: u64 = 3;
+    let _alone = PASSWORD_TESTS.lock().await;
     let app = spawn_app_with(false, |s| {
         s.api.login_max_failures = 3;
         s.api.credential_cache_secs = REMEMBERED_SECS;
@@ -399,4 +403,34 @@ async fn the_cli_creates_keys_scoped_to_methods_with_an_expiry() {
     assert_eq!(keys, 2);
     drop(db);
     env.drop_all().await;
+}
+
+/// Under a flood of other users' logins, a user's status poll waits for the password checker
+/// (bounded) instead of being refused at once with 429.
+#[tokio::test]
+async fn a_status_poll_waits_for_the_checker_during_other_users_logins() {
+    let _alone = PASSWORD_TESTS.lock().await;
+    let app = spawn_app(false).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let others = (0..24).map(|i| {
+        app.client
+            .get(app.url("users/x/pimages/status"))
+            .basic_auth(format!("nobody-{i}"), Some("guess"))
+            .send()
+    });
+    let poll = async {
+        // Queued behind the others for the one hashing slot.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        app.get("users/alice/pimages/status", "alice")
+            .send()
+            .await
+            .unwrap()
+    };
+    let (others, poll) = tokio::join!(futures::future::join_all(others), poll);
+    let status = poll.status();
+    assert_eq!(status, 200, "{}", poll.text().await.unwrap());
+    for other in others {
+        assert_eq!(other.unwrap().status(), 401);
+    }
+    app.stop().await;
 }
