@@ -412,7 +412,7 @@ async fn a_status_poll_waits_for_the_checker_during_other_users_logins() {
     let _alone = PASSWORD_TESTS.lock().await;
     let app = spawn_app(false).await;
     app.add_user("alice", &["migration_publish"], false).await;
-    let others = (0..24).map(|i| {
+    let others = (0..40).map(|i| {
         app.client
             .get(app.url("users/x/pimages/status"))
             .basic_auth(format!("nobody-{i}"), Some("guess"))
@@ -429,8 +429,10 @@ async fn a_status_poll_waits_for_the_checker_during_other_users_logins() {
     let (others, poll) = tokio::join!(futures::future::join_all(others), poll);
     let status = poll.status();
     assert_eq!(status, 200, "{}", poll.text().await.unwrap());
+    // Checked in turn; past the bounded wait, asked to retry.
     for other in others {
-        assert_eq!(other.unwrap().status(), 401);
+        let status = other.unwrap().status().as_u16();
+        assert!([401, 429].contains(&status), "{status}");
     }
     app.stop().await;
 }
