@@ -122,6 +122,13 @@ pub enum ApiKeysCommand {
         /// Owner's login.
         #[arg(long)]
         user: String,
+        /// The only HTTP methods the key may sign, e.g. `--methods GET` for a read-only key
+        /// (default: every method).
+        #[arg(long, value_delimiter = ',', value_parser = parse_method)]
+        methods: Vec<String>,
+        /// How long the key stays valid, e.g. `30d`, `12h`, `1d12h` (default: until revoked).
+        #[arg(long, value_parser = parse_validity)]
+        expires_in: Option<std::time::Duration>,
     },
     /// The public keys of a user's API keys.
     List {
@@ -280,19 +287,40 @@ async fn api_keys_command(
             .ok_or_else(|| anyhow::anyhow!("no user '{login}': create it with `pimage users add`"))
     };
     match command {
-        ApiKeysCommand::Create { user } => {
+        ApiKeysCommand::Create {
+            user,
+            methods,
+            expires_in,
+        } => {
             let owner = owner(user).await?;
             let secrets = SecretBox::from_base64_key(&settings.secrets.key)?;
             let (public_key, secret_key) = new_api_key();
-            users::add_api_key(pool, owner.id, &public_key, &secrets.seal(&secret_key)).await?;
+            let methods = (!methods.is_empty()).then_some(methods.as_slice());
+            let expires_at = expires_in
+                .map(|validity| {
+                    chrono::Duration::from_std(validity).map(|v| chrono::Utc::now() + v)
+                })
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--expires-in is too long"))?;
+            let sealed = secrets.seal(&secret_key);
+            users::add_scoped_api_key(pool, owner.id, &public_key, &sealed, methods, expires_at)
+                .await?;
             println!("apiKey:    {public_key}");
             println!("secretKey: {}", secret_key.expose());
             eprintln!("Keep the secret key now: it is stored encrypted and never shown again.");
         }
         ApiKeysCommand::List { user } => {
             let owner = owner(user).await?;
-            for (public_key, created_at) in users::list_api_keys(pool, owner.id).await? {
-                println!("{public_key}  created {}", created_at.format("%F %T UTC"));
+            for key in users::list_api_keys(pool, owner.id).await? {
+                let methods = key.methods.map_or("all methods".into(), |m| m.join(","));
+                let expiry = key.expires_at.map_or("never expires".into(), |at| {
+                    format!("expires {}", at.format("%F %T UTC"))
+                });
+                println!(
+                    "{}  created {}  {methods}  {expiry}",
+                    key.public_key,
+                    key.created_at.format("%F %T UTC")
+                );
             }
         }
         ApiKeysCommand::Revoke { public_key } => {
@@ -303,6 +331,47 @@ async fn api_keys_command(
         }
     }
     Ok(())
+}
+
+/// An HTTP method an API key may sign.
+fn parse_method(text: &str) -> Result<String, String> {
+    let method = text.trim().to_ascii_uppercase();
+    if ["GET", "POST", "PUT", "DELETE"].contains(&method.as_str()) {
+        Ok(method)
+    } else {
+        Err(format!("'{text}' is not one of GET, POST, PUT, DELETE"))
+    }
+}
+
+/// A validity such as `30d`, `12h`, `90m`, `1d12h` (units s, m, h, d, w).
+fn parse_validity(text: &str) -> Result<std::time::Duration, String> {
+    let invalid = || format!("'{text}' is not a validity such as 30d, 12h or 1d12h");
+    let mut seconds: u64 = 0;
+    let mut number = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(invalid()),
+        };
+        let n: u64 = number.parse().map_err(|_| invalid())?;
+        seconds = n
+            .checked_mul(unit)
+            .and_then(|s| seconds.checked_add(s))
+            .ok_or_else(invalid)?;
+        number.clear();
+    }
+    if !number.is_empty() || seconds == 0 {
+        return Err(invalid());
+    }
+    Ok(std::time::Duration::from_secs(seconds))
 }
 
 async fn rotate_secrets(
@@ -479,4 +548,25 @@ fn describe_attempt(a: &Attempt) -> String {
         a.started_at.to_rfc3339(),
         a.bytes_sent
     )
+}
+
+#[cfg(test)]
+mod api_key_option_tests {
+    use super::*;
+
+    #[test]
+    fn validities_and_methods_parse_or_say_why() {
+        let secs = |text| parse_validity(text).map(|d| d.as_secs());
+        assert_eq!(secs("30d"), Ok(30 * 86_400));
+        assert_eq!(secs("1d12h"), Ok(36 * 3600));
+        assert_eq!(secs("90m"), Ok(5400));
+        for bad in ["", "30", "d", "0d", "3x", "99999999999999999999w"] {
+            assert!(
+                parse_validity(bad).unwrap_err().contains("validity"),
+                "{bad}"
+            );
+        }
+        assert_eq!(parse_method("get"), Ok("GET".to_string()));
+        assert!(parse_method("PATCH").unwrap_err().contains("GET, POST"));
+    }
 }

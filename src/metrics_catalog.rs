@@ -43,6 +43,8 @@ catalog! {
         "Failed API logins (wrong password, unknown user or key, bad signature).";
     LOGIN_CHECKS_SHED = "pimage_login_checks_shed_total", Counter, Count,
         "Password checks refused with 429 because every hashing slot stayed busy.";
+    PASSWORD_CHECKS = "pimage_password_checks_total", Counter, Count,
+        "Password checks run (argon2): a credential not remembered, once for all its concurrent requests.";
     QUEUE_PUBLISH = "pimage_queue_publish_total", Counter, Count,
         "Ticket messages published to RabbitMQ, by result (confirmed or refused).";
     OUTBOX_PENDING = "pimage_outbox_pending", Gauge, Count,

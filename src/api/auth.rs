@@ -7,14 +7,19 @@
 //!   A user whose credential passed is remembered for a short while (keyed by a salted
 //!   digest, never the password) so a client polling a status pays neither argon2 nor a user
 //!   lookup every time. A change to the user (NOTIFY from `users::upsert`) forgets it at once,
-//!   in every API process. Failed logins count per login name, known or not
-//!   (`store::login_lock`): each check reserves an attempt first, and past the limit the name
-//!   is locked (429), remembered passwords included.
-//! - API keys: `?apiKey=<public>&signature=<base64(HMAC-SHA1(secret, relative URL))>`.
+//!   in every API process. Concurrent requests with one credential share one check (single
+//!   flight). Failed logins count per login name, known or not (`store::login_lock`): each
+//!   check reserves an attempt first (waiting, bounded, while the name's attempts are all in
+//!   flight); only failed checks keep theirs, and past the limit the name is locked (429),
+//!   remembered passwords included.
+//! - API keys: `?apiKey=<public>&signature=<base64(HMAC-SHA1(secret, relative URL))>`. The
+//!   signature covers only the URL, so each accepted one is bound (in Postgres, shared by every
+//!   API process) to the method it was first used with, and a write's to one use. A key may be
+//!   scoped to methods and may expire.
 //!
 //! Unknown user, wrong password, unknown key and bad signature all get the same 401.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,12 +27,14 @@ use std::time::{Duration, Instant};
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::Method;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
+use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
@@ -36,6 +43,7 @@ use crate::config::ApiSettings;
 use crate::metrics_catalog;
 use crate::secrets::{PasswordChecker, Secret, SecretBox};
 use crate::store::login_lock::{self, Attempt};
+use crate::store::users::ApiKey;
 use crate::store::{users, User};
 
 /// The entitlement every publish route needs.
@@ -44,9 +52,24 @@ pub const PUBLISH_ENTITLEMENT: &str = "migration_publish";
 /// Remembered credentials at most; past it the memory is cleared (and refilled by use).
 const MAX_REMEMBERED: usize = 10_000;
 
-/// How long a password check may wait for a free slot before the client is asked to retry
-/// (429): under a login flood, answers stay prompt instead of queueing without end.
-const PASSWORD_CHECK_WAIT: Duration = Duration::from_millis(500);
+/// How long a login may wait for its check (an attempt of its name, then a checker slot)
+/// before the client is asked to retry (429): long enough to ride out a burst, bounded so
+/// that a login flood does not queue without end.
+const LOGIN_CHECK_WAIT: Duration = Duration::from_secs(5);
+
+/// While a name's attempts are all in flight, how often to look again for one given back by
+/// another API process (this process's own are heard at once).
+const ATTEMPT_RECHECK: Duration = Duration::from_millis(100);
+
+/// Checks in flight at most before finished entries are swept from the single-flight map.
+const MAX_SHARED_CHECKS: usize = 1_000;
+
+/// Read signatures remembered per process at most; past it the set is cleared (and refilled
+/// by use, one Postgres write per signature).
+const MAX_READ_SIGNATURES: usize = 100_000;
+
+/// How often a process forgets signature bindings older than the retention window.
+const SIGNATURE_PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// An authenticated caller, and whether the `{uid}` of the path names no user (looked up
 /// only when an administrator reaches another user's resources).
@@ -57,7 +80,7 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
         let user = match SignedUrl::parse(parts.uri.path(), parts.uri.query().unwrap_or(""))? {
-            Some(signed) => state.auth.by_api_key(&signed).await?,
+            Some(signed) => state.auth.by_api_key(&signed, &parts.method).await?,
             None => {
                 let (login, password) = basic_credentials(parts).ok_or(ApiError::Unauthorized)?;
                 state.auth.by_password(login, password).await?
@@ -119,6 +142,43 @@ pub struct Authenticator {
     watching: AtomicBool,
     salt: [u8; 32],
     passwords: Arc<PasswordChecker>,
+    /// Password checks in flight, by credential digest: concurrent requests share one.
+    checking: Mutex<HashMap<[u8; 32], SharedCheck>>,
+    /// Woken when this process gives back or spends a login attempt.
+    attempt_ended: Notify,
+    signature_retention: Duration,
+    /// Digests of signatures known to be bound to GET: repeated polls write nothing.
+    read_signatures: Mutex<HashSet<[u8; 32]>>,
+    signatures_purged_at: Mutex<Option<Instant>>,
+}
+
+/// The outcome of one password check, shared by every request that waited for it.
+type SharedCheck = Arc<OnceCell<Checked>>;
+
+#[derive(Clone)]
+enum Checked {
+    Verified(User),
+    Refused(Arc<ApiError>),
+}
+
+impl Checked {
+    fn into_result(self) -> Result<User, ApiError> {
+        match self {
+            Checked::Verified(user) => Ok(user),
+            Checked::Refused(error) => Err(match &*error {
+                ApiError::Unauthorized => ApiError::Unauthorized,
+                ApiError::TooManyRequests {
+                    message,
+                    retry_after,
+                } => ApiError::TooManyRequests {
+                    message: message.clone(),
+                    retry_after: *retry_after,
+                },
+                ApiError::Unavailable(message) => ApiError::Unavailable(message.clone()),
+                other => ApiError::Internal(anyhow::anyhow!("{other:#}")),
+            }),
+        }
+    }
 }
 
 impl Authenticator {
@@ -138,6 +198,11 @@ impl Authenticator {
             // One core is left to serving (and to Postgres, often on the same machine), so
             // that answers not needing argon2 stay prompt during a login flood.
             passwords: PasswordChecker::new(cores.saturating_sub(1).max(1)),
+            checking: Mutex::new(HashMap::new()),
+            attempt_ended: Notify::new(),
+            signature_retention: Duration::from_secs(settings.signature_retention_secs.max(1)),
+            read_signatures: Mutex::new(HashSet::new()),
+            signatures_purged_at: Mutex::new(None),
         })
     }
 
@@ -166,39 +231,114 @@ impl Authenticator {
                 _ => self.forget(&memory_key),
             }
         }
-        let window_started_at =
-            match login_lock::reserve_attempt(&self.pool, &login, self.max_failures, self.lockout)
-                .await?
-            {
-                Attempt::Reserved { window_started_at } => window_started_at,
-                Attempt::Refused(left) => return Err(ApiError::too_many_logins(&login, left)),
-            };
-        let checked = self.check_password(&login, password).await;
-        match checked {
+        // One check for every request with this credential; if the request running it is
+        // dropped, a waiting one takes over.
+        let shared = self.shared_check(memory_key);
+        let checked = shared
+            .get_or_init(|| async {
+                match self.check_and_count(&login, password, memory_key).await {
+                    Ok(user) => Checked::Verified(user),
+                    Err(error) => Checked::Refused(Arc::new(error)),
+                }
+            })
+            .await
+            .clone();
+        self.end_shared_check(&memory_key, &shared);
+        checked.into_result()
+    }
+
+    /// The check in flight for `key`, or a new one.
+    fn shared_check(&self, key: [u8; 32]) -> SharedCheck {
+        let mut checking = self.checking.lock().unwrap_or_else(|e| e.into_inner());
+        if checking.len() >= MAX_SHARED_CHECKS {
+            // Entries whose requests were all dropped before the end.
+            checking.retain(|_, check| Arc::strong_count(check) > 1);
+        }
+        checking.entry(key).or_default().clone()
+    }
+
+    /// Forgets a finished check, so that a later request (after the credential's memory
+    /// expired) checks afresh.
+    fn end_shared_check(&self, key: &[u8; 32], shared: &SharedCheck) {
+        let mut checking = self.checking.lock().unwrap_or_else(|e| e.into_inner());
+        if checking.get(key).is_some_and(|c| Arc::ptr_eq(c, shared)) {
+            checking.remove(key);
+        }
+    }
+
+    /// Reserves an attempt for `login`, checks its password and counts a failure; a right
+    /// password is remembered.
+    async fn check_and_count(
+        &self,
+        login: &str,
+        password: Secret,
+        memory_key: [u8; 32],
+    ) -> Result<User, ApiError> {
+        let deadline = Instant::now() + LOGIN_CHECK_WAIT;
+        let window_started_at = self.reserve_attempt(login, deadline).await?;
+        let checked = self.check_password(login, password, deadline).await;
+        let failed = matches!(checked, Ok(None));
+        let outcome = match checked {
             Ok(Some(user)) => {
-                login_lock::release_attempt(&self.pool, &login, window_started_at).await?;
+                login_lock::release_attempt(&self.pool, login, window_started_at).await?;
                 self.remember(memory_key, user.clone());
                 Ok(user)
             }
-            Ok(None) => {
-                metrics::counter!(metrics_catalog::LOGIN_FAILURES).increment(1);
-                if let Some(left) =
-                    login_lock::record_failure(&self.pool, &login, self.max_failures, self.lockout)
-                        .await?
-                {
-                    tracing::warn!(login, "too many failed logins: login locked");
-                    // This process forgets at once; the others when they hear the notice.
-                    self.forget_user(Some(&login));
-                    return Err(ApiError::too_many_logins(&login, left));
-                }
-                Err(ApiError::Unauthorized)
-            }
+            Ok(None) => self.record_failure(login).await,
             // Not checked (busy, or no database): the attempt is not a failure.
             Err(e) => {
-                login_lock::release_attempt(&self.pool, &login, window_started_at).await?;
+                login_lock::release_attempt(&self.pool, login, window_started_at).await?;
                 Err(e)
             }
+        };
+        if !failed {
+            self.attempt_ended.notify_waiters();
         }
+        outcome
+    }
+
+    /// Reserves one attempt of `login`'s window. While they are all taken by checks in
+    /// flight, waits (until `deadline`) for one to be given back; refused at once only when
+    /// the name is locked.
+    async fn reserve_attempt(
+        &self,
+        login: &str,
+        deadline: Instant,
+    ) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+        loop {
+            // Listening before asking: an attempt given back meanwhile is not missed.
+            let given_back = self.attempt_ended.notified();
+            tokio::pin!(given_back);
+            given_back.as_mut().enable();
+            match login_lock::reserve_attempt(&self.pool, login, self.max_failures, self.lockout)
+                .await?
+            {
+                Attempt::Reserved { window_started_at } => return Ok(window_started_at),
+                Attempt::Locked(left) => return Err(ApiError::too_many_logins(login, left)),
+                Attempt::InFlight => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(logins_busy());
+            }
+            let _ = tokio::time::timeout(left.min(ATTEMPT_RECHECK), given_back).await;
+        }
+    }
+
+    /// Keeps the failed attempt; a failure that uses up the window locks the name.
+    async fn record_failure(&self, login: &str) -> Result<User, ApiError> {
+        metrics::counter!(metrics_catalog::LOGIN_FAILURES).increment(1);
+        let locked =
+            login_lock::record_failure(&self.pool, login, self.max_failures, self.lockout).await;
+        // Waiters look again: the name may be locked now.
+        self.attempt_ended.notify_waiters();
+        if let Some(left) = locked? {
+            tracing::warn!(login, "too many failed logins: login locked");
+            // This process forgets at once; the others when they hear the notice.
+            self.forget_user(Some(login));
+            return Err(ApiError::too_many_logins(login, left));
+        }
+        Err(ApiError::Unauthorized)
     }
 
     /// The user `login` names if `password` is theirs; `None` otherwise, after the same work
@@ -207,44 +347,106 @@ impl Authenticator {
         &self,
         login: &str,
         password: Secret,
+        deadline: Instant,
     ) -> Result<Option<User>, ApiError> {
         let user = users::find_by_login(&self.pool, login).await?;
         let hash = user
             .as_ref()
             .map_or(DUMMY_HASH, |u| u.password_hash.as_str())
             .to_string();
-        match self
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let valid = self
             .passwords
-            .check(password, hash, PASSWORD_CHECK_WAIT)
+            .check(password, hash, wait)
             .await
-            .map_err(ApiError::Internal)?
-        {
+            .map_err(ApiError::Internal)?;
+        if valid.is_some() {
+            metrics::counter!(metrics_catalog::PASSWORD_CHECKS).increment(1);
+        }
+        match valid {
             Some(true) => Ok(user),
             Some(false) => Ok(None),
-            None => {
-                metrics::counter!(metrics_catalog::LOGIN_CHECKS_SHED).increment(1);
-                Err(ApiError::TooManyRequests {
-                    message: "too many logins are being checked at once: retry in a moment".into(),
-                    retry_after: Duration::from_secs(1),
-                })
-            }
+            None => Err(logins_busy()),
         }
     }
 
-    async fn by_api_key(&self, signed: &SignedUrl) -> Result<User, ApiError> {
-        let Some((user, secret_enc)) = users::find_by_api_key(&self.pool, &signed.api_key).await?
-        else {
+    async fn by_api_key(&self, signed: &SignedUrl, method: &Method) -> Result<User, ApiError> {
+        let Some(key) = users::find_by_api_key(&self.pool, &signed.api_key).await? else {
             return Err(ApiError::Unauthorized);
         };
         let secret = self
             .secrets
-            .open(&secret_enc)
+            .open(&key.secret_enc)
             .map_err(|e| ApiError::Internal(e.into()))?;
-        if signed.is_signed_by(&secret) {
-            Ok(user)
-        } else {
-            Err(ApiError::Unauthorized)
+        if !signed.is_signed_by(&secret) {
+            return Err(ApiError::Unauthorized);
         }
+        // HEAD is a GET without its body.
+        let method = if method == Method::HEAD {
+            "GET"
+        } else {
+            method.as_str()
+        };
+        check_key_scope(&key, &signed.api_key, method)?;
+        self.bind_signature(signed, method).await?;
+        Ok(key.owner)
+    }
+
+    /// Binds the signature to `method` on first use; refuses it with another method, and a
+    /// write's second use. Reads may repeat: a read signature is written to Postgres once
+    /// per process, then known here.
+    async fn bind_signature(&self, signed: &SignedUrl, method: &str) -> Result<(), ApiError> {
+        let digest = signed.digest();
+        let read = method == "GET";
+        if read && self.lock_read_signatures().contains(&digest) {
+            return Ok(());
+        }
+        self.purge_old_signatures();
+        let binding =
+            users::bind_signature(&self.pool, &digest, method, self.signature_retention).await?;
+        if binding.method != method || (!read && binding.reused) {
+            metrics::counter!(metrics_catalog::LOGIN_FAILURES).increment(1);
+            tracing::warn!(
+                method,
+                first_used_with = binding.method,
+                "an API-key signature was replayed: refused"
+            );
+            return Err(ApiError::Unauthorized);
+        }
+        if read {
+            let mut known = self.lock_read_signatures();
+            if known.len() >= MAX_READ_SIGNATURES {
+                known.clear();
+            }
+            known.insert(digest);
+        }
+        Ok(())
+    }
+
+    fn lock_read_signatures(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
+        self.read_signatures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// At most once per `SIGNATURE_PURGE_EVERY`, in the background: bindings past the
+    /// retention window are deleted, and this process's read memory is cleared with them.
+    fn purge_old_signatures(&self) {
+        let mut purged_at = self
+            .signatures_purged_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if purged_at.is_some_and(|at| at.elapsed() < SIGNATURE_PURGE_EVERY) {
+            return;
+        }
+        *purged_at = Some(Instant::now());
+        self.lock_read_signatures().clear();
+        let (pool, retention) = (self.pool.clone(), self.signature_retention);
+        tokio::spawn(async move {
+            if let Err(e) = users::purge_signatures(&pool, retention).await {
+                tracing::warn!(error = %e, "could not purge old API-key signatures");
+            }
+        });
     }
 
     fn memory_key(&self, login: &str, password: &Secret) -> [u8; 32] {
@@ -326,6 +528,32 @@ impl Authenticator {
     }
 }
 
+/// Refuses a key past its expiry or used for a method outside its scope (after its
+/// signature verified: the caller holds the secret, so the answer may say why).
+fn check_key_scope(key: &ApiKey, public_key: &str, method: &str) -> Result<(), ApiError> {
+    if key.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
+        return Err(ApiError::Forbidden(format!(
+            "API key {public_key} has expired: create another with `pimage apikeys create`"
+        )));
+    }
+    match &key.methods {
+        Some(methods) if !methods.iter().any(|m| m == method) => Err(ApiError::Forbidden(format!(
+            "API key {public_key} may sign only {} requests, not {method}",
+            methods.join(", ")
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The answer to a login whose check found no free slot in time.
+fn logins_busy() -> ApiError {
+    metrics::counter!(metrics_catalog::LOGIN_CHECKS_SHED).increment(1);
+    ApiError::TooManyRequests {
+        message: "too many logins are being checked at once: retry in a moment".into(),
+        retry_after: Duration::from_secs(1),
+    }
+}
+
 /// The syntax of a user login (as the `users` table enforces it).
 pub fn valid_login(login: &str) -> bool {
     (1..=64).contains(&login.len())
@@ -397,6 +625,17 @@ impl SignedUrl {
             signature,
             relative_url: format!("{relative_path}?{}", kept.join("&")),
         }))
+    }
+
+    /// What the server keeps of an accepted signature: a digest of key and signature.
+    fn digest(&self) -> [u8; 32] {
+        Sha256::new()
+            .chain_update(b"pimage api-key signature\0")
+            .chain_update(self.api_key.as_bytes())
+            .chain_update([0])
+            .chain_update(&self.signature)
+            .finalize()
+            .into()
     }
 
     /// Constant-time check of the signature.

@@ -1,7 +1,8 @@
 //! The failed-login lock: per login name (known user or not), a window of `window` in which
 //! at most `limit` password checks may fail; the check that uses up the last one locks the
 //! name for `window`. Attempts are reserved before the password is checked, in one statement,
-//! so concurrent requests cannot run more checks than the limit allows.
+//! so concurrent requests cannot run more checks than the limit allows; only failed checks
+//! keep theirs, so only failures lock.
 
 use std::time::Duration;
 
@@ -14,8 +15,11 @@ pub enum Attempt {
     /// One attempt of the window starting then is held: end it with `release_attempt`
     /// (the password was right, or not checked) or `record_failure`.
     Reserved { window_started_at: DateTime<Utc> },
-    /// The name is locked, or its attempts are all used up, for this long.
-    Refused(Duration),
+    /// The name is locked (its checks failed), for this long.
+    Locked(Duration),
+    /// The window's attempts are all taken by checks still running: ask again once one ends
+    /// (a right password gives its attempt back).
+    InFlight,
 }
 
 /// How long `login` stays locked; `None` if it is not locked.
@@ -61,9 +65,10 @@ pub async fn reserve_attempt(
     if let Some(window_started_at) = reserved {
         return Ok(Attempt::Reserved { window_started_at });
     }
-    // All attempts are in use but none has failed yet: ask again once they are done.
-    let left = lock_left(pool, login).await?;
-    Ok(Attempt::Refused(left.unwrap_or(Duration::from_secs(1))))
+    Ok(match lock_left(pool, login).await? {
+        Some(left) => Attempt::Locked(left),
+        None => Attempt::InFlight,
+    })
 }
 
 /// Gives back an attempt that did not fail: the password was right, or it was not checked.

@@ -46,13 +46,22 @@ pub async fn find_by_logins(pool: &PgPool, logins: &[String]) -> Result<Vec<User
         .await
 }
 
-/// The owner of an API key, and the key's sealed secret.
+/// An API key as the API checks it.
+pub struct ApiKey {
+    pub owner: User,
+    pub secret_enc: Vec<u8>,
+    /// The methods it may sign; `None`: every method.
+    pub methods: Option<Vec<String>>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// An API key with its owner, scope and expiry.
 pub async fn find_by_api_key(
     pool: &PgPool,
     public_key: &str,
-) -> Result<Option<(User, Vec<u8>)>, sqlx::Error> {
+) -> Result<Option<ApiKey>, sqlx::Error> {
     let Some(key) = sqlx::query!(
-        "SELECT user_id, secret_enc FROM api_keys WHERE public_key = $1",
+        "SELECT user_id, secret_enc, methods, expires_at FROM api_keys WHERE public_key = $1",
         public_key
     )
     .fetch_optional(pool)
@@ -60,10 +69,15 @@ pub async fn find_by_api_key(
     else {
         return Ok(None);
     };
-    let user = select_users!("WHERE u.id = $1 GROUP BY u.id", key.user_id)
+    let owner = select_users!("WHERE u.id = $1 GROUP BY u.id", key.user_id)
         .fetch_one(pool)
         .await?;
-    Ok(Some((user, key.secret_enc)))
+    Ok(Some(ApiKey {
+        owner,
+        secret_enc: key.secret_enc,
+        methods: key.methods,
+        expires_at: key.expires_at,
+    }))
 }
 
 pub async fn add_api_key(
@@ -72,11 +86,26 @@ pub async fn add_api_key(
     public_key: &str,
     secret_enc: &[u8],
 ) -> Result<(), sqlx::Error> {
+    add_scoped_api_key(pool, user_id, public_key, secret_enc, None, None).await
+}
+
+/// Adds an API key that may sign only `methods` (`None`: all), until `expires_at` (if set).
+pub async fn add_scoped_api_key(
+    pool: &PgPool,
+    user_id: i64,
+    public_key: &str,
+    secret_enc: &[u8],
+    methods: Option<&[String]>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "INSERT INTO api_keys (user_id, public_key, secret_enc) VALUES ($1, $2, $3)",
+        "INSERT INTO api_keys (user_id, public_key, secret_enc, methods, expires_at)
+         VALUES ($1, $2, $3, $4, $5)",
         user_id,
         public_key,
-        secret_enc
+        secret_enc,
+        methods,
+        expires_at
     )
     .execute(pool)
     .await?;
@@ -91,21 +120,73 @@ pub async fn revoke_api_key(pool: &PgPool, public_key: &str) -> Result<bool, sql
     Ok(done.rows_affected() > 0)
 }
 
-/// The public keys of a user's API keys, oldest first.
-pub async fn list_api_keys(
-    pool: &PgPool,
-    user_id: i64,
-) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, sqlx::Error> {
-    let keys = sqlx::query!(
-        "SELECT public_key, created_at FROM api_keys WHERE user_id = $1 ORDER BY id",
+/// The public keys of a user's API keys, oldest first, with their creation, methods (`None`:
+/// all) and expiry.
+pub async fn list_api_keys(pool: &PgPool, user_id: i64) -> Result<Vec<ApiKeyListed>, sqlx::Error> {
+    sqlx::query_as!(
+        ApiKeyListed,
+        "SELECT public_key, created_at, methods, expires_at FROM api_keys
+          WHERE user_id = $1 ORDER BY id",
         user_id
     )
     .fetch_all(pool)
+    .await
+}
+
+/// What `pimage apikeys list` shows of a key (never its secret).
+pub struct ApiKeyListed {
+    pub public_key: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub methods: Option<Vec<String>>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Records that a signature (by `digest`) was accepted with `method`; returns the method it
+/// is bound to and whether it was seen before. A binding older than `retention` is replaced.
+pub async fn bind_signature(
+    pool: &PgPool,
+    digest: &[u8],
+    method: &str,
+    retention: std::time::Duration,
+) -> Result<SignatureBinding, sqlx::Error> {
+    // ON CONFLICT locks the row: concurrent first uses of one signature are serialised, and
+    // exactly one of them sees `reused = false`.
+    sqlx::query_as!(
+        SignatureBinding,
+        r#"INSERT INTO api_key_signatures AS s (digest, method) VALUES ($1, $2)
+           ON CONFLICT (digest) DO UPDATE SET
+               method = CASE WHEN s.seen_at < now() - make_interval(secs => $3)
+                             THEN EXCLUDED.method ELSE s.method END,
+               reused = s.seen_at >= now() - make_interval(secs => $3),
+               seen_at = CASE WHEN s.seen_at < now() - make_interval(secs => $3)
+                              THEN now() ELSE s.seen_at END
+           RETURNING method, reused"#,
+        digest,
+        method,
+        retention.as_secs_f64()
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// The method a signature is bound to, and whether it had been used before this request.
+pub struct SignatureBinding {
+    pub method: String,
+    pub reused: bool,
+}
+
+/// Forgets signature bindings older than `retention`.
+pub async fn purge_signatures(
+    pool: &PgPool,
+    retention: std::time::Duration,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query!(
+        "DELETE FROM api_key_signatures WHERE seen_at < now() - make_interval(secs => $1)",
+        retention.as_secs_f64()
+    )
+    .execute(pool)
     .await?;
-    Ok(keys
-        .into_iter()
-        .map(|k| (k.public_key, k.created_at))
-        .collect())
+    Ok(done.rows_affected())
 }
 
 /// Postgres NOTIFY channel naming a user whose password, flag or entitlements changed: API
