@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::time::Instant;
@@ -122,21 +123,29 @@ struct Key {
     password_digest: [u8; 32],
 }
 
-/// One account's session, or none yet; its lock makes concurrent tickets wait for one login.
-type Slot = Arc<tokio::sync::Mutex<Option<Arc<Session>>>>;
+/// A login under way, awaited by every ticket of its account that needs it.
+type PendingLogin = Shared<BoxFuture<'static, Result<Arc<Session>, CloudError>>>;
+
+/// What an account has: a session, or a login that tickets wait for.
+enum Held {
+    Ready(Arc<Session>),
+    LoggingIn(PendingLogin),
+}
+
+type Accounts = Arc<Mutex<HashMap<Key, Held>>>;
 
 /// The sessions of one process, by account.
 #[derive(Clone)]
 pub struct Sessions {
     salt: Arc<[u8; 32]>,
-    slots: Arc<Mutex<HashMap<Key, Slot>>>,
+    accounts: Accounts,
 }
 
 impl Default for Sessions {
     fn default() -> Sessions {
         Sessions {
             salt: Arc::new(rand::random()),
-            slots: Arc::default(),
+            accounts: Arc::default(),
         }
     }
 }
@@ -157,51 +166,90 @@ impl Sessions {
     }
 
     /// Glance as `account`: with the account's session while its token is fresh, else
-    /// after a new login. A refused or failed login is not kept.
+    /// after a new login, shared by the account's concurrent tickets. A refused or failed
+    /// login is not kept.
+    ///
+    /// No lock is held while waiting: a caller that drops this future (its ticket was
+    /// cancelled) leaves at once, and the login, bounded by the call timeout, goes on for
+    /// the others.
     pub async fn glance(
         &self,
         account: &OpenStackAccount,
         policy: &AddressPolicy,
     ) -> Result<Glance, CloudError> {
         let key = self.key(account);
-        let slot = {
-            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            slots.entry(key.clone()).or_default().clone()
-        };
-        let mut held = slot.lock().await;
-        if let Some(session) = held.as_ref().filter(|s| s.fresh()) {
-            metrics::counter!(metrics_catalog::KEYSTONE_SESSION_HITS).increment(1);
-            return Ok(Glance {
-                session: session.clone(),
-            });
-        }
-        let started = Session::start(account, policy).await.map(Arc::new);
-        *held = started.as_ref().ok().cloned();
-        drop(held);
-        self.forget_stale();
-        started.map(|session| Glance { session })
-    }
-
-    /// Drops the accounts whose session is gone or due for renewal and that no call uses.
-    fn forget_stale(&self) {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.retain(|_, slot| {
-            Arc::strong_count(slot) > 1
-                || match slot.try_lock() {
-                    Ok(held) => held.as_ref().is_some_and(|s| s.fresh()),
-                    Err(_) => true,
+        let login = {
+            let mut accounts = lock(&self.accounts);
+            match accounts.get(&key) {
+                Some(Held::Ready(session)) if session.fresh() => {
+                    metrics::counter!(metrics_catalog::KEYSTONE_SESSION_HITS).increment(1);
+                    return Ok(Glance {
+                        session: session.clone(),
+                    });
                 }
-        });
+                Some(Held::LoggingIn(login)) => login.clone(),
+                _ => {
+                    let login = self.start_login(key.clone(), account, policy);
+                    accounts.insert(key, Held::LoggingIn(login.clone()));
+                    login
+                }
+            }
+        };
+        login.await.map(|session| Glance { session })
     }
 
-    /// Accounts with a session kept (tests and metrics).
+    /// A login in a task of its own (so that no waiter's cancel stops it for the others),
+    /// which records its session, or forgets the account when it failed.
+    fn start_login(
+        &self,
+        key: Key,
+        account: &OpenStackAccount,
+        policy: &AddressPolicy,
+    ) -> PendingLogin {
+        let (account, policy, accounts) = (account.clone(), policy.clone(), self.accounts.clone());
+        let task = tokio::spawn(async move {
+            let started = Session::start(&account, &policy).await.map(Arc::new);
+            let mut held = lock(&accounts);
+            match &started {
+                Ok(session) => held.insert(key, Held::Ready(session.clone())),
+                Err(_) => held.remove(&key),
+            };
+            forget_stale(&mut held);
+            started
+        });
+        async move {
+            task.await.unwrap_or_else(|e| {
+                Err(CloudError {
+                    summary: "the Keystone login stopped before it ended".into(),
+                    detail: Some(e.to_string()),
+                    cause: Cause::Transport,
+                })
+            })
+        }
+        .boxed()
+        .shared()
+    }
+
+    /// Accounts with a session kept or a login under way (tests and metrics).
     pub fn len(&self) -> usize {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.accounts).len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn lock(accounts: &Accounts) -> std::sync::MutexGuard<'_, HashMap<Key, Held>> {
+    accounts.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Drops the sessions due for renewal (a call that still holds one renews it itself).
+fn forget_stale(accounts: &mut HashMap<Key, Held>) {
+    accounts.retain(|_, held| match held {
+        Held::Ready(session) => session.fresh(),
+        Held::LoggingIn(_) => true,
+    });
 }
 
 impl From<Session> for Glance {
