@@ -194,3 +194,76 @@ async fn cancelled_tickets_of_a_silent_keystone_free_their_slots_within_seconds(
     assert_eq!(last["complete"], true, "{last}");
     app.stop().await;
 }
+
+/// The attempts, as JSON, and the XML body of a ticket's document and status, read by `user`.
+async fn attempt_views(app: &TestApp, user: &str, ticket: &str) -> Vec<(String, String)> {
+    let mut views = vec![];
+    for path in [ticket.to_string(), format!("{ticket}/status")] {
+        for accept in ["application/json", "application/xml"] {
+            let resp = app
+                .get(&path, user)
+                .header("Accept", accept)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{path} as {user}");
+            views.push((format!("{path} ({accept})"), resp.text().await.unwrap()));
+        }
+    }
+    views
+}
+
+/// Whether `word` stands alone in `body` (a host name such as "vm" is part of other words).
+fn has_word(body: &str, word: &str) -> bool {
+    body.split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '.' || c == '_'))
+        .any(|w| w == word)
+}
+
+#[tokio::test]
+async fn users_see_an_opaque_worker_id_and_only_admins_its_host_and_pid() {
+    let app = spawn_app(true).await; // the worker runs in this process: its host and pid
+    app.add_user("alice", &["migration_publish"], false).await;
+    app.add_user("root", &["migration_publish"], true).await;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let (host, pid) = (host.trim().to_string(), std::process::id().to_string());
+    let ticket = publish(
+        &app,
+        "alice",
+        publish_json("opaque worker", "demo", "demopass", "demo"),
+    )
+    .await;
+    let last = app
+        .wait_final("alice", &ticket, Duration::from_secs(120))
+        .await;
+    assert_eq!(last["complete"], true, "{last}");
+
+    let mut opaque = None;
+    for (what, body) in attempt_views(&app, "alice", &ticket).await {
+        assert!(
+            !has_word(&body, &host),
+            "{what} names the host '{host}': {body}"
+        );
+        assert!(!has_word(&body, &pid), "{what} names the pid {pid}: {body}");
+        if what.ends_with("(application/json)") {
+            let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let attempt = &doc["attempts"][0];
+            let worker = attempt["worker"].as_str().unwrap().to_string();
+            assert!(
+                worker.starts_with("w-") && worker.len() == 14 && !worker.contains(&pid),
+                "{what}: {attempt}"
+            );
+            assert!(attempt.get("workerHost").is_none(), "{what}: {attempt}");
+            // One worker, one id: the same in both documents.
+            assert_eq!(opaque.get_or_insert(worker.clone()), &worker);
+        }
+    }
+    for (what, body) in attempt_views(&app, "root", &ticket).await {
+        if what.ends_with("(application/json)") {
+            let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let attempt = &doc["attempts"][0];
+            assert_eq!(attempt["workerHost"], format!("{host}:{pid}"), "{what}");
+            assert_eq!(attempt["worker"].as_str(), opaque.as_deref(), "{what}");
+        }
+    }
+    app.stop().await;
+}
