@@ -295,11 +295,68 @@ mod tests {
             lifetime: Duration::from_secs(secs),
         };
         let early = |secs| {
+            // Built first: a client's TLS setup took over 0.5 s on a loaded machine.
+            let login = login(secs);
             let now = Instant::now();
-            (now + Duration::from_secs(secs)) - Token::from(&login(secs)).renew_at
+            (now + Duration::from_secs(secs)) - Token::from(&login).renew_at
         };
         let close = |d: Duration, want: u64| d.as_secs_f64().round() as u64 == want;
         assert!(close(early(3600), 120));
         assert!(close(early(20), 4));
+    }
+
+    /// A HOSTILE Keystone of the test's own (no real one does this): it accepts every
+    /// connection and never answers. Returns its URL and the count of connections.
+    async fn silent_keystone() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v3", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((conn, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(conn);
+            }
+        });
+        (url, accepted)
+    }
+
+    #[tokio::test]
+    async fn tickets_of_one_account_share_one_login_bounded_by_the_call_timeout() {
+        let (url, accepted) = silent_keystone().await;
+        let policy = AddressPolicy::from(crate::config::CloudSettings {
+            allow_loopback: true,
+            call_timeout_ms: 1000,
+            ..Default::default()
+        });
+        let mut silent = account("pw");
+        silent.keystone_url = url;
+        let sessions = Sessions::default();
+        let started = Instant::now();
+        // One waiter leaves early (its ticket was cancelled): the login goes on for the rest.
+        let leaving = tokio::time::timeout(
+            Duration::from_millis(100),
+            sessions.glance(&silent, &policy),
+        );
+        let staying = futures::future::join_all((0..3).map(|_| sessions.glance(&silent, &policy)));
+        let (left, results) = tokio::join!(leaving, staying);
+        assert!(
+            left.is_err(),
+            "the cancelled waiter left before the login ended"
+        );
+        for result in results {
+            let e = result.err().expect("a silent Keystone gives no session");
+            assert_eq!(e.cause, Cause::Bound, "{}", e.summary);
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one login"
+        );
+        // One call timeout (and a client's setup), not one per waiter.
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(2500), "{took:?}");
+        assert!(sessions.is_empty(), "a failed login is not kept");
     }
 }
