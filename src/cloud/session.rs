@@ -30,11 +30,17 @@ const RENEW_BEFORE: Duration = Duration::from_secs(120);
 pub(super) struct Session {
     pub(super) client: reqwest::Client,
     pub(super) base: url::Url,
-    token: Mutex<Token>,
-    /// One renewal at a time: tickets that meet an expired token wait for the same login.
-    renewing: tokio::sync::Mutex<()>,
+    /// Shared with the renewal under way, which records the token it gets.
+    token: Arc<Mutex<TokenState>>,
     account: OpenStackAccount,
     pub(super) policy: AddressPolicy,
+}
+
+/// The current token, and its renewal under way: tickets that meet an expired token wait
+/// for the same login.
+struct TokenState {
+    current: Token,
+    renewal: Option<Pending<Secret>>,
 }
 
 #[derive(Clone)]
@@ -60,18 +66,24 @@ impl Session {
         policy: &AddressPolicy,
     ) -> Result<Session, CloudError> {
         let login = counted(log_in(account, policy).await)?;
-        Ok(Session {
-            token: Mutex::new(Token::from(&login)),
+        Ok(Session::from_login(login, account, policy))
+    }
+
+    fn from_login(login: Login, account: &OpenStackAccount, policy: &AddressPolicy) -> Session {
+        Session {
+            token: Arc::new(Mutex::new(TokenState {
+                current: Token::from(&login),
+                renewal: None,
+            })),
             client: login.client,
             base: login.glance,
-            renewing: tokio::sync::Mutex::new(()),
             account: account.clone(),
             policy: policy.clone(),
-        })
+        }
     }
 
     fn current(&self) -> Token {
-        self.token.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.token).current.clone()
     }
 
     fn fresh(&self) -> bool {
@@ -88,18 +100,57 @@ impl Session {
     }
 
     /// A new token in place of `refused` (expired or revoked); when another call already
-    /// renewed it, that token, without a second login.
+    /// renewed it, that token, without a second login. Like a first login, the renewal is
+    /// shared and no lock is held while waiting: a caller that drops this future (its ticket
+    /// was cancelled) leaves at once, and the renewal goes on for the others.
     pub(super) async fn renew(&self, refused: &Secret) -> Result<Secret, CloudError> {
-        let _one_at_a_time = self.renewing.lock().await;
-        let token = self.current();
-        if token.value != *refused && Instant::now() < token.renew_at {
-            return Ok(token.value);
-        }
-        let login = counted(log_in(&self.account, &self.policy).await)?;
-        let token = Token::from(&login);
-        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = token.clone();
-        Ok(token.value)
+        let renewal = {
+            let mut state = lock(&self.token);
+            let token = &state.current;
+            if token.value != *refused && Instant::now() < token.renew_at {
+                return Ok(token.value.clone());
+            }
+            let start = || self.start_renewal();
+            state.renewal.get_or_insert_with(start).clone()
+        };
+        renewal.await
     }
+
+    /// A login that records its token, or only ends when it failed (the next call tries
+    /// again); either way it is no longer under way.
+    fn start_renewal(&self) -> Pending<Secret> {
+        let (account, policy) = (self.account.clone(), self.policy.clone());
+        let state = self.token.clone();
+        shared_task(async move {
+            let login = counted(log_in(&account, &policy).await);
+            let mut state = lock(&state);
+            state.renewal = None;
+            state.current = Token::from(&login?);
+            Ok(state.current.value.clone())
+        })
+    }
+}
+
+/// Work awaited by any number of tickets, as they come and go.
+type Pending<T> = Shared<BoxFuture<'static, Result<T, CloudError>>>;
+
+/// `work` (a login: bounded by the call timeout) in a task of its own, so that no waiter's
+/// cancel stops it for the others.
+fn shared_task<T: Clone + Send + Sync + 'static>(
+    work: impl std::future::Future<Output = Result<T, CloudError>> + Send + 'static,
+) -> Pending<T> {
+    let task = tokio::spawn(work);
+    async move {
+        task.await.unwrap_or_else(|e| {
+            Err(CloudError {
+                summary: "the Keystone login stopped before it ended".into(),
+                detail: Some(e.to_string()),
+                cause: Cause::Transport,
+            })
+        })
+    }
+    .boxed()
+    .shared()
 }
 
 fn counted(login: Result<Login, CloudError>) -> Result<Login, CloudError> {
@@ -123,13 +174,10 @@ struct Key {
     password_digest: [u8; 32],
 }
 
-/// A login under way, awaited by every ticket of its account that needs it.
-type PendingLogin = Shared<BoxFuture<'static, Result<Arc<Session>, CloudError>>>;
-
 /// What an account has: a session, or a login that tickets wait for.
 enum Held {
     Ready(Arc<Session>),
-    LoggingIn(PendingLogin),
+    LoggingIn(Pending<Arc<Session>>),
 }
 
 type Accounts = Arc<Mutex<HashMap<Key, Held>>>;
@@ -198,16 +246,15 @@ impl Sessions {
         login.await.map(|session| Glance { session })
     }
 
-    /// A login in a task of its own (so that no waiter's cancel stops it for the others),
-    /// which records its session, or forgets the account when it failed.
+    /// A shared login, which records its session, or forgets the account when it failed.
     fn start_login(
         &self,
         key: Key,
         account: &OpenStackAccount,
         policy: &AddressPolicy,
-    ) -> PendingLogin {
+    ) -> Pending<Arc<Session>> {
         let (account, policy, accounts) = (account.clone(), policy.clone(), self.accounts.clone());
-        let task = tokio::spawn(async move {
+        shared_task(async move {
             let started = Session::start(&account, &policy).await.map(Arc::new);
             let mut held = lock(&accounts);
             match &started {
@@ -216,18 +263,7 @@ impl Sessions {
             };
             forget_stale(&mut held);
             started
-        });
-        async move {
-            task.await.unwrap_or_else(|e| {
-                Err(CloudError {
-                    summary: "the Keystone login stopped before it ended".into(),
-                    detail: Some(e.to_string()),
-                    cause: Cause::Transport,
-                })
-            })
-        }
-        .boxed()
-        .shared()
+        })
     }
 
     /// Accounts with a session kept or a login under way (tests and metrics).
@@ -240,8 +276,8 @@ impl Sessions {
     }
 }
 
-fn lock(accounts: &Accounts) -> std::sync::MutexGuard<'_, HashMap<Key, Held>> {
-    accounts.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Drops the sessions due for renewal (a call that still holds one renews it itself).
@@ -358,5 +394,65 @@ mod tests {
         let took = started.elapsed();
         assert!(took < Duration::from_millis(2500), "{took:?}");
         assert!(sessions.is_empty(), "a failed login is not kept");
+    }
+
+    #[tokio::test]
+    async fn tickets_renewing_one_token_share_one_login_and_a_cancelled_one_leaves_at_once() {
+        let (url, accepted) = silent_keystone().await;
+        let policy = AddressPolicy::from(crate::config::CloudSettings {
+            allow_loopback: true,
+            call_timeout_ms: 1000,
+            ..Default::default()
+        });
+        let mut silent = account("pw");
+        silent.keystone_url = url;
+        // A session whose token is due for renewal now (a lifetime of zero).
+        let expired = Login {
+            client: reqwest::Client::new(),
+            token: Secret::new("expired"),
+            glance: url::Url::parse("http://g/v2/").unwrap(),
+            lifetime: Duration::ZERO,
+        };
+        let session = Session::from_login(expired, &silent, &policy);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let started = Instant::now();
+        // The first waiter starts the renewal, then its ticket is cancelled (as
+        // `unless_cancelled` races it): it leaves, and the renewal goes on for the rest.
+        let leaving = async {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Instant::now(),
+                _ = session.token() => panic!("a silent Keystone gave a token"),
+            }
+        };
+        let cancelling = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            cancel.cancel();
+            Instant::now()
+        };
+        let staying = futures::future::join_all((0..3).map(|_| session.token()));
+        let ((left_at, cancelled_at), results) =
+            tokio::join!(futures::future::join(leaving, cancelling), staying);
+        let late = left_at - cancelled_at;
+        assert!(
+            late < Duration::from_millis(50),
+            "left {late:?} after its cancel"
+        );
+        for result in results {
+            let e = result.expect_err("a silent Keystone gives no token");
+            assert_eq!(e.cause, Cause::Bound, "{}", e.summary);
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one login"
+        );
+        // One call timeout, not one per waiter.
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(2500), "{took:?}");
+        assert!(
+            lock(&session.token).renewal.is_none(),
+            "a failed renewal is not kept"
+        );
     }
 }
