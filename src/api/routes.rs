@@ -358,7 +358,7 @@ pub async fn get_ticket(
     let ticket = resolve_ticket(&state, &caller, &params).await?;
     let attempts = attempts::of_ticket(&state.pool, ticket.id).await?;
     let (doc, digest) = PublishImage::document(&ticket);
-    let doc = doc.with_json_field("attempts", AttemptDoc::list(&attempts));
+    let doc = doc.with_json_field("attempts", AttemptDoc::list(&attempts, caller.0.is_admin));
     Ok(doc.render_cached(format, &digest, &headers))
 }
 
@@ -380,8 +380,10 @@ pub async fn get_ticket_status(
     let cached = cached_status(&state, &caller, &params).await?;
     let status = OpStatus::of(&cached.ticket);
     let digest = status.digest.clone();
-    let doc = Document::new("status", status)
-        .with_json_field("attempts", AttemptDoc::list(&cached.attempts));
+    let doc = Document::new("status", status).with_json_field(
+        "attempts",
+        AttemptDoc::list(&cached.attempts, caller.0.is_admin),
+    );
     Ok(doc.render_cached(format, &digest, &headers))
 }
 

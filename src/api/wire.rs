@@ -257,12 +257,15 @@ pub struct CredAccount {
 
 /// One attempt at a ticket, in the JSON answers only (`attempts`; not in the UForge schema,
 /// so not in the OpenAPI document either). `outcome` is `null` while it runs: then
-/// published, failed, cancelled, retried, lost or released.
+/// published, failed, cancelled, retried, lost or released. `worker` is an opaque id;
+/// only administrators get `workerHost` (host:pid, a container id in compose).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptDoc {
     pub number: i32,
     pub worker: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_host: Option<String>,
     pub started: DateTime<Utc>,
     pub ended: Option<DateTime<Utc>>,
     pub outcome: Option<String>,
@@ -271,12 +274,14 @@ pub struct AttemptDoc {
 }
 
 impl AttemptDoc {
-    pub fn list(attempts: &[Attempt]) -> Vec<AttemptDoc> {
+    /// The attempts as `caller_is_admin` may see them.
+    pub fn list(attempts: &[Attempt], caller_is_admin: bool) -> Vec<AttemptDoc> {
         attempts
             .iter()
             .map(|a| AttemptDoc {
                 number: a.number,
-                worker: a.worker.clone(),
+                worker: a.worker_ref.clone(),
+                worker_host: caller_is_admin.then(|| a.worker.clone()),
                 started: a.started_at,
                 ended: a.ended_at,
                 outcome: a.outcome.clone(),

@@ -36,7 +36,11 @@ impl AttemptEnd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
     pub number: i32,
+    /// The worker's name (host:pid), for administrators.
     pub worker: String,
+    /// The same worker as an opaque id (`w-` and 12 hex digits), for its users: a keyed
+    /// digest of its name, stable across attempts and API processes.
+    pub worker_ref: String,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub outcome: Option<String>,
@@ -139,7 +143,11 @@ pub async fn start_next(
 pub async fn of_ticket(pool: &PgPool, ticket_id: i64) -> Result<Vec<Attempt>, sqlx::Error> {
     sqlx::query_as!(
         Attempt,
-        r#"SELECT a.number, a.worker, a.started_at, a.ended_at,
+        r#"SELECT a.number, a.worker,
+                  'w-' || left(encode(sha256(convert_to(
+                      COALESCE((SELECT key FROM worker_ref_key), '') || a.worker, 'UTF8')), 'hex'), 12)
+                      AS "worker_ref!",
+                  a.started_at, a.ended_at,
                   CASE WHEN a.outcome IS NOT NULL THEN a.outcome
                        WHEN t.fencing_token <> a.fencing_token THEN 'lost'
                        WHEN t.state = 'running' AND t.lease_expires_at >= now() THEN NULL

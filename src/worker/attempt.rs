@@ -160,8 +160,10 @@ impl Job<'_> {
         )))
         .await?;
         let registered = self.open_file(Path::new(&self.image.file_path)).await?;
-        let glance = (self.worker.sessions)
-            .glance(&self.account, &self.worker.cloud_policy)
+        let glance = self
+            .unless_cancelled(
+                (self.worker.sessions).glance(&self.account, &self.worker.cloud_policy),
+            )
             .await?;
         let key = self.claim.ticket.ticket_key.to_string();
         // The file as registered, or converted for this cloud (removed when this ends).
@@ -179,14 +181,15 @@ impl Job<'_> {
         let earlier = if first_ever {
             vec![]
         } else {
-            glance.images_of_ticket(&key).await?
+            self.unless_cancelled(glance.images_of_ticket(&key)).await?
         };
         for existing in earlier {
             if holds_file(&payload, &existing) {
                 info!(image = %existing.id, "an earlier attempt already published it");
                 return Ok(existing.id);
             }
-            glance.delete_image(&existing.id).await?;
+            self.unless_cancelled(glance.delete_image(&existing.id))
+                .await?;
         }
 
         let transfer = match glance.profile().and_then(|p| p.import_method) {
@@ -204,9 +207,10 @@ impl Job<'_> {
             Some(ImportMethod::Direct) | None => Transfer::Upload,
         };
         // Refused at once when it cannot fit, rather than after the bytes went up.
-        glance
-            .check_quota(payload.size as u64, transfer != Transfer::Upload)
-            .await?;
+        self.unless_cancelled(
+            glance.check_quota(payload.size as u64, transfer != Transfer::Upload),
+        )
+        .await?;
         self.report(&self.step(format!("creating the image in Glance{of}")))
             .await?;
         let no_properties = Default::default();
@@ -256,6 +260,21 @@ impl Job<'_> {
             }
         }
         result.map(|()| created.id)
+    }
+
+    /// `call`, or `Cancelled` as soon as the ticket's cancel fires: a cloud that never
+    /// answers cannot keep a cancelled ticket's slot (each call is bounded by the call
+    /// timeout; this leaves before it). Not for the create and the upload, which clean up after
+    /// themselves; what a cut call leaves, the reconciler removes once the ticket ended.
+    async fn unless_cancelled<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, CloudError>>,
+    ) -> Result<T, AttemptError> {
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => Err(AttemptError::Cancelled),
+            result = call => Ok(result?),
+        }
     }
 
     async fn open_file(&self, path: &Path) -> Result<tokio::fs::File, AttemptError> {

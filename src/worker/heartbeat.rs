@@ -3,24 +3,25 @@
 //! it holds leases on). On stopping it removes its row, so the page drops it at once; a
 //! killed worker's row simply goes stale.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::store::workers::{self, Beat};
 
 /// How often a worker reports itself (the Workers page counts a silent one as gone).
 pub const EVERY: Duration = Duration::from_secs(5);
 
-/// Beats until `stop`, then says the worker is gone.
+/// Beats until `stop`, then says the worker is gone. Slots used are the tickets running
+/// (`uploads`' tasks), not the slot permits: the consume loop holds one while it waits for
+/// a delivery, and an idle worker uses no slot.
 pub async fn run(
     pool: PgPool,
     id: String,
     slots_total: usize,
-    slots: Arc<Semaphore>,
+    uploads: TaskTracker,
     stop: CancellationToken,
 ) {
     let (host, pid) = id
@@ -39,7 +40,7 @@ pub async fn run(
             pid,
             version: env!("CARGO_PKG_VERSION"),
             slots_total: slots_total as i32,
-            slots_used: slots_total.saturating_sub(slots.available_permits()) as i32,
+            slots_used: uploads.len().min(slots_total) as i32,
         };
         if let Err(e) = workers::beat(&pool, &beat).await {
             tracing::warn!(error = %e, "worker heartbeat not written");

@@ -153,7 +153,7 @@ impl Worker {
             self.pool.clone(),
             self.id.clone(),
             self.settings.concurrency.max(1) as usize,
-            slots.clone(),
+            uploads.clone(),
             heartbeat_stop.clone(),
         ));
         let mut delay = Duration::from_millis(200);

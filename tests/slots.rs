@@ -1,0 +1,269 @@
+//! Workers as users see them (issue 23). Finding 5: a cloud that never answers cannot pin a
+//! worker's slots: tickets waiting on a Keystone login see their cancel at once, their slots
+//! are free again within seconds, the heartbeat counts only the tickets running, and another
+//! user's ticket then runs. The silent Keystone is the tests' own HOSTILE fake (no real
+//! Keystone accepts a connection and never answers); the other tickets go to the real lab
+//! Keystone and Glance. Finding 11: a user's attempt history names its worker by an opaque
+//! id; only administrators see its host and pid.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{publish_json, spawn_app, TestApp, PASSWORD};
+use reqwest::StatusCode;
+use tokio::net::{TcpListener, TcpStream};
+
+/// A HOSTILE Keystone: accepts every connection and holds it open without ever answering.
+struct SilentKeystone {
+    url: String,
+    held: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl SilentKeystone {
+    async fn start() -> SilentKeystone {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v3", listener.local_addr().unwrap());
+        let held = Arc::new(Mutex::new(vec![]));
+        let keep = held.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                keep.lock().unwrap().push(conn);
+            }
+        });
+        SilentKeystone { url, held }
+    }
+
+    fn connections(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+}
+
+/// A publish body naming only a Keystone (Glance would come from its catalog).
+fn publish_to(keystone_url: &str, name: &str) -> String {
+    serde_json::json!({
+        "displayName": name,
+        "publicImage": false,
+        "keystoneDomain": "Default",
+        "keystoneProject": "demo",
+        "credAccount": {
+            "targetPlatform": {"name": "openstack"},
+            "keystoneUrl": keystone_url,
+            "keystoneVersion": "v3",
+            "login": "demo",
+            "password": "demopass"
+        }
+    })
+    .to_string()
+}
+
+/// Publishes a fresh small image as `user`; returns the ticket's URI.
+async fn publish(app: &TestApp, user: &str, body: String) -> String {
+    let file = app.raw_file(&format!("{}.raw", uuid::Uuid::new_v4()), 64 * 1024);
+    let image = app.register_image(user, &file, "raw").await;
+    let resp = app
+        .publish(user, &image.uri(), "application/json", body)
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let ticket: serde_json::Value = resp.json().await.unwrap();
+    ticket["uri"].as_str().unwrap().to_string()
+}
+
+/// Polls `probe` every 100 ms until it holds; fails naming `what` after `limit`.
+async fn wait_until<F, Fut>(limit: Duration, what: &str, mut probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let started = Instant::now();
+    loop {
+        match probe().await {
+            Ok(()) => return started.elapsed(),
+            Err(seen) if started.elapsed() > limit => {
+                panic!("{what}: not within {limit:?}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn running_tickets(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM publish_tickets WHERE state = 'running'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+/// The worker's heartbeat: (slots used, slots total).
+async fn heartbeat_slots(app: &TestApp) -> Option<(i32, i32)> {
+    sqlx::query_as("SELECT slots_used, slots_total FROM worker_heartbeats")
+        .fetch_optional(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cancelled_tickets_of_a_silent_keystone_free_their_slots_within_seconds() {
+    let app = spawn_app(true).await; // concurrency 4, call timeout 60 s
+    assert_eq!(app.settings.worker.concurrency, 4);
+    app.add_user("alice", &["migration_publish"], false).await;
+    app.add_user("bob", &["migration_publish"], false).await;
+    let keystone = SilentKeystone::start().await;
+    let mut tickets = vec![];
+    for i in 0..4 {
+        tickets.push(
+            publish(
+                &app,
+                "alice",
+                publish_to(&keystone.url, &format!("silent {i}")),
+            )
+            .await,
+        );
+    }
+    // All four hold a slot, waiting on a login that gets no answer.
+    wait_until(Duration::from_secs(30), "four tickets running", || async {
+        let (running, connections) = (running_tickets(&app).await, keystone.connections());
+        (running == 4 && connections >= 1)
+            .then_some(())
+            .ok_or(format!("{running} running, {connections} connections"))
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(15),
+        "the heartbeat counts 4 of 4",
+        || async {
+            let slots = heartbeat_slots(&app).await;
+            (slots == Some((4, 4)))
+                .then_some(())
+                .ok_or(format!("{slots:?}"))
+        },
+    )
+    .await;
+
+    for ticket in &tickets {
+        let resp = app
+            .client
+            .delete(app.url(&format!("{ticket}/cancel")))
+            .basic_auth("alice", Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    }
+    let cancelled_at = Instant::now();
+    for ticket in &tickets {
+        wait_until(
+            Duration::from_secs(10),
+            &format!("{ticket} cancelled"),
+            || async {
+                let status = app.status("alice", ticket).await;
+                (status["cancelled"] == true)
+                    .then_some(())
+                    .ok_or(status.to_string())
+            },
+        )
+        .await;
+    }
+    assert!(cancelled_at.elapsed() < Duration::from_secs(10));
+    // The heartbeat (every 5 s) says so: no slot used, no ticket running.
+    wait_until(
+        Duration::from_secs(15),
+        "the heartbeat counts 0 slots used",
+        || async {
+            let (slots, running) = (heartbeat_slots(&app).await, running_tickets(&app).await);
+            (slots.map(|s| s.0) == Some(0) && running == 0)
+                .then_some(())
+                .ok_or(format!("{slots:?}, {running} running"))
+        },
+    )
+    .await;
+
+    // Another user's ticket runs at once, against the real lab cloud.
+    let ticket = publish(
+        &app,
+        "bob",
+        publish_json("after the silent cloud", "demo", "demopass", "demo"),
+    )
+    .await;
+    let last = app
+        .wait_final("bob", &ticket, Duration::from_secs(120))
+        .await;
+    assert_eq!(last["complete"], true, "{last}");
+    app.stop().await;
+}
+
+/// The attempts, as JSON, and the XML body of a ticket's document and status, read by `user`.
+async fn attempt_views(app: &TestApp, user: &str, ticket: &str) -> Vec<(String, String)> {
+    let mut views = vec![];
+    for path in [ticket.to_string(), format!("{ticket}/status")] {
+        for accept in ["application/json", "application/xml"] {
+            let resp = app
+                .get(&path, user)
+                .header("Accept", accept)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{path} as {user}");
+            views.push((format!("{path} ({accept})"), resp.text().await.unwrap()));
+        }
+    }
+    views
+}
+
+/// Whether `word` stands alone in `body` (a host name such as "vm" is part of other words).
+fn has_word(body: &str, word: &str) -> bool {
+    body.split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '.' || c == '_'))
+        .any(|w| w == word)
+}
+
+#[tokio::test]
+async fn users_see_an_opaque_worker_id_and_only_admins_its_host_and_pid() {
+    let app = spawn_app(true).await; // the worker runs in this process: its host and pid
+    app.add_user("alice", &["migration_publish"], false).await;
+    app.add_user("root", &["migration_publish"], true).await;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let (host, pid) = (host.trim().to_string(), std::process::id().to_string());
+    let ticket = publish(
+        &app,
+        "alice",
+        publish_json("opaque worker", "demo", "demopass", "demo"),
+    )
+    .await;
+    let last = app
+        .wait_final("alice", &ticket, Duration::from_secs(120))
+        .await;
+    assert_eq!(last["complete"], true, "{last}");
+
+    let mut opaque = None;
+    for (what, body) in attempt_views(&app, "alice", &ticket).await {
+        assert!(
+            !has_word(&body, &host),
+            "{what} names the host '{host}': {body}"
+        );
+        assert!(!has_word(&body, &pid), "{what} names the pid {pid}: {body}");
+        if what.ends_with("(application/json)") {
+            let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let attempt = &doc["attempts"][0];
+            let worker = attempt["worker"].as_str().unwrap().to_string();
+            assert!(
+                worker.starts_with("w-") && worker.len() == 14 && !worker.contains(&pid),
+                "{what}: {attempt}"
+            );
+            assert!(attempt.get("workerHost").is_none(), "{what}: {attempt}");
+            // One worker, one id: the same in both documents.
+            assert_eq!(opaque.get_or_insert(worker.clone()), &worker);
+        }
+    }
+    for (what, body) in attempt_views(&app, "root", &ticket).await {
+        if what.ends_with("(application/json)") {
+            let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let attempt = &doc["attempts"][0];
+            assert_eq!(attempt["workerHost"], format!("{host}:{pid}"), "{what}");
+            assert_eq!(attempt["worker"].as_str(), opaque.as_deref(), "{what}");
+        }
+    }
+    app.stop().await;
+}
