@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::processes::Env;
 use common::{spawn_app_with, DemoCloud, TestApp};
 use pimage::config::CloudProfile;
-use pimage::store::{images, users, Image, NewImage};
+use pimage::store::Image;
 
 fn qemu_img(args: &[&str]) {
     let out = Command::new("qemu-img").args(args).output().unwrap();
