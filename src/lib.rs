@@ -8,6 +8,7 @@
 //! | [`api`]       | the HTTP API (axum): router and state, in sub-modules:                   |
 //! | · `routes`    | route handlers: check the request, call the store, answer a document     |
 //! | · `auth`      | who is calling (Basic, API keys), the login lock, remembered logins      |
+//! |               | (one check per credential); signatures bound to a method, writes once    |
 //! | · `publish_request` | the body of `POST …/pimages`, from XML or JSON, checked            |
 //! | · `wire`      | what the API sends: one struct per schema type                           |
 //! | · `xml`       | XML on the wire: writing documents, reading bodies safely               |
@@ -22,6 +23,7 @@
 //! | · `job`       | one claimed ticket, from claim to recorded end (or handed back)          |
 //! | · `attempt`   | one attempt (login, earlier images, create, upload) and `AttemptError`   |
 //! | · `convert`   | the bytes sent: the file, or a copy converted for the cloud's profile    |
+//! |               | (qemu-img confined by Landlock and prlimit; scratch space reserved)      |
 //! | · `upload`    | the file streamed to Glance, stalls cut, the stored checksum checked     |
 //! | · `progress`  | progress values and their writes (heartbeats that report cancels)        |
 //! | · `lease`     | the lease keeper                                                         |
