@@ -13,8 +13,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{publish_json, spawn_app, TestApp, PASSWORD};
+use common::{publish_json, publish_json_via, spawn_app, TestApp, PASSWORD};
 use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A HOSTILE Keystone: accepts every connection and holds it open without ever answering.
@@ -192,6 +193,167 @@ async fn cancelled_tickets_of_a_silent_keystone_free_their_slots_within_seconds(
         .wait_final("bob", &ticket, Duration::from_secs(120))
         .await;
     assert_eq!(last["complete"], true, "{last}");
+    app.stop().await;
+}
+
+/// A HOSTILE Glance (no real Glance answers some calls and never others): answers the quota
+/// read (404: nothing to check), the create (one image, `hostile-1`), the upload and the
+/// delete, but holds the request starting with `silent_on` open forever.
+struct HostileGlance {
+    url: String,
+    /// Each request line, in order.
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl HostileGlance {
+    async fn start(silent_on: &'static str) -> HostileGlance {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(vec![]));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(Self::serve(conn, silent_on, log.clone()));
+            }
+        });
+        HostileGlance { url, seen }
+    }
+
+    /// One request per connection (each answer closes it).
+    async fn serve(mut conn: TcpStream, silent_on: &str, seen: Arc<Mutex<Vec<String>>>) {
+        let (head, mut body) = read_head(&mut conn).await;
+        let line = head.lines().next().unwrap_or_default().to_string();
+        seen.lock().unwrap().push(line.clone());
+        if line.starts_with(silent_on) {
+            // Never answers; the connection stays open until the client drops it.
+            let _ = conn.read_to_end(&mut body).await;
+            return;
+        }
+        let answer = if line.starts_with("POST /v2/images ") {
+            let image = r#"{"id":"hostile-1","status":"queued","checksum":null,"size":null}"#;
+            format!(
+                "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{image}",
+                image.len()
+            )
+        } else if line.starts_with("PUT ") {
+            read_body(&mut conn, &head, body).await;
+            "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".into()
+        } else if line.starts_with("DELETE ") {
+            "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".into()
+        } else {
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+        };
+        let _ = conn.write_all(answer.as_bytes()).await;
+    }
+
+    fn saw(&self, prefix: &str) -> bool {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with(prefix))
+    }
+}
+
+/// The request head, and the bytes of the body read with it.
+async fn read_head(conn: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buffer = vec![];
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_string();
+            return (head, buffer[end + 4..].to_vec());
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return (String::from_utf8_lossy(&buffer).to_string(), vec![]),
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads the rest of the body (by its length, or to the last chunk), so the answer is read.
+async fn read_body(conn: &mut TcpStream, head: &str, mut body: Vec<u8>) {
+    let length = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    let mut chunk = [0u8; 65536];
+    loop {
+        let done = match length {
+            Some(n) => body.len() >= n,
+            None => body.ends_with(b"0\r\n\r\n"),
+        };
+        if done {
+            return;
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Publishes one ticket to `glance` (the real lab Keystone logs in), waits until `hangs`
+/// (the call Glance never answers) reached it, cancels: `cancelled` within 10 s and the
+/// worker's slot free again.
+async fn cancel_while_glance_is_silent(glance: &HostileGlance, hangs: &str) -> TestApp {
+    let app = spawn_app(true).await; // call timeout 60 s
+    app.add_user("alice", &["migration_publish"], false).await;
+    let body = publish_json_via("silent glance", "demo", "demopass", "demo", &glance.url);
+    let ticket = publish(&app, "alice", body).await;
+    wait_until(Duration::from_secs(60), hangs, || async {
+        glance
+            .saw(hangs)
+            .then_some(())
+            .ok_or(format!("{:?}", glance.seen.lock().unwrap()))
+    })
+    .await;
+    let resp = app
+        .client
+        .delete(app.url(&format!("{ticket}/cancel")))
+        .basic_auth("alice", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    wait_until(Duration::from_secs(10), "the ticket cancelled", || async {
+        let status = app.status("alice", &ticket).await;
+        (status["cancelled"] == true)
+            .then_some(())
+            .ok_or(status.to_string())
+    })
+    .await;
+    wait_until(Duration::from_secs(15), "0 slots used", || async {
+        let (slots, running) = (heartbeat_slots(&app).await, running_tickets(&app).await);
+        (slots.map(|s| s.0) == Some(0) && running == 0)
+            .then_some(())
+            .ok_or(format!("{slots:?}, {running} running"))
+    })
+    .await;
+    app
+}
+
+#[tokio::test]
+async fn a_create_that_glance_never_answers_does_not_hold_a_cancelled_tickets_slot() {
+    let glance = HostileGlance::start("POST /v2/images ").await;
+    let app = cancel_while_glance_is_silent(&glance, "POST /v2/images ").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_read_back_that_glance_never_answers_does_not_hold_a_cancelled_tickets_slot() {
+    let glance = HostileGlance::start("GET /v2/images/hostile-1 ").await;
+    let app = cancel_while_glance_is_silent(&glance, "GET /v2/images/hostile-1 ").await;
+    // The attempt's clean-up still ran: the image it created is deleted.
+    wait_until(Duration::from_secs(10), "the image deleted", || async {
+        glance
+            .saw("DELETE /v2/images/hostile-1 ")
+            .then_some(())
+            .ok_or(format!("{:?}", glance.seen.lock().unwrap()))
+    })
+    .await;
     app.stop().await;
 }
 

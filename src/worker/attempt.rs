@@ -214,14 +214,17 @@ impl Job<'_> {
         self.report(&self.step(format!("creating the image in Glance{of}")))
             .await?;
         let no_properties = Default::default();
-        let created = glance
-            .create_image(
+        // Cut by a cancel, a create may leave an image whose id we never learned: the
+        // reconciler's orphan sweep finds it by this ticket's key and deletes it, the ticket
+        // having ended (cancelled), as after any cut call.
+        let created = self
+            .unless_cancelled(glance.create_image(
                 &self.claim.ticket.display_name,
                 &payload.format,
                 self.claim.ticket.public_image,
                 (&key, &self.worker.deployment),
                 glance.profile().map_or(&no_properties, |p| &p.properties),
-            )
+            ))
             .await?;
         let result = match claims::set_cloud_id(
             &self.worker.pool,
@@ -264,9 +267,9 @@ impl Job<'_> {
 
     /// `call`, or `Cancelled` as soon as the ticket's cancel fires: a cloud that never
     /// answers cannot keep a cancelled ticket's slot (each call is bounded by the call
-    /// timeout; this leaves before it). Not for the create and the upload, which clean up after
-    /// themselves; what a cut call leaves, the reconciler removes once the ticket ended.
-    async fn unless_cancelled<T>(
+    /// timeout; this leaves before it). The upload watches the cancel itself; what a cut call
+    /// leaves, the reconciler removes once the ticket ended.
+    pub(super) async fn unless_cancelled<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, CloudError>>,
     ) -> Result<T, AttemptError> {

@@ -213,7 +213,8 @@ impl Job<'_> {
         payload: &Payload,
     ) -> Result<(), AttemptError> {
         let registered = payload.md5.as_str();
-        let stored = glance.image(image_id).await?;
+        // Cut by a cancel, the attempt's failure path still deletes the image.
+        let stored = self.unless_cancelled(glance.image(image_id)).await?;
         if holds_file(payload, &stored) {
             return Ok(());
         }
