@@ -3,8 +3,10 @@
 //! are free again within seconds, the heartbeat counts only the tickets running, and another
 //! user's ticket then runs. The silent Keystone is the tests' own HOSTILE fake (no real
 //! Keystone accepts a connection and never answers); the other tickets go to the real lab
-//! Keystone and Glance. Finding 11: a user's attempt history names its worker by an opaque
-//! id; only administrators see its host and pid.
+//! Keystone and Glance. Round two: a Glance that never answers the create or the read-back
+//! (a HOSTILE fake behind the real lab Keystone) cannot hold a cancelled ticket's slot either,
+//! and what a cut create leaves the orphan sweep removes. Finding 11: a user's attempt history
+//! names its worker by an opaque id; only administrators see its host and pid.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
 
@@ -13,7 +15,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{publish_json, publish_json_via, spawn_app, TestApp, PASSWORD};
+use common::{glance_url, keystone_url, publish_json, publish_json_via, spawn_app, spawn_app_with};
+use common::{DemoCloud, TestApp, PASSWORD};
+use pimage::cloud::{AddressPolicy, Glance, OpenStackAccount};
+use pimage::secrets::Secret;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -354,6 +359,56 @@ async fn a_read_back_that_glance_never_answers_does_not_hold_a_cancelled_tickets
             .ok_or(format!("{:?}", glance.seen.lock().unwrap()))
     })
     .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_orphan_sweep_removes_an_image_a_cancelled_create_left_unnamed() {
+    // No worker: the ticket is cancelled while queued; the reconciler sweeps every second.
+    let app = spawn_app_with(false, |s| s.cloud.orphan_sweep_secs = 1).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let ticket = publish(
+        &app,
+        "alice",
+        publish_json("cut create", "demo", "demopass", "demo"),
+    )
+    .await;
+    let resp = app
+        .client
+        .delete(app.url(&format!("{ticket}/cancel")))
+        .basic_auth("alice", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let (key, state, cloud_id): (uuid::Uuid, String, Option<String>) =
+        sqlx::query_as("SELECT ticket_key, state::text, cloud_id FROM publish_tickets")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), cloud_id), ("cancelled", None));
+    // What a create cut by the cancel leaves: an image of the ticket the ticket never names.
+    let account = OpenStackAccount {
+        keystone_url: keystone_url(),
+        glance_url: Some(glance_url()),
+        user: "demo".into(),
+        password: Secret::new("demopass"),
+        domain: "Default".into(),
+        project: "demo".into(),
+    };
+    let policy = AddressPolicy::from(app.settings.cloud.clone());
+    let glance = Glance::login(&account, &policy).await.unwrap();
+    let key = key.to_string();
+    let deployment = app.settings.cloud.deployment.clone();
+    let props = Default::default();
+    glance
+        .create_image("cut create", "raw", false, (&key, &deployment), &props)
+        .await
+        .unwrap();
+    DemoCloud::login()
+        .await
+        .wait_no_image_of_ticket(&key, "the orphan sweep deletes the cut create's image")
+        .await;
     app.stop().await;
 }
 
