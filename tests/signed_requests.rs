@@ -541,3 +541,29 @@ async fn logins_dropped_mid_check_give_their_attempt_back() {
     );
     app.stop().await;
 }
+
+/// Round two, finding 1: bindings live as long as their key, no longer.
+#[tokio::test]
+async fn signature_bindings_end_with_their_key() {
+    let app = spawn_app(false).await;
+    let (image, key) = alice_with_image(&app).await;
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let expiring = key_of(&app, "alice", None, Some(soon)).await;
+    for key in [&key, &expiring] {
+        let url = signed(&format!("{image}/pimages"), key);
+        assert_eq!(send(&app, Method::GET, &url, None).await.0, 200);
+    }
+    let bindings = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM api_key_signatures")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(bindings().await, 2);
+    assert!(users::revoke_api_key(&app.pool, &key.0).await.unwrap());
+    assert_eq!(bindings().await, 1, "the revoked key's binding is gone");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(users::purge_signatures(&app.pool).await.unwrap(), 1);
+    assert_eq!(bindings().await, 0, "the expired key's binding is gone");
+    app.stop().await;
+}
