@@ -217,7 +217,7 @@ impl Authenticator {
     }
 
     pub(super) async fn by_password(
-        self: &Arc<Self>,
+        &self,
         login: String,
         password: Secret,
     ) -> Result<User, ApiError> {
@@ -241,21 +241,14 @@ impl Authenticator {
                 _ => self.forget(&memory_key),
             }
         }
-        // One check for every request with this credential. It runs in its own task: a
-        // request dropped mid-check (its client gone) must not leave the attempt reserved.
+        // One check for every request with this credential; if the request running it is
+        // dropped, a waiting one takes over.
         let shared = self.shared_check(memory_key);
         let checked = shared
-            .get_or_init(|| {
-                let this = Arc::clone(self);
-                let task = tokio::spawn(async move {
-                    this.check_and_count(&login, password, memory_key).await
-                });
-                async move {
-                    match task.await {
-                        Ok(Ok(user)) => Checked::Verified(user),
-                        Ok(Err(error)) => Checked::Refused(Arc::new(error)),
-                        Err(e) => Checked::Refused(Arc::new(ApiError::Internal(e.into()))),
-                    }
+            .get_or_init(|| async {
+                match self.check_and_count(&login, password, memory_key).await {
+                    Ok(user) => Checked::Verified(user),
+                    Err(error) => Checked::Refused(Arc::new(error)),
                 }
             })
             .await
@@ -293,7 +286,10 @@ impl Authenticator {
     ) -> Result<User, ApiError> {
         let deadline = Instant::now() + LOGIN_CHECK_WAIT;
         let window_started_at = self.reserve_attempt(login, deadline).await?;
+        let reserved = ReservedAttempt::new(&self.pool, login, window_started_at);
         let checked = self.check_password(login, password, deadline).await;
+        // From here this function ends the attempt itself.
+        reserved.disarm();
         let failed = matches!(checked, Ok(None));
         let outcome = match checked {
             Ok(Some(user)) => {
@@ -563,6 +559,41 @@ impl Authenticator {
             }
         }
         self.watching.store(false, Ordering::Release);
+    }
+}
+
+/// An attempt reserved while its password is checked. If the request is dropped then (its
+/// client left), the attempt is given back in the background: the result was never told, so
+/// it is not a failure, and it must not stay reserved for the window.
+struct ReservedAttempt {
+    armed: Option<(PgPool, String, chrono::DateTime<chrono::Utc>)>,
+}
+
+impl ReservedAttempt {
+    fn new(pool: &PgPool, login: &str, window_started_at: chrono::DateTime<chrono::Utc>) -> Self {
+        ReservedAttempt {
+            armed: Some((pool.clone(), login.to_string(), window_started_at)),
+        }
+    }
+
+    fn disarm(mut self) {
+        self.armed = None;
+    }
+}
+
+impl Drop for ReservedAttempt {
+    fn drop(&mut self) {
+        let Some((pool, login, window_started_at)) = self.armed.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = login_lock::release_attempt(&pool, &login, window_started_at).await
+                {
+                    tracing::warn!(error = %e, "could not give back a dropped login's attempt");
+                }
+            });
+        }
     }
 }
 
