@@ -45,9 +45,6 @@ pub struct ApiSettings {
     pub login_lockout_secs: u64,
     /// How long a verified password is remembered (0: verify every request).
     pub credential_cache_secs: u64,
-    /// How long an accepted API-key signature stays bound to its method (and a write's to
-    /// its one use).
-    pub signature_retention_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -166,7 +166,7 @@ async fn a_signed_write_is_single_use() {
     let (status, _) = send(&app, Method::POST, &publish, Some(own_cloud("mine"))).await;
     assert_eq!(status, 201);
     let replayed = send(&app, Method::POST, &publish, Some(attackers_cloud())).await;
-    assert_eq!(replayed.0, 401, "{}", replayed.1);
+    assert_eq!(replayed.0, 409, "{}", replayed.1);
     assert_eq!(send(&app, Method::GET, &publish, None).await.0, 401);
     assert_eq!(tickets(&app).await, 1, "the replayed publish filed nothing");
     let attacker_cloud: i64 = sqlx::query_scalar(
@@ -190,10 +190,10 @@ async fn a_signed_write_is_single_use() {
     let ticket = format!("{image}/pimages/{id}");
     let cancel = signed(&format!("{ticket}/cancel"), &key);
     assert_eq!(send(&app, Method::DELETE, &cancel, None).await.0, 204);
-    assert_eq!(send(&app, Method::DELETE, &cancel, None).await.0, 401);
+    assert_eq!(send(&app, Method::DELETE, &cancel, None).await.0, 409);
     let delete = signed(&ticket, &key);
     assert_eq!(send(&app, Method::DELETE, &delete, None).await.0, 204);
-    assert_eq!(send(&app, Method::DELETE, &delete, None).await.0, 401);
+    assert_eq!(send(&app, Method::DELETE, &delete, None).await.0, 409);
     assert_eq!(tickets(&app).await, 1, "the second publish only");
     // What Postgres keeps is a digest, never the signature.
     let kept: Vec<Vec<u8>> = sqlx::query_scalar("SELECT digest FROM api_key_signatures")
@@ -434,5 +434,136 @@ async fn a_status_poll_waits_for_the_checker_during_other_users_logins() {
         let status = other.unwrap().status().as_u16();
         assert!([401, 429].contains(&status), "{status}");
     }
+    app.stop().await;
+}
+
+/// Round two, finding 1: a binding does not expire with time; a read signature aged by hand
+/// past any window still cannot be replayed as a write.
+#[tokio::test]
+async fn an_aged_read_signature_cannot_become_a_write() {
+    let app = spawn_app(false).await;
+    let (image, key) = alice_with_image(&app).await;
+    let read_list = signed(&format!("{image}/pimages"), &key);
+    assert_eq!(send(&app, Method::GET, &read_list, None).await.0, 200);
+    sqlx::query("UPDATE api_key_signatures SET seen_at = now() - interval '10 years'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let (status, body) = send(&app, Method::POST, &read_list, Some(attackers_cloud())).await;
+    assert_eq!(
+        status, 401,
+        "an aged GET signature replayed as POST: {body}"
+    );
+    assert_eq!(tickets(&app).await, 0, "nothing filed");
+    app.stop().await;
+}
+
+/// Round two, finding 2: a signed write used twice is told why, so that a client does not
+/// take it for a wrong key.
+#[tokio::test]
+async fn a_reused_write_signature_says_how_to_repeat_a_write() {
+    let app = spawn_app(false).await;
+    let (image, key) = alice_with_image(&app).await;
+    let publish = signed(&format!("{image}/pimages"), &key);
+    assert_eq!(
+        send(&app, Method::POST, &publish, Some(own_cloud("mine")))
+            .await
+            .0,
+        201
+    );
+    let (status, body) = send(&app, Method::POST, &publish, Some(own_cloud("mine"))).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("this signed URL was already used for a POST")
+            && body.contains("add any query parameter")
+            && body.contains("Basic authentication"),
+        "{body}"
+    );
+    app.stop().await;
+}
+
+/// Round two, finding 3: a signed write that was refused (here 400) has not spent its
+/// signature: the same signed URL with a valid body then succeeds, and once only.
+#[tokio::test]
+async fn a_refused_signed_write_can_be_retried() {
+    let app = spawn_app(false).await;
+    let (image, key) = alice_with_image(&app).await;
+    let publish = signed(&format!("{image}/pimages"), &key);
+    let (status, body) = send(&app, Method::POST, &publish, Some("{\"not\":1}".into())).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = send(&app, Method::POST, &publish, Some(own_cloud("mine"))).await;
+    assert_eq!(status, 201, "the retry after a 400: {body}");
+    let (status, body) = send(&app, Method::POST, &publish, Some(own_cloud("mine"))).await;
+    assert_eq!(status, 409, "a successful write is not replayed: {body}");
+    assert_eq!(tickets(&app).await, 1);
+    app.stop().await;
+}
+
+/// Round two, finding 4: a login whose client leaves mid-check (here a client timeout inside
+/// the argon2 check, several times) gives its attempt back: with one attempt per window, the
+/// right password still opens at once (before, the leaked attempt made it wait 5 s, then 429).
+#[tokio::test]
+async fn logins_dropped_mid_check_give_their_attempt_back() {
+    let _alone = PASSWORD_TESTS.lock().await;
+    let app = spawn_app_with(false, |s| {
+        s.api.login_max_failures = 1;
+        s.api.credential_cache_secs = 0;
+    })
+    .await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    app.add_user("bob", &["migration_publish"], false).await;
+    let started = std::time::Instant::now();
+    let bob = app.get("users/bob/pimages", "bob").send().await.unwrap();
+    assert_eq!(bob.status(), 200);
+    let one_login = started.elapsed();
+    for tenths in [3, 5, 7, 3, 5, 7] {
+        let requests = (0..4).map(|_| {
+            app.get("users/alice/pimages", "alice")
+                .timeout(one_login * tenths / 10)
+                .send()
+        });
+        // Most leave mid-check; an answer that beat its timeout changes nothing.
+        futures::future::join_all(requests).await;
+        // The server finishes the check it started.
+        tokio::time::sleep(one_login * 2).await;
+    }
+    let started = std::time::Instant::now();
+    let right = app
+        .get("users/alice/pimages", "alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200, "the right password still opens");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no wait for a leaked attempt: {:?}",
+        started.elapsed()
+    );
+    app.stop().await;
+}
+
+/// Round two, finding 1: bindings live as long as their key, no longer.
+#[tokio::test]
+async fn signature_bindings_end_with_their_key() {
+    let app = spawn_app(false).await;
+    let (image, key) = alice_with_image(&app).await;
+    let soon = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let expiring = key_of(&app, "alice", None, Some(soon)).await;
+    for key in [&key, &expiring] {
+        let url = signed(&format!("{image}/pimages"), key);
+        assert_eq!(send(&app, Method::GET, &url, None).await.0, 200);
+    }
+    let bindings = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM api_key_signatures")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(bindings().await, 2);
+    assert!(users::revoke_api_key(&app.pool, &key.0).await.unwrap());
+    assert_eq!(bindings().await, 1, "the revoked key's binding is gone");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(users::purge_signatures(&app.pool).await.unwrap(), 1);
+    assert_eq!(bindings().await, 0, "the expired key's binding is gone");
     app.stop().await;
 }

@@ -14,8 +14,8 @@
 //!   remembered passwords included.
 //! - API keys: `?apiKey=<public>&signature=<base64(HMAC-SHA1(secret, relative URL))>`. The
 //!   signature covers only the URL, so each accepted one is bound (in Postgres, shared by every
-//!   API process) to the method it was first used with, and a write's to one use. A key may be
-//!   scoped to methods and may expire.
+//!   API process) to the method it was first used with, for as long as its key lives, and a
+//!   write's to one successful use. A key may be scoped to methods and may expire.
 //!
 //! Unknown user, wrong password, unknown key and bad signature all get the same 401.
 
@@ -24,10 +24,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, RawPathParams};
+use axum::extract::{FromRequestParts, RawPathParams, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -57,9 +59,11 @@ const MAX_REMEMBERED: usize = 10_000;
 /// that a login flood does not queue without end.
 const LOGIN_CHECK_WAIT: Duration = Duration::from_secs(5);
 
-/// While a name's attempts are all in flight, how often to look again for one given back by
-/// another API process (this process's own are heard at once).
+/// While a name's attempts are all in flight, how soon to look again for one given back by
+/// another API process (this process's own are heard at once); doubled after each look, up
+/// to `ATTEMPT_RECHECK_MAX`, so that waiting logins do not poll Postgres at a steady 10/s.
 const ATTEMPT_RECHECK: Duration = Duration::from_millis(100);
+const ATTEMPT_RECHECK_MAX: Duration = Duration::from_secs(1);
 
 /// Checks in flight at most before finished entries are swept from the single-flight map.
 const MAX_SHARED_CHECKS: usize = 1_000;
@@ -68,7 +72,7 @@ const MAX_SHARED_CHECKS: usize = 1_000;
 /// by use, one Postgres write per signature).
 const MAX_READ_SIGNATURES: usize = 100_000;
 
-/// How often a process forgets signature bindings older than the retention window.
+/// How often a process forgets the signature bindings of expired keys.
 const SIGNATURE_PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// An authenticated caller, and whether the `{uid}` of the path names no user (looked up
@@ -80,7 +84,15 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
         let user = match SignedUrl::parse(parts.uri.path(), parts.uri.query().unwrap_or(""))? {
-            Some(signed) => state.auth.by_api_key(&signed, &parts.method).await?,
+            Some(signed) => {
+                let (user, created_write) = state.auth.by_api_key(&signed, &parts.method).await?;
+                if let (Some(digest), Some(slot)) =
+                    (created_write, parts.extensions.get::<CreatedWriteBinding>())
+                {
+                    slot.set(digest);
+                }
+                user
+            }
             None => {
                 let (login, password) = basic_credentials(parts).ok_or(ApiError::Unauthorized)?;
                 state.auth.by_password(login, password).await?
@@ -146,7 +158,6 @@ pub struct Authenticator {
     checking: Mutex<HashMap<[u8; 32], SharedCheck>>,
     /// Woken when this process gives back or spends a login attempt.
     attempt_ended: Notify,
-    signature_retention: Duration,
     /// Digests of signatures known to be bound to GET: repeated polls write nothing.
     read_signatures: Mutex<HashSet<[u8; 32]>>,
     signatures_purged_at: Mutex<Option<Instant>>,
@@ -200,7 +211,6 @@ impl Authenticator {
             passwords: PasswordChecker::new(cores.saturating_sub(1).max(1)),
             checking: Mutex::new(HashMap::new()),
             attempt_ended: Notify::new(),
-            signature_retention: Duration::from_secs(settings.signature_retention_secs.max(1)),
             read_signatures: Mutex::new(HashSet::new()),
             signatures_purged_at: Mutex::new(None),
         })
@@ -276,7 +286,10 @@ impl Authenticator {
     ) -> Result<User, ApiError> {
         let deadline = Instant::now() + LOGIN_CHECK_WAIT;
         let window_started_at = self.reserve_attempt(login, deadline).await?;
+        let reserved = ReservedAttempt::new(&self.pool, login, window_started_at);
         let checked = self.check_password(login, password, deadline).await;
+        // From here this function ends the attempt itself.
+        reserved.disarm();
         let failed = matches!(checked, Ok(None));
         let outcome = match checked {
             Ok(Some(user)) => {
@@ -305,6 +318,7 @@ impl Authenticator {
         login: &str,
         deadline: Instant,
     ) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+        let mut recheck = ATTEMPT_RECHECK;
         loop {
             // Listening before asking: an attempt given back meanwhile is not missed.
             let given_back = self.attempt_ended.notified();
@@ -321,7 +335,8 @@ impl Authenticator {
             if left.is_zero() {
                 return Err(logins_busy());
             }
-            let _ = tokio::time::timeout(left.min(ATTEMPT_RECHECK), given_back).await;
+            let _ = tokio::time::timeout(left.min(recheck), given_back).await;
+            recheck = (recheck * 2).min(ATTEMPT_RECHECK_MAX);
         }
     }
 
@@ -370,7 +385,13 @@ impl Authenticator {
         }
     }
 
-    async fn by_api_key(&self, signed: &SignedUrl, method: &Method) -> Result<User, ApiError> {
+    /// The key's owner, and the signature's digest if this request bound it to a write (to
+    /// be given back if the write is refused).
+    async fn by_api_key(
+        &self,
+        signed: &SignedUrl,
+        method: &Method,
+    ) -> Result<(User, Option<[u8; 32]>), ApiError> {
         let Some(key) = users::find_by_api_key(&self.pool, &signed.api_key).await? else {
             return Err(ApiError::Unauthorized);
         };
@@ -388,39 +409,53 @@ impl Authenticator {
             method.as_str()
         };
         check_key_scope(&key, &signed.api_key, method)?;
-        self.bind_signature(signed, method).await?;
-        Ok(key.owner)
+        let created_write = self.bind_signature(key.id, signed, method).await?;
+        Ok((key.owner, created_write))
     }
 
     /// Binds the signature to `method` on first use; refuses it with another method, and a
     /// write's second use. Reads may repeat: a read signature is written to Postgres once
-    /// per process, then known here.
-    async fn bind_signature(&self, signed: &SignedUrl, method: &str) -> Result<(), ApiError> {
+    /// per process, then known here. Returns the digest of a write's binding this request
+    /// created.
+    async fn bind_signature(
+        &self,
+        api_key_id: i64,
+        signed: &SignedUrl,
+        method: &str,
+    ) -> Result<Option<[u8; 32]>, ApiError> {
         let digest = signed.digest();
         let read = method == "GET";
         if read && self.lock_read_signatures().contains(&digest) {
-            return Ok(());
+            return Ok(None);
         }
-        self.purge_old_signatures();
-        let binding =
-            users::bind_signature(&self.pool, &digest, method, self.signature_retention).await?;
-        if binding.method != method || (!read && binding.reused) {
+        self.purge_expired_signatures();
+        let binding = users::bind_signature(&self.pool, api_key_id, &digest, method).await?;
+        if binding.method != method || (!read && !binding.created) {
             metrics::counter!(metrics_catalog::LOGIN_FAILURES).increment(1);
             tracing::warn!(
                 method,
                 first_used_with = binding.method,
                 "an API-key signature was replayed: refused"
             );
-            return Err(ApiError::Unauthorized);
-        }
-        if read {
-            let mut known = self.lock_read_signatures();
-            if known.len() >= MAX_READ_SIGNATURES {
-                known.clear();
+            if binding.method != method {
+                return Err(ApiError::Unauthorized);
             }
-            known.insert(digest);
+            // The caller holds a valid signature: telling them it is spent reveals nothing,
+            // and tells an SDK user it is not a wrong key.
+            return Err(ApiError::Conflict(format!(
+                "this signed URL was already used for a {method}; a signed write serves once: \
+                 sign a unique URL (add any query parameter) or use Basic authentication"
+            )));
         }
-        Ok(())
+        if !read {
+            return Ok(Some(digest));
+        }
+        let mut known = self.lock_read_signatures();
+        if known.len() >= MAX_READ_SIGNATURES {
+            known.clear();
+        }
+        known.insert(digest);
+        Ok(None)
     }
 
     fn lock_read_signatures(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
@@ -429,9 +464,9 @@ impl Authenticator {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// At most once per `SIGNATURE_PURGE_EVERY`, in the background: bindings past the
-    /// retention window are deleted, and this process's read memory is cleared with them.
-    fn purge_old_signatures(&self) {
+    /// At most once per `SIGNATURE_PURGE_EVERY`, in the background: the bindings of expired
+    /// keys are deleted (a revoked key's are deleted with it).
+    fn purge_expired_signatures(&self) {
         let mut purged_at = self
             .signatures_purged_at
             .lock()
@@ -440,11 +475,10 @@ impl Authenticator {
             return;
         }
         *purged_at = Some(Instant::now());
-        self.lock_read_signatures().clear();
-        let (pool, retention) = (self.pool.clone(), self.signature_retention);
+        let pool = self.pool.clone();
         tokio::spawn(async move {
-            if let Err(e) = users::purge_signatures(&pool, retention).await {
-                tracing::warn!(error = %e, "could not purge old API-key signatures");
+            if let Err(e) = users::purge_signatures(&pool).await {
+                tracing::warn!(error = %e, "could not purge expired API-key signatures");
             }
         });
     }
@@ -526,6 +560,76 @@ impl Authenticator {
         }
         self.watching.store(false, Ordering::Release);
     }
+}
+
+/// An attempt reserved while its password is checked. If the request is dropped then (its
+/// client left), the attempt is given back in the background: the result was never told, so
+/// it is not a failure, and it must not stay reserved for the window.
+struct ReservedAttempt {
+    armed: Option<(PgPool, String, chrono::DateTime<chrono::Utc>)>,
+}
+
+impl ReservedAttempt {
+    fn new(pool: &PgPool, login: &str, window_started_at: chrono::DateTime<chrono::Utc>) -> Self {
+        ReservedAttempt {
+            armed: Some((pool.clone(), login.to_string(), window_started_at)),
+        }
+    }
+
+    fn disarm(mut self) {
+        self.armed = None;
+    }
+}
+
+impl Drop for ReservedAttempt {
+    fn drop(&mut self) {
+        let Some((pool, login, window_started_at)) = self.armed.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = login_lock::release_attempt(&pool, &login, window_started_at).await
+                {
+                    tracing::warn!(error = %e, "could not give back a dropped login's attempt");
+                }
+            });
+        }
+    }
+}
+
+/// Where the `Caller` extractor leaves the digest of a write binding its request created.
+#[derive(Clone, Default)]
+struct CreatedWriteBinding(Arc<Mutex<Option<[u8; 32]>>>);
+
+impl CreatedWriteBinding {
+    fn set(&self, digest: [u8; 32]) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(digest);
+    }
+
+    fn take(&self) -> Option<[u8; 32]> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// A signed write is bound before its handler runs; when its answer is not a success (a
+/// 400, a 429 with Retry-After, a 503), the binding is given back before the answer leaves,
+/// so the client can retry the same signed URL. Only the request that created it does so.
+pub async fn release_refused_writes(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let slot = CreatedWriteBinding::default();
+    request.extensions_mut().insert(slot.clone());
+    let response = next.run(request).await;
+    if response.status().as_u16() >= 400 {
+        if let Some(digest) = slot.take() {
+            if let Err(e) = users::release_signature(&state.pool, &digest).await {
+                tracing::warn!(error = %e, "could not give back a refused write's signature");
+            }
+        }
+    }
+    response
 }
 
 /// Refuses a key past its expiry or used for a method outside its scope (after its

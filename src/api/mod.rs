@@ -138,6 +138,11 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn(observe::http_metrics))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        // Inside the error rendering: it sees each answer's status.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::release_refused_writes,
+        ))
         .layer(axum::middleware::from_fn(error::render_errors))
         .with_state(state);
     api.merge(console)

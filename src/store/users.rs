@@ -48,6 +48,7 @@ pub async fn find_by_logins(pool: &PgPool, logins: &[String]) -> Result<Vec<User
 
 /// An API key as the API checks it.
 pub struct ApiKey {
+    pub id: i64,
     pub owner: User,
     pub secret_enc: Vec<u8>,
     /// The methods it may sign; `None`: every method.
@@ -61,7 +62,7 @@ pub async fn find_by_api_key(
     public_key: &str,
 ) -> Result<Option<ApiKey>, sqlx::Error> {
     let Some(key) = sqlx::query!(
-        "SELECT user_id, secret_enc, methods, expires_at FROM api_keys WHERE public_key = $1",
+        "SELECT id, user_id, secret_enc, methods, expires_at FROM api_keys WHERE public_key = $1",
         public_key
     )
     .fetch_optional(pool)
@@ -73,6 +74,7 @@ pub async fn find_by_api_key(
         .fetch_one(pool)
         .await?;
     Ok(Some(ApiKey {
+        id: key.id,
         owner,
         secret_enc: key.secret_enc,
         methods: key.methods,
@@ -141,48 +143,51 @@ pub struct ApiKeyListed {
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Records that a signature (by `digest`) was accepted with `method`; returns the method it
-/// is bound to and whether it was seen before. A binding older than `retention` is replaced.
+/// Records that a signature (by `digest`) of key `api_key_id` was accepted with `method`;
+/// returns the method it is bound to, and whether this call created the binding. A binding
+/// never changes method: it lives as long as its key (deleted with it, or once it expired).
 pub async fn bind_signature(
     pool: &PgPool,
+    api_key_id: i64,
     digest: &[u8],
     method: &str,
-    retention: std::time::Duration,
 ) -> Result<SignatureBinding, sqlx::Error> {
     // ON CONFLICT locks the row: concurrent first uses of one signature are serialised, and
-    // exactly one of them sees `reused = false`.
+    // exactly one of them creates it.
     sqlx::query_as!(
         SignatureBinding,
-        r#"INSERT INTO api_key_signatures AS s (digest, method) VALUES ($1, $2)
-           ON CONFLICT (digest) DO UPDATE SET
-               method = CASE WHEN s.seen_at < now() - make_interval(secs => $3)
-                             THEN EXCLUDED.method ELSE s.method END,
-               reused = s.seen_at >= now() - make_interval(secs => $3),
-               seen_at = CASE WHEN s.seen_at < now() - make_interval(secs => $3)
-                              THEN now() ELSE s.seen_at END
-           RETURNING method, reused"#,
+        r#"INSERT INTO api_key_signatures AS s (digest, method, api_key_id) VALUES ($1, $2, $3)
+           ON CONFLICT (digest) DO UPDATE SET reused = true
+           RETURNING method, NOT reused AS "created!""#,
         digest,
         method,
-        retention.as_secs_f64()
+        api_key_id
     )
     .fetch_one(pool)
     .await
 }
 
-/// The method a signature is bound to, and whether it had been used before this request.
+/// The method a signature is bound to, and whether this request created the binding.
 pub struct SignatureBinding {
     pub method: String,
-    pub reused: bool,
+    pub created: bool,
 }
 
-/// Forgets signature bindings older than `retention`.
-pub async fn purge_signatures(
-    pool: &PgPool,
-    retention: std::time::Duration,
-) -> Result<u64, sqlx::Error> {
+/// Gives back a write's signature whose request was refused, so that the client may retry
+/// it. Only the request that created the binding calls this.
+pub async fn release_signature(pool: &PgPool, digest: &[u8]) -> Result<(), sqlx::Error> {
+    sqlx::query!("DELETE FROM api_key_signatures WHERE digest = $1", digest)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Forgets the signature bindings of expired keys (a revoked key's go with it): no signature
+/// of theirs is accepted any more.
+pub async fn purge_signatures(pool: &PgPool) -> Result<u64, sqlx::Error> {
     let done = sqlx::query!(
-        "DELETE FROM api_key_signatures WHERE seen_at < now() - make_interval(secs => $1)",
-        retention.as_secs_f64()
+        "DELETE FROM api_key_signatures s USING api_keys k
+          WHERE s.api_key_id = k.id AND k.expires_at <= now()"
     )
     .execute(pool)
     .await?;
