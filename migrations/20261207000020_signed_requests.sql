@@ -1,6 +1,6 @@
 -- API-key signatures cover only the URL (the UForge SDK's scheme), so the server binds each
 -- accepted signature to its method, and writes to one use. Kept by digest of key + signature
--- (never the signature itself), for api.signature_retention_secs.
+-- (never the signature itself), for as long as its key lives (20261207000021).
 CREATE TABLE api_key_signatures (
     digest   BYTEA PRIMARY KEY,
     method   TEXT NOT NULL,
