@@ -221,7 +221,11 @@ const ERROR_ANSWERS: [(u16, &str); 12] = [
     (409, "Conflict (finished ticket, image not ready)"),
     (413, "Body too large"),
     (415, "Content-Type is neither XML nor JSON"),
-    (429, "Too many failed logins for this login (Retry-After)"),
+    (
+        429,
+        "Too many requests (Retry-After): failed logins for this login, or the user's open \
+         event streams, unfinished tickets or publishes per minute past their limits",
+    ),
     (502, "The cloud refused a call made for the request"),
     (503, "Database or queue unreachable; nothing was stored"),
 ];
