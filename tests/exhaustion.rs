@@ -481,3 +481,90 @@ async fn past_the_connection_cap_new_connections_are_closed_and_a_slot_frees_on_
     );
     app.stop().await;
 }
+
+/// An open event stream of `ticket` for `user` (Basic), past its first event.
+async fn open_stream(app: &TestApp, ticket: &str, user: &str) -> reqwest::Response {
+    let mut stream = app
+        .get(&format!("{ticket}/events"), user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert!(stream.chunk().await.unwrap().is_some());
+    stream
+}
+
+#[tokio::test]
+async fn a_ticket_stream_ends_when_its_users_password_changes() {
+    let (app, alice_image, _) = app_with(recheck_every_second).await;
+    let ticket = queued_ticket(&app, "alice", &alice_image).await;
+    let stream = open_stream(&app, &ticket, "alice").await;
+    let hash = pimage::secrets::hash_password(&pimage::secrets::Secret::new("another-password"));
+    let entitlements = ["migration_publish".to_string()];
+    pimage::store::users::upsert(&app.pool, "alice", &hash, false, &entitlements)
+        .await
+        .unwrap();
+    let took = ends_within(stream, Duration::from_secs(5)).await;
+    assert!(took.is_ok(), "password changed: {took:?}");
+    app.stop().await;
+}
+
+/// An administrator may watch another user's ticket; demoted, they no longer may.
+#[tokio::test]
+async fn an_admins_stream_of_another_users_ticket_ends_when_the_admin_is_demoted() {
+    let (app, alice_image, _) = app_with(recheck_every_second).await;
+    let ticket = queued_ticket(&app, "alice", &alice_image).await;
+    let roots = open_stream(&app, &ticket, "root").await;
+    app.add_user("root", &["migration_publish"], false).await;
+    let took = ends_within(roots, Duration::from_secs(5)).await;
+    assert!(took.is_ok(), "admin demoted, not the owner: {took:?}");
+    app.stop().await;
+}
+
+/// A new API key of `login`: (public key, secret key).
+async fn api_key_of(app: &TestApp, login: &str) -> (String, String) {
+    use pimage::store::users;
+    let user = users::find_by_login(&app.pool, login)
+        .await
+        .unwrap()
+        .unwrap();
+    let (public, secret) = pimage::api::new_api_key();
+    let sealed = pimage::secrets::SecretBox::from_base64_key(&app.settings.secrets.key)
+        .unwrap()
+        .seal(&secret);
+    users::add_scoped_api_key(&app.pool, user.id, &public, &sealed, None, None)
+        .await
+        .unwrap();
+    (public, secret.expose().to_string())
+}
+
+#[tokio::test]
+async fn a_ticket_stream_ends_when_the_api_key_that_signed_it_is_revoked() {
+    let (app, alice_image, _) = app_with(recheck_every_second).await;
+    let ticket = queued_ticket(&app, "alice", &alice_image).await;
+    let (public, secret) = api_key_of(&app, "alice").await;
+    let relative = format!("{ticket}/events?apiKey={public}");
+    let signature = pimage::api::sign(&secret, &relative);
+    let encoded: String = url::form_urlencoded::byte_serialize(signature.as_bytes()).collect();
+    let mut signed = app
+        .client
+        .get(app.url(&format!("{relative}&signature={encoded}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), StatusCode::OK);
+    assert!(signed.chunk().await.unwrap().is_some());
+    let basic = open_stream(&app, &ticket, "alice").await;
+
+    assert!(pimage::store::users::revoke_api_key(&app.pool, &public)
+        .await
+        .unwrap());
+    let signed_ended = ends_within(signed, Duration::from_secs(5)).await;
+    // Alice herself keeps access: her password stream stays open.
+    let basic_ended = ends_within(basic, Duration::from_secs(3)).await;
+    assert!(
+        signed_ended.is_ok() && basic_ended.is_err(),
+        "key revoked: signed stream {signed_ended:?}; Basic stream {basic_ended:?}"
+    );
+    app.stop().await;
+}
