@@ -521,8 +521,12 @@ async fn an_admins_stream_of_another_users_ticket_ends_when_the_admin_is_demoted
     app.stop().await;
 }
 
-/// A new API key of `login`: (public key, secret key).
-async fn api_key_of(app: &TestApp, login: &str) -> (String, String) {
+/// A new API key of `login`, valid until `expires_at`: (public key, secret key).
+async fn api_key_of(
+    app: &TestApp,
+    login: &str,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> (String, String) {
     use pimage::store::users;
     let user = users::find_by_login(&app.pool, login)
         .await
@@ -532,19 +536,20 @@ async fn api_key_of(app: &TestApp, login: &str) -> (String, String) {
     let sealed = pimage::secrets::SecretBox::from_base64_key(&app.settings.secrets.key)
         .unwrap()
         .seal(&secret);
-    users::add_scoped_api_key(&app.pool, user.id, &public, &sealed, None, None)
+    users::add_scoped_api_key(&app.pool, user.id, &public, &sealed, None, expires_at)
         .await
         .unwrap();
     (public, secret.expose().to_string())
 }
 
-#[tokio::test]
-async fn a_ticket_stream_ends_when_the_api_key_that_signed_it_is_revoked() {
-    let (app, alice_image, _) = app_with(recheck_every_second).await;
-    let ticket = queued_ticket(&app, "alice", &alice_image).await;
-    let (public, secret) = api_key_of(&app, "alice").await;
-    let relative = format!("{ticket}/events?apiKey={public}");
-    let signature = pimage::api::sign(&secret, &relative);
+/// An open event stream of `ticket`, signed with `key`, past its first event.
+async fn open_signed_stream(
+    app: &TestApp,
+    ticket: &str,
+    key: &(String, String),
+) -> reqwest::Response {
+    let relative = format!("{ticket}/events?apiKey={}", key.0);
+    let signature = pimage::api::sign(&key.1, &relative);
     let encoded: String = url::form_urlencoded::byte_serialize(signature.as_bytes()).collect();
     let mut signed = app
         .client
@@ -554,6 +559,28 @@ async fn a_ticket_stream_ends_when_the_api_key_that_signed_it_is_revoked() {
         .unwrap();
     assert_eq!(signed.status(), StatusCode::OK);
     assert!(signed.chunk().await.unwrap().is_some());
+    signed
+}
+
+#[tokio::test]
+async fn a_ticket_stream_ends_when_the_api_key_that_signed_it_expires() {
+    let (app, alice_image, _) = app_with(recheck_every_second).await;
+    let ticket = queued_ticket(&app, "alice", &alice_image).await;
+    let expires_at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let key = api_key_of(&app, "alice", Some(expires_at)).await;
+    let signed = open_signed_stream(&app, &ticket, &key).await;
+    let took = ends_within(signed, Duration::from_secs(6)).await;
+    assert!(took.is_ok(), "key expired: {took:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_ticket_stream_ends_when_the_api_key_that_signed_it_is_revoked() {
+    let (app, alice_image, _) = app_with(recheck_every_second).await;
+    let ticket = queued_ticket(&app, "alice", &alice_image).await;
+    let key = api_key_of(&app, "alice", None).await;
+    let public = key.0.clone();
+    let signed = open_signed_stream(&app, &ticket, &key).await;
     let basic = open_stream(&app, &ticket, "alice").await;
 
     assert!(pimage::store::users::revoke_api_key(&app.pool, &public)
