@@ -436,6 +436,24 @@ mod tests {
         serde_json::from_str(document()).unwrap()
     }
 
+    /// A 429 comes from failed logins and from the per-user limits (`api::limits`): the
+    /// answer every operation refers to says so.
+    #[test]
+    fn the_429_answer_names_the_login_lockout_and_the_per_user_limits() {
+        let doc = parsed();
+        let description = doc["components"]["responses"]["E429"]["description"]
+            .as_str()
+            .unwrap();
+        for cause in [
+            "failed logins",
+            "event streams",
+            "unfinished tickets",
+            "publishes per minute",
+        ] {
+            assert!(description.contains(cause), "{description}");
+        }
+    }
+
     /// A route added to or removed from the router without its operation fails here.
     #[test]
     fn documents_exactly_the_routes_of_the_router() {
