@@ -3,7 +3,8 @@
 //! reachable, migrations applied; the API stays ready without RabbitMQ, degraded, since
 //! its outbox keeps the tickets) and `/metrics` (Prometheus text format).
 //!
-//! `serve_http` serves every listener (API and worker) with header-read and idle timeouts.
+//! `serve_http` serves every listener (API and worker) with header-read, body and idle
+//! timeouts, and a cap on open connections.
 
 use std::future::Future;
 use std::io;
@@ -210,7 +211,8 @@ fn open_file_limit() -> Option<usize> {
 
 /// Serves `app` (HTTP/1.1) on `listener` until `shutdown`, then lets in-flight requests end.
 /// `axum::serve` has no timeouts: one client could hold every file descriptor with
-/// connections that send nothing. Here each connection gets both of `timeouts`.
+/// connections that send nothing. Here each connection gets every one of `timeouts`, and
+/// past `timeouts.max_connections` new connections are closed at once.
 pub async fn serve_http(
     listener: TcpListener,
     app: Router,
