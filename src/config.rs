@@ -265,6 +265,12 @@ pub struct LimitSettings {
     /// `publish_burst`.
     pub publishes_per_minute: u32,
     pub publish_burst: u32,
+    /// A request's whole body must arrive this long after its head: the idle timeout alone
+    /// lets a body trickle in one byte at a time for ever.
+    pub body_timeout_secs: u64,
+    /// Connections one listener serves at once; past it new ones are closed at once. Kept
+    /// below the process's open-file limit, so one client cannot take every descriptor.
+    pub max_connections: usize,
 }
 
 impl Default for LimitSettings {
@@ -277,6 +283,8 @@ impl Default for LimitSettings {
             queued_tickets_per_user: 200,
             publishes_per_minute: 120,
             publish_burst: 120,
+            body_timeout_secs: 30,
+            max_connections: 4096,
         }
     }
 }

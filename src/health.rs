@@ -3,8 +3,10 @@
 //! reachable, migrations applied; the API stays ready without RabbitMQ, degraded, since
 //! its outbox keeps the tickets) and `/metrics` (Prometheus text format).
 //!
-//! `serve_http` serves every listener (API and worker) with header-read and idle timeouts.
+//! `serve_http` serves every listener (API and worker) with header-read, body and idle
+//! timeouts, and a cap on open connections.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -13,11 +15,14 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::extract::Request;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper::body::Frame;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -25,6 +30,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -167,18 +174,45 @@ pub async fn serve(
     Ok(local)
 }
 
-/// How long a connection may take to send a request's head, and to move any byte at all.
+/// How long a connection may take to send a request's head and body, and to move any byte
+/// at all; and how many connections a listener serves at once.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionTimeouts {
     /// From the connection's opening, or its previous answer's end, to a whole request head.
     pub header_read: Duration,
     /// No byte read or written for this long (a stalled body, an answer not read): closed.
     pub idle: Duration,
+    /// From a request's head to the end of its body (a body trickled byte by byte: cut).
+    pub body: Duration,
+    /// Past this many open connections, a new one is closed at once.
+    pub max_connections: usize,
+}
+
+/// Descriptors kept free for everything else the process opens (its database pool,
+/// RabbitMQ, cloud calls, files).
+const RESERVED_DESCRIPTORS: usize = 256;
+
+/// `wanted` connections at most, and fewer than the process's soft open-file limit: past
+/// that limit `accept` fails and the process could open nothing else either.
+pub fn connections_allowed(wanted: usize) -> usize {
+    let wanted = wanted.max(1);
+    match open_file_limit() {
+        Some(limit) => wanted.min(limit.saturating_sub(RESERVED_DESCRIPTORS).max(1)),
+        None => wanted,
+    }
+}
+
+/// The soft RLIMIT_NOFILE, read from /proc (the crate forbids the unsafe `getrlimit`).
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Serves `app` (HTTP/1.1) on `listener` until `shutdown`, then lets in-flight requests end.
 /// `axum::serve` has no timeouts: one client could hold every file descriptor with
-/// connections that send nothing. Here each connection gets both of `timeouts`.
+/// connections that send nothing. Here each connection gets every one of `timeouts`, and
+/// past `timeouts.max_connections` new connections are closed at once.
 pub async fn serve_http(
     listener: TcpListener,
     app: Router,
@@ -186,6 +220,13 @@ pub async fn serve_http(
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(timeouts.max_connections.max(1)));
+    let body_timeout = timeouts.body;
+    let app = app.layer(axum::middleware::map_request(
+        move |request: Request| async move {
+            request.map(|body| Body::new(BodyDeadline::new(body, body_timeout)))
+        },
+    ));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -199,13 +240,18 @@ pub async fn serve_http(
             },
             _ = shutdown.cancelled() => break,
         };
+        // Accepted then dropped (closed) when full: left in the backlog, it would wait
+        // unanswered, and the client could not tell a full server from a slow one.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("connection refused: the listener serves its most");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        connections.spawn(serve_connection(
-            stream,
-            app.clone(),
-            timeouts,
-            shutdown.clone(),
-        ));
+        let connection = serve_connection(stream, app.clone(), timeouts, shutdown.clone());
+        connections.spawn(async move {
+            connection.await;
+            drop(slot);
+        });
     }
     connections.close();
     connections.wait().await;
@@ -331,5 +377,50 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A request body that fails once `timeout` has passed since its head arrived, however
+/// steadily its bytes trickle in (the idle timeout sees each byte as activity).
+struct BodyDeadline {
+    inner: Body,
+    deadline: Pin<Box<Sleep>>,
+    timeout: Duration,
+}
+
+impl BodyDeadline {
+    fn new(inner: Body, timeout: Duration) -> BodyDeadline {
+        BodyDeadline {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+        }
+    }
+}
+
+impl hyper::body::Body for BodyDeadline {
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+        if !self.inner.is_end_stream() && self.deadline.as_mut().poll(cx).is_ready() {
+            let why = format!(
+                "the request body did not arrive whole within {} seconds",
+                self.timeout.as_secs()
+            );
+            return Poll::Ready(Some(Err(why.into())));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -385,3 +385,213 @@ async fn publishing_past_the_burst_gets_429_with_retry_after() {
     );
     app.stop().await;
 }
+
+/// A publish whose body trickles one byte a second: each byte resets the idle timeout, so
+/// only a deadline on the whole body ends it.
+#[tokio::test]
+async fn a_body_trickled_one_byte_a_second_is_cut_within_the_body_timeout() {
+    let (app, alice_image, _) = app_with(|s| {
+        s.limits.idle_timeout_secs = 3;
+        s.limits.body_timeout_secs = 2;
+    })
+    .await;
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let credentials = base64_of(&format!("alice:{PASSWORD}"));
+    let head = format!(
+        "POST /api/{alice_image}/pimages HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Basic {credentials}\r\nContent-Type: application/json\r\n\
+         Content-Length: 1000\r\n\r\n"
+    );
+    let socket = TcpStream::connect(&addr).await.unwrap();
+    let (mut reader, mut writer) = socket.into_split();
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..20 {
+            if writer.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let started = Instant::now();
+    let mut answer = vec![];
+    let mut buf = [0u8; 1024];
+    let read_to_end = async {
+        while let Ok(n @ 1..) = reader.read(&mut buf).await {
+            answer.extend_from_slice(&buf[..n]);
+        }
+    };
+    let cut = tokio::time::timeout(Duration::from_secs(6), read_to_end).await;
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        cut.is_ok(),
+        "still open after {:?}, answer so far: {answer:?}",
+        started.elapsed()
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+        "{answer}"
+    );
+    app.stop().await;
+}
+
+/// Sends a whole GET on `socket` (kept alive) and reads its answer's status line.
+async fn status_over(socket: &mut TcpStream) -> Result<String, String> {
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    socket.write_all(request).await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1024];
+    let read = socket.read(&mut buf);
+    match tokio::time::timeout(Duration::from_secs(3), read).await {
+        Ok(Ok(0)) => Err("closed".into()),
+        Ok(Ok(n)) => Ok(String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap()
+            .into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer in 3 s".into()),
+    }
+}
+
+#[tokio::test]
+async fn past_the_connection_cap_new_connections_are_closed_and_a_slot_frees_on_close() {
+    let (app, _, _) = app_with(|s| s.limits.max_connections = 2).await;
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let mut first = TcpStream::connect(&addr).await.unwrap();
+    let mut second = TcpStream::connect(&addr).await.unwrap();
+    assert_eq!(status_over(&mut first).await.unwrap(), "HTTP/1.1 200 OK");
+    assert_eq!(status_over(&mut second).await.unwrap(), "HTTP/1.1 200 OK");
+
+    let mut third = TcpStream::connect(&addr).await.unwrap();
+    let past_the_cap = status_over(&mut third).await;
+    // The connections held still answer.
+    let held = status_over(&mut first).await;
+
+    drop(second);
+    // The server notices the close on its next read; then the slot is free.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut fourth = TcpStream::connect(&addr).await.unwrap();
+    let after_a_close = status_over(&mut fourth).await;
+    assert!(
+        past_the_cap.is_err()
+            && held.as_deref() == Ok("HTTP/1.1 200 OK")
+            && after_a_close.as_deref() == Ok("HTTP/1.1 200 OK"),
+        "past the cap: {past_the_cap:?}; held: {held:?}; after a close: {after_a_close:?}"
+    );
+    app.stop().await;
+}
+
+/// An open event stream of `ticket` for `user` (Basic), past its first event.
+async fn open_stream(app: &TestApp, ticket: &str, user: &str) -> reqwest::Response {
+    let mut stream = app
+        .get(&format!("{ticket}/events"), user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert!(stream.chunk().await.unwrap().is_some());
+    stream
+}
+
+#[tokio::test]
+async fn a_ticket_stream_ends_when_its_users_password_changes() {
+    let (app, alice_image, _) = app_with(recheck_every_second).await;
+    let ticket = queued_ticket(&app, "alice", &alice_image).await;
+    let stream = open_stream(&app, &ticket, "alice").await;
+    let hash = pimage::secrets::hash_password(&pimage::secrets::Secret::new("another-password"));
+    let entitlements = ["migration_publish".to_string()];
+    pimage::store::users::upsert(&app.pool, "alice", &hash, false, &entitlements)
+        .await
+        .unwrap();
+    let took = ends_within(stream, Duration::from_secs(5)).await;
+    assert!(took.is_ok(), "password changed: {took:?}");
+    app.stop().await;
+}
+
+/// An administrator may watch another user's ticket; demoted, they no longer may.
+#[tokio::test]
+async fn an_admins_stream_of_another_users_ticket_ends_when_the_admin_is_demoted() {
+    let (app, alice_image, _) = app_with(recheck_every_second).await;
+    let ticket = queued_ticket(&app, "alice", &alice_image).await;
+    let roots = open_stream(&app, &ticket, "root").await;
+    app.add_user("root", &["migration_publish"], false).await;
+    let took = ends_within(roots, Duration::from_secs(5)).await;
+    assert!(took.is_ok(), "admin demoted, not the owner: {took:?}");
+    app.stop().await;
+}
+
+/// A new API key of `login`, valid until `expires_at`: (public key, secret key).
+async fn api_key_of(
+    app: &TestApp,
+    login: &str,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> (String, String) {
+    use pimage::store::users;
+    let user = users::find_by_login(&app.pool, login)
+        .await
+        .unwrap()
+        .unwrap();
+    let (public, secret) = pimage::api::new_api_key();
+    let sealed = pimage::secrets::SecretBox::from_base64_key(&app.settings.secrets.key)
+        .unwrap()
+        .seal(&secret);
+    users::add_scoped_api_key(&app.pool, user.id, &public, &sealed, None, expires_at)
+        .await
+        .unwrap();
+    (public, secret.expose().to_string())
+}
+
+/// An open event stream of `ticket`, signed with `key`, past its first event.
+async fn open_signed_stream(
+    app: &TestApp,
+    ticket: &str,
+    key: &(String, String),
+) -> reqwest::Response {
+    let relative = format!("{ticket}/events?apiKey={}", key.0);
+    let signature = pimage::api::sign(&key.1, &relative);
+    let encoded: String = url::form_urlencoded::byte_serialize(signature.as_bytes()).collect();
+    let mut signed = app
+        .client
+        .get(app.url(&format!("{relative}&signature={encoded}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), StatusCode::OK);
+    assert!(signed.chunk().await.unwrap().is_some());
+    signed
+}
+
+#[tokio::test]
+async fn a_ticket_stream_ends_when_the_api_key_that_signed_it_expires() {
+    let (app, alice_image, _) = app_with(recheck_every_second).await;
+    let ticket = queued_ticket(&app, "alice", &alice_image).await;
+    let expires_at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let key = api_key_of(&app, "alice", Some(expires_at)).await;
+    let signed = open_signed_stream(&app, &ticket, &key).await;
+    let took = ends_within(signed, Duration::from_secs(6)).await;
+    assert!(took.is_ok(), "key expired: {took:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_ticket_stream_ends_when_the_api_key_that_signed_it_is_revoked() {
+    let (app, alice_image, _) = app_with(recheck_every_second).await;
+    let ticket = queued_ticket(&app, "alice", &alice_image).await;
+    let key = api_key_of(&app, "alice", None).await;
+    let public = key.0.clone();
+    let signed = open_signed_stream(&app, &ticket, &key).await;
+    let basic = open_stream(&app, &ticket, "alice").await;
+
+    assert!(pimage::store::users::revoke_api_key(&app.pool, &public)
+        .await
+        .unwrap());
+    let signed_ended = ends_within(signed, Duration::from_secs(5)).await;
+    // Alice herself keeps access: her password stream stays open.
+    let basic_ended = ends_within(basic, Duration::from_secs(3)).await;
+    assert!(
+        signed_ended.is_ok() && basic_ended.is_err(),
+        "key revoked: signed stream {signed_ended:?}; Basic stream {basic_ended:?}"
+    );
+    app.stop().await;
+}

@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -34,6 +34,15 @@ pub(super) fn last_event_id(headers: &HeaderMap) -> Option<i64> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
         .filter(|id: &i64| *id >= 0)
+}
+
+/// The public API key a signed URL names (the last `apiKey`, as `SignedUrl::parse` reads it):
+/// the caller was authenticated by it, so the stream lives only as long as the key.
+fn signing_key(query: Option<&str>) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .filter(|(name, _)| name == "apiKey")
+        .last()
+        .map(|(_, key)| key.into_owned())
 }
 
 /// What one stream sends, and where it is in the event log.
@@ -198,6 +207,7 @@ pub async fn ticket_events(
     State(state): State<AppState>,
     caller: Caller,
     Path(params): Path<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let ticket = routes::resolve_ticket(&state, &caller, &params).await?;
@@ -206,6 +216,7 @@ pub async fn ticket_events(
         login: user.login.clone(),
         password_hash: user.password_hash.clone(),
         owner: ticket.owner_login.clone(),
+        api_key: signing_key(query.as_deref()),
     };
     let pass = state.streams.open(access, Some(&user.login))?;
     let feed = Feed::new(state.pool.clone(), &state.live, Some(ticket.id), false).held_by(pass);

@@ -75,11 +75,13 @@ pub(super) enum Access {
     /// A console feed: its session stays open and its user an administrator.
     Session(Vec<u8>),
     /// A ticket's stream: its user keeps its password and the publish entitlement, and stays
-    /// the ticket's owner or an administrator.
+    /// the ticket's owner or an administrator; the API key that signed it (its public key),
+    /// if one did, is not revoked and has not expired.
     User {
         login: String,
         password_hash: String,
         owner: String,
+        api_key: Option<String>,
     },
 }
 
@@ -204,10 +206,11 @@ impl Streams {
     }
 }
 
-/// Sessions and users as they are now.
+/// Sessions, users and API keys as they are now.
 struct Granted {
     sessions: HashSet<Vec<u8>>,
     users: HashMap<String, users::User>,
+    api_keys: HashSet<String>,
 }
 
 impl Granted {
@@ -217,14 +220,19 @@ impl Granted {
     ) -> Result<Granted, sqlx::Error> {
         let mut hashes = HashSet::new();
         let mut logins = HashSet::new();
+        let mut keys = HashSet::new();
         for (access, _) in open {
             match access {
                 Access::Session(hash) => hashes.insert(hash.clone()),
-                Access::User { login, .. } => logins.insert(login.clone()),
+                Access::User { login, api_key, .. } => {
+                    keys.extend(api_key.clone());
+                    logins.insert(login.clone())
+                }
             };
         }
         let hashes: Vec<Vec<u8>> = hashes.into_iter().collect();
         let logins: Vec<String> = logins.into_iter().collect();
+        let keys: Vec<String> = keys.into_iter().collect();
         let sessions = match hashes.is_empty() {
             true => vec![],
             false => console::admin_sessions(pool, &hashes).await?,
@@ -233,9 +241,14 @@ impl Granted {
             true => vec![],
             false => users::find_by_logins(pool, &logins).await?,
         };
+        let api_keys = match keys.is_empty() {
+            true => vec![],
+            false => console::live_api_keys(pool, &keys).await?,
+        };
         Ok(Granted {
             sessions: sessions.into_iter().collect(),
             users: users.into_iter().map(|u| (u.login.clone(), u)).collect(),
+            api_keys: api_keys.into_iter().collect(),
         })
     }
 
@@ -246,8 +259,12 @@ impl Granted {
                 login,
                 password_hash,
                 owner,
+                api_key,
             } => self.users.get(login).is_some_and(|user| {
-                user.password_hash == *password_hash
+                api_key
+                    .as_ref()
+                    .is_none_or(|key| self.api_keys.contains(key))
+                    && user.password_hash == *password_hash
                     && user.has_entitlement(PUBLISH_ENTITLEMENT)
                     && (user.login == *owner || user.is_admin)
             }),

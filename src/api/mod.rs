@@ -159,11 +159,13 @@ pub struct Application {
     timeouts: health::ConnectionTimeouts,
 }
 
-/// Every listener's connection timeouts (the API's and the worker's).
+/// Every listener's connection timeouts and cap (the API's and the worker's).
 pub fn connection_timeouts(limits: &LimitSettings) -> health::ConnectionTimeouts {
     health::ConnectionTimeouts {
         header_read: std::time::Duration::from_secs(limits.header_read_timeout_secs.max(1)),
         idle: std::time::Duration::from_secs(limits.idle_timeout_secs.max(1)),
+        body: std::time::Duration::from_secs(limits.body_timeout_secs.max(1)),
+        max_connections: health::connections_allowed(limits.max_connections),
     }
 }
 

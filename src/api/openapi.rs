@@ -221,7 +221,11 @@ const ERROR_ANSWERS: [(u16, &str); 12] = [
     (409, "Conflict (finished ticket, image not ready)"),
     (413, "Body too large"),
     (415, "Content-Type is neither XML nor JSON"),
-    (429, "Too many failed logins for this login (Retry-After)"),
+    (
+        429,
+        "Too many requests (Retry-After): failed logins for this login, or the user's open \
+         event streams, unfinished tickets or publishes per minute past their limits",
+    ),
     (502, "The cloud refused a call made for the request"),
     (503, "Database or queue unreachable; nothing was stored"),
 ];
@@ -430,6 +434,24 @@ mod tests {
 
     fn parsed() -> Value {
         serde_json::from_str(document()).unwrap()
+    }
+
+    /// A 429 comes from failed logins and from the per-user limits (`api::limits`): the
+    /// answer every operation refers to says so.
+    #[test]
+    fn the_429_answer_names_the_login_lockout_and_the_per_user_limits() {
+        let doc = parsed();
+        let description = doc["components"]["responses"]["E429"]["description"]
+            .as_str()
+            .unwrap();
+        for cause in [
+            "failed logins",
+            "event streams",
+            "unfinished tickets",
+            "publishes per minute",
+        ] {
+            assert!(description.contains(cause), "{description}");
+        }
     }
 
     /// A route added to or removed from the router without its operation fails here.

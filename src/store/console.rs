@@ -64,6 +64,20 @@ pub async fn admin_sessions(
     .await
 }
 
+/// Of `public_keys`, those that still exist and have not expired (an open stream's re-check).
+pub async fn live_api_keys(
+    pool: &PgPool,
+    public_keys: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT public_key FROM api_keys
+          WHERE public_key = ANY($1) AND (expires_at IS NULL OR expires_at > now())",
+        public_keys,
+    )
+    .fetch_all(pool)
+    .await
+}
+
 pub async fn end_session(pool: &PgPool, token_hash: &[u8]) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "DELETE FROM console_sessions WHERE token_hash = $1",
