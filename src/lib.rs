@@ -38,7 +38,7 @@
 //! | · `statuses`  | the status cache: statuses in memory, dropped as NOTIFY announces changes |
 //! | [`outbox`]    | hands stored tickets to RabbitMQ (in batches, one, or later by the relay) |
 //! | [`health`]    | `/healthz`, `/readyz`, `/metrics` (API and worker)                       |
-//! |               | `serve_http`: every listener: header, idle, body timeouts; a connection cap |
+//! |               | `serve_http`: all listeners: header, idle, body timeouts, connection cap  |
 //! | [`queue`]     | RabbitMQ: queue declaration, confirmed publishing, consuming             |
 //! | [`cloud`]     | the OpenStack account and the one HTTP client, in sub-modules:           |
 //! | · `keystone`  | Keystone v3 login, wrong password told from unreachable project          |
