@@ -1,10 +1,15 @@
 //! What goes up: the registered file, or (when the cloud's profile names another
 //! `disk_format`, e.g. `raw` for Ceph) a copy converted with `qemu-img convert` into
 //! `worker.scratch_dir`. Before converting, the file is inspected (`image_files::inspect`:
-//! exactly its format, self-contained, its virtual size within the limit) and that size is
-//! reserved in the scratch directory (`scratch`); qemu-img then runs with the format forced
-//! and nothing else to open, confined to the image and its copy (`sandbox`), under CPU,
-//! memory, file and time limits. The copy and its reservation go when the attempt ends.
+//! exactly its format, self-contained, its virtual size within the limit) and that size, plus
+//! room for the copy's metadata, is reserved in the scratch directory (`scratch`); qemu-img
+//! then runs with the format forced and nothing else to open, confined to the image and its
+//! copy (`sandbox`), under CPU, memory, file and time limits. The copy and its reservation go
+//! when the attempt ends.
+//!
+//! Landlock's network rules cover TCP only: the sandbox forbids every TCP bind and connect;
+//! UDP and pathname unix sockets are not blocked by Landlock, only unreachable because
+//! qemu-img is forced to the file driver (no seccomp filter yet).
 
 mod sandbox;
 mod scratch;
