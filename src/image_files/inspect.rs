@@ -205,7 +205,7 @@ fn vmdk(image: &Image, head: &[u8]) -> Result<u64, Refusal> {
              files: only monolithicSparse and streamOptimized VMDKs are accepted",
         );
     }
-    let capacity = u64_le(head, 12);
+    let capacity = vmdk_capacity(image, head)?;
     let (desc_offset, desc_size) = (u64_le(head, 28), u64_le(head, 36));
     // qemu reads the extents of an embedded descriptor when the capacity is 0.
     if capacity == 0 || desc_offset == 0 {
@@ -217,9 +217,56 @@ fn vmdk(image: &Image, head: &[u8]) -> Result<u64, Refusal> {
             MAX_VMDK_DESCRIPTOR >> 10
         ));
     }
-    let descriptor = image.read(desc_offset.saturating_mul(512), (desc_size * 512) as usize)?;
+    let descriptor = image.read(
+        desc_offset.saturating_mul(512),
+        desc_size.saturating_mul(512) as usize,
+    )?;
     check_vmdk_descriptor(&String::from_utf8_lossy(&descriptor))?;
+    check_vmdk_parent_at_sector_one(image)?;
     Ok(capacity.saturating_mul(512))
+}
+
+/// qemu marks a streamOptimized VMDK's grain directory "at the end" and then takes the whole
+/// header (capacity included) from the footer, 1536 bytes before the end of the file.
+const VMDK_GD_AT_END: u64 = u64::MAX;
+
+/// The capacity in sectors qemu will use: the footer's when the header sends it there (both
+/// must agree, so the file cannot expand past what is reported).
+fn vmdk_capacity(image: &Image, head: &[u8]) -> Result<u64, Refusal> {
+    let capacity = u64_le(head, 12);
+    if u64_le(head, 56) != VMDK_GD_AT_END {
+        return Ok(capacity);
+    }
+    let footer = image.read(image.len.saturating_sub(1024), 512)?;
+    if !footer.starts_with(b"KDMV") {
+        return refuse("the streamOptimized VMDK has no footer header at its end");
+    }
+    let in_footer = u64_le(&footer, 12);
+    if in_footer != capacity {
+        return refuse(format!(
+            "the VMDK's footer gives another size ({} MiB) than its header ({} MiB)",
+            in_footer.saturating_mul(512) >> 20,
+            capacity.saturating_mul(512) >> 20
+        ));
+    }
+    Ok(capacity)
+}
+
+/// qemu looks for `parentFileNameHint` in the text at 0x200 (sector 1), wherever the
+/// header says the descriptor is: up to 1 MiB, to the first NUL, anywhere in it.
+fn check_vmdk_parent_at_sector_one(image: &Image) -> Result<(), Refusal> {
+    let text = image.read(0x200, (1 << 20) - 1)?;
+    let text = text.split(|&b| b == 0).next().unwrap_or_default();
+    if text
+        .windows(b"parentFileNameHint".len())
+        .any(|w| w == b"parentFileNameHint")
+    {
+        return refuse(
+            "the VMDK names a parent disk (parentFileNameHint at sector 1): only \
+             self-contained images are accepted",
+        );
+    }
+    Ok(())
 }
 
 /// An embedded descriptor: the right type, no parent, one sparse extent that is the file itself.
@@ -282,7 +329,15 @@ fn vhd(image: &Image, head: &[u8]) -> Result<u64, Refusal> {
             "the VHD is a differencing disk with a parent: only self-contained images are accepted",
         );
     }
-    Ok(u64_be(&footer, 48))
+    Ok(u64_be(&footer, 48).max(vhd_chs_size(&footer)))
+}
+
+/// qemu's vpc driver sizes the disk by its geometry (cylinders × heads × sectors) for most
+/// creator apps, by `current_size` for others: the larger of the two bounds both.
+fn vhd_chs_size(footer: &[u8]) -> u64 {
+    let geometry = u32_be(footer, 56);
+    let (cylinders, heads, sectors) = (geometry >> 16, (geometry >> 8) & 0xff, geometry & 0xff);
+    u64::from(cylinders) * u64::from(heads) * u64::from(sectors) * 512
 }
 
 /// VHDX GUIDs as stored (the first three fields little-endian).
@@ -330,11 +385,18 @@ fn vhdx(image: &Image) -> Result<u64, Refusal> {
             return refuse("the VHDX is a differencing disk with a parent: only self-contained images are accepted");
         }
         if id == Some(&VHDX_VIRTUAL_DISK_SIZE[..]) {
-            let at = metadata + u64::from(u32_le(&table, e + 16));
+            let at = vhdx_item_offset(metadata, u32_le(&table, e + 16))?;
             size = Some(u64_le(&image.read(at, 8)?, 0));
         }
     }
     size.map_or_else(|| refuse("the VHDX does not give its virtual size"), Ok)
+}
+
+/// A metadata item's place in the file: the table's offset plus the item's, both the file's.
+fn vhdx_item_offset(metadata: u64, item: u32) -> Result<u64, Refusal> {
+    metadata
+        .checked_add(u64::from(item))
+        .map_or_else(|| refuse("the VHDX's metadata points past any file"), Ok)
 }
 
 const VDI_NORMAL: u32 = 1;
@@ -543,5 +605,106 @@ mod tests {
             .contains("(2097152 MiB once expanded) is above the limit of 1048576 MiB"));
         assert_eq!(inspect(&q, "qcow2", 4 << 40).unwrap(), 2 << 40);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn put_u64_le(bytes: &mut [u8], at: usize, value: u64) {
+        bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    fn qemu_img_virtual_size(path: &Path, format: &str) -> String {
+        let out = Command::new("qemu-img")
+            .args(["info", "-f", format, path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn a_stream_optimized_vmdk_whose_footer_gives_a_larger_size_is_refused() {
+        let dir = dir();
+        let (raw, vmdk) = (dir.join("r.raw"), dir.join("s.vmdk"));
+        std::fs::write(&raw, vec![7u8; 1 << 20]).unwrap();
+        let (r, v) = (raw.to_str().unwrap(), vmdk.to_str().unwrap());
+        qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+            r,
+            v,
+        ]);
+        let mut bytes = std::fs::read(&vmdk).unwrap();
+        // The footer: a footer marker (type 3), a copy of the header saying 1 GiB, an end marker.
+        let mut header = bytes[..512].to_vec();
+        put_u64_le(&mut header, 12, 1 << 21);
+        put_u64_le(&mut bytes, 56, VMDK_GD_AT_END);
+        let mut marker = vec![0u8; 512];
+        marker[12..16].copy_from_slice(&3u32.to_le_bytes());
+        bytes.extend(marker.iter().chain(&header).chain(&[0u8; 512]));
+        std::fs::write(&vmdk, bytes).unwrap();
+        // qemu believes the footer.
+        assert!(qemu_img_virtual_size(&vmdk, "vmdk").contains("virtual size: 1 GiB"));
+        assert!(refusal(&vmdk, "vmdk")
+            .contains("the VMDK's footer gives another size (1024 MiB) than its header (1 MiB)"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_vhd_sized_by_its_geometry_reports_the_larger_size() {
+        let dir = dir();
+        let vhd = dir.join("g.vhd");
+        let v = vhd.to_str().unwrap();
+        qemu_img(&["create", "-f", "vpc", "-o", "subformat=fixed", v, "1M"]);
+        let mut bytes = std::fs::read(&vhd).unwrap();
+        let footer = bytes.len() - 512;
+        assert_eq!(&bytes[footer + 28..footer + 32], b"qemu");
+        // 1000 cylinders, 16 heads, 63 sectors: 492 MiB; the checksum made right again.
+        bytes[footer + 56..footer + 60].copy_from_slice(&[0x03, 0xe8, 16, 63]);
+        bytes[footer + 64..footer + 68].fill(0);
+        let sum = bytes[footer..].iter().map(|&b| u32::from(b)).sum::<u32>();
+        bytes[footer + 64..footer + 68].copy_from_slice(&(!sum).to_be_bytes());
+        std::fs::write(&vhd, bytes).unwrap();
+        assert!(qemu_img_virtual_size(&vhd, "vpc").contains("(516096000 bytes)"));
+        assert_eq!(
+            inspect(&vhd, "vhd", DEFAULT_MAX_VIRTUAL_SIZE).unwrap(),
+            516_096_000
+        );
+        assert!(inspect(&vhd, "vhd", 256 << 20).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_vmdk_parent_named_at_sector_one_is_refused() {
+        let dir = dir();
+        let vmdk = dir.join("p.vmdk");
+        qemu_img(&["create", "-f", "vmdk", vmdk.to_str().unwrap(), "1M"]);
+        let mut bytes = std::fs::read(&vmdk).unwrap();
+        // The clean descriptor moves to sector 2; sector 1 names a parent.
+        bytes.copy_within(0x200..0x200 + 19 * 512, 0x400);
+        put_u64_le(&mut bytes, 28, 2);
+        put_u64_le(&mut bytes, 36, 19);
+        let hint: &[u8] = b"# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n\
+            parentFileNameHint=\"/etc/passwd\"\n";
+        bytes[0x200..0x400].fill(0);
+        bytes[0x200..0x200 + hint.len()].copy_from_slice(hint);
+        std::fs::write(&vmdk, bytes).unwrap();
+        assert!(qemu_img_virtual_size(&vmdk, "vmdk").contains("backing file: /etc/passwd"));
+        assert!(refusal(&vmdk, "vmdk").contains("parentFileNameHint at sector 1"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_vhdx_metadata_offset_past_any_file_is_refused_not_overflowed() {
+        assert_eq!(
+            vhdx_item_offset(1 << 20, 0x1000).unwrap(),
+            (1 << 20) + 0x1000
+        );
+        assert!(vhdx_item_offset(u64::MAX - 4, 0x1000)
+            .unwrap_err()
+            .to_string()
+            .contains("points past any file"));
     }
 }

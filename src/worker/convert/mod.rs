@@ -1,15 +1,22 @@
 //! What goes up: the registered file, or (when the cloud's profile names another
 //! `disk_format`, e.g. `raw` for Ceph) a copy converted with `qemu-img convert` into
 //! `worker.scratch_dir`. Before converting, the file is inspected (`image_files::inspect`:
-//! exactly its format, self-contained, its virtual size within the limit) and that size is
-//! reserved in the scratch directory (`scratch`); qemu-img then runs with the format forced
-//! and nothing else to open, confined to the image and its copy (`sandbox`), under CPU,
-//! memory, file and time limits. The copy and its reservation go when the attempt ends.
+//! exactly its format, self-contained, its virtual size within the limit) and that size, plus
+//! room for the copy's metadata, is reserved in the scratch directory (`scratch`); qemu-img
+//! then runs with the format forced and nothing else to open, confined to the image and its
+//! copy (`sandbox`), under CPU, memory, file and time limits. The copy and its reservation go
+//! when the attempt ends.
+//!
+//! Landlock's network rules cover TCP only: the sandbox forbids every TCP bind and connect;
+//! UDP and pathname unix sockets are not blocked by Landlock, only unreachable because
+//! qemu-img is forced to the file driver (no seccomp filter yet).
 
 mod sandbox;
 mod scratch;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -17,6 +24,7 @@ use tokio::process::Command;
 use crate::cloud::Glance;
 use crate::config::WorkerSettings;
 use crate::image_files::inspect::{self, Refusal};
+use crate::image_files::Checksums;
 
 use super::attempt::{AttemptError, Job};
 
@@ -73,7 +81,9 @@ impl Job<'_> {
         let source = PathBuf::from(&image.file_path);
         let expanded = self.inspected_size(&source, settings).await?;
         let dir = scratch_dir(&settings.scratch_dir).await?;
-        let room = self.reserve(&dir, expanded, &format).await?;
+        let room = self
+            .reserve(&dir, scratch::room_for(expanded), &format)
+            .await?;
         let target = dir.join(format!(
             "pimage-{}-{}.{format}",
             image.id,
@@ -93,10 +103,7 @@ impl Job<'_> {
             .await
             .map_err(|e| failed("the converted copy cannot be created".into(), e))?;
         self.run_qemu_img(&source, &target, &format).await?;
-        let sums = tokio::task::spawn_blocking(move || crate::image_files::checksums(&target))
-            .await
-            .map_err(|e| failed("the converted image could not be read".into(), e))?
-            .map_err(|e| failed("the converted image could not be read".into(), e))?;
+        let sums = checksums_unless_cancelled(target, self.cancel).await?;
         payload.size = sums.size as i64;
         payload.md5 = sums.md5;
         payload.sha512 = Some(sums.sha512);
@@ -209,6 +216,42 @@ impl Job<'_> {
             ));
         }
         Ok(())
+    }
+}
+
+/// Sets its flag when dropped: the blocking hash stops when its attempt ends, however it ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The converted copy's checksums; on cancel the hashing thread is stopped (within one
+/// chunk) and awaited, so a cancelled ticket leaves no thread reading its copy.
+async fn checksums_unless_cancelled(
+    target: PathBuf,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Checksums, AttemptError> {
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let flag = stop.0.clone();
+    let mut hashing = tokio::task::spawn_blocking(move || {
+        crate::image_files::checksums_unless_stopped(&target, &flag)
+    });
+    let unreadable = |e: &dyn std::fmt::Display| {
+        failed(
+            "the converted image could not be read".into(),
+            e.to_string(),
+        )
+    };
+    tokio::select! {
+        sums = &mut hashing => sums.map_err(|e| unreadable(&e))?.map_err(|e| unreadable(&e)),
+        _ = cancel.cancelled() => {
+            drop(stop);
+            let _ = hashing.await;
+            Err(AttemptError::Cancelled)
+        }
     }
 }
 
@@ -441,5 +484,115 @@ mod tests {
             image_opts(Path::new("/images/d.vhd"), "vhd"),
             "driver=vpc,file.driver=file,file.filename=/images/d.vhd"
         );
+    }
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("pimage-convert-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn qemu_img(args: &[&str]) {
+        let out = std::process::Command::new("qemu-img")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_checksum_of_a_large_copy_stops_promptly() {
+        let dir = temp_dir();
+        let sparse = dir.join("big.raw");
+        let file = std::fs::File::create(&sparse).unwrap();
+        file.set_len(64 << 30).unwrap(); // minutes of hashing
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let canceller = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            canceller.cancel();
+        });
+        let started = std::time::Instant::now();
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            checksums_unless_cancelled(sparse, &cancel),
+        )
+        .await
+        .expect("the hashing thread stops within seconds of the cancel");
+        assert!(matches!(ended, Err(AttemptError::Cancelled)));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn copies_in_each_format_fit_the_room_reserved() {
+        let dir = temp_dir();
+        let raw = dir.join("disk.raw");
+        let bytes: Vec<u8> = (0..8u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&raw, bytes).unwrap();
+        for format in ["qcow2", "vmdk", "vhd", "vhdx", "vdi"] {
+            let copy = dir.join(format!("copy.{format}"));
+            let (r, c) = (raw.to_str().unwrap(), copy.to_str().unwrap());
+            qemu_img(&["convert", "-f", "raw", "-O", qemu_format(format), r, c]);
+            let used = std::fs::metadata(&copy).unwrap().len();
+            assert!(used <= scratch::room_for(8 << 20), "{format}: {used}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Runs the sandboxed conversion of `source` (a qcow2) to raw, skipping the inspector.
+    async fn convert_unchecked(source: &Path, target: &Path) -> std::process::Output {
+        std::fs::write(target, b"").unwrap();
+        let command = qemu_img_convert(source, "qcow2", target, "raw", &test_settings());
+        let child = sandbox::spawn_confined(command, source, target, false)
+            .await
+            .unwrap();
+        child.wait_with_output().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_sandboxed_conversion_alone_reads_no_backing_file() {
+        let dir = temp_dir();
+        let (source, target) = (dir.join("b.qcow2"), dir.join("b.raw"));
+        let s = source.to_str().unwrap();
+        qemu_img(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "/etc/passwd",
+            "-F",
+            "raw",
+            s,
+            "1M",
+        ]);
+        let out = convert_unchecked(&source, &target).await;
+        assert!(out.status.success(), "{out:?}");
+        let copied = std::fs::read(&target).unwrap();
+        assert_eq!(copied.len(), 1 << 20);
+        let passwd = std::fs::read("/etc/passwd").unwrap();
+        assert!(!copied.windows(16).any(|w| w == &passwd[..16]));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_sandboxed_conversion_alone_opens_no_nbd_connection() {
+        let dir = temp_dir();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let nbd = format!("nbd://{}", listener.local_addr().unwrap());
+        let (source, target) = (dir.join("n.qcow2"), dir.join("n.raw"));
+        let s = source.to_str().unwrap();
+        // -u: the backing is not opened to create the file.
+        qemu_img(&[
+            "create", "-f", "qcow2", "-u", "-b", &nbd, "-F", "raw", s, "1M",
+        ]);
+        let out = convert_unchecked(&source, &target).await;
+        assert!(out.status.success(), "{out:?}");
+        listener.set_nonblocking(true).unwrap();
+        let connections = std::iter::from_fn(|| listener.accept().ok()).count();
+        assert_eq!(connections, 0, "qemu-img connected to {nbd}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

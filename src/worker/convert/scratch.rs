@@ -7,6 +7,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// The room a conversion of an image of `virtual_size` bytes reserves: its size plus what a
+/// qcow2, VMDK or VHD copy adds as tables and headers (1% and 16 MiB covers them).
+pub(super) fn room_for(virtual_size: u64) -> u64 {
+    virtual_size
+        .saturating_add(virtual_size / 100)
+        .saturating_add(16 << 20)
+}
+
 /// Bytes reserved per scratch directory.
 pub(super) struct Ledger {
     reserved: Mutex<BTreeMap<PathBuf, u64>>,
@@ -86,6 +94,13 @@ impl Drop for Reservation<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_room_reserved_covers_the_metadata_of_the_copy() {
+        assert_eq!(room_for(0), 16 << 20);
+        assert_eq!(room_for(100 << 20), (101 << 20) + (16 << 20));
+        assert_eq!(room_for(u64::MAX), u64::MAX);
+    }
 
     #[test]
     fn reservations_add_up_and_are_given_back_on_drop() {
