@@ -34,6 +34,23 @@ fn path_str(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// A qcow2 at `path` whose backing file is `backing` (raw), made without opening it
+/// (`-u`), so any string qemu would follow can be named.
+fn qcow2_backed_by(path: &Path, backing: &str) {
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        backing,
+        "-F",
+        "raw",
+        path_str(path),
+        "16M",
+    ]);
+}
+
 /// An app whose worker converts to `disk_format` for the lab Glance reached as `localhost`.
 async fn converting_app(disk_format: &str, scratch: PathBuf) -> TestApp {
     let disk_format = disk_format.to_string();
@@ -106,16 +123,7 @@ fn scratch() -> PathBuf {
 async fn a_backing_file_is_refused_and_never_reaches_the_cloud() {
     let app = converting_app("raw", scratch()).await;
     let evil = app.dir.join("passwd.qcow2");
-    qemu_img(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-b",
-        "/etc/passwd",
-        "-F",
-        "raw",
-        path_str(&evil),
-    ]);
+    qcow2_backed_by(&evil, "/etc/passwd");
     assert_registration_refused(&evil, "qcow2", "backing file (\"/etc/passwd\")");
     assert_conversion_refused(&app, &evil, "qcow2", "backing file (\"/etc/passwd\")").await;
     app.stop().await;
@@ -145,18 +153,7 @@ async fn a_fat_directory_backing_is_refused() {
     let app = converting_app("raw", scratch()).await;
     let fat = app.dir.join("fat.qcow2");
     let backing = format!("fat:{}", app.dir.display());
-    qemu_img(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-u",
-        "-b",
-        &backing,
-        "-F",
-        "raw",
-        path_str(&fat),
-        "16M",
-    ]);
+    qcow2_backed_by(&fat, &backing);
     assert_registration_refused(&fat, "qcow2", "backing file (\"fat:");
     assert_conversion_refused(&app, &fat, "qcow2", "backing file (\"fat:").await;
     app.stop().await;
@@ -219,18 +216,7 @@ async fn an_nbd_backing_opens_no_connection() {
     let app = converting_app("raw", scratch()).await;
     let nbd = app.dir.join("nbd.qcow2");
     let backing = format!("nbd://127.0.0.1:{port}");
-    qemu_img(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-u",
-        "-b",
-        &backing,
-        "-F",
-        "raw",
-        path_str(&nbd),
-        "16M",
-    ]);
+    qcow2_backed_by(&nbd, &backing);
     assert_registration_refused(&nbd, "qcow2", "backing file (\"nbd://");
     assert_conversion_refused(&app, &nbd, "qcow2", "backing file (\"nbd://").await;
     assert_eq!(
@@ -280,16 +266,7 @@ async fn the_cli_refuses_to_register_a_crafted_image() {
         .unwrap();
     assert!(added.status.success());
     let evil = env.dir.join("evil.qcow2");
-    qemu_img(&[
-        "create",
-        "-f",
-        "qcow2",
-        "-b",
-        "/etc/passwd",
-        "-F",
-        "raw",
-        path_str(&evil),
-    ]);
+    qcow2_backed_by(&evil, "/etc/passwd");
     let out = env.run(&[
         "images",
         "register",
