@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::Request;
 use axum::extract::State;
+use axum::http::HeaderValue;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -77,6 +78,7 @@ pub fn prometheus() -> &'static PrometheusHandle {
             .expect("only this function installs a metrics recorder");
         // Descriptions go to the installed recorder, so they come after it.
         metrics_catalog::describe_all();
+        metrics::gauge!(metrics_catalog::BUILD_INFO, "version" => VERSION).set(1.0);
         handle
     })
 }
@@ -84,7 +86,10 @@ pub fn prometheus() -> &'static PrometheusHandle {
 pub fn routes(probes: Probes) -> Router {
     prometheus();
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(|| async { format!("ok\npimage {VERSION}\n") }),
+        )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(probes)
@@ -115,19 +120,10 @@ async fn readyz(State(probes): State<Probes>) -> Response {
 
 /// `None` when ready, else why not.
 async fn database_ready(pool: &PgPool) -> Option<String> {
-    let check = async {
-        let applied = sqlx::query_scalar!("SELECT version FROM _sqlx_migrations WHERE success")
-            .fetch_all(pool)
-            .await?;
-        let missing = store::MIGRATOR
-            .iter()
-            .filter(|m| !applied.contains(&m.version))
-            .count();
-        Ok::<usize, sqlx::Error>(missing)
-    };
-    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
-        Ok(Ok(0)) => None,
-        Ok(Ok(n)) => Some(format!("{n} migrations not applied")),
+    match tokio::time::timeout(CHECK_TIMEOUT, store::migrations_missing(pool)).await {
+        Ok(Ok(Some(0))) => None,
+        Ok(Ok(Some(n))) => Some(format!("{n} migrations not applied")),
+        Ok(Ok(None)) => Some("no pimage schema".into()),
         Ok(Err(e)) => Some(format!("unreachable: {e}")),
         Err(_) => Some("no answer".into()),
     }
@@ -160,6 +156,16 @@ async fn metrics(State(probes): State<Probes>) -> Response {
         .into_response()
 }
 
+/// Binds `addr`, naming it and the setting that chose it when that fails: a second process on
+/// one host finds the port taken, and the OS's "Address already in use" names neither.
+pub async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    let variable = format!("PIMAGE__{}", setting.to_uppercase().replace('.', "__"));
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}, set by {setting} ({variable}; port 0 picks a free one)")
+    })
+}
+
 /// Serves the health routes on `addr` until `shutdown` (the worker's own port).
 pub async fn serve(
     addr: SocketAddr,
@@ -167,7 +173,7 @@ pub async fn serve(
     timeouts: ConnectionTimeouts,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = bind(addr, "worker.listen").await?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "health and metrics listening");
     tokio::spawn(serve_http(listener, routes(probes), timeouts, shutdown));
@@ -209,6 +215,11 @@ fn open_file_limit() -> Option<usize> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// pimage's own version: in every answer's `Server` header, `/healthz` and `pimage_build_info`.
+/// (`GET /api/status` answers the UForge version clients check instead.)
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+const SERVER: &str = concat!("pimage/", env!("CARGO_PKG_VERSION"));
+
 /// Serves `app` (HTTP/1.1) on `listener` until `shutdown`, then lets in-flight requests end.
 /// `axum::serve` has no timeouts: one client could hold every file descriptor with
 /// connections that send nothing. Here each connection gets every one of `timeouts`, and
@@ -222,11 +233,19 @@ pub async fn serve_http(
     let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(timeouts.max_connections.max(1)));
     let body_timeout = timeouts.body;
-    let app = app.layer(axum::middleware::map_request(
-        move |request: Request| async move {
-            request.map(|body| Body::new(BodyDeadline::new(body, body_timeout)))
-        },
-    ));
+    let app = app
+        .layer(axum::middleware::map_request(
+            move |request: Request| async move {
+                request.map(|body| Body::new(BodyDeadline::new(body, body_timeout)))
+            },
+        ))
+        .layer(axum::middleware::map_response(
+            |mut response: axum::response::Response| async move {
+                let server = HeaderValue::from_static(SERVER);
+                response.headers_mut().insert(header::SERVER, server);
+                response
+            },
+        ));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -2,7 +2,7 @@
 //!
 //! Other modules record through these constants, never through a string literal, so a typo
 //! cannot make a new metric silently, and `/metrics` has a HELP line for each (a test in
-//! `tests/architecture.rs` rejects `"pimage_…"` literals anywhere else in `src/`).
+//! `tests/suite/architecture.rs` rejects `"pimage_…"` literals anywhere else in `src/`).
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
@@ -33,6 +33,8 @@ macro_rules! catalog {
 }
 
 catalog! {
+    BUILD_INFO = "pimage_build_info", Gauge, Count,
+        "Always 1, labelled with pimage's own version (GET /api/status answers the UForge version clients check).";
     HTTP_REQUESTS = "pimage_http_requests_total", Counter, Count,
         "API requests answered, by method, route template and status.";
     HTTP_REQUEST_DURATION = "pimage_http_request_duration_seconds", Histogram, Seconds,

@@ -18,15 +18,15 @@ use uuid::Uuid;
 use crate::cloud::{AddressPolicy, CloudError, Glance, OpenStackAccount, Sessions};
 use crate::config::CloudSettings;
 use crate::metrics_catalog;
+use crate::retry::Backoff;
 use crate::secrets::SecretBox;
 use crate::store::cleanups::{self, Cleanup, ImageOwner, StoredAccount, TakenCleanup};
 use crate::store::TicketState;
 
 /// Cleanups worked per pass at most: a pass stays short, the next one goes on.
 const CLEANUPS_PER_PASS: usize = 100;
-/// Backoff between two tries of one cleanup: doubles from the first, up to the cap.
-const FIRST_RETRY_SECS: f64 = 5.0;
-const MAX_RETRY_SECS: f64 = 3600.0;
+/// Backoff between two tries of one cleanup: 5 s, doubling, at most an hour.
+const CLEANUP_BACKOFF: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(3600));
 
 #[derive(Clone)]
 pub struct Reconciler {
@@ -58,7 +58,7 @@ impl Reconciler {
             policy: AddressPolicy::from(cloud.clone()),
             sessions: Sessions::default(),
             deployment: cloud.deployment.clone(),
-            sweep_every: Duration::from_secs(cloud.orphan_sweep_secs.max(1)),
+            sweep_every: cloud.orphan_sweep,
         }
     }
 
@@ -89,7 +89,7 @@ impl Reconciler {
         Ok(done)
     }
 
-    /// Runs a pass every `interval` (sweeping every `orphan_sweep_secs`) until `shutdown`.
+    /// Runs a pass every `interval` (sweeping every `cloud.orphan_sweep`) until `shutdown`.
     pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
         let mut last_sweep: Option<Instant> = None;
         loop {
@@ -127,7 +127,7 @@ impl Reconciler {
                     "cleanup not needed: the ticket runs again or was published"
                 );
                 metrics::counter!(metrics_catalog::CLEANUPS, "result" => "superseded").increment(1);
-                taken.done().await?;
+                taken.done(false).await?;
                 Ok(true)
             }
             _ => match self.delete_images_of(&cleanup).await {
@@ -135,12 +135,12 @@ impl Reconciler {
                     info!(ticket_id, ticket_key = %cleanup.ticket_key, ?deleted, "cleanup done: Glance confirmed");
                     metrics::counter!(metrics_catalog::CLEANUPS, "result" => "deleted")
                         .increment(1);
-                    taken.done().await?;
+                    taken.done(!deleted.is_empty()).await?;
                     Ok(true)
                 }
                 Err(error) => {
-                    let retry_in = (FIRST_RETRY_SECS * 2f64.powi(cleanup.attempts.min(20)))
-                        .min(MAX_RETRY_SECS);
+                    let tries = u32::try_from(cleanup.attempts).unwrap_or(0);
+                    let retry_in = CLEANUP_BACKOFF.delay_for_attempt(tries).as_secs_f64();
                     warn!(
                         ticket_id,
                         ticket_key = %cleanup.ticket_key,

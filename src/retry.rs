@@ -1,5 +1,9 @@
-//! Retrying transient failures: exponential backoff (backon's policy) with full jitter, a cap,
-//! a maximum number of attempts and a total deadline; `Retry-After` is honoured up to the cap.
+//! Waiting between tries, the one way: a `Backoff` policy (exponential from a first delay up
+//! to a cap, backon's policy, optionally with full jitter) yields the delays of a "wait then
+//! try again" loop, or the delay before the n-th try when the count is stored elsewhere.
+//! `retry` runs an operation under it with a maximum number of attempts and a total
+//! deadline; `Retry-After` is honoured up to the cap. `retry_with_state` does the same for
+//! attempts that hand the next one what they learnt.
 
 use std::future::Future;
 use std::time::Duration;
@@ -9,6 +13,61 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RetrySettings;
+
+/// Exponential backoff: `first`, doubling at each try, never above `cap`; with full jitter
+/// each delay is uniformly random in [0, that delay].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    first: Duration,
+    cap: Duration,
+    full_jitter: bool,
+}
+
+impl Backoff {
+    pub const fn new(first: Duration, cap: Duration) -> Backoff {
+        Backoff {
+            first,
+            cap,
+            full_jitter: false,
+        }
+    }
+
+    pub const fn with_full_jitter(self) -> Backoff {
+        Backoff {
+            full_jitter: true,
+            ..self
+        }
+    }
+
+    pub fn cap(&self) -> Duration {
+        self.cap
+    }
+
+    /// The delays of a loop that waits then tries again, without end (`take` bounds them).
+    pub fn delays(&self) -> impl Iterator<Item = Duration> {
+        let full_jitter = self.full_jitter;
+        ExponentialBuilder::default()
+            .with_min_delay(self.first)
+            .with_max_delay(self.cap)
+            .with_factor(2.0)
+            .without_max_times()
+            .build()
+            .map(move |d| if full_jitter { jittered(d) } else { d })
+    }
+
+    /// The delay after `tries` failed tries (0: the first delay), for a count kept elsewhere
+    /// (the reconciler keeps it in the database).
+    pub fn delay_for_attempt(&self, tries: u32) -> Duration {
+        // The cap is reached by then for any sane first delay; more steps change nothing.
+        let steps = tries.min(64) as usize;
+        self.delays().nth(steps).unwrap_or(self.cap)
+    }
+}
+
+/// Full jitter: uniform in [0, `delay`].
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(rand::random::<f64>())
+}
 
 /// What a failure says about retrying.
 pub trait Retryable {
@@ -39,11 +98,11 @@ impl<E: std::fmt::Display> RetryNotice<'_, E> {
     }
 }
 
-/// Full jitter: uniform in [0, `delay`], but never sooner than the cloud asked, up to `cap`
-/// (a cloud asking for hours is not obeyed).
-fn full_jitter(delay: Duration, retry_after: Option<Duration>, cap: Duration) -> Duration {
-    let jittered = delay.mul_f64(rand::random::<f64>());
-    retry_after.map_or(jittered, |ra| jittered.max(ra.min(cap)))
+impl RetrySettings {
+    /// The backoff of transient failures: full jitter from `min_delay` up to `max_delay`.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.min_delay, self.max_delay).with_full_jitter()
+    }
 }
 
 /// Runs `op` (given the attempt number, from 1) until it succeeds, fails permanently, runs
@@ -53,7 +112,7 @@ pub async fn retry<T, E, Op, OpFut, Notify, NotifyFut>(
     settings: &RetrySettings,
     cancel: &CancellationToken,
     mut op: Op,
-    mut notify: Notify,
+    notify: Notify,
 ) -> Result<T, E>
 where
     E: Retryable,
@@ -62,30 +121,54 @@ where
     Notify: FnMut(RetryNotice<'_, E>) -> NotifyFut,
     NotifyFut: Future<Output = Result<(), E>>,
 {
+    let op = |attempt, ()| {
+        let tried = op(attempt);
+        async move { (tried.await, ()) }
+    };
+    retry_with_state(settings, cancel, (), op, notify).await
+}
+
+/// `retry` for attempts that hand the next one a state: the first attempt gets `initial`,
+/// each later one what the attempt before returned beside its result.
+pub async fn retry_with_state<S, T, E, Op, OpFut, Notify, NotifyFut>(
+    settings: &RetrySettings,
+    cancel: &CancellationToken,
+    initial: S,
+    mut op: Op,
+    mut notify: Notify,
+) -> Result<T, E>
+where
+    E: Retryable,
+    Op: FnMut(u32, S) -> OpFut,
+    OpFut: Future<Output = (Result<T, E>, S)>,
+    Notify: FnMut(RetryNotice<'_, E>) -> NotifyFut,
+    NotifyFut: Future<Output = Result<(), E>>,
+{
     let started = Instant::now();
-    let deadline = Duration::from_secs(settings.deadline_secs);
     let max_attempts = settings.max_attempts.max(1);
-    let max_delay = Duration::from_millis(settings.max_delay_ms);
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(settings.min_delay_ms))
-        .with_max_delay(max_delay)
-        .with_factor(2.0)
-        .with_max_times(max_attempts as usize - 1)
-        .build();
+    let backoff = settings.backoff();
+    let mut delays = backoff.delays().take(max_attempts as usize - 1);
     let mut attempt = 1;
+    let mut state = initial;
     loop {
-        let error = match op(attempt).await {
-            Ok(value) => return Ok(value),
-            Err(e) => e,
+        let error = match op(attempt, state).await {
+            (Ok(value), _) => return Ok(value),
+            (Err(e), next) => {
+                state = next;
+                e
+            }
         };
         if !error.is_transient() {
             return Err(error);
         }
-        let Some(base) = delays.next() else {
+        let Some(jittered) = delays.next() else {
             return Err(error);
         };
-        let delay = full_jitter(base, error.retry_after(), max_delay);
-        if started.elapsed() + delay > deadline {
+        // Never sooner than the cloud asked, but a cloud asking for hours is not obeyed.
+        let delay = error
+            .retry_after()
+            .map_or(jittered, |asked| jittered.max(asked.min(backoff.cap())));
+        if started.elapsed() + delay > settings.deadline {
             return Err(error);
         }
         attempt += 1;
@@ -139,10 +222,10 @@ mod tests {
 
     fn settings(max_attempts: u32, deadline_secs: u64) -> RetrySettings {
         RetrySettings {
-            min_delay_ms: 1000,
-            max_delay_ms: 8000,
+            min_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(8),
             max_attempts,
-            deadline_secs,
+            deadline: Duration::from_secs(deadline_secs),
         }
     }
 
@@ -276,10 +359,10 @@ mod tests {
             trigger.cancel();
         });
         let s = RetrySettings {
-            min_delay_ms: 60_000,
-            max_delay_ms: 60_000,
+            min_delay: Duration::from_secs(60),
+            max_delay: Duration::from_secs(60),
             max_attempts: 5,
-            deadline_secs: 3600,
+            deadline: Duration::from_secs(3600),
         };
         let started = Instant::now();
         let result: Result<(), Fault> = retry(
@@ -291,6 +374,57 @@ mod tests {
         .await;
         assert_eq!(result, Err(Fault::Cancelled));
         assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_attempt_gets_the_state_the_one_before_returned() {
+        let mut seen = vec![];
+        let result: Result<u32, Fault> = retry_with_state(
+            &settings(6, 3600),
+            &CancellationToken::new(),
+            10,
+            |attempt, state: u32| {
+                seen.push((attempt, state));
+                async move {
+                    let result = if attempt < 3 {
+                        Err(Fault::Transient(None))
+                    } else {
+                        Ok(state)
+                    };
+                    (result, state + attempt)
+                }
+            },
+            |_| async { Ok(()) },
+        )
+        .await;
+        assert_eq!(seen, vec![(1, 10), (2, 11), (3, 13)]);
+        assert_eq!(result, Ok(13));
+    }
+
+    #[test]
+    fn delays_double_from_the_first_up_to_the_cap() {
+        let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        let ms: Vec<u128> = backoff.delays().take(7).map(|d| d.as_millis()).collect();
+        assert_eq!(ms, vec![500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
+    }
+
+    #[test]
+    fn the_delay_for_an_attempt_count_follows_the_same_policy() {
+        // The reconciler's cleanups: 5 s doubling, at most an hour.
+        let backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(3600));
+        let secs = |n| backoff.delay_for_attempt(n).as_secs();
+        assert_eq!((secs(0), secs(1), secs(2), secs(9)), (5, 10, 20, 2560));
+        assert_eq!((secs(10), secs(1000), secs(u32::MAX)), (3600, 3600, 3600));
+    }
+
+    #[test]
+    fn full_jitter_stays_within_each_delay() {
+        let backoff =
+            Backoff::new(Duration::from_secs(1), Duration::from_secs(4)).with_full_jitter();
+        let plain = Backoff::new(Duration::from_secs(1), Duration::from_secs(4));
+        for (jittered, base) in backoff.delays().zip(plain.delays()).take(50) {
+            assert!(jittered <= base, "{jittered:?} > {base:?}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! Unknown user, wrong password, unknown key and bad signature all get the same 401.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,15 +35,15 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::{Notify, OnceCell};
-use tokio_util::sync::CancellationToken;
 
 use super::error::ApiError;
 use super::AppState;
 use crate::config::ApiSettings;
+use crate::live::{Listener, Notice};
 use crate::metrics_catalog;
+use crate::retry::Backoff;
 use crate::secrets::{PasswordChecker, Secret, SecretBox};
 use crate::store::login_lock::{self, Attempt};
 use crate::store::users::ApiKey;
@@ -60,10 +61,9 @@ const MAX_REMEMBERED: usize = 10_000;
 const LOGIN_CHECK_WAIT: Duration = Duration::from_secs(5);
 
 /// While a name's attempts are all in flight, how soon to look again for one given back by
-/// another API process (this process's own are heard at once); doubled after each look, up
-/// to `ATTEMPT_RECHECK_MAX`, so that waiting logins do not poll Postgres at a steady 10/s.
-const ATTEMPT_RECHECK: Duration = Duration::from_millis(100);
-const ATTEMPT_RECHECK_MAX: Duration = Duration::from_secs(1);
+/// another API process (this process's own are heard at once): 100 ms, doubled after each
+/// look up to 1 s, so that waiting logins do not poll Postgres at a steady 10/s.
+const ATTEMPT_RECHECK: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
 
 /// Checks in flight at most before finished entries are swept from the single-flight map.
 const MAX_SHARED_CHECKS: usize = 1_000;
@@ -76,13 +76,28 @@ const MAX_READ_SIGNATURES: usize = 100_000;
 const SIGNATURE_PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// An authenticated caller, and whether the `{uid}` of the path names no user (looked up
-/// only when an administrator reaches another user's resources).
+/// only when an administrator reaches another user's resources). Authenticated once per
+/// request: the first extraction keeps it in the request's extensions and later ones
+/// (a handler's `Caller` and its `UserScope`, say) reuse it, so a single-use signature is
+/// spent once.
+#[derive(Clone)]
 pub struct Caller(pub User, bool);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        let caller = Self::authenticate(parts, state).await?;
+        parts.extensions.insert(caller.clone());
+        Ok(caller)
+    }
+}
+
+impl Caller {
+    async fn authenticate(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
         let user = match SignedUrl::parse(parts.uri.path(), parts.uri.query().unwrap_or(""))? {
             Some(signed) => {
                 let (user, created_write) = state.auth.by_api_key(&signed, &parts.method).await?;
@@ -120,9 +135,7 @@ impl FromRequestParts<AppState> for Caller {
         };
         Ok(Caller(user, uid_unknown))
     }
-}
 
-impl Caller {
     /// May this caller publish as `uid`? Another user's resources look absent (404), and so
     /// do those of a user that does not exist, for administrators too.
     pub fn authorize(&self, uid: &str) -> Result<(), ApiError> {
@@ -201,8 +214,8 @@ impl Authenticator {
             pool,
             secrets,
             max_failures: settings.login_max_failures.max(1),
-            lockout: Duration::from_secs(settings.login_lockout_secs.max(1)),
-            remember_for: Duration::from_secs(settings.credential_cache_secs),
+            lockout: settings.login_lockout,
+            remember_for: settings.credential_cache,
             remembered: Mutex::new(HashMap::new()),
             watching: AtomicBool::new(false),
             salt,
@@ -318,7 +331,7 @@ impl Authenticator {
         login: &str,
         deadline: Instant,
     ) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
-        let mut recheck = ATTEMPT_RECHECK;
+        let mut rechecks = ATTEMPT_RECHECK.delays();
         loop {
             // Listening before asking: an attempt given back meanwhile is not missed.
             let given_back = self.attempt_ended.notified();
@@ -335,8 +348,8 @@ impl Authenticator {
             if left.is_zero() {
                 return Err(logins_busy());
             }
+            let recheck = rechecks.next().unwrap_or(ATTEMPT_RECHECK.cap());
             let _ = tokio::time::timeout(left.min(recheck), given_back).await;
-            recheck = (recheck * 2).min(ATTEMPT_RECHECK_MAX);
         }
     }
 
@@ -527,38 +540,25 @@ impl Authenticator {
         }
     }
 
-    /// Hears user changes until `shutdown`, forgetting what was remembered of each changed
-    /// user. While not listening (connecting, or after an error: notices may have been
-    /// missed), memory is cleared and remembered users are checked against the database.
-    pub async fn watch_user_changes(self: Arc<Self>, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            let heard = async {
-                let mut listener = PgListener::connect_with(&self.pool).await?;
-                listener.listen(users::USER_CHANGED_CHANNEL).await?;
-                self.forget_user(None);
-                self.watching.store(true, Ordering::Release);
-                loop {
-                    let notice = listener.recv().await?;
-                    self.forget_user(Some(notice.payload()));
-                }
-                #[allow(unreachable_code)]
-                Ok::<(), sqlx::Error>(())
-            };
-            tokio::select! {
-                result = heard => {
-                    self.watching.store(false, Ordering::Release);
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "user-change listener lost Postgres; reconnecting");
+    /// Hears user changes from the process's listener until it stops, forgetting what was
+    /// remembered of each changed user. When notices may have been missed (the listener
+    /// (re)connected, or this subscriber fell behind), every remembered login is forgotten;
+    /// while nothing is heard, remembered users are checked against the database.
+    pub fn watch_user_changes(self: Arc<Self>, listener: &Listener) -> impl Future<Output = ()> {
+        let mut notices = listener.subscribe(&[users::USER_CHANGED_CHANNEL]);
+        async move {
+            while let Some(notice) = notices.recv().await {
+                match notice {
+                    Notice::PossiblyMissed => {
+                        self.forget_user(None);
+                        self.watching.store(true, Ordering::Release);
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
+                    Notice::Deaf => self.watching.store(false, Ordering::Release),
+                    Notice::Payload { payload, .. } => self.forget_user(Some(&payload)),
                 }
-                _ = shutdown.cancelled() => {}
             }
+            self.watching.store(false, Ordering::Release);
         }
-        self.watching.store(false, Ordering::Release);
     }
 }
 

@@ -6,8 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
@@ -16,25 +16,17 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::Caller;
+use super::doc_parts::ReadErrors;
 use super::error::ApiError;
+use super::extract::{LastEventId, OwnedTicket};
 use super::limits::{Access, StreamPass};
-use super::openapi::{ReadErrors, TicketEventsPath};
-use super::{paths, routes, AppState};
+use super::params::TicketPath;
+use super::{paths, AppState};
 use crate::live::{Hub, Live};
 use crate::store::events::{self, TicketEvent};
 
 /// Comment lines this often keep proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-
-/// The id a reconnecting EventSource sends.
-pub(super) fn last_event_id(headers: &HeaderMap) -> Option<i64> {
-    headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|id: &i64| *id >= 0)
-}
 
 /// The public API key a signed URL names (the last `apiKey`, as `SignedUrl::parse` reads it):
 /// the caller was authenticated by it, so the stream lives only as long as the key.
@@ -196,7 +188,7 @@ impl Feed {
     operation_id = "ticketEvents",
     summary = "The ticket's status changes, live (Server-Sent Events); ends at the final state",
     description = "Each event is `status` with the event id and a JSON object (ticketId, kind, state, oldState, percentage, bytesLoaded, bytesTotal, message, at). Without Last-Event-ID the first event is the ticket's current status; with it, every change after that event is sent first. The stream ends after the final state (complete, error, cancelled, or deleted).",
-    params(TicketEventsPath),
+    params(TicketPath, LastEventId),
     responses(
         (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
         (status = 204, description = "The ticket has ended and Last-Event-ID names its last event: nothing more will come"),
@@ -205,12 +197,10 @@ impl Feed {
 )]
 pub async fn ticket_events(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(params): Path<HashMap<String, String>>,
+    OwnedTicket { caller, ticket }: OwnedTicket,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    LastEventId(last_event_id): LastEventId,
 ) -> Result<Response, ApiError> {
-    let ticket = routes::resolve_ticket(&state, &caller, &params).await?;
     let user = &caller.0;
     let access = Access::User {
         login: user.login.clone(),
@@ -221,7 +211,7 @@ pub async fn ticket_events(
     let pass = state.streams.open(access, Some(&user.login))?;
     let feed = Feed::new(state.pool.clone(), &state.live, Some(ticket.id), false).held_by(pass);
     let latest = events::latest_of(&state.pool, ticket.id).await?;
-    if let Some(id) = last_event_id(&headers) {
+    if let Some(id) = last_event_id {
         // The client saw the end already: 204 tells an EventSource to stop reconnecting.
         if ticket.state.is_final() && latest.as_ref().is_none_or(|e| e.id <= id) {
             return Ok(StatusCode::NO_CONTENT.into_response());

@@ -127,7 +127,7 @@ impl Streams {
     pub fn new(limits: &LimitSettings) -> Arc<Streams> {
         Arc::new(Streams {
             per_user: limits.event_streams_per_user.max(1),
-            recheck: Duration::from_secs(limits.stream_recheck_secs.max(1)),
+            recheck: limits.stream_recheck,
             open: Mutex::default(),
         })
     }

@@ -4,17 +4,22 @@
 //! `Application::build` binds the listener (port 0 picks a free port, for tests),
 //! `run_until_stopped` serves until the shutdown token fires and drains in-flight requests.
 
+mod accounts;
 mod auth;
+mod catalog;
 mod console;
+mod doc_parts;
 mod error;
 mod events;
+mod extract;
 mod image_link;
 mod limits;
 mod observe;
 mod openapi;
+mod params;
 pub mod publish_request;
 mod routes;
-mod wire;
+pub mod wire;
 pub mod xml;
 
 use std::net::SocketAddr;
@@ -33,11 +38,12 @@ pub use error::ApiError;
 
 use crate::cloud::AddressPolicy;
 use crate::config::{LimitSettings, Settings};
-use crate::live::Hub;
+use crate::live::{Hub, Listener};
+use crate::maintenance::{Maintenance, MaintenanceContext};
 use crate::queue::Publisher;
 use crate::reconciler::Reconciler;
 use crate::secrets::SecretBox;
-use crate::{health, outbox, rescuer};
+use crate::{health, outbox};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -56,12 +62,18 @@ pub struct AppState {
     pub publish_rate: Arc<limits::PublishRate>,
     /// Tickets one user may have queued or running.
     pub queued_tickets_per_user: i64,
+    /// What `GET /api/status` answers as `version`: the UForge version clients check.
+    pub uforge_version: Arc<str>,
 }
 
 /// The route templates, shared by the router and the handlers' OpenAPI annotations.
 pub(crate) mod paths {
     pub const STATUS: &str = "/api/status";
     pub const OPENAPI: &str = "/api/openapi.json";
+    pub const USER_IMAGES: &str = "/api/users/{uid}/images";
+    pub const SCANNED_INSTANCES: &str = "/api/users/{uid}/scannedinstances";
+    pub const SCANNED_INSTANCE: &str = "/api/users/{uid}/scannedinstances/{siid}";
+    pub const SCAN: &str = "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}";
     pub const IMAGES: &str = "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images";
     pub const IMAGE: &str = "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}";
     pub const TICKETS: &str =
@@ -76,6 +88,9 @@ pub(crate) mod paths {
         "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimages/{pitid}/events";
     pub const USER_TICKETS: &str = "/api/users/{uid}/pimages";
     pub const USER_STATUSES: &str = "/api/users/{uid}/pimages/status";
+    pub const ACCOUNTS: &str = "/api/users/{uid}/accounts";
+    pub const ACCOUNT: &str = "/api/users/{uid}/accounts/{caid}";
+    pub const TARGET_PLATFORMS: &str = "/api/users/{uid}/targetplatforms";
 }
 
 /// One route of the API.
@@ -106,8 +121,17 @@ pub(crate) fn api_routes() -> Vec<ApiRoute> {
     vec![
         route(Method::GET, STATUS, routes::service_status),
         route(Method::GET, OPENAPI, openapi::serve),
+        route(Method::GET, USER_IMAGES, catalog::list_user_images),
+        route(
+            Method::GET,
+            SCANNED_INSTANCES,
+            catalog::list_scanned_instances,
+        ),
+        route(Method::GET, SCANNED_INSTANCE, catalog::get_scanned_instance),
+        route(Method::GET, SCAN, catalog::get_scan),
         route(Method::GET, IMAGES, routes::list_images),
         route(Method::GET, IMAGE, routes::get_image),
+        route(Method::DELETE, IMAGE, catalog::delete_image),
         route(Method::GET, TICKETS, routes::list_tickets_of_image),
         route(Method::POST, TICKETS, routes::publish),
         route(Method::GET, TICKET, routes::get_ticket),
@@ -117,6 +141,15 @@ pub(crate) fn api_routes() -> Vec<ApiRoute> {
         route(Method::GET, TICKET_EVENTS, events::ticket_events),
         route(Method::GET, USER_TICKETS, routes::list_user_tickets),
         route(Method::GET, USER_STATUSES, routes::list_user_statuses),
+        route(Method::GET, ACCOUNTS, accounts::list_accounts),
+        route(Method::POST, ACCOUNTS, accounts::create_account),
+        route(Method::GET, ACCOUNT, accounts::get_account),
+        route(Method::DELETE, ACCOUNT, accounts::delete_account),
+        route(
+            Method::GET,
+            TARGET_PLATFORMS,
+            accounts::list_target_platforms,
+        ),
     ]
 }
 
@@ -162,9 +195,9 @@ pub struct Application {
 /// Every listener's connection timeouts and cap (the API's and the worker's).
 pub fn connection_timeouts(limits: &LimitSettings) -> health::ConnectionTimeouts {
     health::ConnectionTimeouts {
-        header_read: std::time::Duration::from_secs(limits.header_read_timeout_secs.max(1)),
-        idle: std::time::Duration::from_secs(limits.idle_timeout_secs.max(1)),
-        body: std::time::Duration::from_secs(limits.body_timeout_secs.max(1)),
+        header_read: limits.header_read_timeout,
+        idle: limits.idle_timeout,
+        body: limits.body_timeout,
         max_connections: health::connections_allowed(limits.max_connections),
     }
 }
@@ -176,7 +209,7 @@ impl Application {
         let secrets = SecretBox::new(&settings.secrets.key, &settings.secrets.previous_keys)?;
         let pool = crate::store::connect_waiting(&settings.database).await?;
         let publisher = Arc::new(Publisher::new(settings.amqp.clone(), "pimage-api"));
-        let listener = TcpListener::bind(settings.api.listen).await?;
+        let listener = health::bind(settings.api.listen, "api.listen").await?;
         Ok(Application {
             reconciler: Reconciler::new(pool.clone(), secrets.clone(), &settings.cloud),
             timeouts: connection_timeouts(&settings.limits),
@@ -193,10 +226,11 @@ impl Application {
                 streams: limits::Streams::new(&settings.limits),
                 publish_rate: Arc::new(limits::PublishRate::new(&settings.limits)),
                 queued_tickets_per_user: settings.limits.queued_tickets_per_user.max(1),
+                uforge_version: settings.api.uforge_version.as_str().into(),
             },
             rescue: (
                 settings.worker.max_ticket_attempts,
-                std::time::Duration::from_secs(settings.worker.rescue_interval_secs.max(1)),
+                settings.worker.rescue_interval,
             ),
         })
     }
@@ -214,28 +248,22 @@ impl Application {
     /// Serves (and runs the outbox relay, the rescuer and the reconciler) until `shutdown`, then finishes
     /// in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let relay = tokio::spawn(outbox::run_relay(
-            self.state.pool.clone(),
-            self.state.publisher.clone(),
-            shutdown.clone(),
-        ));
-        let rescuer = tokio::spawn(rescuer::run(
-            self.state.pool.clone(),
-            self.state.publisher.clone(),
-            self.rescue.0,
-            self.rescue.1,
-            shutdown.clone(),
-        ));
         tracing::info!(addr = %self.local_addr(), "API listening");
-        let reconciler = tokio::spawn(self.reconciler.run(self.rescue.1, shutdown.clone()));
-        let user_changes =
-            tokio::spawn(self.state.auth.clone().watch_user_changes(shutdown.clone()));
-        let live = tokio::spawn(
-            self.state
-                .live
-                .clone()
-                .run(self.state.pool.clone(), shutdown.clone()),
+        let maintenance = Maintenance::start(
+            MaintenanceContext {
+                pool: self.state.pool.clone(),
+                publisher: self.state.publisher.clone(),
+                reconciler: self.reconciler,
+                max_ticket_attempts: self.rescue.0,
+                interval: self.rescue.1,
+            },
+            &shutdown,
         );
+        // The process's one Postgres listener, and what it feeds.
+        let listener = Listener::new(self.state.pool.clone());
+        let user_changes = tokio::spawn(self.state.auth.clone().watch_user_changes(&listener));
+        let live = tokio::spawn(self.state.live.clone().run(&listener));
+        let listening = tokio::spawn(listener.run(shutdown.clone()));
         let streams = tokio::spawn(
             self.state
                 .streams
@@ -252,12 +280,11 @@ impl Application {
         .await;
         // Bounded (outbox::HandOffs::finish); what does not finish, the relay redoes.
         hand_offs.finish().await;
+        listening.await?;
         user_changes.await?;
         live.await?;
         streams.await?;
-        relay.await?;
-        rescuer.await?;
-        reconciler.await?;
+        maintenance.join().await?;
         Ok(())
     }
 }

@@ -1,32 +1,26 @@
 //! The OpenAPI document of the API, generated with utoipa from the handlers' `#[utoipa::path]`
-//! annotations and the wire types' schemas, and served at `GET /api/openapi.json`.
+//! annotations (their parameters are the `params` structs the handlers parse with) and the
+//! wire types' schemas, and served at `GET /api/openapi.json`.
 //!
-//! What annotations share (path parameters, error answers, cached reads) is described once
-//! here. `tests` hold the document equal to the router's route table (`super::api_routes`).
+//! What no handler states (error answers, login schemes, the publish body's schema) is in
+//! `doc_parts`. `tests` hold the document equal to the router's route table
+//! (`super::api_routes`).
 
-use std::collections::BTreeMap;
-use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
-use utoipa::openapi::path::{Parameter, ParameterIn};
-use utoipa::openapi::response::Response as ApiResponse;
-use utoipa::openapi::security::{
-    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
-};
-use utoipa::openapi::{Content, Header, Ref, RefOr, ResponseBuilder, Schema};
-use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
+use utoipa::OpenApi;
 
-use super::routes;
+use super::doc_parts::{
+    DocumentErrors, ErrorsAndSecuritySchemes, NewAccountBody, PublishRequestBody,
+};
 use super::wire::{
-    CredAccount, ImageDoc, Images, OpStatus, OpStatuses, PublishImage, PublishImages,
-    ServiceStatus, UForgeError,
+    CredAccount, CredAccounts, ImageDoc, Images, OpStatus, OpStatuses, PublishImage, PublishImages,
+    ScanDoc, ScannedInstanceDoc, ScannedInstances, ServiceStatus, StoredAccount, TargetPlatforms,
+    UForgeError,
 };
-
-/// Every answer (and the publish body) comes in both formats.
-const MEDIA_TYPES: [&str; 2] = ["application/json", "application/xml"];
+use super::{accounts, catalog, events, routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -38,17 +32,27 @@ const MEDIA_TYPES: [&str; 2] = ["application/json", "application/xml"];
     paths(
         routes::service_status,
         serve,
+        catalog::list_user_images,
+        catalog::list_scanned_instances,
+        catalog::get_scanned_instance,
+        catalog::get_scan,
         routes::list_images,
         routes::get_image,
+        catalog::delete_image,
         routes::list_tickets_of_image,
         routes::publish,
         routes::get_ticket,
         routes::delete_ticket,
         routes::get_ticket_status,
         routes::cancel_ticket,
-        super::events::ticket_events,
+        events::ticket_events,
         routes::list_user_tickets,
         routes::list_user_statuses,
+        accounts::list_accounts,
+        accounts::create_account,
+        accounts::get_account,
+        accounts::delete_account,
+        accounts::list_target_platforms,
     ),
     components(schemas(
         OpStatus,
@@ -58,9 +62,16 @@ const MEDIA_TYPES: [&str; 2] = ["application/json", "application/xml"];
         OpStatuses,
         ImageDoc,
         Images,
+        ScanDoc,
+        ScannedInstanceDoc,
+        ScannedInstances,
         ServiceStatus,
         UForgeError,
         PublishRequestBody,
+        StoredAccount,
+        CredAccounts,
+        TargetPlatforms,
+        NewAccountBody,
     )),
     security(("basicAuth" = []), ("apiKey" = [], "signature" = [])),
     modifiers(&ErrorsAndSecuritySchemes)
@@ -100,336 +111,13 @@ pub async fn serve() -> Response {
         .into_response()
 }
 
-/// The body of `POST …/pimages` as documented. `publish_request` parses it (leniently: unknown
-/// fields are ignored, booleans may be strings); this type only describes it.
-#[derive(ToSchema)]
-#[schema(
-    as = PublishRequest,
-    rename_all = "camelCase",
-    description = "publishImage: where to publish (an OpenStack cloud account) and as what. Unknown fields are ignored.",
-    xml(name = "publishImage", namespace = "http://www.usharesoft.com/uforge", prefix = "ns0"),
-    example = json!({
-        "displayName": "demo image",
-        "publicImage": false,
-        "keystoneDomain": "Default",
-        "keystoneProject": "demo",
-        "credAccount": {
-            "targetPlatform": {"name": "openstack"},
-            "keystoneUrl": "http://127.0.0.1:5000/v3",
-            "glanceUrl": "http://127.0.0.1:9292",
-            "keystoneVersion": "v3",
-            "login": "demo",
-            "password": "demopass"
-        }
-    })
-)]
-#[allow(dead_code)] // Never built: it exists for its schema.
-pub struct PublishRequestBody {
-    /// Name of the image in Glance (default: the image's name). No control characters.
-    #[schema(required = false, max_length = 255)]
-    display_name: String,
-    #[schema(required = false)]
-    public_image: bool,
-    /// Keystone domain of the user and project (default: Default).
-    #[schema(required = false, max_length = 255)]
-    keystone_domain: String,
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
-    keystone_project: String,
-    #[schema(inline)]
-    cred_account: CredAccountBody,
-}
-
-/// A cloud URL as `publish_request` accepts it.
-fn cloud_url(example: &str) -> Schema {
-    schema(json!({
-        "type": "string",
-        "maxLength": 2048,
-        "pattern": r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._/-]*)?$",
-        "example": example,
-    }))
-}
-
-fn keystone_url() -> Schema {
-    cloud_url("http://127.0.0.1:5000/v3")
-}
-
-fn glance_url() -> Schema {
-    cloud_url("http://127.0.0.1:9292")
-}
-
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-#[allow(dead_code)] // Never built: it exists for its schema.
-struct CredAccountBody {
-    #[schema(required = false, max_length = 255)]
-    name: String,
-    #[schema(required = false, inline)]
-    target_platform: TargetPlatformBody,
-    #[schema(schema_with = keystone_url)]
-    keystone_url: String,
-    #[schema(required = false, inline)]
-    keystone_version: KeystoneVersion,
-    #[schema(required = false, schema_with = glance_url)]
-    glance_url: String,
-    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
-    login: String,
-    /// The cloud password: stored encrypted, never returned.
-    #[schema(min_length = 1, max_length = 1024, format = Password, write_only)]
-    password: String,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)] // Never built: it exists for its schema.
-struct TargetPlatformBody {
-    #[schema(required = false, inline)]
-    name: Platform,
-}
-
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-#[allow(dead_code)] // Never built: it exists for its schema.
-enum Platform {
-    OpenStack,
-}
-
-#[derive(ToSchema)]
-#[schema(rename_all = "lowercase")]
-#[allow(dead_code)] // Never built: it exists for its schema.
-enum KeystoneVersion {
-    V3,
-}
-
-/// Adds what utoipa has no attribute for: the shared error answers and the login schemes;
-/// and undoes two defaults: the module's name as every operation's tag, and `security(())`
-/// written `[{}]` (an optional login) where these operations take none (`[]`).
-struct ErrorsAndSecuritySchemes;
-
-/// Every error answer: a `uforgeError` document (`E{status}` in the components).
-const ERROR_ANSWERS: [(u16, &str); 12] = [
-    (
-        400,
-        "Malformed request or invalid field (the message names it)",
-    ),
-    (
-        401,
-        "Missing or wrong credentials (WWW-Authenticate: Basic)",
-    ),
-    (403, "The user lacks the migration_publish entitlement"),
-    (404, "No such resource (or another user's)"),
-    (405, "Method not allowed"),
-    (406, "Accept names neither XML nor JSON"),
-    (409, "Conflict (finished ticket, image not ready)"),
-    (413, "Body too large"),
-    (415, "Content-Type is neither XML nor JSON"),
-    (
-        429,
-        "Too many requests (Retry-After): failed logins for this login, or the user's open \
-         event streams, unfinished tickets or publishes per minute past their limits",
-    ),
-    (502, "The cloud refused a call made for the request"),
-    (503, "Database or queue unreachable; nothing was stored"),
-];
-
-impl Modify for ErrorsAndSecuritySchemes {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let no_login = SecurityRequirement::default();
-        for item in openapi.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.options,
-                &mut item.head,
-                &mut item.patch,
-                &mut item.trace,
-            ];
-            for operation in operations.into_iter().flatten() {
-                operation.tags = None;
-                if operation.security.as_deref() == Some(std::slice::from_ref(&no_login)) {
-                    operation.security = Some(vec![]);
-                }
-            }
-        }
-        let components = openapi.components.get_or_insert_with(Default::default);
-        for (status, description) in ERROR_ANSWERS {
-            let mut answer = both_formats(ResponseBuilder::new().description(description), {
-                Ref::from_schema_name("UForgeError")
-            });
-            let header = match status {
-                401 => Some(("WWW-Authenticate", schema(json!({"type": "string"})))),
-                429 => Some(("Retry-After", schema(json!({"type": "integer"})))),
-                _ => None,
-            };
-            if let Some((name, header_schema)) = header {
-                answer = answer.header(name, Header::new(header_schema));
-            }
-            components
-                .responses
-                .insert(format!("E{status}"), answer.build().into());
-        }
-        components.add_security_scheme(
-            "basicAuth",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
-        );
-        components.add_security_scheme(
-            "apiKey",
-            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
-                "apiKey",
-                "The public key of an API key (pimage apikeys create)",
-            ))),
-        );
-        components.add_security_scheme(
-            "signature",
-            SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
-                "signature",
-                "base64(HMAC-SHA1(secret key, the URL after /api/ with apiKey and without signature))",
-            ))),
-        );
-    }
-}
-
-fn schema(value: serde_json::Value) -> Schema {
-    serde_json::from_value(value).expect("a valid schema literal")
-}
-
-/// `response` with `body` in JSON and in XML.
-fn both_formats(
-    response: ResponseBuilder,
-    body: impl Into<RefOr<Schema>> + Clone,
-) -> ResponseBuilder {
-    MEDIA_TYPES.iter().fold(response, |response, media_type| {
-        response.content(*media_type, Content::new(Some(body.clone())))
-    })
-}
-
-/// Declares a set of error answers, for `responses(...)`: references to `E{status}`.
-macro_rules! error_answers {
-    ($($(#[$doc:meta])* $name:ident = [$($status:literal),+];)+) => {$(
-        $(#[$doc])*
-        pub struct $name;
-
-        impl IntoResponses for $name {
-            fn responses() -> BTreeMap<String, RefOr<ApiResponse>> {
-                [$($status),+]
-                    .into_iter()
-                    .map(|status: u16| {
-                        let name = format!("E{status}");
-                        (status.to_string(), Ref::from_response_name(name).into())
-                    })
-                    .collect()
-            }
-        }
-    )+};
-}
-
-error_answers! {
-    /// Of `GET /api/openapi.json`.
-    DocumentErrors = [405];
-    /// Of `GET /api/status`.
-    StatusErrors = [405, 406];
-    /// Of a read behind a login.
-    ReadErrors = [400, 401, 403, 404, 405, 406, 429, 503];
-    /// Of `POST …/pimages`.
-    PublishErrors = [400, 401, 403, 404, 405, 406, 409, 413, 415, 429, 503];
-    /// Of `DELETE …/pimages/{pitid}`.
-    DeleteErrors = [400, 401, 403, 404, 405, 406, 429, 502, 503];
-    /// Of `DELETE …/pimages/{pitid}/cancel`.
-    CancelErrors = [400, 401, 403, 404, 405, 406, 409, 429, 503];
-}
-
-/// The `ETag` every object answer carries.
-fn etag_header() -> Header {
-    let mut etag = Header::new(schema(json!({"type": "string"})));
-    etag.description = Some("The object's digest, quoted".into());
-    etag
-}
-
-/// A cached read of a `T`: `200` with its `ETag`, or `304` when `If-None-Match` names it.
-pub struct Cached<T>(PhantomData<T>);
-
-impl<T: ToSchema> IntoResponses for Cached<T> {
-    fn responses() -> BTreeMap<String, RefOr<ApiResponse>> {
-        let found = ResponseBuilder::new()
-            .description("OK")
-            .header("ETag", etag_header());
-        let not_modified = ResponseBuilder::new()
-            .description("Not modified (If-None-Match matched the ETag)")
-            .header("ETag", etag_header());
-        BTreeMap::from([
-            (
-                "200".into(),
-                both_formats(found, Ref::from_schema_name(T::name()))
-                    .build()
-                    .into(),
-            ),
-            ("304".into(), not_modified.build().into()),
-        ])
-    }
-}
-
-/// A path or query parameter, described once for every operation that takes it.
-fn parameter(name: &str) -> Parameter {
-    let id = |description: &str| {
-        json!({"name": name, "in": "path", "required": true, "description": description,
-               "schema": {"type": "integer", "format": "int64", "minimum": 1}, "example": 1})
-    };
-    let value = match name {
-        "uid" => json!({"name": name, "in": "path", "required": true,
-            "description": "The user's login",
-            "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}, "example": "demo"}),
-        "siid" => id("Scanned instance id"),
-        "sid" => id("Scan id"),
-        "itid" => id("Image id"),
-        "pitid" => id("Publish ticket id"),
-        "img" => json!({"name": name, "in": "query", "required": false,
-            "description": "Only this image (its id or URI)", "schema": {"type": "string"}}),
-        "Last-Event-ID" => json!({"name": name, "in": "header", "required": false,
-            "description": "Resume after this event: the changes since are sent first",
-            "schema": {"type": "integer", "format": "int64", "minimum": 0}}),
-        "deleteCloudImage" => json!({"name": name, "in": "query", "required": false,
-            "description": "Also delete the published image from the cloud",
-            "schema": {"type": "boolean"}}),
-        other => unreachable!("no parameter named {other}"),
-    };
-    serde_json::from_value(value).expect("a valid parameter literal")
-}
-
-/// Declares a parameter list, for `params(...)`.
-macro_rules! parameters {
-    ($($(#[$doc:meta])* $name:ident = [$($param:literal),+];)+) => {$(
-        $(#[$doc])*
-        pub struct $name;
-
-        impl IntoParams for $name {
-            fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-                [$($param),+].into_iter().map(parameter).collect()
-            }
-        }
-    )+};
-}
-
-parameters! {
-    /// `users/{uid}/pimages…`.
-    UserParams = ["uid", "img"];
-    /// `…/scans/{sid}/images`.
-    ScanPath = ["uid", "siid", "sid"];
-    /// `…/images/{itid}…`.
-    ImagePath = ["uid", "siid", "sid", "itid"];
-    /// `…/pimages/{pitid}…`.
-    TicketPath = ["uid", "siid", "sid", "itid", "pitid"];
-    /// `GET …/pimages/{pitid}/events`.
-    TicketEventsPath = ["uid", "siid", "sid", "itid", "pitid", "Last-Event-ID"];
-    /// `DELETE …/pimages/{pitid}`.
-    DeleteTicketParams = ["uid", "siid", "sid", "itid", "pitid", "deleteCloudImage"];
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
-    use serde_json::Value;
+    use serde_json::{json, Value};
 
+    use super::super::doc_parts::MEDIA_TYPES;
     use super::*;
 
     fn parsed() -> Value {

@@ -1,4 +1,6 @@
-//! The body of `POST …/pimages`, read from XML or JSON and checked.
+//! The body of `POST …/pimages`, read from XML or JSON and checked: its cloud account given
+//! with a password, or a stored one named. The `credAccount` readers and field checks serve
+//! `POST …/accounts` too (`accounts`).
 
 use serde::Deserialize;
 
@@ -10,7 +12,8 @@ use crate::secrets::Secret;
 const MAX_NAME_LEN: usize = 255;
 const MAX_URL_LEN: usize = 2048;
 
-/// A checked publish request for an OpenStack cloud account.
+/// A checked publish body that gives its account's password, flattened (`from_xml`,
+/// `from_json`).
 #[derive(Debug, Clone)]
 pub struct PublishRequest {
     pub display_name: Option<String>,
@@ -25,6 +28,46 @@ pub struct PublishRequest {
     pub password: Secret,
 }
 
+/// A checked publish body: where to publish, and the cloud account, given with its password
+/// or (as hammr sends it) named among the user's stored accounts (`…/users/{uid}/accounts`).
+#[derive(Debug, Clone)]
+pub struct PublishBody {
+    pub display_name: Option<String>,
+    pub public_image: bool,
+    pub keystone_domain: String,
+    pub keystone_project: String,
+    pub account: BodyAccount,
+}
+
+#[derive(Debug, Clone)]
+pub enum BodyAccount {
+    Given(GivenAccount),
+    Stored(AccountRef),
+}
+
+/// A `credAccountOpenStack` with its password (Keystone v3).
+#[derive(Debug, Clone)]
+pub struct GivenAccount {
+    pub name: Option<String>,
+    pub keystone_url: String,
+    pub glance_url: Option<String>,
+    pub login: String,
+    pub password: Secret,
+}
+
+/// How a body names a stored account: its `uri`, `dbId` or `name` (tried in that order),
+/// and what else it says of it (hammr sends the account as it was served), which must be
+/// what is stored: a body naming one cloud must not publish to another.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountRef {
+    pub uri: Option<String>,
+    pub db_id: Option<i64>,
+    pub name: Option<String>,
+    pub keystone_url: Option<String>,
+    pub glance_url: Option<String>,
+    pub login: Option<String>,
+}
+
 /// Fields as they arrive, before checks. Both wire formats fill this.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -37,22 +80,46 @@ struct RawRequest {
     cred_account: Option<RawAccount>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A `credAccount` as it arrives (also the body of `POST …/accounts`). Its `Debug` leaves the
+/// password out.
+#[derive(Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-struct RawAccount {
-    name: Option<String>,
-    target_platform: Option<RawPlatform>,
-    keystone_url: Option<String>,
-    keystone_version: Option<String>,
-    glance_url: Option<String>,
-    login: Option<String>,
-    password: Option<String>,
+pub(super) struct RawAccount {
+    pub(super) name: Option<String>,
+    uri: Option<String>,
+    db_id: Option<IdField>,
+    pub(super) target_platform: Option<RawPlatform>,
+    pub(super) keystone_url: Option<String>,
+    pub(super) keystone_version: Option<String>,
+    pub(super) glance_url: Option<String>,
+    pub(super) login: Option<String>,
+    pub(super) password: Option<String>,
+}
+
+impl std::fmt::Debug for RawAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawAccount")
+            .field("name", &self.name)
+            .field("uri", &self.uri)
+            .field("keystone_url", &self.keystone_url)
+            .field("login", &self.login)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct RawPlatform {
+pub(super) struct RawPlatform {
     name: Option<String>,
+}
+
+/// JSON clients send `3` or `"3"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum IdField {
+    Number(i64),
+    Text(String),
 }
 
 /// JSON clients send `true` or `"true"`.
@@ -67,7 +134,12 @@ enum BoolField {
 #[error("{0}")]
 pub struct InvalidRequest(pub String);
 
+/// A body that gives its password (no stored account).
 pub fn from_xml(body: &[u8]) -> Result<PublishRequest, InvalidRequest> {
+    given(body_from_xml(body)?)
+}
+
+pub fn body_from_xml(body: &[u8]) -> Result<PublishBody, InvalidRequest> {
     let root = xml::parse(body).map_err(|e| InvalidRequest(e.to_string()))?;
     if root.name != "publishImage" {
         return Err(InvalidRequest(format!(
@@ -79,22 +151,7 @@ pub fn from_xml(body: &[u8]) -> Result<PublishRequest, InvalidRequest> {
     if let Some(account) = root.child("credAccount") {
         openstack_type(account, "CredAccountOpenStack")?;
     }
-    let owned = |el: &Element, name: &str| el.text_of(name).map(str::to_string);
-    let account = root.child("credAccount").map(|acc| RawAccount {
-        name: owned(acc, "name"),
-        target_platform: acc.child("targetPlatform").map(|p| RawPlatform {
-            name: owned(p, "name"),
-        }),
-        keystone_url: owned(acc, "keystoneUrl"),
-        keystone_version: owned(acc, "keystoneVersion"),
-        glance_url: owned(acc, "glanceUrl"),
-        login: owned(acc, "login"),
-        // A password is taken verbatim: spaces may be part of it.
-        password: acc
-            .child("password")
-            .map(|p| p.text.clone())
-            .filter(|p| !p.is_empty()),
-    });
+    let account = root.child("credAccount").map(raw_account);
     check(RawRequest {
         display_name: owned(&root, "displayName"),
         public_image: owned(&root, "publicImage").map(BoolField::Text),
@@ -105,9 +162,31 @@ pub fn from_xml(body: &[u8]) -> Result<PublishRequest, InvalidRequest> {
     })
 }
 
+fn owned(el: &Element, name: &str) -> Option<String> {
+    el.text_of(name).map(str::to_string)
+}
+
+/// The fields of a `credAccount` element.
+pub(super) fn raw_account(acc: &Element) -> RawAccount {
+    RawAccount {
+        name: owned(acc, "name"),
+        uri: owned(acc, "uri"),
+        db_id: owned(acc, "dbId").map(IdField::Text),
+        target_platform: acc.child("targetPlatform").map(|p| RawPlatform {
+            name: owned(p, "name"),
+        }),
+        keystone_url: owned(acc, "keystoneUrl"),
+        keystone_version: owned(acc, "keystoneVersion"),
+        glance_url: owned(acc, "glanceUrl"),
+        login: owned(acc, "login"),
+        // A password is taken verbatim: spaces may be part of it.
+        password: acc.child("password").map(|p| p.text.clone()),
+    }
+}
+
 /// An element's `xsi:type`, where given, must name the OpenStack class: JAXB would build
 /// another target's object from it (`CredAccountAws` …), which pimage cannot publish to.
-fn openstack_type(element: &Element, openstack: &str) -> Result<(), InvalidRequest> {
+pub(super) fn openstack_type(element: &Element, openstack: &str) -> Result<(), InvalidRequest> {
     let Some(written) = element.xsi_type.as_deref().filter(|t| !t.is_empty()) else {
         return Ok(());
     };
@@ -131,85 +210,94 @@ pub enum BodyError {
 }
 
 /// Reads a publish body by its `Content-Type` header value (parameters ignored).
-pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<PublishRequest, BodyError> {
+pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<PublishBody, BodyError> {
+    match media_type(content_type, "publishImage")? {
+        Media::Xml => Ok(body_from_xml(body)?),
+        Media::Json => Ok(body_from_json(body)?),
+    }
+}
+
+/// The two body formats.
+pub(super) enum Media {
+    Xml,
+    Json,
+}
+
+/// The format of a body (a `root` document) by its `Content-Type` header value.
+pub(super) fn media_type(content_type: Option<&str>, root: &str) -> Result<Media, BodyError> {
     let media_type = content_type
         .and_then(|v| v.split(';').next())
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
     match media_type.as_str() {
-        "application/xml" | "text/xml" => Ok(from_xml(body)?),
-        "application/json" => Ok(from_json(body)?),
-        "" => Err(BodyError::UnsupportedMediaType(
-            "send the publishImage body with Content-Type application/xml or application/json"
-                .into(),
-        )),
+        "application/xml" | "text/xml" => Ok(Media::Xml),
+        "application/json" => Ok(Media::Json),
+        "" => Err(BodyError::UnsupportedMediaType(format!(
+            "send the {root} body with Content-Type application/xml or application/json"
+        ))),
         other => Err(BodyError::UnsupportedMediaType(format!(
             "Content-Type '{other}' is not supported: use application/xml or application/json"
         ))),
     }
 }
 
+/// A body that gives its password (no stored account).
 pub fn from_json(body: &[u8]) -> Result<PublishRequest, InvalidRequest> {
+    given(body_from_json(body)?)
+}
+
+pub fn body_from_json(body: &[u8]) -> Result<PublishBody, InvalidRequest> {
+    check(json_body(body)?)
+}
+
+/// A JSON body, its nesting bounded before it is parsed.
+pub(super) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, InvalidRequest> {
     if nesting_exceeds(body, xml::MAX_DEPTH) {
         return Err(InvalidRequest(format!(
             "the JSON body is nested deeper than {} levels",
             xml::MAX_DEPTH
         )));
     }
-    let raw: RawRequest =
-        serde_json::from_slice(body).map_err(|e| InvalidRequest(format!("malformed JSON: {e}")))?;
-    check(raw)
+    serde_json::from_slice(body).map_err(|e| InvalidRequest(format!("malformed JSON: {e}")))
 }
 
-fn check(raw: RawRequest) -> Result<PublishRequest, InvalidRequest> {
+fn given(body: PublishBody) -> Result<PublishRequest, InvalidRequest> {
+    let BodyAccount::Given(account) = body.account else {
+        return Err(InvalidRequest("credAccount/password is required".into()));
+    };
+    Ok(PublishRequest {
+        display_name: body.display_name,
+        public_image: body.public_image,
+        keystone_domain: body.keystone_domain,
+        keystone_project: body.keystone_project,
+        account_name: account.name,
+        keystone_url: account.keystone_url,
+        keystone_version: "v3".into(),
+        glance_url: account.glance_url,
+        login: account.login,
+        password: account.password,
+    })
+}
+
+fn check(raw: RawRequest) -> Result<PublishBody, InvalidRequest> {
     let account = raw
         .cred_account
         .ok_or_else(|| InvalidRequest("credAccount is required".into()))?;
-    let platform = account
-        .target_platform
-        .and_then(|p| p.name)
-        .map(|n| n.trim().to_lowercase())
-        .unwrap_or_else(|| "openstack".into());
-    if platform != "openstack" {
-        return Err(InvalidRequest(format!(
-            "credAccount/targetPlatform/name '{platform}' is not supported: only openstack is"
-        )));
-    }
-    let keystone_version = account
-        .keystone_version
-        .map(|v| v.trim().to_lowercase())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "v3".into());
-    if keystone_version != "v3" && keystone_version != "3" {
-        return Err(InvalidRequest(format!(
-            "credAccount/keystoneVersion '{keystone_version}' is not supported: only Keystone v3 is (tenantName-based v2.0 login was removed from OpenStack)"
-        )));
-    }
+    check_platform(account.target_platform.as_ref())?;
+    check_keystone_version(account.keystone_version.as_deref())?;
     if raw.tenant_name.is_some() && raw.keystone_project.is_none() {
         return Err(InvalidRequest(
             "tenantName is a Keystone v2.0 field: give keystoneProject and keystoneDomain instead"
                 .into(),
         ));
     }
-    let keystone_url =
-        url_field("credAccount/keystoneUrl", account.keystone_url, true)?.expect("required");
-    let glance_url = url_field("credAccount/glanceUrl", account.glance_url, false)?;
-    let login = text_field("credAccount/login", account.login, true)?.expect("required");
-    let password = account
-        .password
-        .ok_or_else(|| InvalidRequest("credAccount/password is required".into()))?;
-    if password.len() > 1024 || password.chars().any(|c| c.is_control()) {
-        return Err(InvalidRequest(
-            "credAccount/password is not a valid password".into(),
-        ));
-    }
+    let account = check_account(account)?;
     let keystone_project =
         text_field("keystoneProject", raw.keystone_project, true)?.expect("required");
     let keystone_domain = text_field("keystoneDomain", raw.keystone_domain, false)?
         .unwrap_or_else(|| "Default".into());
     let display_name = text_field("displayName", raw.display_name, false)?;
-    let account_name = text_field("credAccount/name", account.name, false)?;
     let public_image = match raw.public_image {
         None => false,
         Some(BoolField::Bool(b)) => b,
@@ -223,18 +311,107 @@ fn check(raw: RawRequest) -> Result<PublishRequest, InvalidRequest> {
             }
         },
     };
-    Ok(PublishRequest {
+    // Checked last, as it always was.
+    let account = match account {
+        BodyAccount::Given(mut given) => {
+            given.name = text_field("credAccount/name", given.name, false)?;
+            BodyAccount::Given(given)
+        }
+        stored => stored,
+    };
+    Ok(PublishBody {
         display_name,
         public_image,
         keystone_domain,
         keystone_project,
-        account_name,
+        account,
+    })
+}
+
+/// The `credAccount`: given with its password, or (no password, but a `uri`, `dbId` or
+/// `name`) a stored account named. The fields a stored account replaces are still checked
+/// when sent. A given account's name is checked later (`check` checks it last).
+fn check_account(account: RawAccount) -> Result<BodyAccount, InvalidRequest> {
+    // An empty password is a missing one, in XML and in JSON alike.
+    let password = account.password.filter(|p| !p.is_empty());
+    if password.is_none() {
+        let reference = AccountRef {
+            uri: text_field("credAccount/uri", account.uri, false)?,
+            db_id: account.db_id.map(db_id).transpose()?,
+            name: text_field("credAccount/name", account.name.clone(), false)?,
+            keystone_url: None,
+            glance_url: None,
+            login: None,
+        };
+        if reference != AccountRef::default() {
+            return Ok(BodyAccount::Stored(AccountRef {
+                keystone_url: url_field("credAccount/keystoneUrl", account.keystone_url, false)?,
+                glance_url: url_field("credAccount/glanceUrl", account.glance_url, false)?,
+                login: text_field("credAccount/login", account.login, false)?,
+                ..reference
+            }));
+        }
+    }
+    let keystone_url =
+        url_field("credAccount/keystoneUrl", account.keystone_url, true)?.expect("required");
+    let glance_url = url_field("credAccount/glanceUrl", account.glance_url, false)?;
+    let login = text_field("credAccount/login", account.login, true)?.expect("required");
+    Ok(BodyAccount::Given(GivenAccount {
+        name: account.name,
         keystone_url,
-        keystone_version: "v3".into(),
         glance_url,
         login,
-        password: Secret::new(password),
-    })
+        password: password_field(password)?,
+    }))
+}
+
+/// A password: present, not empty, at most 1 KiB, no control characters; kept verbatim.
+pub(super) fn password_field(password: Option<String>) -> Result<Secret, InvalidRequest> {
+    let password = password
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| InvalidRequest("credAccount/password is required".into()))?;
+    if password.len() > 1024 || password.chars().any(|c| c.is_control()) {
+        return Err(InvalidRequest(
+            "credAccount/password is not a valid password".into(),
+        ));
+    }
+    Ok(Secret::new(password))
+}
+
+pub(super) fn check_platform(platform: Option<&RawPlatform>) -> Result<(), InvalidRequest> {
+    let platform = platform
+        .and_then(|p| p.name.as_deref())
+        .map(|n| n.trim().to_lowercase())
+        .unwrap_or_else(|| "openstack".into());
+    if platform != "openstack" {
+        return Err(InvalidRequest(format!(
+            "credAccount/targetPlatform/name '{platform}' is not supported: only openstack is"
+        )));
+    }
+    Ok(())
+}
+
+/// Only Keystone v3 (given as `v3` or `3`, or not at all) is spoken.
+pub(super) fn check_keystone_version(version: Option<&str>) -> Result<(), InvalidRequest> {
+    let keystone_version = version
+        .map(|v| v.trim().to_lowercase())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "v3".into());
+    if keystone_version != "v3" && keystone_version != "3" {
+        return Err(InvalidRequest(format!(
+            "credAccount/keystoneVersion '{keystone_version}' is not supported: only Keystone v3 is (tenantName-based v2.0 login was removed from OpenStack)"
+        )));
+    }
+    Ok(())
+}
+
+fn db_id(field: IdField) -> Result<i64, InvalidRequest> {
+    let id = match field {
+        IdField::Number(n) => Some(n),
+        IdField::Text(t) => t.trim().parse::<i64>().ok(),
+    };
+    id.filter(|id| *id > 0)
+        .ok_or_else(|| InvalidRequest("credAccount/dbId must be a positive integer".into()))
 }
 
 /// Whether JSON arrays and objects nest deeper than `max` (strings skipped), checked before
@@ -281,7 +458,7 @@ fn present(
     }
 }
 
-fn text_field(
+pub(super) fn text_field(
     name: &str,
     value: Option<String>,
     required: bool,
@@ -298,7 +475,7 @@ fn text_field(
     }
 }
 
-fn url_field(
+pub(super) fn url_field(
     name: &str,
     value: Option<String>,
     required: bool,
@@ -389,6 +566,13 @@ mod tests {
             r#"{"keystoneProject":"p","credAccount":{"keystoneUrl":"http://k","login":"u"}}"#
         )
         .contains("credAccount/password"));
+        // Found by the fuzzer: JSON took an empty password that XML refused.
+        assert_eq!(
+            err(
+                r#"{"keystoneProject":"p","credAccount":{"keystoneUrl":"http://k","login":"u","password":""}}"#
+            ),
+            "credAccount/password is required"
+        );
         assert!(err(r#"{"keystoneProject":"p","credAccount":{"keystoneUrl":"ftp://k","login":"u","password":"x"}}"#).contains("keystoneUrl"));
         assert!(err(r#"{"keystoneProject":"p","credAccount":{"keystoneVersion":"v2.0","keystoneUrl":"http://k","login":"u","password":"x"}}"#).contains("v2.0"));
         assert!(err(r#"{"keystoneProject":"p","credAccount":{"targetPlatform":{"name":"aws"},"keystoneUrl":"http://k","login":"u","password":"x"}}"#).contains("aws"));
@@ -484,6 +668,75 @@ mod tests {
             .unwrap_err()
             .0
             .contains("more than one type"));
+    }
+
+    #[test]
+    fn a_raw_account_never_prints_its_password() {
+        let raw = RawAccount {
+            login: Some("demo".into()),
+            password: Some("hunter2".into()),
+            ..RawAccount::default()
+        };
+        let printed = format!("{raw:?}");
+        assert!(
+            printed.contains("demo") && !printed.contains("hunter2"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn an_account_without_a_password_names_a_stored_one() {
+        let stored = |json: &str| match body_from_json(json.as_bytes()).unwrap().account {
+            BodyAccount::Stored(reference) => reference,
+            BodyAccount::Given(_) => panic!("given: {json}"),
+        };
+        assert_eq!(
+            stored(r#"{"keystoneProject":"p","credAccount":{"name":"lab"}}"#)
+                .name
+                .as_deref(),
+            Some("lab")
+        );
+        let by_id = stored(
+            r#"{"keystoneProject":"p","credAccount":{"dbId":"7","uri":"users/u/accounts/7","login":"demo"}}"#,
+        );
+        assert_eq!(
+            (by_id.db_id, by_id.uri.as_deref()),
+            (Some(7), Some("users/u/accounts/7"))
+        );
+        assert_eq!(
+            stored(r#"{"keystoneProject":"p","credAccount":{"dbId":7}}"#).db_id,
+            Some(7)
+        );
+        // As hammr sends it: the stored account as served, in XML, no password.
+        let served = SDK.replace(
+            r#"<password xsi:type="ns2:string">secret</password>"#,
+            r#"<dbId xsi:type="ns2:long">3</dbId>"#,
+        );
+        let body = body_from_xml(served.as_bytes()).unwrap();
+        assert!(matches!(
+            body.account,
+            BodyAccount::Stored(AccountRef { db_id: Some(3), .. })
+        ));
+        // Its other fields are still checked; the reader of given accounts still wants one.
+        let err = |json: &str| body_from_json(json.as_bytes()).unwrap_err().0;
+        assert_eq!(
+            err(r#"{"keystoneProject":"p","credAccount":{"dbId":"x"}}"#),
+            "credAccount/dbId must be a positive integer"
+        );
+        assert!(err(
+            r#"{"keystoneProject":"p","credAccount":{"name":"a","keystoneUrl":"ftp://k"}}"#
+        )
+        .contains("keystoneUrl"));
+        assert_eq!(
+            err(r#"{"credAccount":{"name":"lab"}}"#),
+            "keystoneProject is required"
+        );
+        assert_eq!(
+            from_json(br#"{"keystoneProject":"p","credAccount":{"name":"lab"}}"#)
+                .unwrap_err()
+                .0,
+            "credAccount/password is required"
+        );
     }
 
     #[test]

@@ -1,103 +1,39 @@
-//! Route handlers: parse and check the request, call the store, answer a document. Each one's
-//! `#[utoipa::path]` is its operation in the OpenAPI document (`openapi.rs`).
+//! Route handlers: each states what it needs as extractors (`extract`: the format, the
+//! caller allowed at `{uid}`, the typed path and query of `params`, the owned image or
+//! ticket), calls the store and answers a document. Each one's `#[utoipa::path]` is its
+//! operation in the OpenAPI document (`openapi.rs`), its `params(...)` the same structs.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::accounts;
 use super::auth::Caller;
-use super::error::ApiError;
-use super::openapi::{
-    Cached, CancelErrors, DeleteErrors, DeleteTicketParams, ImagePath, PublishErrors,
-    PublishRequestBody, ReadErrors, ScanPath, StatusErrors, TicketPath, UserParams,
+use super::doc_parts::{
+    Cached, CancelErrors, DeleteErrors, PublishErrors, PublishRequestBody, ReadErrors, StatusErrors,
 };
+use super::error::ApiError;
+use super::extract::{self, ApiQuery, OwnedImage, OwnedTicket, PublishToken, UserScope};
+use super::params::{DeleteQuery, ImageFilter, ImagePath, ScanPath, TicketPath, UserPath};
 use super::paths;
-use super::publish_request::{self, BodyError, PublishRequest};
+use super::publish_request::{self, BodyAccount, BodyError, PublishBody};
 use super::wire::{
     AttemptDoc, Document, Format, ImageDoc, Images, OpStatus, OpStatuses, PublishImage,
     PublishImages, ServiceStatus,
 };
 use super::AppState;
-use crate::cloud::{Glance, OpenStackAccount};
+use crate::cloud::{Keystone, OpenStackAccount};
 use crate::live::statuses::CachedStatus;
 use crate::metrics_catalog;
 use crate::store::cancel::{self, CancelOutcome};
 use crate::store::tickets::{self, NewTicket};
 use crate::store::{attempts, images, Image, Ticket};
 
-type PathParams = Path<HashMap<String, String>>;
-
-fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
-    Format::from_accept(headers).ok_or(ApiError::NotAcceptable)
-}
-
-/// A path id: a positive 64-bit integer.
-fn id_param(params: &HashMap<String, String>, name: &str) -> Result<i64, ApiError> {
-    let raw = params.get(name).map(String::as_str).unwrap_or("");
-    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        ApiError::BadRequest(format!("{name} must be a positive integer, not '{raw}'"))
-    })
-}
-
-/// A ticket's path ids: scanned instance, scan, image, ticket.
-fn ticket_path(params: &HashMap<String, String>) -> Result<(i64, i64, i64, i64), ApiError> {
-    Ok((
-        id_param(params, "siid")?,
-        id_param(params, "sid")?,
-        id_param(params, "itid")?,
-        id_param(params, "pitid")?,
-    ))
-}
-
-fn uid_param(params: &HashMap<String, String>) -> &str {
-    params.get("uid").map(String::as_str).unwrap_or("")
-}
-
-async fn resolve_image(
-    state: &AppState,
-    caller: &Caller,
-    params: &HashMap<String, String>,
-) -> Result<Image, ApiError> {
-    let uid = uid_param(params);
-    caller.authorize(uid)?;
-    let (siid, sid, itid) = (
-        id_param(params, "siid")?,
-        id_param(params, "sid")?,
-        id_param(params, "itid")?,
-    );
-    images::find(&state.pool, uid, siid, sid, itid)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "no image {itid} in scan {sid} of scanned instance {siid}"
-            ))
-        })
-}
-
-pub(super) async fn resolve_ticket(
-    state: &AppState,
-    caller: &Caller,
-    params: &HashMap<String, String>,
-) -> Result<Ticket, ApiError> {
-    let uid = uid_param(params);
-    caller.authorize(uid)?;
-    let path = ticket_path(params)?;
-    if let Some(ticket) = tickets::find_at(&state.pool, uid, path).await? {
-        return Ok(ticket);
-    }
-    // Not found: say which part of the path is wrong.
-    let image = resolve_image(state, caller, params).await?;
-    Err(ApiError::NotFound(format!(
-        "no publish ticket {} for image {}",
-        path.3, image.id
-    )))
-}
-
-/// `GET /api/status`: lets clients check they can talk to the server (no login needed).
+/// `GET /api/status`: lets clients check they can talk to the server (no login needed). Its
+/// `version` is the UForge version they accept (`api.uforge_version`), not pimage's own.
 #[utoipa::path(
     get,
     path = paths::STATUS,
@@ -110,15 +46,18 @@ pub(super) async fn resolve_ticket(
         StatusErrors,
     )
 )]
-pub async fn service_status(headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn service_status(
+    State(state): State<AppState>,
+    format: Format,
+) -> Result<Response, ApiError> {
     let doc = Document::new(
         "serviceStatus",
         ServiceStatus {
             alive: true,
-            version: env!("CARGO_PKG_VERSION"),
+            version: state.uforge_version.to_string(),
         },
     );
-    Ok(doc.render(format_of(&headers)?, StatusCode::OK))
+    Ok(doc.render(format, StatusCode::OK))
 }
 
 #[utoipa::path(
@@ -131,15 +70,13 @@ pub async fn service_status(headers: HeaderMap) -> Result<Response, ApiError> {
 )]
 pub async fn list_images(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(params): PathParams,
+    _caller: Caller,
+    format: Format,
+    UserScope { path, .. }: UserScope<ScanPath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let format = format_of(&headers)?;
-    let uid = uid_param(&params);
-    caller.authorize(uid)?;
-    let (siid, sid) = (id_param(&params, "siid")?, id_param(&params, "sid")?);
-    let list = images::list_in_scan(&state.pool, uid, siid, sid)
+    let ScanPath { uid, siid, sid } = path;
+    let list = images::list_in_scan(&state.pool, &uid, siid, sid)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no scan {sid} in scanned instance {siid}")))?;
     let (doc, digest) = Images::document(&list);
@@ -155,13 +92,11 @@ pub async fn list_images(
     responses(Cached<ImageDoc>, ReadErrors)
 )]
 pub async fn get_image(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(params): PathParams,
+    _caller: Caller,
+    format: Format,
+    OwnedImage(image): OwnedImage,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let format = format_of(&headers)?;
-    let image = resolve_image(&state, &caller, &params).await?;
     let (doc, digest) = ImageDoc::document(&image);
     Ok(doc.render_cached(format, &digest, &headers))
 }
@@ -185,33 +120,22 @@ pub async fn get_image(
 pub async fn publish(
     State(state): State<AppState>,
     caller: Caller,
-    Path(params): PathParams,
+    format: Format,
+    _: PublishToken,
+    UserScope { path, .. }: UserScope<ImagePath>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let format = format_of(&headers)?;
-    state.publish_rate.take(&caller.0.login)?;
-    let image = resolve_image(&state, &caller, &params).await?;
-    let bytes = axum::body::to_bytes(body, state.max_body_bytes)
-        .await
-        .map_err(|e| {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::PayloadTooLarge(state.max_body_bytes)
-            } else {
-                ApiError::BadRequest(format!("the request body could not be read: {e}"))
-            }
-        })?;
+    let image = extract::image_at(&state, &path).await?;
+    let bytes = extract::body_bytes(&state, body).await?;
     let request = parse_publish_body(&headers, &bytes)?;
-    check_cloud_addresses(&state, &request)?;
+    let cloud = ticket_cloud(&state, &path.uid, request.account).await?;
     if tokio::fs::metadata(&image.file_path).await.is_err() {
         return Err(ApiError::Conflict(format!(
             "image {} ('{}') is not ready to publish: its file is missing on the server",
             image.id, image.name
         )));
     }
-    let sealed = state.secrets.seal(&request.password);
     let display_name = request
         .display_name
         .clone()
@@ -224,15 +148,16 @@ pub async fn publish(
             user_id: caller_owner_id(&state, &caller, &image).await?,
             display_name: &display_name,
             public_image: request.public_image,
-            account_name: request.account_name.as_deref(),
-            keystone_url: &request.keystone_url,
-            keystone_version: &request.keystone_version,
+            account_name: cloud.account_name.as_deref(),
+            keystone_url: &cloud.keystone_url,
+            keystone_version: &cloud.keystone_version,
             keystone_domain: &request.keystone_domain,
             keystone_project: &request.keystone_project,
-            glance_url: request.glance_url.as_deref(),
-            cloud_login: &request.login,
-            cloud_password_enc: &sealed,
+            glance_url: cloud.glance_url.as_deref(),
+            cloud_login: &cloud.login,
+            cloud_password_enc: &cloud.password_enc,
             bytes_total: image.size_bytes,
+            cloud_account_id: cloud.account_id,
         },
     )
     .await?;
@@ -261,7 +186,19 @@ async fn create_within_quota(
     new: &NewTicket<'_>,
 ) -> Result<(Ticket, i64), ApiError> {
     let cap = state.queued_tickets_per_user;
-    match tickets::create_within_quota(&state.pool, new, cap).await? {
+    let filed = tickets::create_within_quota(&state.pool, new, cap)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.constraint() == Some(ACCOUNT_FOREIGN_KEY) => {
+                account_deleted_meanwhile()
+            }
+            // Its image was deleted (`DELETE …/images/{itid}`) after this request found it.
+            sqlx::Error::Database(db) if db.constraint() == Some(IMAGE_FOREIGN_KEY) => {
+                ApiError::NotFound(format!("image {} was deleted meanwhile", new.image_id))
+            }
+            _ => ApiError::from(e),
+        })?;
+    match filed {
         tickets::Filed::Created(ticket, outbox_id) => Ok((*ticket, outbox_id)),
         tickets::Filed::OverQuota(unfinished) => Err(ApiError::TooManyRequests {
             message: format!(
@@ -271,6 +208,21 @@ async fn create_within_quota(
             retry_after: QUOTA_RETRY_AFTER,
         }),
     }
+}
+
+/// The link of a ticket to the stored account it publishes with.
+const ACCOUNT_FOREIGN_KEY: &str = "publish_tickets_cloud_account_id_fkey";
+/// The link of a ticket to its image.
+const IMAGE_FOREIGN_KEY: &str = "publish_tickets_image_id_fkey";
+
+/// The stored account a publish named, deleted between its read and the ticket's insert (the
+/// deletion held the account's row; the insert's foreign key then found it gone).
+fn account_deleted_meanwhile() -> ApiError {
+    ApiError::Conflict(
+        "the cloud account named was deleted while the publish was filed: nothing was stored; \
+         publish again with an account that exists"
+            .into(),
+    )
 }
 
 /// What a publish refused for too many unfinished tickets is told to wait.
@@ -291,25 +243,53 @@ async fn caller_owner_id(
         .ok_or_else(|| ApiError::NotFound(format!("no user '{}'", image.owner_login)))
 }
 
-/// Refuses, before storing anything, cloud URLs this service may not call.
-fn check_cloud_addresses(state: &AppState, request: &PublishRequest) -> Result<(), ApiError> {
-    let urls = [
-        ("credAccount/keystoneUrl", Some(&request.keystone_url)),
-        ("credAccount/glanceUrl", request.glance_url.as_ref()),
-    ];
-    for (name, url) in urls {
-        let Some(Ok(url)) = url.map(|u| url::Url::parse(u)) else {
-            continue;
-        };
-        state
-            .cloud_policy
-            .check_url(&url)
-            .map_err(|why| ApiError::BadRequest(format!("{name} {why}")))?;
-    }
-    Ok(())
+/// Where a ticket publishes and as whom: the account the body gives (its password sealed
+/// now), or the stored account of `owner` it names (its sealed password copied).
+struct TicketCloud {
+    account_id: Option<i64>,
+    account_name: Option<String>,
+    keystone_url: String,
+    keystone_version: String,
+    glance_url: Option<String>,
+    login: String,
+    password_enc: Vec<u8>,
 }
 
-fn parse_publish_body(headers: &HeaderMap, body: &[u8]) -> Result<PublishRequest, ApiError> {
+/// The cloud of a publish, its URLs refused before anything is stored if this service may
+/// not call them.
+async fn ticket_cloud(
+    state: &AppState,
+    owner: &str,
+    account: BodyAccount,
+) -> Result<TicketCloud, ApiError> {
+    let cloud = match account {
+        BodyAccount::Given(given) => TicketCloud {
+            account_id: None,
+            account_name: given.name,
+            keystone_url: given.keystone_url,
+            keystone_version: "v3".into(),
+            glance_url: given.glance_url,
+            login: given.login,
+            password_enc: state.secrets.seal(&given.password),
+        },
+        BodyAccount::Stored(reference) => {
+            let stored = accounts::stored_account_named(state, owner, &reference).await?;
+            TicketCloud {
+                account_id: Some(stored.id),
+                account_name: Some(stored.name),
+                keystone_url: stored.keystone_url,
+                keystone_version: stored.keystone_version,
+                glance_url: stored.glance_url,
+                login: stored.cloud_login,
+                password_enc: stored.cloud_password_enc,
+            }
+        }
+    };
+    accounts::check_cloud_urls(state, &cloud.keystone_url, cloud.glance_url.as_deref())?;
+    Ok(cloud)
+}
+
+fn parse_publish_body(headers: &HeaderMap, body: &[u8]) -> Result<PublishBody, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -329,12 +309,11 @@ fn parse_publish_body(headers: &HeaderMap, body: &[u8]) -> Result<PublishRequest
 )]
 pub async fn list_tickets_of_image(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(params): PathParams,
+    _caller: Caller,
+    format: Format,
+    OwnedImage(image): OwnedImage,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let format = format_of(&headers)?;
-    let image = resolve_image(&state, &caller, &params).await?;
     let list = tickets::list_of_image(&state.pool, image.id).await?;
     let (doc, digest) = PublishImages::document(&list);
     Ok(doc.render_cached(format, &digest, &headers))
@@ -351,11 +330,10 @@ pub async fn list_tickets_of_image(
 pub async fn get_ticket(
     State(state): State<AppState>,
     caller: Caller,
-    Path(params): PathParams,
+    format: Format,
+    OwnedTicket { ticket, .. }: OwnedTicket,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let format = format_of(&headers)?;
-    let ticket = resolve_ticket(&state, &caller, &params).await?;
     let attempts = attempts::of_ticket(&state.pool, ticket.id).await?;
     let (doc, digest) = PublishImage::document(&ticket);
     let doc = doc.with_json_field("attempts", AttemptDoc::list(&attempts, caller.0.is_admin));
@@ -373,11 +351,11 @@ pub async fn get_ticket(
 pub async fn get_ticket_status(
     State(state): State<AppState>,
     caller: Caller,
-    Path(params): PathParams,
+    format: Format,
+    UserScope { path, .. }: UserScope<TicketPath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let format = format_of(&headers)?;
-    let cached = cached_status(&state, &caller, &params).await?;
+    let cached = cached_status(&state, &path).await?;
     let status = OpStatus::of(&cached.ticket);
     let digest = status.digest.clone();
     let doc = Document::new("status", status).with_json_field(
@@ -388,21 +366,14 @@ pub async fn get_ticket_status(
 }
 
 /// A ticket and its attempts from the status cache (`live::statuses`), or from Postgres,
-/// then kept. A cached ticket is served only on its own path, to its owner (or an admin):
-/// the same check `resolve_ticket` makes in SQL.
-async fn cached_status(
-    state: &AppState,
-    caller: &Caller,
-    params: &HashMap<String, String>,
-) -> Result<Arc<CachedStatus>, ApiError> {
-    let uid = uid_param(params);
-    caller.authorize(uid)?;
+/// then kept. A cached ticket is served only on its own path (whose `{uid}` the caller was
+/// allowed): the same check `extract::ticket_at` makes in SQL.
+async fn cached_status(state: &AppState, path: &TicketPath) -> Result<Arc<CachedStatus>, ApiError> {
     let statuses = state.live.statuses();
-    let path = ticket_path(params)?;
-    if let Some(cached) = statuses.get(path.3) {
+    if let Some(cached) = statuses.get(path.pitid) {
         let t = &cached.ticket;
-        if t.owner_login == uid
-            && (t.scanned_instance_id, t.scan_id, t.image_id) == (path.0, path.1, path.2)
+        if t.owner_login == path.uid
+            && (t.scanned_instance_id, t.scan_id, t.image_id) == (path.siid, path.sid, path.itid)
         {
             metrics::counter!(metrics_catalog::STATUS_READS, "from" => "memory").increment(1);
             return Ok(cached);
@@ -410,7 +381,7 @@ async fn cached_status(
     }
     metrics::counter!(metrics_catalog::STATUS_READS, "from" => "database").increment(1);
     let mark = statuses.mark();
-    let ticket = resolve_ticket(state, caller, params).await?;
+    let ticket = extract::ticket_at(state, path).await?;
     let attempts = attempts::of_ticket(&state.pool, ticket.id).await?;
     let kept = Arc::new(CachedStatus::new(ticket, attempts));
     statuses.fill(mark, kept.clone());
@@ -428,10 +399,8 @@ async fn cached_status(
 )]
 pub async fn cancel_ticket(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(params): PathParams,
+    OwnedTicket { ticket, .. }: OwnedTicket,
 ) -> Result<Response, ApiError> {
-    let ticket = resolve_ticket(&state, &caller, &params).await?;
     let outcome = cancel::request_cancel(&state.pool, ticket.id).await?;
     // Its caller's next status read sees the cancel, before the NOTIFY arrives.
     state.live.statuses().changed(ticket.id);
@@ -460,25 +429,16 @@ pub async fn cancel_ticket(
     path = paths::TICKET,
     operation_id = "deleteTicket",
     summary = "Remove a ticket record (cancels a running one first)",
-    params(DeleteTicketParams),
+    params(TicketPath, DeleteQuery),
     responses((status = 204, description = "Deleted"), DeleteErrors)
 )]
 pub async fn delete_ticket(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(params): PathParams,
-    Query(query): Query<HashMap<String, String>>,
+    _caller: Caller,
+    ApiQuery(query): ApiQuery<DeleteQuery>,
+    OwnedTicket { mut ticket, .. }: OwnedTicket,
 ) -> Result<Response, ApiError> {
-    let delete_cloud_image = match query.get("deleteCloudImage").map(|v| v.trim()) {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") => true,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "deleteCloudImage must be true or false, not '{other}'"
-            )))
-        }
-    };
-    let mut ticket = resolve_ticket(&state, &caller, &params).await?;
+    let delete_cloud_image = query.delete_cloud_image;
     if !ticket.state.is_final() {
         if let CancelOutcome::AlreadyFinished(_) =
             cancel::request_cancel(&state.pool, ticket.id).await?
@@ -525,7 +485,7 @@ async fn delete_cloud_image_of(
         .open(&ticket.cloud_password_enc)
         .map_err(|e| ApiError::Internal(e.into()))?;
     let account = cloud_account_of(ticket, password);
-    let glance = Glance::login(&account, &state.cloud_policy)
+    let glance = Keystone::login(&account, &state.cloud_policy)
         .await
         .map_err(|e| {
             ApiError::CloudFailed(format!(
@@ -539,40 +499,23 @@ async fn delete_cloud_image_of(
     })
 }
 
-/// The optional `img` filter of the user-level lists: an image id or an image URI.
-fn image_filter(query: &HashMap<String, String>) -> Result<Option<i64>, ApiError> {
-    let Some(raw) = query.get("img").map(|s| s.trim()).filter(|s| !s.is_empty()) else {
-        return Ok(None);
-    };
-    let last = raw.trim_end_matches('/').rsplit('/').next().unwrap_or(raw);
-    last.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!("img must be an image id or image URI, not '{raw}'"))
-        })
-}
-
 #[utoipa::path(
     get,
     path = paths::USER_TICKETS,
     operation_id = "listUserTickets",
     summary = "All tickets of a user",
-    params(UserParams),
+    params(UserPath, ImageFilter),
     responses(Cached<PublishImages>, ReadErrors)
 )]
 pub async fn list_user_tickets(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(params): PathParams,
-    Query(query): Query<HashMap<String, String>>,
+    _caller: Caller,
+    format: Format,
+    UserScope { path, .. }: UserScope<UserPath>,
+    ApiQuery(filter): ApiQuery<ImageFilter>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let format = format_of(&headers)?;
-    let uid = uid_param(&params);
-    caller.authorize(uid)?;
-    let list = tickets::list_of_user(&state.pool, uid, image_filter(&query)?).await?;
+    let list = tickets::list_of_user(&state.pool, &path.uid, filter.img).await?;
     let (doc, digest) = PublishImages::document(&list);
     Ok(doc.render_cached(format, &digest, &headers))
 }
@@ -582,20 +525,18 @@ pub async fn list_user_tickets(
     path = paths::USER_STATUSES,
     operation_id = "listUserStatuses",
     summary = "The statuses of all tickets of a user",
-    params(UserParams),
+    params(UserPath, ImageFilter),
     responses(Cached<OpStatuses>, ReadErrors)
 )]
 pub async fn list_user_statuses(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(params): PathParams,
-    Query(query): Query<HashMap<String, String>>,
+    _caller: Caller,
+    format: Format,
+    UserScope { path, .. }: UserScope<UserPath>,
+    ApiQuery(filter): ApiQuery<ImageFilter>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let format = format_of(&headers)?;
-    let uid = uid_param(&params);
-    caller.authorize(uid)?;
-    let list = tickets::list_of_user(&state.pool, uid, image_filter(&query)?).await?;
+    let list = tickets::list_of_user(&state.pool, &path.uid, filter.img).await?;
     let (doc, digest) = OpStatuses::document(&list);
     Ok(doc.render_cached(format, &digest, &headers))
 }

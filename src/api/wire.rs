@@ -8,11 +8,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::xml;
+use crate::store::accounts::CloudAccount;
 use crate::store::attempts::Attempt;
+use crate::store::images::{Scan, ScannedInstance};
 use crate::store::{Image, Ticket, TicketState};
 
 /// The answer format, from `Accept`.
@@ -149,6 +151,12 @@ pub fn digest_of(parts: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
+/// A list's digest: of its items' digests, in order.
+fn digest_of_each<T>(items: &[T], digest: impl Fn(&T) -> String) -> String {
+    let digests: Vec<String> = items.iter().map(digest).collect();
+    digest_of(&digests.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 fn ticket_digest(t: &Ticket) -> String {
     digest_of(&[&t.id.to_string(), &t.updated_at.to_rfc3339()])
 }
@@ -158,7 +166,7 @@ fn image_digest(i: &Image) -> String {
 }
 
 /// `OpStatus`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = Status)]
 pub struct OpStatus {
@@ -230,15 +238,15 @@ fn always_true() -> utoipa::openapi::Object {
 }
 
 /// `TargetPlatform` (only its name and type are known here).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TargetPlatform {
-    pub name: &'static str,
+    pub name: String,
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: String,
 }
 
 /// `CredAccountOpenStack`, without the password.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = CredAccountAnswer)]
 pub struct CredAccount {
@@ -259,7 +267,7 @@ pub struct CredAccount {
 /// so not in the OpenAPI document either). `outcome` is `null` while it runs: then
 /// published, failed, cancelled, retried, lost or released. `worker` is an opaque id;
 /// only administrators get `workerHost` (host:pid, a container id in compose).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptDoc {
     pub number: i32,
@@ -293,7 +301,7 @@ impl AttemptDoc {
 }
 
 /// `PublishImageOpenStack`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishImage {
     pub created: DateTime<Utc>,
@@ -327,8 +335,8 @@ impl PublishImage {
             cred_account: CredAccount {
                 name: t.account_name.clone(),
                 target_platform: TargetPlatform {
-                    name: "openstack",
-                    kind: "openstack",
+                    name: "openstack".into(),
+                    kind: "openstack".into(),
                 },
                 secrets_missing: true,
                 glance_url: t.glance_url.clone(),
@@ -359,14 +367,14 @@ impl PublishImage {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishImageList {
     pub publish_image: Vec<PublishImage>,
 }
 
 /// `PublishImages`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishImages {
     pub total: usize,
@@ -376,8 +384,7 @@ pub struct PublishImages {
 
 impl PublishImages {
     pub fn document(tickets: &[Ticket]) -> (Document<PublishImages>, String) {
-        let digests: Vec<String> = tickets.iter().map(ticket_digest).collect();
-        let digest = digest_of(&digests.iter().map(String::as_str).collect::<Vec<_>>());
+        let digest = digest_of_each(tickets, ticket_digest);
         let body = PublishImages {
             total: tickets.len(),
             publish_images: PublishImageList {
@@ -388,13 +395,13 @@ impl PublishImages {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OpStatusList {
     pub status: Vec<OpStatus>,
 }
 
 /// `OpStatuses`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(as = Statuses)]
 pub struct OpStatuses {
     pub total: usize,
@@ -404,8 +411,7 @@ pub struct OpStatuses {
 
 impl OpStatuses {
     pub fn document(tickets: &[Ticket]) -> (Document<OpStatuses>, String) {
-        let digests: Vec<String> = tickets.iter().map(ticket_digest).collect();
-        let digest = digest_of(&digests.iter().map(String::as_str).collect::<Vec<_>>());
+        let digest = digest_of_each(tickets, ticket_digest);
         let body = OpStatuses {
             total: tickets.len(),
             statuses: OpStatusList {
@@ -417,9 +423,9 @@ impl OpStatuses {
 }
 
 /// `ImageFormat` (its name from the schema's enumeration).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ImageFormat {
-    pub name: &'static str,
+    pub name: String,
 }
 
 /// The schema's format name for a Glance disk format.
@@ -435,8 +441,87 @@ fn format_name(disk_format: &str) -> &'static str {
     }
 }
 
-/// `Image`.
-#[derive(Debug, Serialize, ToSchema)]
+/// The UForge target format an image of this Glance disk format is published as: its name
+/// (hammr matches it to a publish file's builder `type`) and its format's name (hammr calls
+/// `publish_<name>`). UForge has no OpenStack target for the other formats: they are named
+/// for what they are ("OpenStack RAW"), with the QCOW2 format's name, whose hammr publisher
+/// is the same OpenStack one; the image's `format` keeps the real format.
+fn target_format(disk_format: &str) -> (String, &'static str) {
+    match disk_format {
+        "qcow2" => ("OpenStack QCOW2".into(), "openstackqcow2"),
+        "vhd" | "vhdx" => ("OpenStack VHD".into(), "openstackvhd"),
+        "vmdk" => ("OpenStack VMDK".into(), "openstackvmdk"),
+        "vdi" => ("OpenStack VDI".into(), "openstackvdi"),
+        other => (
+            format!("OpenStack {}", other.to_uppercase()),
+            "openstackqcow2",
+        ),
+    }
+}
+
+/// `TargetFormat` (what hammr reads of it).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetFormat {
+    pub name: String,
+    #[schema(inline)]
+    pub format: ImageFormat,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub cred_account_type: String,
+}
+
+impl TargetFormat {
+    fn of(disk_format: &str) -> TargetFormat {
+        let (name, format) = target_format(disk_format);
+        TargetFormat {
+            name,
+            format: ImageFormat {
+                name: format.into(),
+            },
+            kind: "cloud".into(),
+            cred_account_type: "openstack".into(),
+        }
+    }
+}
+
+/// The status of something pimage holds complete (a registered image, a scan): UForge's
+/// "generated", so hammr lists it as done and lets it be published.
+fn complete_status(
+    db_id: i64,
+    at: DateTime<Utc>,
+    digest: String,
+    bytes: i64,
+    owner_uri: String,
+) -> OpStatus {
+    OpStatus {
+        created: at,
+        db_id,
+        digest,
+        last_modified: at,
+        bytes_loaded: bytes,
+        bytes_total: bytes,
+        cancelled: false,
+        complete: true,
+        detailed_error: false,
+        detailed_error_msg: None,
+        error: false,
+        error_message: None,
+        eta: None,
+        message: "complete".into(),
+        parent_uri: owner_uri.clone(),
+        percentage: 100,
+        published: false,
+        total_time: None,
+        // No status route of its own: its holder's.
+        uri: owner_uri,
+    }
+}
+
+/// `Image`: a registered file, complete and uncompressed (ready to publish, not to
+/// download). `version` is always "1" (a registered file has no versions); `revision` is its
+/// place among its scan's images.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = Image)]
 pub struct ImageDoc {
@@ -447,15 +532,21 @@ pub struct ImageDoc {
     pub md5sum: String,
     pub sha256sum: String,
     pub size: i64,
+    pub status: OpStatus,
     pub parent_uri: String,
     pub base_publish_images_uri: String,
+    pub compress: bool,
     pub file_name: String,
     pub file_size: i64,
     #[schema(inline)]
     pub format: ImageFormat,
+    #[schema(inline)]
+    pub target_format: TargetFormat,
     pub image_created: bool,
     pub name: String,
+    pub revision: i64,
     pub uri: String,
+    pub version: String,
 }
 
 impl ImageDoc {
@@ -468,19 +559,24 @@ impl ImageDoc {
             md5sum: i.md5sum.clone(),
             sha256sum: i.sha256sum.clone(),
             size: i.size_bytes,
+            status: complete_status(i.id, i.updated_at, image_digest(i), i.size_bytes, i.uri()),
             parent_uri: format!(
                 "users/{}/scannedinstances/{}/scans/{}",
                 i.owner_login, i.scanned_instance_id, i.scan_id
             ),
             base_publish_images_uri: format!("{}/pimages", i.uri()),
+            compress: false,
             file_name: i.file_name.clone(),
             file_size: i.size_bytes,
             format: ImageFormat {
-                name: format_name(&i.format),
+                name: format_name(&i.format).to_string(),
             },
+            target_format: TargetFormat::of(&i.format),
             image_created: true,
             name: i.name.clone(),
+            revision: i.revision,
             uri: i.uri(),
+            version: "1".into(),
         }
     }
 
@@ -489,13 +585,13 @@ impl ImageDoc {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ImageList {
     pub image: Vec<ImageDoc>,
 }
 
 /// `Images`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Images {
     pub total: usize,
     #[schema(inline)]
@@ -504,8 +600,7 @@ pub struct Images {
 
 impl Images {
     pub fn document(images: &[Image]) -> (Document<Images>, String) {
-        let digests: Vec<String> = images.iter().map(image_digest).collect();
-        let digest = digest_of(&digests.iter().map(String::as_str).collect::<Vec<_>>());
+        let digest = digest_of_each(images, image_digest);
         let body = Images {
             total: images.len(),
             images: ImageList {
@@ -516,11 +611,183 @@ impl Images {
     }
 }
 
+fn scan_digest(s: &Scan) -> String {
+    digest_of(&[&s.id.to_string(), &s.created_at.to_rfc3339()])
+}
+
+/// `Scan`: a scan pimage holds is complete. `images` only in the answer of one scan.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Scan)]
+pub struct ScanDoc {
+    pub created: DateTime<Utc>,
+    pub db_id: i64,
+    pub digest: String,
+    pub last_modified: DateTime<Utc>,
+    pub images_uri: String,
+    pub name: String,
+    pub scanned: bool,
+    pub scanned_instance_uri: String,
+    pub status: OpStatus,
+    pub uri: String,
+    #[schema(inline, required = true)]
+    pub images: Option<ImageList>,
+}
+
+impl ScanDoc {
+    pub fn of(s: &Scan, images: Option<&[Image]>) -> ScanDoc {
+        ScanDoc {
+            created: s.created_at,
+            db_id: s.id,
+            digest: scan_digest(s),
+            last_modified: s.created_at,
+            images_uri: format!("{}/images", s.uri()),
+            name: s.name.clone(),
+            scanned: true,
+            scanned_instance_uri: format!(
+                "users/{}/scannedinstances/{}",
+                s.owner_login, s.scanned_instance_id
+            ),
+            status: complete_status(s.id, s.created_at, scan_digest(s), 0, s.uri()),
+            uri: s.uri(),
+            images: images.map(|list| ImageList {
+                image: list.iter().map(ImageDoc::of).collect(),
+            }),
+        }
+    }
+
+    /// One scan with its images; the digest covers both.
+    pub fn document(s: &Scan, images: &[Image]) -> (Document<ScanDoc>, String) {
+        let mut parts = vec![scan_digest(s)];
+        parts.extend(images.iter().map(image_digest));
+        let digest = digest_of(&parts.iter().map(String::as_str).collect::<Vec<_>>());
+        (Document::new("scan", ScanDoc::of(s, Some(images))), digest)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScanList {
+    pub scan: Vec<ScanDoc>,
+}
+
+/// `Distribution`: the operating system of a scanned instance (schema order).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DistributionDoc {
+    pub arch: String,
+    pub name: String,
+    pub version: String,
+}
+
+/// `ScannedInstance`. Its `scans` only when asked for (`includeScans`, or one instance);
+/// `distribution` only when known (registered with `--os`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = ScannedInstance)]
+pub struct ScannedInstanceDoc {
+    pub created: DateTime<Utc>,
+    pub db_id: i64,
+    pub digest: String,
+    pub last_modified: DateTime<Utc>,
+    #[schema(inline, required = true)]
+    pub distribution: Option<DistributionDoc>,
+    pub name: String,
+    pub parent_uri: String,
+    pub overlay_included: bool,
+    #[schema(inline, required = true)]
+    pub scans: Option<ScanList>,
+    pub scans_uri: String,
+    pub total_scans: usize,
+    pub uri: String,
+}
+
+impl ScannedInstanceDoc {
+    /// `si` and its scans (those of `scans` that are its), listed when `with_scans`.
+    fn of(si: &ScannedInstance, scans: &[Scan], with_scans: bool) -> ScannedInstanceDoc {
+        let own: Vec<&Scan> = scans
+            .iter()
+            .filter(|s| s.scanned_instance_id == si.id)
+            .collect();
+        ScannedInstanceDoc {
+            created: si.created_at,
+            db_id: si.id,
+            digest: instance_digest(si, &own),
+            last_modified: si.created_at,
+            distribution: si.distribution().map(|d| DistributionDoc {
+                arch: d.arch,
+                name: d.name,
+                version: d.version,
+            }),
+            name: si.name.clone(),
+            parent_uri: format!("users/{}", si.owner_login),
+            overlay_included: false,
+            scans: with_scans.then(|| ScanList {
+                scan: own.iter().map(|s| ScanDoc::of(s, None)).collect(),
+            }),
+            scans_uri: format!("{}/scans", si.uri()),
+            total_scans: own.len(),
+            uri: si.uri(),
+        }
+    }
+
+    pub fn document(
+        si: &ScannedInstance,
+        scans: &[Scan],
+    ) -> (Document<ScannedInstanceDoc>, String) {
+        let doc = ScannedInstanceDoc::of(si, scans, true);
+        let digest = doc.digest.clone();
+        (Document::new("scannedInstance", doc), digest)
+    }
+}
+
+fn instance_digest(si: &ScannedInstance, scans: &[&Scan]) -> String {
+    let mut parts = vec![si.id.to_string(), si.created_at.to_rfc3339()];
+    parts.extend(scans.iter().map(|s| scan_digest(s)));
+    digest_of(&parts.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScannedInstanceList {
+    pub scanned_instance: Vec<ScannedInstanceDoc>,
+}
+
+/// `ScannedInstances`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScannedInstances {
+    pub total: usize,
+    #[schema(inline)]
+    pub scanned_instances: ScannedInstanceList,
+}
+
+impl ScannedInstances {
+    pub fn document(
+        instances: &[ScannedInstance],
+        scans: &[Scan],
+        with_scans: bool,
+    ) -> (Document<ScannedInstances>, String) {
+        let docs: Vec<ScannedInstanceDoc> = instances
+            .iter()
+            .map(|si| ScannedInstanceDoc::of(si, scans, with_scans))
+            .collect();
+        let mut parts: Vec<&str> = docs.iter().map(|d| d.digest.as_str()).collect();
+        parts.push(if with_scans { "scans" } else { "" });
+        let digest = digest_of(&parts);
+        let body = ScannedInstances {
+            total: docs.len(),
+            scanned_instances: ScannedInstanceList {
+                scanned_instance: docs,
+            },
+        };
+        (Document::new("scannedInstances", body), digest)
+    }
+}
+
 /// `ServiceStatus`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ServiceStatus {
     pub alive: bool,
-    pub version: &'static str,
+    pub version: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -540,6 +807,145 @@ pub struct UForgeError {
     pub status_code: u16,
     pub timestamp: DateTime<Utc>,
 }
+
+// ---- Cloud accounts (issue 25): `…/users/{uid}/accounts`, `…/targetplatforms` ----------
+
+fn account_digest(a: &CloudAccount) -> String {
+    digest_of(&[&a.id.to_string(), &a.updated_at.to_rfc3339()])
+}
+
+/// The one target platform: its name (as hammr's account files name it) and type.
+pub const OPENSTACK_PLATFORM: (&str, &str) = ("OpenStack", "openstack");
+
+/// `CredAccountOpenStack` as stored: never its password (`secretsMissing` is always true).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = StoredCredAccount)]
+pub struct StoredAccount {
+    pub created: DateTime<Utc>,
+    pub db_id: i64,
+    pub digest: String,
+    pub last_modified: DateTime<Utc>,
+    pub name: String,
+    pub parent_uri: String,
+    pub uri: String,
+    #[schema(inline)]
+    pub target_platform: TargetPlatform,
+    #[schema(schema_with = always_true)]
+    pub secrets_missing: bool,
+    #[schema(required = true)]
+    pub glance_url: Option<String>,
+    pub keystone_url: String,
+    pub login: String,
+    pub keystone_version: String,
+}
+
+impl StoredAccount {
+    pub fn of(a: &CloudAccount) -> StoredAccount {
+        StoredAccount {
+            created: a.created_at,
+            db_id: a.id,
+            digest: account_digest(a),
+            last_modified: a.updated_at,
+            name: a.name.clone(),
+            parent_uri: format!("users/{}", a.owner_login),
+            uri: a.uri(),
+            target_platform: TargetPlatform {
+                name: OPENSTACK_PLATFORM.0.into(),
+                kind: OPENSTACK_PLATFORM.1.into(),
+            },
+            secrets_missing: true,
+            glance_url: a.glance_url.clone(),
+            keystone_url: a.keystone_url.clone(),
+            login: a.cloud_login.clone(),
+            keystone_version: a.keystone_version.clone(),
+        }
+    }
+
+    pub fn document(a: &CloudAccount) -> (Document<StoredAccount>, String) {
+        (
+            Document::new("credAccount", StoredAccount::of(a)),
+            account_digest(a),
+        )
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredAccountList {
+    pub cred_account: Vec<StoredAccount>,
+}
+
+/// `CredAccounts`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredAccounts {
+    pub total: usize,
+    #[schema(inline)]
+    pub cred_accounts: CredAccountList,
+}
+
+impl CredAccounts {
+    pub fn document(accounts: &[CloudAccount]) -> (Document<CredAccounts>, String) {
+        let digest = digest_of_each(accounts, account_digest);
+        let body = CredAccounts {
+            total: accounts.len(),
+            cred_accounts: CredAccountList {
+                cred_account: accounts.iter().map(StoredAccount::of).collect(),
+            },
+        };
+        (Document::new("credAccounts", body), digest)
+    }
+}
+
+/// `TargetPlatform`, as the platform list shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = TargetPlatformEntry)]
+pub struct PlatformEntry {
+    pub db_id: i64,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub access: bool,
+    pub active: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetPlatformList {
+    pub target_platform: Vec<PlatformEntry>,
+}
+
+/// `TargetPlatforms`: OpenStack, the one platform pimage publishes to.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetPlatforms {
+    pub total: usize,
+    #[schema(inline)]
+    pub target_platforms: TargetPlatformList,
+}
+
+impl TargetPlatforms {
+    pub fn document() -> Document<TargetPlatforms> {
+        let openstack = PlatformEntry {
+            db_id: 1,
+            name: OPENSTACK_PLATFORM.0.into(),
+            kind: OPENSTACK_PLATFORM.1.into(),
+            access: true,
+            active: true,
+        };
+        let body = TargetPlatforms {
+            total: 1,
+            target_platforms: TargetPlatformList {
+                target_platform: vec![openstack],
+            },
+        };
+        Document::new("targetPlatforms", body)
+    }
+}
+
+// ---- end of cloud accounts --------------------------------------------------------------
 
 #[cfg(test)]
 mod tests {

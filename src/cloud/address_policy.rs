@@ -30,7 +30,7 @@ impl From<CloudSettings> for AddressPolicy {
 impl AddressPolicy {
     /// How long one cloud call may take (the settings travel with the policy).
     pub(super) fn call_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.settings.call_timeout_ms.max(1))
+        self.settings.call_timeout
     }
 
     pub fn settings(&self) -> &CloudSettings {

@@ -27,11 +27,11 @@ pub(super) async fn within<T>(
         .unwrap_or_else(|_| Err(timed_out(what, limit)))
 }
 
-/// "Glance did not answer … within 2 s (cloud.call_timeout_ms)".
+/// "Glance did not answer … within 2 s (cloud.call_timeout)".
 pub(super) fn timed_out(what: &str, limit: Duration) -> CloudError {
     CloudError {
         summary: format!(
-            "{what}: no answer within {} s (cloud.call_timeout_ms)",
+            "{what}: no answer within {} s (cloud.call_timeout)",
             limit.as_secs_f64()
         ),
         detail: None,

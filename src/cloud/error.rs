@@ -152,12 +152,14 @@ pub(super) async fn check(
     })
 }
 
-/// The message of an OpenStack JSON error body, or the body itself.
+/// The message of an OpenStack JSON error body (Glance's `message`, Keystone's
+/// `error.message`), or the body itself.
 fn glance_message(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| {
             v.get("message")
+                .or_else(|| v.get("error").and_then(|e| e.get("message")))
                 .and_then(|m| m.as_str())
                 .map(str::to_string)
         })
@@ -235,5 +237,10 @@ mod tests {
             "Image disk_format qcow2 does not match stream data raw"
         );
         assert_eq!(glance_message(" plain "), "plain");
+        let keystone = r#"{"error":{"code":401,"message":"The request you have made requires authentication.","title":"Unauthorized"}}"#;
+        assert_eq!(
+            glance_message(keystone),
+            "The request you have made requires authentication."
+        );
     }
 }

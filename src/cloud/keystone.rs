@@ -1,6 +1,7 @@
-//! Keystone v3: logging in (scoped to a project), finding Glance in the catalog, checking
-//! every address against the policy BEFORE connecting, and telling a wrong password from an
-//! unreachable project. Answers are read within the bounds of `answer`.
+//! Keystone v3: logging in (scoped to a project), checking a stored account's password
+//! (unscoped), finding Glance in the catalog, checking every address against the policy
+//! BEFORE connecting, and telling a wrong password from an unreachable project. Answers are
+//! read within the bounds of `answer`.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
+use super::address_policy::Refusal;
 use super::answer::{json, within};
 use super::catalog::{image_endpoint, CatalogService};
 use super::error::{check, clip, Cause, CloudError};
@@ -43,18 +45,6 @@ pub(super) struct Login {
     pub(super) lifetime: Duration,
 }
 
-impl Glance {
-    /// Logs in to Keystone v3 (user in `domain`, scoped to `project` in the same domain), for
-    /// one use; workers reuse sessions instead (`Sessions`). Every address called must pass
-    /// `policy`.
-    pub async fn login(
-        account: &OpenStackAccount,
-        policy: &AddressPolicy,
-    ) -> Result<Glance, CloudError> {
-        Session::start(account, policy).await.map(Glance::from)
-    }
-}
-
 fn refused(name: &str, why: String) -> CloudError {
     CloudError {
         summary: format!("{name} {why}"),
@@ -81,6 +71,33 @@ fn tokens_url(keystone_url: &str) -> String {
     }
 }
 
+/// Keystone v3, where an account logs in.
+pub struct Keystone;
+
+impl Keystone {
+    /// Logs in to Keystone v3 (user in `domain`, scoped to `project` in the same domain), for
+    /// one use; workers reuse sessions instead (`Sessions`). Every address called must pass
+    /// `policy`.
+    pub async fn login(
+        account: &OpenStackAccount,
+        policy: &AddressPolicy,
+    ) -> Result<Glance, CloudError> {
+        Session::start(account, policy).await.map(Glance::from)
+    }
+
+    /// Checks `user`'s password (in `domain`) with an unscoped login, as a stored account is
+    /// checked before it is kept. Every address called must pass `policy`.
+    pub async fn check_password(
+        keystone_url: &str,
+        user: &str,
+        domain: &str,
+        password: &Secret,
+        policy: &AddressPolicy,
+    ) -> Result<(), CloudError> {
+        check_password(keystone_url, user, domain, password, policy).await
+    }
+}
+
 /// A new token: the client it goes with, the token, and Glance's v2 base URL (checked).
 pub(super) async fn log_in(
     account: &OpenStackAccount,
@@ -103,45 +120,57 @@ pub(super) async fn log_in(
     };
     let ca_files = super::tls::ca_files(policy, &[&keystone]);
     let (client, refusal) = http_client(policy, &ca_files)?;
-    // A name resolved only to addresses the policy forbids: permanent, and said plainly.
-    let resolver_refused = |summary: String| {
-        refusal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .map(|why| CloudError {
-                summary: format!("{summary}: {why}"),
-                detail: None,
-                cause: Cause::Config,
-            })
+    let limit = policy.call_timeout_for(&keystone);
+    let issued = request_token(&client, &refusal, account, limit).await?;
+    let glance = match given_glance {
+        Some(url) => url,
+        None => glance_from_catalog(policy, &keystone, &issued.catalog)?,
     };
+    // Glance's own profile may trust one more CA.
+    let all = super::tls::ca_files(policy, &[&keystone, &glance]);
+    let client = if all == ca_files {
+        client
+    } else {
+        http_client(policy, &all)?.0
+    };
+    Ok(Login {
+        client,
+        token: issued.token,
+        glance: glance_v2(glance),
+        lifetime: issued.lifetime,
+    })
+}
+
+/// What a successful token request gave.
+struct Issued {
+    token: Secret,
+    catalog: Vec<CatalogService>,
+    lifetime: Duration,
+}
+
+/// The project-scoped token request, within `limit`; a refused login explained.
+async fn request_token(
+    client: &reqwest::Client,
+    refusal: &Refusal,
+    account: &OpenStackAccount,
+    limit: Duration,
+) -> Result<Issued, CloudError> {
     let body = serde_json::json!({"auth": {
         "identity": {"methods": ["password"], "password": {"user": {
             "name": account.user, "domain": {"name": account.domain},
             "password": account.password.expose()}}},
         "scope": {"project": {"name": account.project, "domain": {"name": account.domain}}}}});
     let what = format!("Keystone at '{}'", account.keystone_url);
-    let login = within(policy.call_timeout_for(&keystone), &what, async {
+    within(limit, &what, async {
         let response = client
             .post(tokens_url(&account.keystone_url))
             .json(&body)
             .send()
             .await
-            .map_err(|e| {
-                resolver_refused(format!(
-                    "may not call Keystone at '{}'",
-                    account.keystone_url
-                ))
-                .unwrap_or_else(|| {
-                    CloudError::sending(
-                        format!("could not reach Keystone at '{}'", account.keystone_url),
-                        &e,
-                    )
-                })
-            })?;
+            .map_err(|e| not_sent(refusal, &account.keystone_url, &e))?;
         if response.status() == StatusCode::UNAUTHORIZED {
             let refusal = check(response, |_| String::new()).await.err();
-            return Err(explain_refused_login(&client, account, refusal).await);
+            return Err(explain_refused_login(client, account, refusal).await);
         }
         let response = check(response, |status| match status {
             404 => format!(
@@ -154,53 +183,114 @@ pub(super) async fn log_in(
             ),
         })
         .await?;
-        let token = response
-            .headers()
-            .get("x-subject-token")
-            .and_then(|v| v.to_str().ok())
-            .map(Secret::new)
-            .ok_or_else(|| CloudError {
-                summary: format!("{what} answered the login without a token"),
+        read_token(response, &what).await
+    })
+    .await
+}
+
+/// A token request that got no answer. A name resolved only to addresses the policy forbids
+/// is permanent, and said plainly.
+fn not_sent(refusal: &Refusal, keystone_url: &str, e: &reqwest::Error) -> CloudError {
+    let forbidden = refusal.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match forbidden {
+        Some(why) => CloudError {
+            summary: format!("may not call Keystone at '{keystone_url}': {why}"),
+            detail: None,
+            cause: Cause::Config,
+        },
+        None => CloudError::sending(format!("could not reach Keystone at '{keystone_url}'"), e),
+    }
+}
+
+/// Checks a password with one unscoped Keystone v3 password login (the user in `domain`),
+/// within the call timeout; the token is dropped unread. A stored account names no project,
+/// so only the password can be checked.
+pub(super) async fn check_password(
+    keystone_url: &str,
+    user: &str,
+    domain: &str,
+    password: &Secret,
+    policy: &AddressPolicy,
+) -> Result<(), CloudError> {
+    let keystone = parse("keystoneUrl", keystone_url)?;
+    policy
+        .check_url(&keystone)
+        .map_err(|why| refused("keystoneUrl", why))?;
+    let (client, refusal) = http_client(policy, &super::tls::ca_files(policy, &[&keystone]))?;
+    let body = serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": user, "domain": {"name": domain}, "password": password.expose()}}}}});
+    let what = format!("Keystone at '{keystone_url}'");
+    within(policy.call_timeout_for(&keystone), &what, async {
+        let response = client
+            .post(tokens_url(keystone_url))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| not_sent(&refusal, keystone_url, &e))?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            let reason = check(response, |_| String::new()).await.err();
+            let reason = reason.and_then(|e| e.detail).unwrap_or_default();
+            return Err(CloudError {
+                summary: format!(
+                    "Keystone refused the login for '{user}' (user domain '{domain}'): {reason}"
+                ),
                 detail: None,
-                cause: Cause::BadAnswer,
-            })?;
-        let answer: TokenAnswer = json(response, &format!("{what} answered the login")).await?;
-        let lifetime = match (answer.token.issued_at, answer.token.expires_at) {
-            (Some(issued), Some(expires)) => (expires - issued).to_std().unwrap_or_default(),
-            _ => UNKNOWN_LIFETIME,
-        };
-        Ok((token, answer.token.catalog, lifetime))
-    });
-    let (token, catalog, lifetime) = login.await?;
-    let glance = match given_glance {
-        Some(url) => url,
-        None => {
-            let profile = policy.profile_for(&keystone);
-            let region = profile
-                .and_then(|p| p.region.as_deref())
-                .or(policy.settings().region.as_deref());
-            let endpoint = image_endpoint(&catalog, region)?;
-            // Checked before the first connection to it (the resolver checks names again).
-            let url = parse("the catalog's Glance endpoint", &endpoint)?;
-            policy
-                .check_url(&url)
-                .map_err(|why| refused("the catalog's Glance endpoint", why))?;
-            url
+                cause: Cause::LoginRefused,
+            });
         }
+        check(response, |status| match status {
+            404 => {
+                format!("no Keystone v3 identity service at '{keystone_url}' (check keystoneUrl)")
+            }
+            _ => format!("Keystone at '{keystone_url}' failed to log in user '{user}'"),
+        })
+        .await
+        .map(drop)
+    })
+    .await
+}
+
+/// The token (from its header) and the catalog and lifetime (from the body).
+async fn read_token(response: reqwest::Response, what: &str) -> Result<Issued, CloudError> {
+    let token = response
+        .headers()
+        .get("x-subject-token")
+        .and_then(|v| v.to_str().ok())
+        .map(Secret::new)
+        .ok_or_else(|| CloudError {
+            summary: format!("{what} answered the login without a token"),
+            detail: None,
+            cause: Cause::BadAnswer,
+        })?;
+    let answer: TokenAnswer = json(response, &format!("{what} answered the login")).await?;
+    let lifetime = match (answer.token.issued_at, answer.token.expires_at) {
+        (Some(issued), Some(expires)) => (expires - issued).to_std().unwrap_or_default(),
+        _ => UNKNOWN_LIFETIME,
     };
-    // Glance's own profile may trust one more CA.
-    let all = super::tls::ca_files(policy, &[&keystone, &glance]);
-    let client = if all == ca_files {
-        client
-    } else {
-        http_client(policy, &all)?.0
-    };
-    Ok(Login {
-        client,
+    Ok(Issued {
         token,
-        glance: glance_v2(glance),
+        catalog: answer.token.catalog,
         lifetime,
     })
+}
+
+/// Glance's endpoint from the catalog (in the profile's region, else `cloud.region`),
+/// checked before the first connection to it (the resolver checks names again).
+fn glance_from_catalog(
+    policy: &AddressPolicy,
+    keystone: &url::Url,
+    catalog: &[CatalogService],
+) -> Result<url::Url, CloudError> {
+    let profile = policy.profile_for(keystone);
+    let region = profile
+        .and_then(|p| p.region.as_deref())
+        .or(policy.settings().region.as_deref());
+    let endpoint = image_endpoint(catalog, region)?;
+    let url = parse("the catalog's Glance endpoint", &endpoint)?;
+    policy
+        .check_url(&url)
+        .map_err(|why| refused("the catalog's Glance endpoint", why))?;
+    Ok(url)
 }
 
 /// Keystone answers 401 both to a wrong password and to a project the user cannot reach.

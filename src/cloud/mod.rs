@@ -11,10 +11,8 @@ mod answer;
 mod catalog;
 mod error;
 mod glance;
-mod import;
 mod keystone;
 mod profile;
-mod quota;
 mod session;
 mod tls;
 
@@ -28,7 +26,8 @@ use address_policy::{GuardedResolver, Refusal};
 pub use address_policy::AddressPolicy;
 pub use error::{Cause, CloudError};
 pub use glance::{Glance, GlanceImage, DEPLOYMENT_PROPERTY, TICKET_PROPERTY};
-pub use profile::{describe_for_url, upload_limit_for, DEFAULT_IMPORT_TIMEOUT_SECS};
+pub use keystone::Keystone;
+pub use profile::{describe_for_url, upload_limit_for, DEFAULT_IMPORT_TIMEOUT};
 pub use session::Sessions;
 
 /// Where and as whom to publish (a `CredAccountOpenStack` plus the project scope).

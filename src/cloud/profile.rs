@@ -17,8 +17,8 @@ impl AddressPolicy {
 
     /// The call timeout for calls to the cloud at `url` (its profile's, or `cloud.*`'s).
     pub(super) fn call_timeout_for(&self, url: &url::Url) -> std::time::Duration {
-        match self.profile_for(url).and_then(|p| p.call_timeout_ms) {
-            Some(ms) => std::time::Duration::from_millis(ms.max(1)),
+        match self.profile_for(url).and_then(|p| p.call_timeout) {
+            Some(timeout) => timeout,
             None => self.call_timeout(),
         }
     }
@@ -54,11 +54,19 @@ pub fn describe_for_url(settings: &CloudSettings, url: &str) -> Result<String, S
     let unset = CloudProfile::default();
     let p = profile.unwrap_or(&unset);
     let mut out = String::new();
-    let from = |set: bool| if set { "profile" } else { "cloud.*" };
     let _ = match profile {
         Some(p) => writeln!(out, "profile: {} (hosts {})", p.name, p.hosts.join(", ")),
         None => writeln!(out, "profile: none matches; the cloud.* settings apply"),
     };
+    describe_trust(&mut out, settings, p);
+    describe_upload(&mut out, p);
+    describe_limits(&mut out, settings, p);
+    Ok(out)
+}
+
+/// The CA files trusted and the region.
+fn describe_trust(out: &mut String, settings: &CloudSettings, p: &CloudProfile) {
+    let from = |set: bool| if set { "profile" } else { "cloud.*" };
     let mut ca: Vec<String> = settings
         .ca_file
         .iter()
@@ -81,6 +89,10 @@ pub fn describe_for_url(settings: &CloudSettings, url: &str) -> Result<String, S
         region.map_or("none (the catalog must list one Glance)", |r| r.as_str()),
         from(p.region.is_some())
     );
+}
+
+/// How the image goes up: its format, the transfer, the properties set.
+fn describe_upload(out: &mut String, p: &CloudProfile) {
     let _ = writeln!(
         out,
         "disk_format: {}",
@@ -117,16 +129,21 @@ pub fn describe_for_url(settings: &CloudSettings, url: &str) -> Result<String, S
             props.join(", ")
         }
     );
+}
+
+/// The time limits and the upload slots.
+fn describe_limits(out: &mut String, settings: &CloudSettings, p: &CloudProfile) {
+    let from = |set: bool| if set { "profile" } else { "cloud.*" };
     let _ = writeln!(
         out,
-        "call_timeout_ms: {} ({})",
-        p.call_timeout_ms.unwrap_or(settings.call_timeout_ms),
-        from(p.call_timeout_ms.is_some())
+        "call_timeout: {} ({})",
+        humantime::format_duration(p.call_timeout.unwrap_or(settings.call_timeout)),
+        from(p.call_timeout.is_some())
     );
     let _ = writeln!(
         out,
-        "import_timeout_secs: {}",
-        p.import_timeout_secs.unwrap_or(DEFAULT_IMPORT_TIMEOUT_SECS)
+        "import_timeout: {}",
+        humantime::format_duration(p.import_timeout.unwrap_or(DEFAULT_IMPORT_TIMEOUT))
     );
     let _ = writeln!(
         out,
@@ -139,11 +156,10 @@ pub fn describe_for_url(settings: &CloudSettings, url: &str) -> Result<String, S
             |n| n.to_string()
         )
     );
-    Ok(out)
 }
 
 /// How long Glance may take to import staged bytes when no profile says.
-pub const DEFAULT_IMPORT_TIMEOUT_SECS: u64 = 1800;
+pub const DEFAULT_IMPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1800);
 
 #[cfg(test)]
 mod tests {
@@ -159,7 +175,7 @@ mod tests {
                     disk_format: Some("raw".into()),
                     properties: [("hw_disk_bus".to_string(), "scsi".to_string())].into(),
                     import_method: Some(ImportMethod::GlanceDirect),
-                    call_timeout_ms: Some(5000),
+                    call_timeout: Some(std::time::Duration::from_millis(5000)),
                     max_uploads: Some(2),
                     ..Default::default()
                 },
@@ -192,7 +208,7 @@ mod tests {
         );
         assert_eq!(
             policy.call_timeout_for(&url("http://elsewhere")),
-            std::time::Duration::from_millis(s.call_timeout_ms)
+            s.call_timeout
         );
     }
 

@@ -363,7 +363,7 @@ mod tests {
         let (url, accepted) = silent_keystone().await;
         let policy = AddressPolicy::from(crate::config::CloudSettings {
             allow_loopback: true,
-            call_timeout_ms: 1000,
+            call_timeout: std::time::Duration::from_millis(1000),
             ..Default::default()
         });
         let mut silent = account("pw");
@@ -401,7 +401,7 @@ mod tests {
         let (url, accepted) = silent_keystone().await;
         let policy = AddressPolicy::from(crate::config::CloudSettings {
             allow_loopback: true,
-            call_timeout_ms: 1000,
+            call_timeout: std::time::Duration::from_millis(1000),
             ..Default::default()
         });
         let mut silent = account("pw");

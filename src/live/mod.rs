@@ -1,20 +1,21 @@
-//! Live events, fanned out: ONE Postgres listener per process (`Hub::run`) hears ticket
-//! events and worker heartbeats and hands each to every subscriber (console pages, client
-//! event streams) through a broadcast channel, so the number of viewers never changes the
-//! number of database queries. A subscriber that falls behind, or a listener that lost
-//! Postgres (notices may have been missed), is told to catch up from the event log
-//! (`store::events::after`) by its last event id.
+//! Postgres LISTEN/NOTIFY for the whole process: ONE listener (`listener`) that every user
+//! of LISTEN subscribes to, and the live events it carries, fanned out (`Hub`).
 //!
-//! The same listener keeps the status cache (`statuses`) true: it drops the entry of each
-//! ticket whose change is announced, and switches the cache off while it is not listening.
+//! `Hub::run` hands each ticket event and worker heartbeat to every viewer (console pages,
+//! client event streams) through a broadcast channel, so the number of viewers never changes
+//! the number of database queries. A viewer that falls behind, or a hub whose notices may
+//! have been missed, is told to catch up from the event log (`store::events::after`) by its
+//! last event id.
+//!
+//! The hub also keeps the status cache (`statuses`) true: it drops the entry of each ticket
+//! whose change is announced, and switches the cache off while nothing is heard.
 
+pub mod listener;
 pub mod statuses;
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
-use sqlx::postgres::PgListener;
-use sqlx::PgPool;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +24,7 @@ use crate::store::events::{
 };
 use crate::store::tickets::TICKET_CHANGED_CHANNEL;
 
+pub use listener::{Listener, Notice, Subscription};
 use statuses::Statuses;
 
 /// Events held for slow subscribers; one further behind catches up from the log.
@@ -75,61 +77,51 @@ impl Hub {
         self.sender.receiver_count()
     }
 
-    /// Listens until `shutdown`, reconnecting after a lost connection.
-    pub async fn run(self, pool: PgPool, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            let heard = async {
-                let mut listener = PgListener::connect_with(&pool).await?;
-                listener
-                    .listen_all([
-                        TICKET_EVENTS_CHANNEL,
-                        WORKER_EVENTS_CHANNEL,
-                        TICKET_CHANGED_CHANNEL,
-                    ])
-                    .await?;
-                self.statuses.listening();
-                // Whatever happened while not listening is in the log.
-                let _ = self.sender.send(Live::CatchUp);
-                // `try_recv`, not `recv`: `recv` reconnects silently, and what was announced
-                // in between would be missed unnoticed.
-                while let Some(notice) = listener.try_recv().await? {
-                    if notice.channel() == TICKET_CHANGED_CHANNEL {
-                        match notice.payload().parse() {
-                            Ok(id) => self.statuses.changed(id),
-                            // Which ticket is unknown: forget them all.
-                            Err(_) => self.statuses.forget_all(),
-                        }
-                        continue;
+    /// Hands on what the process's listener hears of ticket events, worker heartbeats
+    /// and ticket changes, until it stops. Subscribes at once, so that nothing announced
+    /// after the call is missed.
+    pub fn run(self, listener: &Listener) -> impl Future<Output = ()> {
+        let mut notices = listener.subscribe(&[
+            TICKET_EVENTS_CHANNEL,
+            WORKER_EVENTS_CHANNEL,
+            TICKET_CHANGED_CHANNEL,
+        ]);
+        async move {
+            while let Some(notice) = notices.recv().await {
+                match notice {
+                    Notice::PossiblyMissed => {
+                        self.statuses.listening();
+                        // Whatever was missed is in the log.
+                        let _ = self.sender.send(Live::CatchUp);
                     }
-                    let event = if notice.channel() == TICKET_EVENTS_CHANNEL {
-                        serde_json::from_str(notice.payload()).map(|e| Live::Ticket(Arc::new(e)))
-                    } else {
-                        serde_json::from_str(notice.payload()).map(|e| Live::Worker(Arc::new(e)))
-                    };
-                    match event {
-                        // No subscriber is not an error.
-                        Ok(event) => drop(self.sender.send(event)),
-                        Err(e) => tracing::warn!(error = %e, "unreadable live event ignored"),
-                    }
+                    Notice::Deaf => self.statuses.deaf(),
+                    Notice::Payload { channel, payload } => self.heard(channel, &payload),
                 }
-                Err::<(), _>(sqlx::Error::Protocol("the connection was closed".into()))
-            };
-            tokio::select! {
-                result = heard => {
-                    self.statuses.deaf();
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "live event listener lost Postgres; reconnecting");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
-                }
-                _ = shutdown.cancelled() => {}
             }
+            // Requests still being answered read Postgres.
+            self.statuses.deaf();
+            self.stopped.cancel();
         }
-        // Requests still being answered read Postgres.
-        self.statuses.deaf();
-        self.stopped.cancel();
+    }
+
+    fn heard(&self, channel: &str, payload: &str) {
+        if channel == TICKET_CHANGED_CHANNEL {
+            match payload.parse() {
+                Ok(id) => self.statuses.changed(id),
+                // Which ticket is unknown: forget them all.
+                Err(_) => self.statuses.forget_all(),
+            }
+            return;
+        }
+        let event = if channel == TICKET_EVENTS_CHANNEL {
+            serde_json::from_str(payload).map(|e| Live::Ticket(Arc::new(e)))
+        } else {
+            serde_json::from_str(payload).map(|e| Live::Worker(Arc::new(e)))
+        };
+        match event {
+            // No subscriber is not an error.
+            Ok(event) => drop(self.sender.send(event)),
+            Err(e) => tracing::warn!(error = %e, "unreadable live event ignored"),
+        }
     }
 }

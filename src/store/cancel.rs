@@ -1,7 +1,10 @@
 //! A user's cancel of a ticket: ended at once while queued, or asked of the worker running it.
 
+use sqlx::types::Json;
 use sqlx::PgPool;
 
+use super::cleanups;
+use super::events::{self, Before};
 use super::tickets::{self, TicketState};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -18,10 +21,14 @@ pub enum CancelOutcome {
 /// Postgres NOTIFY channel carrying the ids of tickets whose cancel was requested.
 pub const CANCEL_CHANNEL: &str = "pimage_ticket_cancel";
 
+/// Cancels a queued ticket, or asks its worker to stop it. In one transaction: the change,
+/// its event, and the image cleanup of a queued ticket that had run before (requeued).
 pub async fn request_cancel(pool: &PgPool, id: i64) -> Result<CancelOutcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
     // One statement, so a worker's concurrent claim sees either the cancel or nothing.
     let row = sqlx::query!(
-        r#"WITH before AS (SELECT state FROM publish_tickets WHERE id = $1 FOR UPDATE)
+        r#"WITH old AS (SELECT id, state, percentage, bytes_loaded, message, cloud_id
+                          FROM publish_tickets WHERE id = $1 FOR UPDATE)
          UPDATE publish_tickets t SET
              cancel_requested = true,
              state = CASE WHEN t.state = 'queued' THEN 'cancelled' ELSE t.state END,
@@ -29,14 +36,20 @@ pub async fn request_cancel(pool: &PgPool, id: i64) -> Result<CancelOutcome, sql
                             ELSE 'cancel requested, stopping the upload' END,
              finished_at = CASE WHEN t.state = 'queued' THEN now() ELSE t.finished_at END,
              updated_at = now()
-           FROM before
-          WHERE t.id = $1 AND t.state IN ('queued', 'running')
-         RETURNING before.state AS "before!: TicketState""#,
+           FROM old
+          WHERE t.id = old.id AND t.state IN ('queued', 'running')
+         RETURNING old.state AS "before_state!: TicketState", to_jsonb(old) AS "before!: Json<Before>""#,
         id
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(match row.map(|r| r.before) {
+    if let Some(row) = &row {
+        let changed = [row.before.0.clone()];
+        events::record_changes(&mut tx, &changed).await?;
+        cleanups::record_for_ended(&mut tx, &changed).await?;
+    }
+    tx.commit().await?;
+    Ok(match row.map(|r| r.before_state) {
         Some(TicketState::Queued) => CancelOutcome::Cancelled,
         Some(_) => {
             // Wakes the worker that runs it at once; its progress writes are the fallback.

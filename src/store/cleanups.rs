@@ -1,12 +1,70 @@
-//! Images a ticket may have left in the cloud: the `image_cleanups` rows (recorded by the
-//! migration's triggers whenever a ticket ends in anything but `complete`), taken one at a
-//! time under row locks by the reconciler, and what the orphan sweep asks about an image.
+//! Images a ticket may have left in the cloud: the `image_cleanups` rows (recorded by
+//! `record_for_ended` and `record_for_deleted`, in the transaction of every store function
+//! that ends a ticket in anything but `complete` or deletes one), taken one at a time under
+//! row locks by the reconciler, and what the orphan sweep asks about an image.
 
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use super::events::{self, Before};
 use super::tickets::TicketState;
+
+/// Records the image cleanup of each ticket of `before` that this change ended in `error` or
+/// `cancelled` (it was not before): call it in the change's transaction, after its
+/// statement. A ticket never claimed (`started_at` NULL) owns no image. The row carries its
+/// own copy of the account, so the image is removed even if the ticket is deleted.
+pub(crate) async fn record_for_ended(
+    tx: &mut Transaction<'_, Postgres>,
+    before: &[Before],
+) -> Result<u64, sqlx::Error> {
+    if before.is_empty() {
+        return Ok(0);
+    }
+    let recorded = sqlx::query!(
+        "INSERT INTO image_cleanups (ticket_id, ticket_key, cloud_id, keystone_url, keystone_domain,
+             keystone_project, glance_url, cloud_login, cloud_password_enc)
+         SELECT t.id, t.ticket_key, t.cloud_id, t.keystone_url, t.keystone_domain, t.keystone_project,
+                t.glance_url, t.cloud_login, t.cloud_password_enc
+           FROM jsonb_to_recordset($1::jsonb) AS o(id bigint, state text)
+           JOIN publish_tickets t ON t.id = o.id
+          WHERE t.state IN ('error', 'cancelled') AND o.state IS DISTINCT FROM t.state
+            AND t.started_at IS NOT NULL
+          ORDER BY t.id",
+        Json(before) as _,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(recorded.rows_affected())
+}
+
+/// What deleting a ticket leaves to do with its image: a published one is the user's to keep
+/// (`kept_images`, so the orphan sweep spares it); one of a ticket claimed but not ended is
+/// to be deleted (an ended one's cleanup was recorded when it ended). Call it in the
+/// deleting transaction, before the delete.
+pub(crate) async fn record_for_deleted(
+    tx: &mut Transaction<'_, Postgres>,
+    ticket_id: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "WITH t AS (SELECT * FROM publish_tickets
+                     WHERE id = $1 AND state NOT IN ('error', 'cancelled')),
+              kept AS (INSERT INTO kept_images (ticket_key, cloud_id)
+                       SELECT ticket_key, cloud_id FROM t
+                        WHERE state = 'complete' AND cloud_id IS NOT NULL
+                       ON CONFLICT (ticket_key) DO NOTHING)
+         INSERT INTO image_cleanups (ticket_id, ticket_key, cloud_id, keystone_url, keystone_domain,
+             keystone_project, glance_url, cloud_login, cloud_password_enc)
+         SELECT NULL, ticket_key, cloud_id, keystone_url, keystone_domain, keystone_project,
+                glance_url, cloud_login, cloud_password_enc
+           FROM t WHERE state <> 'complete' AND started_at IS NOT NULL",
+        ticket_id,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
 
 /// A cloud account as stored with a ticket (the password still sealed).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -99,8 +157,9 @@ pub async fn take_due(pool: &PgPool) -> Result<Option<TakenCleanup>, sqlx::Error
 
 impl TakenCleanup {
     /// Glance confirmed (or nothing is to be deleted): the cleanup is done, and an ended
-    /// ticket stops naming the image.
-    pub async fn done(mut self) -> Result<(), sqlx::Error> {
+    /// ticket stops naming the image. Its message says an image was removed only when
+    /// `removed_an_image` (a cancel before any image existed must not claim one).
+    pub async fn done(mut self, removed_an_image: bool) -> Result<(), sqlx::Error> {
         sqlx::query!(
             // The password is wiped with it: it is needed no more, and must not outlive its
             // ticket.
@@ -112,16 +171,24 @@ impl TakenCleanup {
         .execute(&mut *self.tx)
         .await?;
         if let Some(ticket_id) = self.cleanup.ticket_id {
-            sqlx::query!(
-                "UPDATE publish_tickets SET cloud_id = NULL, updated_at = now(),
-                     message = CASE WHEN state = 'cancelled'
-                                    THEN 'cancelled; the partial image was removed from the cloud'
-                                    ELSE message END
-                  WHERE id = $1 AND state IN ('error', 'cancelled')",
-                ticket_id
+            let before = sqlx::query_scalar!(
+                r#"WITH old AS (SELECT id, state, percentage, bytes_loaded, message, cloud_id
+                                  FROM publish_tickets
+                                 WHERE id = $1 AND state IN ('error', 'cancelled') FOR UPDATE)
+                   UPDATE publish_tickets t SET cloud_id = NULL, updated_at = now(),
+                       message = CASE WHEN t.state <> 'cancelled' THEN t.message
+                                      WHEN $2 THEN 'cancelled; the partial image was removed from the cloud'
+                                      WHEN old.cloud_id IS NOT NULL
+                                      THEN 'cancelled; its image was already gone from the cloud'
+                                      ELSE t.message END
+                     FROM old WHERE t.id = old.id
+                   RETURNING to_jsonb(old) AS "before!: Json<Before>""#,
+                ticket_id,
+                removed_an_image
             )
-            .execute(&mut *self.tx)
+            .fetch_all(&mut *self.tx)
             .await?;
+            events::record_changes(&mut self.tx, &events::unwrap_before(before)).await?;
         }
         self.tx.commit().await
     }

@@ -102,7 +102,7 @@ pub struct TicketFilter {
     pub before_id: Option<i64>,
 }
 
-/// One line of the Tickets page (no credentials).
+/// One line of the Tickets page and of `pimage tickets list` (no credentials).
 #[derive(Debug, Clone)]
 pub struct TicketLine {
     pub id: i64,
@@ -113,6 +113,7 @@ pub struct TicketLine {
     pub keystone_url: String,
     pub percentage: i32,
     pub message: String,
+    pub cloud_id: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -125,7 +126,8 @@ pub async fn tickets(
     sqlx::query_as!(
         TicketLine,
         r#"SELECT t.id, t.state AS "state: TicketState", u.login AS owner_login, t.image_id,
-                  t.display_name, t.keystone_url, t.percentage, t.message, t.created_at
+                  t.display_name, t.keystone_url, t.percentage, t.message, t.cloud_id,
+                  t.created_at
              FROM publish_tickets t JOIN users u ON u.id = t.user_id
             WHERE ($1::text IS NULL OR t.state = $1)
               AND ($2::text IS NULL OR u.login = $2)

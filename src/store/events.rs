@@ -1,11 +1,13 @@
-//! The ticket event log (table `ticket_events`, written by triggers on every visible change
-//! of a ticket and announced on `TICKET_EVENTS_CHANNEL`): what live pages and clients are
-//! sent, what a reconnecting one is replayed from its `Last-Event-ID`, and the points of the
-//! bytes-over-time chart.
+//! The ticket event log (table `ticket_events`, announced on `TICKET_EVENTS_CHANNEL`): what
+//! live pages and clients are sent, what a reconnecting one is replayed from its
+//! `Last-Event-ID`, and the points of the bytes-over-time chart. Every store function that
+//! changes what a viewer sees of a ticket appends its event here (`record_changes`,
+//! `record_deleted`), in its own transaction; `tickets::create` writes the `created` one.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, Transaction};
 
 /// NOTIFY channel of ticket events (payload: a `TicketEvent` as JSON).
 pub const TICKET_EVENTS_CHANNEL: &str = "pimage_ticket_events";
@@ -50,6 +52,79 @@ pub struct WorkerEvent {
     pub beat_at: DateTime<Utc>,
     pub gone: bool,
     pub tickets: Vec<i64>,
+}
+
+/// What a viewer sees of a ticket, as it was before a change (read under the change's row
+/// lock, as `to_jsonb` of `id, state, percentage, bytes_loaded, message, cloud_id`). The
+/// change is an event when one of these differs after it: a lease extension or the claim's
+/// bookkeeping alone is not.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Before {
+    pub id: i64,
+    pub state: String,
+    pub percentage: i32,
+    pub bytes_loaded: i64,
+    pub message: String,
+    pub cloud_id: Option<String>,
+}
+
+/// The `Before` rows a change returned (`RETURNING to_jsonb(old) AS before`).
+pub(crate) fn unwrap_before(rows: impl IntoIterator<Item = Json<Before>>) -> Vec<Before> {
+    rows.into_iter().map(|Json(before)| before).collect()
+}
+
+/// Appends a `changed` event for each ticket of `before` that a viewer now sees otherwise,
+/// and announces it on `TICKET_EVENTS_CHANNEL` (at commit): call it in the transaction of
+/// the change, after its statement. Returns how many events were written.
+pub(crate) async fn record_changes(
+    tx: &mut Transaction<'_, Postgres>,
+    before: &[Before],
+) -> Result<usize, sqlx::Error> {
+    if before.is_empty() {
+        return Ok(0);
+    }
+    let recorded = sqlx::query!(
+        r#"WITH e AS (
+             INSERT INTO ticket_events (ticket_id, kind, state, old_state, percentage, bytes_loaded,
+                 bytes_total, message)
+             SELECT t.id, 'changed', t.state, o.state, t.percentage, t.bytes_loaded, t.bytes_total,
+                    t.message
+               FROM jsonb_to_recordset($1::jsonb) AS o(id bigint, state text, percentage int,
+                                                       bytes_loaded bigint, message text, cloud_id text)
+               JOIN publish_tickets t ON t.id = o.id
+              WHERE (o.state, o.percentage, o.bytes_loaded, o.message, o.cloud_id)
+                    IS DISTINCT FROM (t.state, t.percentage, t.bytes_loaded, t.message, t.cloud_id)
+              ORDER BY t.id
+             RETURNING id, ticket_event_notice(ticket_events) AS notice)
+           SELECT pg_notify($2, e.notice) AS "notified: ()" FROM (SELECT * FROM e ORDER BY id) e"#,
+        Json(before) as _,
+        TICKET_EVENTS_CHANNEL,
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(recorded.len())
+}
+
+/// Appends the `deleted` event of a ticket (its last status) and announces it: call it in
+/// the deleting transaction, before the delete. Returns whether the ticket existed.
+pub(crate) async fn record_deleted(
+    tx: &mut Transaction<'_, Postgres>,
+    ticket_id: i64,
+) -> Result<bool, sqlx::Error> {
+    let recorded = sqlx::query!(
+        r#"WITH e AS (
+             INSERT INTO ticket_events (ticket_id, kind, state, percentage, bytes_loaded, bytes_total,
+                 message)
+             SELECT id, 'deleted', state, percentage, bytes_loaded, bytes_total, message
+               FROM publish_tickets WHERE id = $1
+             RETURNING id, ticket_event_notice(ticket_events) AS notice)
+           SELECT pg_notify($2, e.notice) AS "notified: ()" FROM e"#,
+        ticket_id,
+        TICKET_EVENTS_CHANNEL,
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(recorded.is_some())
 }
 
 /// Announces the creation events of these tickets on `TICKET_EVENTS_CHANNEL`, in one commit:

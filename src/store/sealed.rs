@@ -15,13 +15,16 @@ pub enum SealedColumn {
     ApiKeySecrets,
     /// `image_cleanups.cloud_password_enc` of pending cleanups (done ones are wiped)
     CleanupCloudPasswords,
+    /// `cloud_accounts.cloud_password_enc`
+    AccountCloudPasswords,
 }
 
 impl SealedColumn {
-    pub const ALL: [SealedColumn; 3] = [
+    pub const ALL: [SealedColumn; 4] = [
         SealedColumn::TicketCloudPasswords,
         SealedColumn::ApiKeySecrets,
         SealedColumn::CleanupCloudPasswords,
+        SealedColumn::AccountCloudPasswords,
     ];
 
     pub fn describe(self) -> &'static str {
@@ -29,6 +32,7 @@ impl SealedColumn {
             SealedColumn::TicketCloudPasswords => "ticket cloud passwords",
             SealedColumn::ApiKeySecrets => "API-key secrets",
             SealedColumn::CleanupCloudPasswords => "cloud passwords of pending cleanups",
+            SealedColumn::AccountCloudPasswords => "stored cloud account passwords",
         }
     }
 }
@@ -131,6 +135,20 @@ async fn not_under(
         .into_iter()
         .map(|r| (r.id, r.cloud_password_enc))
         .collect(),
+        SealedColumn::AccountCloudPasswords => sqlx::query!(
+            "SELECT id, cloud_password_enc FROM cloud_accounts
+              WHERE id > $2
+                AND substring(cloud_password_enc FROM 1 FOR octet_length($1::bytea)) <> $1
+              ORDER BY id LIMIT $3",
+            header,
+            after,
+            limit
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.cloud_password_enc))
+        .collect(),
     })
 }
 
@@ -182,6 +200,18 @@ async fn replace(
             .execute(pool)
             .await?
         }
+        SealedColumn::AccountCloudPasswords => {
+            sqlx::query!(
+                "UPDATE cloud_accounts a SET cloud_password_enc = v.new
+                   FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS v(id, old, new)
+                  WHERE a.id = v.id AND a.cloud_password_enc = v.old",
+                ids,
+                old,
+                new
+            )
+            .execute(pool)
+            .await?
+        }
     };
     Ok(done.rows_affected())
 }
@@ -214,6 +244,15 @@ async fn count_not_under(
             sqlx::query_scalar!(
                 r#"SELECT count(*) AS "count!" FROM image_cleanups WHERE done_at IS NULL
                 AND substring(cloud_password_enc FROM 1 FOR octet_length($1::bytea)) <> $1"#,
+                header
+            )
+            .fetch_one(pool)
+            .await?
+        }
+        SealedColumn::AccountCloudPasswords => {
+            sqlx::query_scalar!(
+                r#"SELECT count(*) AS "count!" FROM cloud_accounts
+                WHERE substring(cloud_password_enc FROM 1 FOR octet_length($1::bytea)) <> $1"#,
                 header
             )
             .fetch_one(pool)

@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::{cleanups, events};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum TicketState {
@@ -160,15 +162,20 @@ pub struct NewTicket<'a> {
     pub cloud_login: &'a str,
     pub cloud_password_enc: &'a [u8],
     pub bytes_total: i64,
+    /// The stored account it publishes with (`store::accounts`), if it names one.
+    pub cloud_account_id: Option<i64>,
 }
 
-/// Stores a ticket and its outbox row in one transaction. Returns the ticket and the
-/// outbox row id, which the caller deletes once RabbitMQ confirmed the message.
+/// Stores a ticket, its outbox row and its `created` event in one transaction (the event is
+/// not announced here: `events::announce_created` announces a batch of them in one commit).
+/// Returns the ticket and the outbox row id, which the caller deletes once RabbitMQ
+/// confirmed the message.
 pub async fn create<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     new: &NewTicket<'_>,
 ) -> Result<(Ticket, i64), sqlx::Error> {
-    // One statement (one round trip, atomic by itself): the ticket, its outbox row, and the
+    // One statement (one round trip, atomic by itself, as fast as the insert alone): the
+    // ticket, its outbox row, its event (the one event not written by `events`), and the
     // ticket read back as the API shows it. Its row has one column more than `Ticket`, so it
     // is a record, moved into a `Ticket` field by field.
     let row = ticket_query!(
@@ -176,10 +183,14 @@ pub async fn create<'e>(
         "WITH new_ticket AS (
              INSERT INTO publish_tickets (image_id, user_id, display_name, public_image, account_name,
                  keystone_url, keystone_version, keystone_domain, keystone_project, glance_url,
-                 cloud_login, cloud_password_enc, bytes_total, message)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'queued, waiting for a worker')
+                 cloud_login, cloud_password_enc, bytes_total, cloud_account_id, message)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'queued, waiting for a worker')
              RETURNING *),
-         outbox AS (INSERT INTO ticket_outbox (ticket_id) SELECT id FROM new_ticket RETURNING id) ",
+         outbox AS (INSERT INTO ticket_outbox (ticket_id) SELECT id FROM new_ticket RETURNING id),
+         created AS (INSERT INTO ticket_events (ticket_id, kind, state, percentage, bytes_loaded,
+                         bytes_total, message)
+                     SELECT id, 'created', state, percentage, bytes_loaded, bytes_total, message
+                       FROM new_ticket) ",
         ", o.id AS outbox_id",
         "new_ticket",
         "CROSS JOIN outbox o",
@@ -196,6 +207,7 @@ pub async fn create<'e>(
         new.cloud_login,
         new.cloud_password_enc,
         new.bytes_total,
+        new.cloud_account_id,
     )
     .fetch_one(executor)
     .await?;
@@ -335,25 +347,26 @@ pub async fn list_of_user(
     .await
 }
 
-/// The newest tickets, optionally of one state, for `pimage tickets list`.
-pub async fn list_recent(
-    pool: &PgPool,
-    state: Option<TicketState>,
-    limit: i64,
-) -> Result<Vec<Ticket>, sqlx::Error> {
-    select_tickets!(
-        "WHERE ($1::text IS NULL OR t.state = $1) ORDER BY t.id DESC LIMIT $2",
-        state.map(TicketState::as_str),
-        limit,
-    )
-    .fetch_all(pool)
-    .await
-}
-
+/// Deletes a ticket record. In one transaction, before the row goes: what becomes of its
+/// image (`cleanups::record_for_deleted`) and its `deleted` event, announced
+/// (`events::record_deleted`). `false`: no such ticket.
 pub async fn delete(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let found = sqlx::query_scalar!(
+        "SELECT id FROM publish_tickets WHERE id = $1 FOR UPDATE",
+        id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if found.is_none() {
+        return Ok(false);
+    }
+    cleanups::record_for_deleted(&mut tx, id).await?;
+    events::record_deleted(&mut tx, id).await?;
     let done = sqlx::query!("DELETE FROM publish_tickets WHERE id = $1", id)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -8,25 +8,64 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cloud::{Cause, CloudError, Glance, OpenStackAccount};
-use crate::config::ImportMethod;
+use crate::config::{ImportMethod, WorkerSettings};
 use crate::retry::Retryable;
 use crate::store::claims::{self, Claim, Heartbeat};
 use crate::store::tickets;
 use crate::store::Image;
 
-use super::convert::Payload;
-use super::upload::{holds_file, Transfer};
-use super::Worker;
+use super::convert::{self, Payload};
+use super::progress::Reporter;
+use super::upload::{self, holds_file, Transfer, Upload};
+use super::WorkerContext;
 
-/// One ticket's publication, shared by its attempts.
-pub(super) struct Job<'a> {
-    pub(super) worker: &'a Worker,
+/// What a ticket's attempts work on: the claimed ticket, its image and account, its cancel.
+#[derive(Clone, Copy)]
+pub(super) struct Target<'a> {
     pub(super) claim: &'a Claim,
     pub(super) image: &'a Image,
+    pub(super) account: &'a OpenStackAccount,
     pub(super) cancel: &'a CancellationToken,
-    pub(super) account: OpenStackAccount,
-    /// A checksum mismatch earns one re-upload, not more.
-    pub(super) checksum_retried: std::sync::atomic::AtomicBool,
+}
+
+/// Which attempt this is, and what the earlier ones left it to know.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AttemptState {
+    /// From 1.
+    pub(super) number: u32,
+    pub(super) max: u32,
+    /// An earlier attempt's upload already differed from the file: a checksum mismatch
+    /// earns one re-upload, not more.
+    pub(super) checksum_retried: bool,
+}
+
+impl AttemptState {
+    pub(super) fn first(max: u32) -> AttemptState {
+        AttemptState {
+            number: 1,
+            max,
+            checksum_retried: false,
+        }
+    }
+
+    /// The state attempt `number` starts from, the one before having ended with `result`.
+    pub(super) fn next<T>(self, number: u32, result: &Result<T, AttemptError>) -> AttemptState {
+        AttemptState {
+            number,
+            max: self.max,
+            checksum_retried: self.checksum_retried
+                || matches!(result, Err(AttemptError::ChecksumMismatch { .. })),
+        }
+    }
+
+    /// " (attempt n of max)" after the first attempt, for progress messages.
+    fn of(&self) -> String {
+        if self.number > 1 {
+            format!(" (attempt {} of {})", self.number, self.max)
+        } else {
+            String::new()
+        }
+    }
 }
 
 /// Why an attempt ended without publishing.
@@ -114,11 +153,11 @@ impl From<sqlx::Error> for AttemptError {
 /// How long past the attempt deadline the removal of a cut upload's image may take.
 const REMOVAL_GRACE: Duration = Duration::from_secs(60);
 
-/// The error of an attempt that reached `worker.attempt_deadline_secs`.
+/// The error of an attempt that reached `worker.attempt_deadline`.
 pub(super) fn past_deadline(limit: Duration) -> AttemptError {
     AttemptError::Cloud(CloudError {
         summary: format!(
-            "the attempt ran past worker.attempt_deadline_secs ({} s)",
+            "the attempt ran past worker.attempt_deadline ({} s)",
             limit.as_secs()
         ),
         detail: None,
@@ -126,228 +165,264 @@ pub(super) fn past_deadline(limit: Duration) -> AttemptError {
     })
 }
 
-impl Job<'_> {
-    /// One attempt, ended (transient) at `worker.attempt_deadline_secs`: the upload stops
-    /// at the deadline (and its image is removed as after any failure); the other steps are
-    /// each bounded by the call timeout, and the whole by the deadline plus a grace for that
-    /// removal.
-    pub(super) async fn attempt(&self, attempt: u32, max: u32) -> Result<String, AttemptError> {
-        let limit = Duration::from_secs(self.worker.settings.attempt_deadline_secs.max(1));
-        let deadline = tokio::time::Instant::now() + limit;
-        tokio::time::timeout_at(
-            deadline + REMOVAL_GRACE,
-            self.attempt_steps(attempt, max, deadline),
-        )
-        .await
-        .unwrap_or_else(|_| Err(past_deadline(limit)))
-    }
+/// One attempt, ended (transient) at `worker.attempt_deadline`: the upload stops at the
+/// deadline (and its image is removed as after any failure); the other steps are each
+/// bounded by the call timeout, and the whole by the deadline plus a grace for that removal.
+pub(super) async fn attempt(
+    ctx: &WorkerContext<'_>,
+    target: &Target<'_>,
+    state: AttemptState,
+) -> Result<String, AttemptError> {
+    let limit = ctx.settings.attempt_deadline;
+    let deadline = tokio::time::Instant::now() + limit;
+    tokio::time::timeout_at(
+        deadline + REMOVAL_GRACE,
+        attempt_steps(ctx, target, state, deadline),
+    )
+    .await
+    .unwrap_or_else(|_| Err(past_deadline(limit)))
+}
 
-    /// Log in, settle images left by earlier attempts, create, upload, verify.
-    async fn attempt_steps(
-        &self,
-        attempt: u32,
-        max: u32,
-        deadline: tokio::time::Instant,
-    ) -> Result<String, AttemptError> {
-        let of = if attempt > 1 {
-            format!(" (attempt {attempt} of {max})")
-        } else {
-            String::new()
-        };
-        self.report(&self.step(format!(
+/// Log in, prepare the bytes, settle images left by earlier attempts, create, upload, verify.
+async fn attempt_steps(
+    ctx: &WorkerContext<'_>,
+    target: &Target<'_>,
+    state: AttemptState,
+    deadline: tokio::time::Instant,
+) -> Result<String, AttemptError> {
+    let progress = Reporter::new(ctx, target);
+    let of = state.of();
+    progress
+        .say(format!(
             "logging in to Keystone as '{}'{of}",
-            self.account.user
-        )))
+            target.account.user
+        ))
         .await?;
-        let registered = self.open_file(Path::new(&self.image.file_path)).await?;
-        let glance = self
-            .unless_cancelled(
-                (self.worker.sessions).glance(&self.account, &self.worker.cloud_policy),
-            )
-            .await?;
-        let key = self.claim.ticket.ticket_key.to_string();
-        // The file as registered, or converted for this cloud (removed when this ends).
-        let payload = self.payload(&glance).await?;
-        let file = if payload.path == Path::new(&self.image.file_path) {
-            registered
-        } else {
-            self.open_file(&payload.path).await?
-        };
-
-        // Never two images for one ticket: reuse a finished one, remove unfinished ones. The
-        // first attempt of the first claim ever (fencing token 1: never reset) has no
-        // predecessor, and skips the search (one Glance call less per ticket).
-        let first_ever = self.claim.token == 1 && attempt == 1;
-        let earlier = if first_ever {
-            vec![]
-        } else {
-            self.unless_cancelled(glance.images_of_ticket(&key)).await?
-        };
-        for existing in earlier {
-            if holds_file(&payload, &existing) {
-                info!(image = %existing.id, "an earlier attempt already published it");
-                return Ok(existing.id);
-            }
-            self.unless_cancelled(glance.delete_image(&existing.id))
-                .await?;
-        }
-
-        let transfer = match glance.profile().and_then(|p| p.import_method) {
-            Some(ImportMethod::GlanceDirect) => Transfer::Stage,
-            // Glance fetches the registered file from the API, which cannot see a converted copy.
-            Some(ImportMethod::WebDownload) if payload.path != Path::new(&self.image.file_path) => {
-                return Err(AttemptError::Permanent {
-                    summary: "the cloud's profile asks for web-download and a disk_format \
-                              conversion: Glance can fetch only the registered file"
-                        .into(),
-                    detail: None,
-                })
-            }
-            Some(ImportMethod::WebDownload) => Transfer::WebDownload,
-            Some(ImportMethod::Direct) | None => Transfer::Upload,
-        };
-        // Refused at once when it cannot fit, rather than after the bytes went up.
-        self.unless_cancelled(
-            glance.check_quota(payload.size as u64, transfer != Transfer::Upload),
-        )
-        .await?;
-        self.report(&self.step(format!("creating the image in Glance{of}")))
-            .await?;
-        let no_properties = Default::default();
-        // Cut by a cancel, a create may leave an image whose id we never learned: the
-        // reconciler's orphan sweep finds it by this ticket's key and deletes it, the ticket
-        // having ended (cancelled), as after any cut call.
-        let created = self
-            .unless_cancelled(glance.create_image(
-                &self.claim.ticket.display_name,
-                &payload.format,
-                self.claim.ticket.public_image,
-                (&key, &self.worker.deployment),
-                glance.profile().map_or(&no_properties, |p| &p.properties),
-            ))
-            .await?;
-        let result = match claims::set_cloud_id(
-            &self.worker.pool,
-            self.claim.ticket.id,
-            self.claim.token,
-            &created.id,
-        )
-        .await
-        {
-            Ok(true) => {
-                self.transfer(
-                    &glance,
-                    &created.id,
-                    (file, &payload),
-                    (&of, transfer),
-                    deadline,
-                )
-                .await
-            }
-            Ok(false) => Err(AttemptError::Lost),
-            Err(e) => Err(AttemptError::Store(e)),
-        };
-        // Still ours after the upload? Only then may this image become the ticket's.
-        let result = match result {
-            Ok(()) => {
-                self.report(&self.step(format!("checking the image in Glance{of}")))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        if result.is_err() && self.may_delete_own_image().await {
-            // Leave nothing behind: the next attempt (if any) starts from a new image. Should
-            // this fail, the reconciler deletes it once the ticket has ended.
-            if let Err(e) = glance.delete_image(&created.id).await {
-                warn!(image = %created.id, error = %e, "could not delete the partial Glance image");
-            }
-        }
-        result.map(|()| created.id)
+    let registered = open_file(target.image, Path::new(&target.image.file_path)).await?;
+    let glance = unless_cancelled(
+        target.cancel,
+        ctx.sessions.glance(target.account, ctx.cloud_policy),
+    )
+    .await?;
+    // The file as registered, or converted for this cloud (removed when this ends).
+    let wanted = glance.profile().and_then(|p| p.disk_format.as_deref());
+    let payload = convert::payload(target.image, wanted, ctx.settings, &progress).await?;
+    let file = if payload.is_registered_file(target.image) {
+        registered
+    } else {
+        open_file(target.image, &payload.path).await?
+    };
+    if let Some(published) = settle_earlier(&glance, target, state, &payload).await? {
+        return Ok(published);
     }
-
-    /// `call`, or `Cancelled` as soon as the ticket's cancel fires: a cloud that never
-    /// answers cannot keep a cancelled ticket's slot (each call is bounded by the call
-    /// timeout; this leaves before it). The upload watches the cancel itself; what a cut call
-    /// leaves, the reconciler removes once the ticket ended.
-    pub(super) async fn unless_cancelled<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, CloudError>>,
-    ) -> Result<T, AttemptError> {
-        tokio::select! {
-            biased;
-            _ = self.cancel.cancelled() => Err(AttemptError::Cancelled),
-            result = call => Ok(result?),
+    let transfer = transfer_for(&glance, target.image, &payload)?;
+    // Refused at once when it cannot fit, rather than after the bytes went up.
+    unless_cancelled(
+        target.cancel,
+        glance.check_quota(payload.size as u64, transfer != Transfer::Upload),
+    )
+    .await?;
+    progress
+        .say(format!("creating the image in Glance{of}"))
+        .await?;
+    let created = create_image(ctx, &glance, target, &payload).await?;
+    let upload = Upload {
+        glance: &glance,
+        image_id: &created,
+        payload: &payload,
+        transfer,
+        of: &of,
+        deadline,
+        progress: &progress,
+        settings: ctx.settings,
+        secrets: ctx.secrets,
+        ticket_id: target.claim.ticket.id,
+        checksum_retried: state.checksum_retried,
+        registered_image: target.image.id,
+    };
+    let result = upload_created(ctx, target, &upload, file).await;
+    if result.is_err() && may_delete_own_image(ctx, target.claim).await {
+        // Leave nothing behind: the next attempt (if any) starts from a new image. Should
+        // this fail, the reconciler deletes it once the ticket has ended.
+        if let Err(e) = glance.delete_image(&created).await {
+            warn!(image = %created, error = %e, "could not delete the partial Glance image");
         }
     }
+    result.map(|()| created)
+}
 
-    async fn open_file(&self, path: &Path) -> Result<tokio::fs::File, AttemptError> {
-        tokio::fs::File::open(path)
-            .await
-            .map_err(|e| AttemptError::Permanent {
-                summary: format!(
-                    "the file of image {} ('{}') is missing or unreadable on the server",
-                    self.image.id, self.image.name
-                ),
-                detail: Some(e.to_string()),
+/// Never two images for one ticket: reuses a finished one (its id), removes unfinished ones.
+/// The first attempt of the first claim ever (fencing token 1: never reset) has no
+/// predecessor, and skips the search (one Glance call less per ticket).
+async fn settle_earlier(
+    glance: &Glance,
+    target: &Target<'_>,
+    state: AttemptState,
+    payload: &Payload,
+) -> Result<Option<String>, AttemptError> {
+    if target.claim.token == 1 && state.number == 1 {
+        return Ok(None);
+    }
+    let key = target.claim.ticket.ticket_key.to_string();
+    let earlier = unless_cancelled(target.cancel, glance.images_of_ticket(&key)).await?;
+    for existing in earlier {
+        if holds_file(payload, &existing) {
+            info!(image = %existing.id, "an earlier attempt already published it");
+            return Ok(Some(existing.id));
+        }
+        unless_cancelled(target.cancel, glance.delete_image(&existing.id)).await?;
+    }
+    Ok(None)
+}
+
+/// How the bytes go, from the cloud's profile.
+fn transfer_for(
+    glance: &Glance,
+    image: &Image,
+    payload: &Payload,
+) -> Result<Transfer, AttemptError> {
+    Ok(match glance.profile().and_then(|p| p.import_method) {
+        Some(ImportMethod::GlanceDirect) => Transfer::Stage,
+        // Glance fetches the registered file from the API, which cannot see a converted copy.
+        Some(ImportMethod::WebDownload) if !payload.is_registered_file(image) => {
+            return Err(AttemptError::Permanent {
+                summary: "the cloud's profile asks for web-download and a disk_format \
+                          conversion: Glance can fetch only the registered file"
+                    .into(),
+                detail: None,
             })
-    }
+        }
+        Some(ImportMethod::WebDownload) => Transfer::WebDownload,
+        Some(ImportMethod::Direct) | None => Transfer::Upload,
+    })
+}
 
-    /// Uploads (or stages) and verifies; a direct upload that Glance forbids (403, the
-    /// `upload_image` policy) goes again through glance-direct when Glance offers it.
-    async fn transfer(
-        &self,
-        glance: &Glance,
-        image_id: &str,
-        (file, payload): (tokio::fs::File, &Payload),
-        (of, transfer): (&str, Transfer),
-        deadline: tokio::time::Instant,
-    ) -> Result<(), AttemptError> {
-        let result = self
-            .upload_and_verify(glance, image_id, (file, payload), (of, transfer), deadline)
-            .await;
-        let forbidden = matches!(
-            &result,
-            Err(AttemptError::Cloud(CloudError {
-                cause: Cause::Http { status: 403, .. },
-                ..
-            }))
-        );
-        if !(forbidden && transfer == Transfer::Upload) {
-            return result;
-        }
-        if !glance
-            .import_methods()
-            .await?
-            .iter()
-            .any(|m| m == "glance-direct")
-        {
-            return result;
-        }
-        info!("Glance forbids the direct upload; staging the image for glance-direct");
-        let file = self.open_file(&payload.path).await?;
-        self.upload_and_verify(
-            glance,
-            image_id,
-            (file, payload),
-            (of, Transfer::Stage),
-            deadline,
-        )
+/// Creates the ticket's image in Glance; its id.
+async fn create_image(
+    ctx: &WorkerContext<'_>,
+    glance: &Glance,
+    target: &Target<'_>,
+    payload: &Payload,
+) -> Result<String, AttemptError> {
+    let ticket = &target.claim.ticket;
+    let key = ticket.ticket_key.to_string();
+    let no_properties = Default::default();
+    // Cut by a cancel, a create may leave an image whose id we never learned: the
+    // reconciler's orphan sweep finds it by this ticket's key and deletes it, the ticket
+    // having ended (cancelled), as after any cut call.
+    let created = unless_cancelled(
+        target.cancel,
+        glance.create_image(
+            &ticket.display_name,
+            &payload.format,
+            ticket.public_image,
+            &key,
+            ctx.deployment,
+            glance.profile().map_or(&no_properties, |p| &p.properties),
+        ),
+    )
+    .await?;
+    Ok(created.id)
+}
+
+/// Records the created image as the ticket's, uploads into it and, still ours after the
+/// upload, says so: only then may this image become the ticket's.
+async fn upload_created(
+    ctx: &WorkerContext<'_>,
+    target: &Target<'_>,
+    upload: &Upload<'_>,
+    file: tokio::fs::File,
+) -> Result<(), AttemptError> {
+    let claim = target.claim;
+    if !claims::set_cloud_id(ctx.pool, claim.ticket.id, claim.token, upload.image_id).await? {
+        return Err(AttemptError::Lost);
+    }
+    transfer(upload, file, target.image).await?;
+    upload
+        .progress
+        .say(format!("checking the image in Glance{}", upload.of))
         .await
-    }
+}
 
-    /// Whether this worker may delete the image it created: only while its fencing token
-    /// still holds the ticket (a successor may have adopted the image as complete), or once
-    /// the ticket record is gone (no one can adopt it then).
-    async fn may_delete_own_image(&self) -> bool {
-        let (pool, id) = (&self.worker.pool, self.claim.ticket.id);
-        let lease = self.worker.settings.lease_seconds;
-        match claims::extend_lease(pool, id, self.claim.token, lease).await {
-            Ok(Heartbeat::Held | Heartbeat::CancelRequested) => true,
-            Ok(Heartbeat::Lost) => matches!(tickets::get(pool, id).await, Ok(None)),
-            // Unsure: the reconciler deletes it once the ticket has ended.
-            Err(_) => false,
-        }
+/// `call`, or `Cancelled` as soon as the ticket's cancel fires: a cloud that never answers
+/// cannot keep a cancelled ticket's slot (each call is bounded by the call timeout; this
+/// leaves before it). The upload watches the cancel itself; what a cut call leaves, the
+/// reconciler removes once the ticket ended.
+pub(super) async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    call: impl std::future::Future<Output = Result<T, CloudError>>,
+) -> Result<T, AttemptError> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(AttemptError::Cancelled),
+        result = call => Ok(result?),
     }
+}
+
+async fn open_file(image: &Image, path: &Path) -> Result<tokio::fs::File, AttemptError> {
+    tokio::fs::File::open(path)
+        .await
+        .map_err(|e| AttemptError::Permanent {
+            summary: format!(
+                "the file of image {} ('{}') is missing or unreadable on the server",
+                image.id, image.name
+            ),
+            detail: Some(e.to_string()),
+        })
+}
+
+/// Uploads (or stages) and verifies; a direct upload that Glance forbids (403, the
+/// `upload_image` policy) goes again through glance-direct when Glance offers it.
+async fn transfer(
+    upload: &Upload<'_>,
+    file: tokio::fs::File,
+    image: &Image,
+) -> Result<(), AttemptError> {
+    let result = upload::upload_and_verify(upload, file).await;
+    let forbidden = matches!(
+        &result,
+        Err(AttemptError::Cloud(CloudError {
+            cause: Cause::Http { status: 403, .. },
+            ..
+        }))
+    );
+    if !(forbidden && upload.transfer == Transfer::Upload) {
+        return result;
+    }
+    if !upload
+        .glance
+        .import_methods()
+        .await?
+        .iter()
+        .any(|m| m == "glance-direct")
+    {
+        return result;
+    }
+    info!("Glance forbids the direct upload; staging the image for glance-direct");
+    let file = open_file(image, &upload.payload.path).await?;
+    let staged = Upload {
+        transfer: Transfer::Stage,
+        ..upload.clone()
+    };
+    upload::upload_and_verify(&staged, file).await
+}
+
+/// Whether this worker may delete the image it created: only while its fencing token still
+/// holds the ticket (a successor may have adopted the image as complete), or once the ticket
+/// record is gone (no one can adopt it then).
+async fn may_delete_own_image(ctx: &WorkerContext<'_>, claim: &Claim) -> bool {
+    let (pool, id) = (ctx.pool, claim.ticket.id);
+    match claims::extend_lease(pool, id, claim.token, ctx.settings.lease).await {
+        Ok(Heartbeat::Held | Heartbeat::CancelRequested) => true,
+        Ok(Heartbeat::Lost) => matches!(tickets::get(pool, id).await, Ok(None)),
+        // Unsure: the reconciler deletes it once the ticket has ended.
+        Err(_) => false,
+    }
+}
+
+/// The attempt's deadline setting, for the error of an upload cut by it.
+pub(super) fn deadline_error(settings: &WorkerSettings) -> AttemptError {
+    past_deadline(settings.attempt_deadline)
 }
 
 #[cfg(test)]

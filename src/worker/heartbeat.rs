@@ -38,7 +38,7 @@ pub async fn run(
             worker: &id,
             host: &host,
             pid,
-            version: env!("CARGO_PKG_VERSION"),
+            version: crate::health::VERSION,
             slots_total: slots_total as i32,
             slots_used: uploads.len().min(slots_total) as i32,
         };

@@ -8,52 +8,63 @@ use tracing::{info, warn};
 use crate::cloud::{CloudError, OpenStackAccount};
 use crate::metrics_catalog;
 use crate::outbox;
-use crate::retry::retry;
+use crate::retry::retry_with_state;
 use crate::secrets::Secret;
 use crate::store::attempts::{self, AttemptEnd};
 use crate::store::claims::{self, Claim, Outcome};
 use crate::store::images;
 use crate::store::tickets::TicketState;
 
-use super::attempt::{AttemptError, Job};
+use super::attempt::{attempt, AttemptError, AttemptState, Target};
 use super::lease::{keep_lease, AbortOnDrop};
-use super::Worker;
+use super::progress::Reporter;
+use super::slots::Running;
+use super::WorkerContext;
 
-impl Worker {
-    /// Runs a claimed ticket to its end, or hands it back when `abort` fires.
-    pub(super) async fn run_claim(
-        &self,
-        claim: Claim,
+/// A claimed ticket: the job a worker runs (crates.io's `BackgroundJob::run(&self, ctx)`).
+pub(super) struct Job {
+    claim: Claim,
+}
+
+impl Job {
+    pub(super) fn new(claim: Claim) -> Job {
+        Job { claim }
+    }
+
+    /// Runs the ticket to its end, or hands it back when `abort` fires.
+    pub(super) async fn run(
+        self,
+        ctx: &WorkerContext<'_>,
         abort: &CancellationToken,
     ) -> Result<(), sqlx::Error> {
+        let claim = &self.claim;
         let ticket_id = claim.ticket.id;
         info!(cloud = %claim.cloud_host, "claimed");
-        let running = super::slots::Running::start(&claim.cloud_host);
-        let cancel = self.cancels.register(ticket_id, abort);
+        let running = Running::start(&claim.cloud_host);
+        let cancel = ctx.cancels.register(ticket_id, abort);
         // Aborted on drop too: a panicking upload must not keep renewing the lease.
         let keeper = AbortOnDrop(tokio::spawn(keep_lease(
-            self.pool.clone(),
+            ctx.pool.clone(),
             ticket_id,
             claim.token,
-            self.settings.lease_seconds,
+            ctx.settings.lease,
             cancel.clone(),
         )));
-        let outcome = self.publish(&claim, &cancel).await;
+        let outcome = self.outcome(ctx, &cancel).await;
         // Before the end is written: the gauge never counts more than the leases held.
         drop(running);
         drop(keeper);
-        self.cancels.unregister(ticket_id);
+        ctx.cancels.unregister(ticket_id);
         let outcome = match outcome? {
             None => {
                 warn!("lost the ticket to another worker; stopped");
-                attempts::end(&self.pool, ticket_id, claim.token, AttemptEnd::Lost, None).await?;
+                attempts::end(ctx.pool, ticket_id, claim.token, AttemptEnd::Lost, None).await?;
                 return Ok(());
             }
             Some(Outcome::Cancelled) if abort.is_cancelled() => {
-                if let Some(outbox_id) = claims::release(&self.pool, ticket_id, claim.token).await?
-                {
+                if let Some(outbox_id) = claims::release(ctx.pool, ticket_id, claim.token).await? {
                     info!("handed the ticket back to the queue");
-                    outbox::hand_off(&self.pool, &self.publisher, ticket_id, outbox_id).await;
+                    outbox::hand_off(ctx.pool, ctx.publisher, ticket_id, outbox_id).await;
                     return Ok(());
                 }
                 // Not handed back: its user cancelled it meanwhile (or the claim is lost).
@@ -61,88 +72,46 @@ impl Worker {
             }
             Some(outcome) => outcome,
         };
-        let Some(state) = claims::finish(&self.pool, ticket_id, claim.token, &outcome).await?
-        else {
-            // Nothing deleted here: the image may be the one its new owner adopted.
-            warn!("lost the ticket before finishing; another worker owns it (or it was deleted)");
-            return Ok(());
-        };
-        match (&outcome, state) {
-            (Outcome::Published { cloud_id, .. }, TicketState::Complete) => {
-                info!(cloud_id, "published")
-            }
-            (Outcome::Published { cloud_id, .. }, _) => {
-                info!(cloud_id, "published, but its cancel came first: cancelled; the reconciler removes the image")
-            }
-            (Outcome::Failed { error_message, .. }, _) => warn!(error_message, "failed"),
-            (Outcome::Cancelled, _) => info!("cancelled"),
-        }
-        metrics::counter!(metrics_catalog::TICKETS_FINISHED, "outcome" => state.as_str())
-            .increment(1);
-        Ok(())
+        finish(ctx, claim, outcome).await
     }
 
     /// The ticket's outcome; `None` when the claim was lost (someone else finishes it).
-    async fn publish(
+    async fn outcome(
         &self,
-        claim: &Claim,
+        ctx: &WorkerContext<'_>,
         cancel: &CancellationToken,
     ) -> Result<Option<Outcome>, sqlx::Error> {
-        let ticket = &claim.ticket;
-        let Some(image) = images::get(&self.pool, ticket.image_id).await? else {
+        let ticket = &self.claim.ticket;
+        let Some(image) = images::get(ctx.pool, ticket.image_id).await? else {
             return Ok(Some(failed(
                 format!("image {} no longer exists", ticket.image_id),
                 None,
             )));
         };
-        let password = match self.secrets.open(&ticket.cloud_password_enc) {
+        let password = match ctx.secrets.open(&ticket.cloud_password_enc) {
             Ok(p) => p,
             Err(e) => return Ok(Some(failed(e.to_string(), None))),
         };
-        let job = Job {
-            worker: self,
-            claim,
-            image: &image,
-            cancel,
-            account: OpenStackAccount {
-                keystone_url: ticket.keystone_url.clone(),
-                glance_url: ticket.glance_url.clone(),
-                user: ticket.cloud_login.clone(),
-                password: password.clone(),
-                domain: ticket.keystone_domain.clone(),
-                project: ticket.keystone_project.clone(),
-            },
-            checksum_retried: std::sync::atomic::AtomicBool::new(false),
+        let account = OpenStackAccount {
+            keystone_url: ticket.keystone_url.clone(),
+            glance_url: ticket.glance_url.clone(),
+            user: ticket.cloud_login.clone(),
+            password: password.clone(),
+            domain: ticket.keystone_domain.clone(),
+            project: ticket.keystone_project.clone(),
         };
-        let max = self.settings.retry.max_attempts;
-        let job = &job;
-        let result = retry(
-            &self.settings.retry,
+        let target = Target {
+            claim: &self.claim,
+            image: &image,
+            account: &account,
             cancel,
-            |attempt| async move {
-                if attempt > 1 {
-                    attempts::start_next(&self.pool, ticket.id, claim.token, &self.id)
-                        .await
-                        .map_err(AttemptError::Store)?;
-                }
-                job.attempt(attempt, max).await
-            },
-            |notice| {
-                let reason = notice.error.reason();
-                let message = notice.message(&reason);
-                warn!(attempt = notice.next_attempt, delay = ?notice.delay, reason, "transient failure, retrying");
-                metrics::counter!(metrics_catalog::RETRIES, "cause" => notice.error.cause_label()).increment(1);
-                async move {
-                    attempts::end(&self.pool, ticket.id, claim.token, AttemptEnd::Retried, Some(&reason))
-                        .await
-                        .map_err(AttemptError::Store)?;
-                    job.report(&job.step(message)).await
-                }
-            },
-        )
-        .await;
+        };
+        let result = attempts_until_done(ctx, &target).await;
         Ok(Some(match result {
-            Ok(cloud_id) => Outcome::Published { cloud_id, bytes: image.size_bytes },
+            Ok(cloud_id) => Outcome::Published {
+                cloud_id,
+                bytes: image.size_bytes,
+            },
             Err(AttemptError::Cloud(e)) => cloud_failure(e, &password),
             Err(AttemptError::Permanent { summary, detail }) => failed(summary, detail),
             Err(AttemptError::ChecksumMismatch { detail }) => failed(
@@ -154,6 +123,76 @@ impl Worker {
             Err(AttemptError::Store(e)) => return Err(e),
         }))
     }
+}
+
+/// The attempts, retried while their failures are transient; each attempt gets the state
+/// the one before left (`AttemptState::next`).
+async fn attempts_until_done(
+    ctx: &WorkerContext<'_>,
+    target: &Target<'_>,
+) -> Result<String, AttemptError> {
+    let claim = target.claim;
+    let progress = Reporter::new(ctx, target);
+    retry_with_state(
+        &ctx.settings.retry,
+        target.cancel,
+        AttemptState::first(ctx.settings.retry.max_attempts),
+        |number, state: AttemptState| async move {
+            if number > 1 {
+                if let Err(e) =
+                    attempts::start_next(ctx.pool, claim.ticket.id, claim.token, ctx.worker_id)
+                        .await
+                {
+                    return (Err(AttemptError::Store(e)), state);
+                }
+            }
+            let result = attempt(ctx, target, state).await;
+            let next = state.next(number + 1, &result);
+            (result, next)
+        },
+        |notice| {
+            let reason = notice.error.reason();
+            let message = notice.message(&reason);
+            warn!(attempt = notice.next_attempt, delay = ?notice.delay, reason, "transient failure, retrying");
+            metrics::counter!(metrics_catalog::RETRIES, "cause" => notice.error.cause_label()).increment(1);
+            async move {
+                attempts::end(ctx.pool, claim.ticket.id, claim.token, AttemptEnd::Retried, Some(&reason))
+                    .await
+                    .map_err(AttemptError::Store)?;
+                progress.say(message).await
+            }
+        },
+    )
+    .await
+}
+
+/// Writes the outcome; says and counts how the ticket ended.
+async fn finish(
+    ctx: &WorkerContext<'_>,
+    claim: &Claim,
+    outcome: Outcome,
+) -> Result<(), sqlx::Error> {
+    let Some(state) = claims::finish(ctx.pool, claim.ticket.id, claim.token, &outcome).await?
+    else {
+        // Nothing deleted here: the image may be the one its new owner adopted.
+        warn!("lost the ticket before finishing; another worker owns it (or it was deleted)");
+        return Ok(());
+    };
+    match (&outcome, state) {
+        (Outcome::Published { cloud_id, .. }, TicketState::Complete) => {
+            info!(cloud_id, "published")
+        }
+        (Outcome::Published { cloud_id, .. }, _) => {
+            info!(
+                cloud_id,
+                "published, but its cancel came first: cancelled; the reconciler removes the image"
+            )
+        }
+        (Outcome::Failed { error_message, .. }, _) => warn!(error_message, "failed"),
+        (Outcome::Cancelled, _) => info!("cancelled"),
+    }
+    metrics::counter!(metrics_catalog::TICKETS_FINISHED, "outcome" => state.as_str()).increment(1);
+    Ok(())
 }
 
 fn failed(error_message: String, detail: Option<String>) -> Outcome {

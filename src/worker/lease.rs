@@ -26,16 +26,17 @@ pub(super) async fn keep_lease(
     pool: PgPool,
     id: i64,
     token: i64,
-    lease_secs: u32,
+    lease: Duration,
     stop: CancellationToken,
 ) {
-    let every = Duration::from_millis((lease_secs as u64 * 1000 / 3).max(200));
+    // At least 1s (checked when the settings load): a write every 333ms at most.
+    let every = lease / 3;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.cancelled() => return,
         }
-        match claims::extend_lease(&pool, id, token, lease_secs).await {
+        match claims::extend_lease(&pool, id, token, lease).await {
             Ok(Heartbeat::Held) => {}
             Ok(Heartbeat::CancelRequested) => stop.cancel(),
             Ok(Heartbeat::Lost) => {

@@ -10,10 +10,16 @@
 //! Cancels arrive by Postgres NOTIFY (`CancelWatch`); the progress writes, which report a
 //! requested cancel too, are the fallback.
 //!
-//! This file: the pool of upload slots and the consume loop that fills them.
+//! A claimed ticket is a `Job` (a value), run with a `WorkerContext`: what its steps may use,
+//! passed by reference.
+//!
+//! This file: the worker, its context, and its life: background tasks started, the consume
+//! loop (`consume`) kept connected, running uploads drained at shutdown.
 
+mod app;
 mod attempt;
-mod cancel;
+pub mod cancel;
+mod consume;
 mod convert;
 mod heartbeat;
 mod job;
@@ -22,34 +28,34 @@ mod progress;
 mod slots;
 mod upload;
 
+pub use app::WorkerApp;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use lapin::Consumer;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{info, warn};
 
 use crate::cloud::{AddressPolicy, Sessions};
 use crate::config::{AmqpSettings, CloudSettings, WorkerSettings};
-use crate::queue::{self, Publisher, TicketMessage};
+use crate::maintenance::{Maintenance, MaintenanceContext};
+use crate::queue::{self, Publisher};
 use crate::reconciler::Reconciler;
+use crate::retry::Backoff;
 use crate::secrets::SecretBox;
-use crate::{outbox, rescuer};
 
 use cancel::CancelWatch;
-use slots::{Found, SlotWatch};
+use slots::SlotWatch;
 
-/// The longest a delivery is held while every queued ticket waits for a slot: below
-/// RabbitMQ's default `consumer_timeout` (30 min), which would close the channel.
-const MAX_HOLD: Duration = Duration::from_secs(20 * 60);
+/// Waits between tries to reach RabbitMQ: 200 ms, doubling, at most 10 s.
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
+/// The worker's parts, shared by its tasks (cloned into each job's task).
 #[derive(Clone)]
-pub struct Worker {
+struct Worker {
     pool: PgPool,
     settings: WorkerSettings,
     amqp: AmqpSettings,
@@ -72,7 +78,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(
+    fn new(
         pool: PgPool,
         settings: WorkerSettings,
         amqp: AmqpSettings,
@@ -106,7 +112,7 @@ impl Worker {
     }
 
     /// What the worker's `/readyz` checks.
-    pub fn probes(&self) -> crate::health::Probes {
+    fn probes(&self) -> crate::health::Probes {
         crate::health::Probes {
             pool: self.pool.clone(),
             publisher: self.publisher.clone(),
@@ -115,37 +121,38 @@ impl Worker {
         }
     }
 
+    /// What a job's steps may use: borrowed from the worker, passed by reference.
+    fn context(&self) -> WorkerContext<'_> {
+        WorkerContext {
+            pool: &self.pool,
+            settings: &self.settings,
+            sessions: &self.sessions,
+            cloud_policy: &self.cloud_policy,
+            secrets: &self.secrets,
+            publisher: &self.publisher,
+            cancels: &self.cancels,
+            worker_id: &self.id,
+            deployment: &self.deployment,
+        }
+    }
+
     /// Consumes until `shutdown` fires, reconnecting to RabbitMQ with backoff when the
-    /// connection drops. Then running uploads get `shutdown_grace_secs` to finish; after
+    /// connection drops. Then running uploads get `shutdown_grace` to finish; after
     /// that they are aborted and handed back to the queue without counting an attempt.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let uploads = TaskTracker::new();
         let abort = CancellationToken::new();
         let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1) as usize));
-        let background = TaskTracker::new();
-        background.spawn(
-            self.cancels
-                .clone()
-                .run(self.pool.clone(), shutdown.clone()),
-        );
-        background.spawn(self.slots.clone().run(self.pool.clone(), shutdown.clone()));
-        background.spawn(outbox::run_relay(
-            self.pool.clone(),
-            self.publisher.clone(),
-            shutdown.clone(),
-        ));
-        let rescue_interval = Duration::from_secs(self.settings.rescue_interval_secs.max(1));
-        background.spawn(rescuer::run(
-            self.pool.clone(),
-            self.publisher.clone(),
-            self.settings.max_ticket_attempts,
-            rescue_interval,
-            shutdown.clone(),
-        ));
-        background.spawn(
-            self.reconciler
-                .clone()
-                .run(rescue_interval, shutdown.clone()),
+        let background = self.start_listeners(&shutdown);
+        let maintenance = Maintenance::start(
+            MaintenanceContext {
+                pool: self.pool.clone(),
+                publisher: self.publisher.clone(),
+                reconciler: self.reconciler.clone(),
+                max_ticket_attempts: self.settings.max_ticket_attempts,
+                interval: self.settings.rescue_interval,
+            },
+            &shutdown,
         );
         // The heartbeat outlives the consume loop: the worker is there until its uploads end.
         let heartbeat_stop = CancellationToken::new();
@@ -156,14 +163,17 @@ impl Worker {
             uploads.clone(),
             heartbeat_stop.clone(),
         ));
-        let mut delay = Duration::from_millis(200);
+        let mut delays = RECONNECT.delays();
         while !shutdown.is_cancelled() {
-            match self
-                .consume_until_lost(&shutdown, &uploads, &slots, &abort)
-                .await
-            {
-                Ok(()) => delay = Duration::from_millis(200),
+            let slots = consume::Slots {
+                uploads: &uploads,
+                free: &slots,
+                abort: &abort,
+            };
+            match self.consume_until_lost(&shutdown, slots).await {
+                Ok(()) => delays = RECONNECT.delays(),
                 Err(e) => {
+                    let delay = delays.next().unwrap_or(RECONNECT.cap());
                     warn!(
                         "waiting for RabbitMQ at {}: {e}; next try in {} s",
                         queue::address(&self.amqp),
@@ -173,12 +183,34 @@ impl Worker {
                         _ = tokio::time::sleep(delay) => {}
                         _ = shutdown.cancelled() => {}
                     }
-                    delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
         }
+        self.drain(&uploads, &abort).await;
+        heartbeat_stop.cancel();
+        background.close();
+        background.wait().await;
+        maintenance.join().await?;
+        info!("worker stopped");
+        Ok(())
+    }
+
+    /// The process's one Postgres listener, and what it feeds (cancels, freed slots), until
+    /// `shutdown`.
+    fn start_listeners(&self, shutdown: &CancellationToken) -> TaskTracker {
+        let background = TaskTracker::new();
+        let listener = crate::live::Listener::new(self.pool.clone());
+        background.spawn(self.cancels.clone().run(&listener, self.pool.clone()));
+        background.spawn(self.slots.clone().run(&listener));
+        background.spawn(listener.run(shutdown.clone()));
+        background
+    }
+
+    /// Gives running uploads `shutdown_grace` to finish, then aborts the rest (their
+    /// tickets go back to the queue).
+    async fn drain(&self, uploads: &TaskTracker, abort: &CancellationToken) {
         uploads.close();
-        let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
+        let grace = self.settings.shutdown_grace;
         if !uploads.is_empty() {
             info!(
                 running = uploads.len(),
@@ -194,146 +226,24 @@ impl Worker {
             abort.cancel();
             uploads.wait().await;
         }
-        heartbeat_stop.cancel();
-        background.close();
-        background.wait().await;
-        info!("worker stopped");
-        Ok(())
     }
+}
 
-    /// Takes deliveries only while an upload slot is free, and acknowledges each as soon as
-    /// the ticket is claimed in Postgres: no delivery is held for the length of an upload.
-    async fn consume_until_lost(
-        &self,
-        shutdown: &CancellationToken,
-        uploads: &TaskTracker,
-        slots: &Arc<Semaphore>,
-        abort: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let tag = format!("pimage-worker@{}", self.id);
-        let conn = queue::connect(&self.amqp, &tag).await?;
-        let channel = queue::channel(&conn, &self.amqp.queue, 1).await?;
-        info!(queue = %self.amqp.queue, concurrency = self.settings.concurrency, "worker connected");
-        let mut consumer: Option<Consumer> = None;
-        loop {
-            let permit = tokio::select! {
-                p = slots.clone().acquire_owned() => p.expect("the slot semaphore is never closed"),
-                _ = shutdown.cancelled() => {
-                    queue::stop_consuming(&channel, &tag, consumer.take()).await;
-                    return Ok(());
-                }
-            };
-            if consumer.is_none() {
-                consumer = Some(queue::start_consuming(&channel, &self.amqp.queue, &tag).await?);
-            }
-            let next = consumer.as_mut().expect("consumer started above").next();
-            let delivery = tokio::select! {
-                d = next => d,
-                _ = shutdown.cancelled() => {
-                    queue::stop_consuming(&channel, &tag, consumer.take()).await;
-                    return Ok(());
-                }
-            };
-            let delivery = match delivery {
-                Some(Ok(d)) => d,
-                Some(Err(e)) => return Err(e.into()),
-                None => anyhow::bail!("consumer closed"),
-            };
-            let message: TicketMessage = match serde_json::from_slice(&delivery.data) {
-                Ok(m) => m,
-                Err(e) => {
-                    error!(error = %e, "unreadable message, dead-lettering it");
-                    delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await?;
-                    continue;
-                }
-            };
-            // The message says a ticket waits; the claim takes the fairest one that may start.
-            let signalled_by = message.ticket_id;
-            let held_since = tokio::time::Instant::now();
-            let mut handed_back = false;
-            let claim = loop {
-                match self.claim_fairest().await {
-                    Ok(Found::Claimed(claim)) => break Some(*claim),
-                    Ok(Found::Nothing) => break None,
-                    // Held past MAX_HOLD, RabbitMQ's consumer_timeout (30 min by default) would
-                    // close the channel: hand the delivery back (one count of its 20) instead.
-                    Ok(Found::Waiting) if held_since.elapsed() > MAX_HOLD => {
-                        info!(
-                            signalled_by,
-                            "still waiting for a slot; handing the message back to RabbitMQ"
-                        );
-                        let _ = delivery
-                            .acker
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..Default::default()
-                            })
-                            .await;
-                        handed_back = true;
-                        break None;
-                    }
-                    // Every queued ticket waits for a slot of its cloud: keep the delivery (one
-                    // of them needs it) until a slot frees.
-                    Ok(Found::Waiting) => tokio::select! {
-                        _ = self.slots.wait() => {}
-                        _ = shutdown.cancelled() => {
-                            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                            queue::stop_consuming(&channel, &tag, consumer.take()).await;
-                            return Ok(());
-                        }
-                    },
-                    // Keep the delivery (bouncing it would count towards the delivery limit)
-                    // and try again once Postgres is back.
-                    Err(e) => {
-                        error!(signalled_by, error = %e, "cannot claim: Postgres unavailable; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                            _ = shutdown.cancelled() => {
-                                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-                                queue::stop_consuming(&channel, &tag, consumer.take()).await;
-                                return Ok(());
-                            }
-                        }
-                    }
-                }
-            };
-            let Some(claim) = claim else {
-                drop(permit);
-                if !handed_back {
-                    info!(signalled_by, "no ticket queued (ended, cancelled or taken by another worker); dropping the message");
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                }
-                continue;
-            };
-            if slots.available_permits() == 0 {
-                // That was the last free slot: stop consuming while this delivery is still
-                // unacknowledged (prefetch 1), so RabbitMQ has nothing to push that we would
-                // have to bounce.
-                queue::stop_consuming(&channel, &tag, consumer.take()).await;
-            }
-            let worker = self.clone();
-            let abort = abort.clone();
-            let span = info_span!(
-                "ticket",
-                ticket_id = claim.ticket.id,
-                attempt = claim.ticket.attempts
-            );
-            uploads.spawn(
-                async move {
-                    let _slot = permit;
-                    if let Err(e) = worker.run_claim(claim, &abort).await {
-                        // The lease runs out and the rescuer re-queues the ticket.
-                        error!(error = %e, "lost Postgres while running the ticket");
-                    }
-                }
-                .instrument(span),
-            );
-            // Acknowledged once the ticket is ours in Postgres and its task runs; a failed
-            // ack only means a redelivery, which the claim then refuses.
-            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-        }
-    }
+/// What a job's steps may use (crates.io's worker context): the worker's shared parts,
+/// borrowed; each step takes only the parts it needs.
+#[derive(Clone, Copy)]
+struct WorkerContext<'a> {
+    pool: &'a PgPool,
+    settings: &'a WorkerSettings,
+    /// Keystone sessions kept per cloud account.
+    sessions: &'a Sessions,
+    cloud_policy: &'a AddressPolicy,
+    secrets: &'a SecretBox,
+    /// Hands released tickets back to the queue.
+    publisher: &'a Arc<Publisher>,
+    cancels: &'a CancelWatch,
+    /// host:pid, the lease owner.
+    worker_id: &'a str,
+    /// Names this deployment on the images it creates (`cloud.deployment`).
+    deployment: &'a str,
 }

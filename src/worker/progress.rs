@@ -3,34 +3,61 @@
 
 use std::time::Duration;
 
+use sqlx::PgPool;
 use tracing::warn;
 
 use crate::store::claims::{self, Heartbeat, Progress};
 
-use super::attempt::{AttemptError, Job};
+use tokio_util::sync::CancellationToken;
 
-impl Job<'_> {
+use super::attempt::{AttemptError, Target};
+use super::WorkerContext;
+
+/// Writes one ticket's progress: what `report` needs, and nothing else.
+#[derive(Clone, Copy)]
+pub(super) struct Reporter<'a> {
+    pool: &'a PgPool,
+    ticket_id: i64,
+    token: i64,
+    lease: Duration,
+    bytes_total: i64,
+    /// The ticket's cancel: a write that finds it fired ends the attempt.
+    pub(super) cancel: &'a CancellationToken,
+}
+
+impl<'a> Reporter<'a> {
+    pub(super) fn new(ctx: &WorkerContext<'a>, target: &Target<'a>) -> Reporter<'a> {
+        Reporter {
+            pool: ctx.pool,
+            ticket_id: target.claim.ticket.id,
+            token: target.claim.token,
+            lease: ctx.settings.lease,
+            bytes_total: target.image.size_bytes,
+            cancel: target.cancel,
+        }
+    }
+
+    /// A step's progress: its message, no bytes sent yet.
     pub(super) fn step(&self, message: String) -> Progress {
         Progress {
             message,
             bytes_loaded: 0,
-            bytes_total: self.image.size_bytes,
+            bytes_total: self.bytes_total,
             percentage: 0,
             eta: None,
         }
     }
 
+    /// Writes a step's progress (see `report`).
+    pub(super) async fn say(&self, message: String) -> Result<(), AttemptError> {
+        self.report(&self.step(message)).await
+    }
+
     /// Writes progress (a heartbeat); a requested cancel or a lost claim ends the attempt.
     pub(super) async fn report(&self, progress: &Progress) -> Result<(), AttemptError> {
-        let w = self.worker;
-        let written = claims::report_progress(
-            &w.pool,
-            self.claim.ticket.id,
-            self.claim.token,
-            progress,
-            w.settings.lease_seconds,
-        )
-        .await;
+        let written =
+            claims::report_progress(self.pool, self.ticket_id, self.token, progress, self.lease)
+                .await;
         // A Postgres blip must not kill a long upload: the lease keeper owns the lease, and
         // the next write tells whether the ticket is still ours.
         let heartbeat = match written {

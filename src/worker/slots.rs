@@ -7,15 +7,14 @@
 //! (unacknowledged) while every queued ticket waits for a slot of its cloud.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
-use sqlx::PgPool;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::live::{Listener, Notice};
 use crate::metrics_catalog;
 use crate::store::claims::{self, Claim};
 
@@ -47,30 +46,17 @@ pub(super) struct SlotWatch {
 }
 
 impl SlotWatch {
-    /// Listens until `shutdown`, reconnecting after errors (the poll covers the gap).
-    pub(super) async fn run(self, pool: PgPool, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            let listened = async {
-                let mut listener = PgListener::connect_with(&pool).await?;
-                listener.listen(SLOT_FREED_CHANNEL).await?;
-                loop {
-                    listener.recv().await?;
-                    self.freed.notify_waiters();
+    /// Wakes the held deliveries when the process's listener announces a freed slot, or
+    /// when such notices may have been missed, until it stops. While nothing is heard, the
+    /// poll covers the gap.
+    pub(super) fn run(self, listener: &Listener) -> impl Future<Output = ()> {
+        let mut notices = listener.subscribe(&[SLOT_FREED_CHANNEL]);
+        async move {
+            while let Some(notice) = notices.recv().await {
+                match notice {
+                    Notice::Payload { .. } | Notice::PossiblyMissed => self.freed.notify_waiters(),
+                    Notice::Deaf => {}
                 }
-                #[allow(unreachable_code)]
-                Ok::<(), sqlx::Error>(())
-            };
-            tokio::select! {
-                result = listened => {
-                    if let Err(e) = result {
-                        warn!(error = %e, "slot listener lost Postgres; reconnecting");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
-                }
-                _ = shutdown.cancelled() => {}
             }
         }
     }
@@ -88,7 +74,7 @@ impl Worker {
         let next = claims::claim_next(
             &self.pool,
             &self.id,
-            self.settings.lease_seconds,
+            self.settings.lease,
             self.settings.max_ticket_attempts,
             |host| crate::cloud::upload_limit_for(cloud, host),
         )
@@ -167,5 +153,40 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         metrics::gauge!(metrics_catalog::UPLOADS_RUNNING, "cloud" => self.0.clone()).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notices_possibly_missed_wake_every_held_delivery() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("a lazy pool");
+        let listener = Listener::new(pool);
+        let slots = SlotWatch::default();
+        tokio::spawn(slots.clone().run(&listener));
+        let held: Vec<_> = (0..3)
+            .map(|_| {
+                let slots = slots.clone();
+                tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    slots.wait().await;
+                    started.elapsed()
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A (re)connection: a freed slot may have gone unheard.
+        listener.pretend_listening();
+        for waited in held {
+            let waited = waited.await.expect("the waiter ends");
+            assert!(
+                waited < POLL / 2,
+                "woken by the poll, not the notice: {waited:?}"
+            );
+        }
     }
 }

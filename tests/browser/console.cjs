@@ -1,5 +1,5 @@
 // The console in a real browser (Debian's chromium driven by playwright-core), run by
-// tests/console_browser.rs, which owns the services. It asks the test for actions with lines
+// tests/suite/console_browser.rs, which owns the services. It asks the test for actions with lines
 // "@action" on stdout and waits for "ok" on stdin. Env: BASE, ADMIN, PASSWORD, TICKET_A
 // (queued, no worker yet), TICKET_B (a slow upload), TICKET_C (fails once), SHOTS (folder).
 "use strict";

@@ -25,14 +25,15 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use super::events::{last_event_id, Feed};
+use super::events::Feed;
+use super::extract::LastEventId;
 use super::limits::Access;
 use super::{observe, AppState};
-use crate::cloud::Glance;
+use crate::cloud::Keystone;
 use crate::secrets::Secret;
 use crate::store::cancel::{self, CancelOutcome};
 use crate::store::console::{self as store, TicketFilter};
-use crate::store::{attempts, events, rescue, tickets, workers, TicketState};
+use crate::store::{accounts, attempts, events, rescue, tickets, workers, TicketState};
 
 /// How long a console session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
@@ -57,6 +58,7 @@ pub fn routes(state: AppState) -> Router {
         .route("/tickets/{id}/glance", get(glance_state))
         .route("/tickets/{id}/{action}", post(ticket_action))
         .route("/workers", get(worker_page))
+        .route("/accounts", get(account_page))
         .route("/events", get(live_feed))
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
@@ -468,7 +470,7 @@ async fn glance_state(
         .into_response());
     };
     let account = super::routes::cloud_account_of(&ticket, password);
-    let status = match Glance::login(&account, &state.cloud_policy).await {
+    let status = match Keystone::login(&account, &state.cloud_policy).await {
         Ok(glance) => match glance.image(&cloud_id).await {
             Ok(image) => image.status,
             Err(e) => format!("unknown: {}", e),
@@ -561,6 +563,11 @@ async fn worker_page(State(state): State<AppState>, admin: Admin) -> PageResult 
     Ok(pages::workers(&admin, &rows).into_response())
 }
 
+async fn account_page(State(state): State<AppState>, admin: Admin) -> PageResult {
+    let rows = accounts::list_all(&state.pool, None).await?;
+    Ok(pages::accounts(&admin, &rows).into_response())
+}
+
 #[derive(Deserialize)]
 struct FeedQuery {
     after: Option<i64>,
@@ -572,6 +579,7 @@ async fn live_feed(
     State(state): State<AppState>,
     _admin: Admin,
     headers: HeaderMap,
+    LastEventId(last_event_id): LastEventId,
     Query(query): Query<FeedQuery>,
 ) -> Response {
     // `Admin` found the session, so the cookie is there. Not counted: administrators only.
@@ -581,7 +589,7 @@ async fn live_feed(
         Err(e) => return page_error(e.status_code(), &e.to_string()),
     };
     let feed = Feed::new(state.pool.clone(), &state.live, None, true).held_by(pass);
-    let after = last_event_id(&headers).or(query.after);
+    let after = last_event_id.or(query.after);
     match after {
         Some(id) => feed.resume_after(id).into_response(),
         None => feed.into_response(),

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use maud::{html, Markup, DOCTYPE};
 
 use super::Admin;
+use crate::store::accounts::CloudAccount;
 use crate::store::attempts::Attempt;
 use crate::store::console::{LastHour, TicketFilter, TicketLine};
 use crate::store::workers::WorkerRow;
@@ -121,6 +122,7 @@ fn layout(
                             a href="/console" aria-current=[(page == "overview").then_some("page")] { "Overview" }
                             a href="/console/tickets" aria-current=[(page == "tickets" || page == "ticket").then_some("page")] { "Tickets" }
                             a href="/console/workers" aria-current=[(page == "workers").then_some("page")] { "Workers" }
+                            a href="/console/accounts" aria-current=[(page == "accounts").then_some("page")] { "Accounts" }
                         }
                         form.logout method="post" action="/console/logout" {
                             input type="hidden" name="csrf" value=(admin.csrf);
@@ -511,6 +513,38 @@ pub fn workers(admin: &Admin, rows: &[WorkerRow]) -> Markup {
                 }
             }
             p #no-workers hidden[!rows.is_empty()] { "No worker is running." }
+        },
+    )
+}
+
+/// The cloud accounts users stored: never a password, sealed or not.
+pub fn accounts(admin: &Admin, rows: &[CloudAccount]) -> Markup {
+    layout(
+        "Accounts",
+        "accounts",
+        Some(admin),
+        None,
+        html! {
+            h1 { "Cloud accounts" }
+            p { "Accounts users stored to publish with (hammr account create). Their passwords are sealed and never shown." }
+            div.scroll {
+                table #accounts {
+                    thead { tr { th { "Id" } th { "Owner" } th { "Name" } th { "Keystone URL" } th { "Login" } th { "Created" } } }
+                    tbody {
+                        @for a in rows {
+                            tr {
+                                td { (a.id) }
+                                td { (a.owner_login) }
+                                td { (a.name) }
+                                td { (a.keystone_url) }
+                                td { (a.cloud_login) }
+                                td { (time(&a.created_at)) }
+                            }
+                        }
+                    }
+                }
+            }
+            p #no-accounts hidden[!rows.is_empty()] { "No cloud account is stored." }
         },
     )
 }

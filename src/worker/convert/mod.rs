@@ -21,12 +21,13 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::cloud::Glance;
 use crate::config::WorkerSettings;
 use crate::image_files::inspect::{self, Refusal};
 use crate::image_files::Checksums;
+use crate::store::Image;
 
-use super::attempt::{AttemptError, Job};
+use super::attempt::AttemptError;
+use super::progress::Reporter;
 
 /// The bytes an attempt sends, with their size and digests.
 pub(super) struct Payload {
@@ -39,6 +40,13 @@ pub(super) struct Payload {
     scratch: Option<PathBuf>,
     /// Its room in the scratch directory, given back after the copy is removed.
     _room: Option<scratch::Reservation<'static>>,
+}
+
+impl Payload {
+    /// Whether these bytes are the image's registered file itself (not a converted copy).
+    pub(super) fn is_registered_file(&self, image: &Image) -> bool {
+        self.path == Path::new(&image.file_path)
+    }
 }
 
 impl Drop for Payload {
@@ -56,167 +64,175 @@ fn failed(summary: String, detail: impl ToString) -> AttemptError {
     }
 }
 
-impl Job<'_> {
-    /// The registered file as it is, or converted to the disk format the cloud's profile wants.
-    pub(super) async fn payload(&self, glance: &Glance) -> Result<Payload, AttemptError> {
-        let image = self.image;
-        let wanted = glance.profile().and_then(|p| p.disk_format.clone());
-        let Some(format) = wanted.filter(|f| *f != image.format) else {
-            return Ok(Payload {
-                path: PathBuf::from(&image.file_path),
-                format: image.format.clone(),
-                size: image.size_bytes,
-                md5: image.md5sum.clone(),
-                sha512: image.sha512sum.clone(),
-                scratch: None,
-                _room: None,
-            });
-        };
-        self.report(&self.step(format!(
+/// The registered file as it is, or converted to `wanted`, the disk format the cloud's
+/// profile asks for.
+pub(super) async fn payload(
+    image: &Image,
+    wanted: Option<&str>,
+    settings: &WorkerSettings,
+    progress: &Reporter<'_>,
+) -> Result<Payload, AttemptError> {
+    let Some(format) = wanted.filter(|f| *f != image.format).map(str::to_string) else {
+        return Ok(Payload {
+            path: PathBuf::from(&image.file_path),
+            format: image.format.clone(),
+            size: image.size_bytes,
+            md5: image.md5sum.clone(),
+            sha512: image.sha512sum.clone(),
+            scratch: None,
+            _room: None,
+        });
+    };
+    progress
+        .say(format!(
             "converting the image from {} to {format} for this cloud",
             image.format
-        )))
+        ))
         .await?;
-        let settings = &self.worker.settings;
-        let source = PathBuf::from(&image.file_path);
-        let expanded = self.inspected_size(&source, settings).await?;
-        let dir = scratch_dir(&settings.scratch_dir).await?;
-        let room = self
-            .reserve(&dir, scratch::room_for(expanded), &format)
-            .await?;
-        let target = dir.join(format!(
-            "pimage-{}-{}.{format}",
-            image.id,
-            uuid::Uuid::new_v4()
-        ));
-        // From here the copy is the payload's: removed whatever happens next.
-        let mut payload = Payload {
-            path: target.clone(),
-            format: format.clone(),
-            size: 0,
-            md5: String::new(),
-            sha512: None,
-            scratch: Some(target.clone()),
-            _room: Some(room),
-        };
-        tokio::fs::File::create(&target)
-            .await
-            .map_err(|e| failed("the converted copy cannot be created".into(), e))?;
-        self.run_qemu_img(&source, &target, &format).await?;
-        let sums = checksums_unless_cancelled(target, self.cancel).await?;
-        payload.size = sums.size as i64;
-        payload.md5 = sums.md5;
-        payload.sha512 = Some(sums.sha512);
-        Ok(payload)
-    }
-
-    /// The image's virtual size, if it is safe to hand to qemu-img at all.
-    async fn inspected_size(
-        &self,
-        source: &Path,
-        settings: &WorkerSettings,
-    ) -> Result<u64, AttemptError> {
-        let (path, format) = (source.to_path_buf(), self.image.format.clone());
-        let limit = settings.max_virtual_size_bytes;
-        let inspected =
-            tokio::task::spawn_blocking(move || inspect::inspect(&path, &format, limit))
-                .await
-                .map_err(|e| failed("the image could not be inspected".into(), e))?;
-        inspected.map_err(|refusal| {
-            let summary = match &refusal {
-                Refusal::Unsafe(why) => {
-                    format!("image {} cannot be converted: {why}", self.image.id)
-                }
-                Refusal::Unreadable(_) => {
-                    format!("image {} cannot be read to be converted", self.image.id)
-                }
-            };
-            failed(summary, refusal)
-        })
-    }
-
-    /// Room for the expanded copy in `dir`, shared fairly with the conversions running.
-    async fn reserve(
-        &self,
-        dir: &Path,
-        expanded: u64,
-        format: &str,
-    ) -> Result<scratch::Reservation<'static>, AttemptError> {
-        let free = free_space(dir).await?;
-        scratch::LEDGER.reserve(dir, expanded, free).map_err(|no| {
-            failed(
-                format!(
-                    "no room to convert image {} to {format}: it needs {} MiB in '{}' \
-                     (worker.scratch_dir), which has {} MiB free, {} MiB of it held by \
-                     conversions running",
-                    self.image.id,
-                    expanded >> 20,
-                    dir.display(),
-                    no.free >> 20,
-                    no.reserved >> 20
-                ),
-                format!(
-                    "{expanded} bytes needed, {} free, {} reserved",
-                    no.free, no.reserved
-                ),
-            )
-        })
-    }
-
-    /// qemu-img convert, confined and limited, ended on cancel and on timeout.
-    async fn run_qemu_img(
-        &self,
-        source: &Path,
-        target: &Path,
-        format: &str,
-    ) -> Result<(), AttemptError> {
-        let settings = &self.worker.settings;
-        let command = qemu_img_convert(source, &self.image.format, target, format, settings);
-        let child = sandbox::spawn_confined(
-            command,
-            source,
-            target,
-            settings.allow_unsandboxed_conversion,
-        )
+    let source = PathBuf::from(&image.file_path);
+    let expanded = inspected_size(image, &source, settings).await?;
+    let dir = scratch_dir(&settings.scratch_dir).await?;
+    let room = reserve(image, &dir, scratch::room_for(expanded), &format).await?;
+    let target = dir.join(format!(
+        "pimage-{}-{}.{format}",
+        image.id,
+        uuid::Uuid::new_v4()
+    ));
+    // From here the copy is the payload's: removed whatever happens next.
+    let mut payload = Payload {
+        path: target.clone(),
+        format: format.clone(),
+        size: 0,
+        md5: String::new(),
+        sha512: None,
+        scratch: Some(target.clone()),
+        _room: Some(room),
+    };
+    tokio::fs::File::create(&target)
         .await
-        .map_err(|e| {
-            failed(
-                format!("image {} cannot be converted: {e}", self.image.id),
-                e,
-            )
-        })?;
-        let limit = Duration::from_secs(settings.convert_timeout_secs.max(1));
-        let out = match wait_bounded(child, limit, self.cancel).await {
-            Ok(out) => out,
-            Err(Ended::Cancelled) => return Err(AttemptError::Cancelled),
-            Err(Ended::TimedOut) => {
-                return Err(failed(
-                    format!(
-                        "converting image {} took longer than {} s (worker.convert_timeout_secs)",
-                        self.image.id,
-                        limit.as_secs()
-                    ),
-                    "qemu-img killed",
-                ))
-            }
-            Err(Ended::Failed(e)) => {
-                return Err(failed(
-                    "could not run qemu-img to convert the image".into(),
-                    e,
-                ))
-            }
+        .map_err(|e| failed("the converted copy cannot be created".into(), e))?;
+    let conversion = Conversion {
+        image,
+        source: &source,
+        target: &target,
+        format: &format,
+    };
+    run_qemu_img(&conversion, settings, progress.cancel).await?;
+    let sums = checksums_unless_cancelled(target, progress.cancel).await?;
+    payload.size = sums.size as i64;
+    payload.md5 = sums.md5;
+    payload.sha512 = Some(sums.sha512);
+    Ok(payload)
+}
+
+/// One conversion: the image, its file, the copy and the copy's format.
+struct Conversion<'a> {
+    image: &'a Image,
+    source: &'a Path,
+    target: &'a Path,
+    format: &'a str,
+}
+
+/// The image's virtual size, if it is safe to hand to qemu-img at all.
+async fn inspected_size(
+    image: &Image,
+    source: &Path,
+    settings: &WorkerSettings,
+) -> Result<u64, AttemptError> {
+    let (path, format) = (source.to_path_buf(), image.format.clone());
+    let limit = settings.max_virtual_size_bytes;
+    let inspected = tokio::task::spawn_blocking(move || inspect::inspect(&path, &format, limit))
+        .await
+        .map_err(|e| failed("the image could not be inspected".into(), e))?;
+    inspected.map_err(|refusal| {
+        let summary = match &refusal {
+            Refusal::Unsafe(why) => format!("image {} cannot be converted: {why}", image.id),
+            Refusal::Unreadable(_) => format!("image {} cannot be read to be converted", image.id),
         };
-        if !out.status.success() {
+        failed(summary, refusal)
+    })
+}
+
+/// Room for the expanded copy in `dir`, shared fairly with the conversions running.
+async fn reserve(
+    image: &Image,
+    dir: &Path,
+    expanded: u64,
+    format: &str,
+) -> Result<scratch::Reservation<'static>, AttemptError> {
+    let free = free_space(dir).await?;
+    scratch::LEDGER.reserve(dir, expanded, free).map_err(|no| {
+        failed(
+            format!(
+                "no room to convert image {} to {format}: it needs {} MiB in '{}' \
+                 (worker.scratch_dir), which has {} MiB free, {} MiB of it held by \
+                 conversions running",
+                image.id,
+                expanded >> 20,
+                dir.display(),
+                no.free >> 20,
+                no.reserved >> 20
+            ),
+            format!(
+                "{expanded} bytes needed, {} free, {} reserved",
+                no.free, no.reserved
+            ),
+        )
+    })
+}
+
+/// qemu-img convert, confined and limited, ended on cancel and on timeout.
+async fn run_qemu_img(
+    conversion: &Conversion<'_>,
+    settings: &WorkerSettings,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), AttemptError> {
+    let Conversion {
+        image,
+        source,
+        target,
+        format,
+    } = *conversion;
+    let command = qemu_img_convert(source, &image.format, target, format, settings);
+    let child = sandbox::spawn_confined(
+        command,
+        source,
+        target,
+        settings.allow_unsandboxed_conversion,
+    )
+    .await
+    .map_err(|e| failed(format!("image {} cannot be converted: {e}", image.id), e))?;
+    let limit = settings.convert_timeout;
+    let out = match wait_bounded(child, limit, cancel).await {
+        Ok(out) => out,
+        Err(Ended::Cancelled) => return Err(AttemptError::Cancelled),
+        Err(Ended::TimedOut) => {
             return Err(failed(
                 format!(
-                    "qemu-img could not convert image {} from {} to {format} ({})",
-                    self.image.id, self.image.format, out.status
+                    "converting image {} took longer than {} s (worker.convert_timeout)",
+                    image.id,
+                    limit.as_secs()
                 ),
-                String::from_utf8_lossy(&out.stderr).trim(),
-            ));
+                "qemu-img killed",
+            ))
         }
-        Ok(())
+        Err(Ended::Failed(e)) => {
+            return Err(failed(
+                "could not run qemu-img to convert the image".into(),
+                e,
+            ))
+        }
+    };
+    if !out.status.success() {
+        return Err(failed(
+            format!(
+                "qemu-img could not convert image {} from {} to {format} ({})",
+                image.id, image.format, out.status
+            ),
+            String::from_utf8_lossy(&out.stderr).trim(),
+        ));
     }
+    Ok(())
 }
 
 /// Sets its flag when dropped: the blocking hash stops when its attempt ends, however it ends.
@@ -287,7 +303,7 @@ fn limited(settings: &WorkerSettings) -> Command {
     command
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .arg(format!("--cpu={}", settings.convert_cpu_secs.max(1)))
+        .arg(format!("--cpu={}", settings.convert_cpu.as_secs().max(1)))
         .arg(format!("--as={}", settings.convert_memory_bytes))
         .arg(format!("--nofile={}", settings.convert_max_open_files))
         .args(["--core=0", "--"])
@@ -426,7 +442,7 @@ mod tests {
     #[tokio::test]
     async fn the_limits_apply_to_the_program_run() {
         let mut settings = test_settings();
-        settings.convert_cpu_secs = 7;
+        settings.convert_cpu = Duration::from_secs(7);
         settings.convert_memory_bytes = 512 << 20;
         settings.convert_max_open_files = 33;
         let mut command = limited(&settings);

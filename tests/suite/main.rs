@@ -1,0 +1,36 @@
+//! The integration tests, one binary (zero2prod's `tests/api/main.rs`): the crate is linked
+//! once, and each module is one area of behaviour. `common` holds what they share.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
+
+mod common;
+
+mod accounts;
+mod api_contract;
+mod architecture;
+mod attempts;
+mod cleanup;
+mod cli;
+mod console;
+mod console_browser;
+mod console_load;
+mod conversion;
+mod crash_safety;
+mod exhaustion;
+mod faults;
+mod hammr;
+mod harness;
+mod hostile_cloud;
+mod listener;
+mod operations;
+mod publish_e2e;
+mod real_clouds;
+mod refusal_order;
+mod scale_out;
+mod schema;
+mod security;
+mod signed_requests;
+mod slots;
+mod state_changes;
+mod status_cache;
+mod uforge_catalog;
