@@ -357,11 +357,7 @@ async fn delete_keeps_the_cloud_image_unless_asked_to_remove_it() {
         publish_json("kept", "demo", "demopass", "demo"),
     )
     .await;
-    assert!(
-        app.wait_final("alice", &kept, Duration::from_secs(60))
-            .await
-            .complete
-    );
+    app.wait_published("alice", &kept).await;
     let kept_id = cloud_id(&app, &kept).await.unwrap();
     assert_eq!(
         delete(kept.clone()).await.unwrap().status(),
@@ -382,11 +378,7 @@ async fn delete_keeps_the_cloud_image_unless_asked_to_remove_it() {
         publish_json("removed", "demo", "demopass", "demo"),
     )
     .await;
-    assert!(
-        app.wait_final("alice", &removed, Duration::from_secs(60))
-            .await
-            .complete
-    );
+    app.wait_published("alice", &removed).await;
     let removed_id = cloud_id(&app, &removed).await.unwrap();
     let bad = delete(format!("{removed}?deleteCloudImage=maybe"))
         .await

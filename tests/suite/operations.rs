@@ -58,11 +58,7 @@ async fn metrics_move_after_a_publish() {
         )
         .await;
     let uri = ticket.uri.as_str();
-    assert!(
-        app.wait_final("alice", uri, Duration::from_secs(60))
-            .await
-            .complete
-    );
+    app.wait_published("alice", uri).await;
     let _ = app.status("alice", uri).await;
     let after = scrape(&app).await;
     println!("{after}");

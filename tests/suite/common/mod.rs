@@ -464,6 +464,16 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+
+    /// Waits up to 120 s (CI runs tests side by side on 2 cores) for the ticket to be
+    /// published; a ticket that ends otherwise fails the test with its status.
+    pub async fn wait_published(&self, user: &str, ticket_uri: &str) -> OpStatus {
+        let status = self
+            .wait_final(user, ticket_uri, Duration::from_secs(120))
+            .await;
+        assert!(status.complete, "ticket {ticket_uri} was not published: {status:?}");
+        status
+    }
 }
 
 /// Complete, failed or cancelled.
