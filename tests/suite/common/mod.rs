@@ -471,7 +471,10 @@ impl TestApp {
         let status = self
             .wait_final(user, ticket_uri, Duration::from_secs(120))
             .await;
-        assert!(status.complete, "ticket {ticket_uri} was not published: {status:?}");
+        assert!(
+            status.complete,
+            "ticket {ticket_uri} was not published: {status:?}"
+        );
         status
     }
 }
