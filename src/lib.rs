@@ -4,9 +4,17 @@
 //!
 //! | module        | concern                                                                  |
 //! |---------------|--------------------------------------------------------------------------|
-//! | [`cli`]       | the `pimage` subcommands                                                 |
+//! | [`cli`]       | the `pimage` subcommands, a file per area:                               |
+//! | · `tickets`   | list, show; cancel, delete, retry (on the database, or `--api`)          |
+//! | · `users`     | users and API keys                                                       |
+//! | · `catalog`   | registering images; listing stored cloud accounts                        |
+//! | · `secrets`   | re-sealing stored secrets under a new key                                |
+//! | · `output`    | `-f` table, json, yaml or value, and `-c COLUMN`, as the openstack CLI   |
+//! | · `remote`    | `--api URL`: ticket changes through the API as an administrator          |
 //! | [`api`]       | the HTTP API (axum): router and state, in sub-modules:                   |
 //! | · `routes`    | route handlers: state their inputs (extractors), call the store, answer  |
+//! | · `admin`     | an administrator's ticket actions by id, one implementation for the      |
+//! |               | console, the CLI and `/api/admin/tickets/{id}…`                          |
 //! | · `catalog`   | handlers of what UForge clients read first: a user's images, scanned     |
 //! |               | instances, a scan; deleting an image with no unfinished ticket           |
 //! | · `accounts`  | stored cloud accounts (`…/accounts`, `…/targetplatforms`): the body, the |

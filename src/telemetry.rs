@@ -1,6 +1,8 @@
-//! Logging: `tracing` to stderr, human-readable or JSON lines; levels from `RUST_LOG`.
+//! Logging (`tracing` to stderr, human-readable or JSON lines; levels from `RUST_LOG`) and
+//! the shutdown signal.
 
 use std::io::IsTerminal;
+use tokio_util::sync::CancellationToken;
 
 use tracing_subscriber::EnvFilter;
 
@@ -22,14 +24,22 @@ pub fn init(format: LogFormat) {
     };
 }
 
-/// Fires on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler cannot fail on Unix");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown requested");
+/// A token cancelled on Ctrl-C or SIGTERM. The handlers are installed before this returns:
+/// a signal that comes while the process starts (waiting for PostgreSQL, say) ends it
+/// cleanly instead of killing it.
+pub fn shutdown_on_signal() -> std::io::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        trigger.cancel();
+    });
+    Ok(token)
 }

@@ -302,6 +302,8 @@ error_answers! {
     ImageDeleteErrors = [400, 401, 403, 404, 405, 406, 409, 429, 503];
     /// Of `POST …/accounts`.
     AccountCreateErrors = [400, 401, 403, 404, 405, 406, 409, 413, 415, 429, 503];
+    /// Of `/api/admin/tickets/{id}…`.
+    AdminErrors = [400, 401, 403, 404, 405, 409, 429, 503];
     /// Of `DELETE …/accounts/{caid}`.
     AccountDeleteErrors = [400, 401, 403, 404, 405, 406, 409, 429, 503];
 }

@@ -34,6 +34,28 @@ impl<S: Send + Sync> FromRequestParts<S> for Format {
     }
 }
 
+/// A caller who is an administrator (`pimage users add --admin`): 401 without a login, 403
+/// for anyone else. Holds the login, for the log.
+pub struct Administrator(pub String);
+
+impl FromRequestParts<AppState> for Administrator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Administrator, ApiError> {
+        let user = Caller::from_request_parts(parts, state).await?.0;
+        if !user.is_admin {
+            return Err(ApiError::Forbidden(format!(
+                "user '{}' is not an administrator: only administrators may change other users' tickets by id",
+                user.login
+            )));
+        }
+        Ok(Administrator(user.login))
+    }
+}
+
 /// Typed path parameters; an id that does not parse is a 400 naming it.
 pub struct ApiPath<P>(pub P);
 

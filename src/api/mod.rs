@@ -5,6 +5,7 @@
 //! `run_until_stopped` serves until the shutdown token fires and drains in-flight requests.
 
 mod accounts;
+pub mod admin;
 mod auth;
 mod catalog;
 mod console;
@@ -91,6 +92,9 @@ pub(crate) mod paths {
     pub const ACCOUNTS: &str = "/api/users/{uid}/accounts";
     pub const ACCOUNT: &str = "/api/users/{uid}/accounts/{caid}";
     pub const TARGET_PLATFORMS: &str = "/api/users/{uid}/targetplatforms";
+    pub const ADMIN_TICKET: &str = "/api/admin/tickets/{id}";
+    pub const ADMIN_TICKET_CANCEL: &str = "/api/admin/tickets/{id}/cancel";
+    pub const ADMIN_TICKET_RETRY: &str = "/api/admin/tickets/{id}/retry";
 }
 
 /// One route of the API.
@@ -150,6 +154,9 @@ pub(crate) fn api_routes() -> Vec<ApiRoute> {
             TARGET_PLATFORMS,
             accounts::list_target_platforms,
         ),
+        route(Method::DELETE, ADMIN_TICKET, admin::delete_ticket),
+        route(Method::POST, ADMIN_TICKET_CANCEL, admin::cancel_ticket),
+        route(Method::POST, ADMIN_TICKET_RETRY, admin::retry_ticket),
     ]
 }
 

@@ -12,6 +12,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 
+use super::admin::{self, ActionDone};
 use super::doc_parts::{
     DocumentErrors, ErrorsAndSecuritySchemes, NewAccountBody, PublishRequestBody,
 };
@@ -53,6 +54,9 @@ use super::{accounts, catalog, events, routes};
         accounts::get_account,
         accounts::delete_account,
         accounts::list_target_platforms,
+        admin::delete_ticket,
+        admin::cancel_ticket,
+        admin::retry_ticket,
     ),
     components(schemas(
         OpStatus,
@@ -72,6 +76,7 @@ use super::{accounts, catalog, events, routes};
         CredAccounts,
         TargetPlatforms,
         NewAccountBody,
+        ActionDone,
     )),
     security(("basicAuth" = []), ("apiKey" = [], "signature" = [])),
     modifiers(&ErrorsAndSecuritySchemes)

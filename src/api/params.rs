@@ -102,6 +102,16 @@ pub struct ImagePath {
     pub itid: i64,
 }
 
+/// `/api/admin/tickets/{id}…`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TicketIdPath {
+    /// The ticket's id (`dbId`, the last part of its URI)
+    #[serde(deserialize_with = "positive_id")]
+    #[param(minimum = 1, example = 1)]
+    pub id: i64,
+}
+
 /// `…/pimages/{pitid}…`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]

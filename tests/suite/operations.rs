@@ -222,16 +222,18 @@ async fn an_operator_inspects_and_retries_a_failed_ticket() {
     let failed = app.wait_final("alice", &uri, Duration::from_secs(60)).await;
     assert!(failed.error, "{failed:?}");
 
-    let list =
-        String::from_utf8(cli(&app, &["tickets", "list", "--state", "error"]).stdout).unwrap();
-    assert!(
-        list.lines()
-            .any(|l| l.trim_start().starts_with(&format!("{id} ")) && l.contains("error")),
-        "{list}"
+    let list = cli(
+        &app,
+        &[
+            "tickets", "list", "--state", "error", "-f", "value", "-c", "id",
+        ],
     );
+    assert_eq!(String::from_utf8(list.stdout).unwrap(), format!("{id}\n"));
     let show = String::from_utf8(cli(&app, &["tickets", "show", &id]).stdout).unwrap();
     assert!(
-        show.contains("is missing or unreadable") && show.contains("demo in Default/demo"),
+        show.contains("is missing or unreadable")
+            && show.contains("| cloud_login ")
+            && show.contains("| demo "),
         "{show}"
     );
     assert!(!show.contains("demopass"), "no password in `tickets show`");
@@ -248,7 +250,8 @@ async fn an_operator_inspects_and_retries_a_failed_ticket() {
     assert!(last.complete, "the retried ticket ran again: {last:?}");
     let again = cli(&app, &["tickets", "retry", &id]);
     assert!(!again.status.success(), "a complete ticket is not retried");
-    assert!(String::from_utf8_lossy(&again.stderr).contains("only those can be retried"));
+    assert!(String::from_utf8_lossy(&again.stderr)
+        .contains("only a failed or cancelled ticket can be retried"));
     let t = app.ticket("alice", &uri).await;
     common::DemoCloud::login()
         .await
@@ -309,20 +312,34 @@ async fn a_retried_attempt_shows_in_tickets_show_and_in_json_while_xml_stays_val
         assert_valid_xml(&xml);
     }
 
-    let out = cli(&app, &["tickets", "show", &id.to_string()]);
+    let out = cli(
+        &app,
+        &[
+            "tickets",
+            "show",
+            &id.to_string(),
+            "-f",
+            "json",
+            "-c",
+            "attempts",
+        ],
+    );
     assert!(out.status.success(), "{out:?}");
-    let shown = String::from_utf8(out.stdout).unwrap();
-    let line = |n: u32| {
-        shown
-            .lines()
-            .find(|l| l.trim_start().starts_with(&format!("attempt {n}:")))
-            .unwrap_or_else(|| panic!("no attempt {n} in {shown}"))
-            .to_string()
-    };
-    assert!(line(1).contains(": retried on "), "{shown}");
-    assert!(line(1).contains("503"), "{shown}");
-    assert!(line(2).contains(": published on "), "{shown}");
-    assert!(line(2).contains("1048576 bytes sent"), "{shown}");
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let attempts = shown["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{shown}");
+    assert_eq!(attempts[0]["outcome"], "retried", "{shown}");
+    assert!(
+        attempts[0]["error"].as_str().unwrap().contains("503"),
+        "{shown}"
+    );
+    assert_eq!(attempts[1]["outcome"], "published", "{shown}");
+    assert_eq!(attempts[1]["bytes_sent"], 1 << 20, "{shown}");
+    // Administrators see the worker's host and pid.
+    assert!(
+        attempts[0]["worker"].as_str().unwrap().contains(':'),
+        "{shown}"
+    );
     let cloud_id = app.ticket("alice", uri).await.cloud_id.unwrap();
     DemoCloud::login().await.delete(&cloud_id).await;
     app.stop().await;

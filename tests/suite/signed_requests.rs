@@ -345,10 +345,12 @@ async fn the_cli_creates_keys_scoped_to_methods_with_an_expiry() {
     ]);
     assert!(created.contains("apiKey:"), "{created}");
     env.run_ok(&["apikeys", "create", "--user", "alice"]);
-    let listed = env.run_ok(&["apikeys", "list", "--user", "alice"]);
-    let lines: Vec<&str> = listed.lines().collect();
-    assert!(lines[0].contains("  GET  expires "), "{listed}");
-    assert!(lines[1].contains("all methods  never expires"), "{listed}");
+    let listed = env.run_ok(&["apikeys", "list", "--user", "alice", "-f", "json"]);
+    let keys: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(keys[0]["methods"], "GET", "{listed}");
+    assert!(keys[0]["expires"].is_string(), "{listed}");
+    assert_eq!(keys[1]["methods"], "all", "{listed}");
+    assert_eq!(keys[1]["expires"], serde_json::Value::Null, "{listed}");
     let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&env.database_url())
         .await
         .unwrap();

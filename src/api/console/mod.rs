@@ -31,9 +31,8 @@ use super::limits::Access;
 use super::{observe, AppState};
 use crate::cloud::Keystone;
 use crate::secrets::Secret;
-use crate::store::cancel::{self, CancelOutcome};
 use crate::store::console::{self as store, TicketFilter};
-use crate::store::{accounts, attempts, events, rescue, tickets, workers, TicketState};
+use crate::store::{accounts, attempts, events, tickets, workers, TicketState};
 
 /// How long a console session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
@@ -504,58 +503,32 @@ async fn ticket_action(
     if form.confirm.as_deref() != Some("yes") {
         return Ok(pages::confirm(&admin, &ticket, action).into_response());
     }
-    let back = Redirect::to(&format!("/console/tickets/{id}")).into_response();
-    let answer = match action {
-        pages::Action::Cancel => match cancel::request_cancel(&state.pool, id).await? {
-            CancelOutcome::Cancelled | CancelOutcome::Requested => Ok(back),
-            CancelOutcome::AlreadyFinished(s) => Ok(page_error(
-                StatusCode::CONFLICT,
-                &format!(
-                    "ticket {id} has already ended ({}); nothing to cancel",
-                    s.as_str()
-                ),
-            )),
-            CancelOutcome::NotFound => Ok(page_error(
-                StatusCode::NOT_FOUND,
-                &format!("no ticket {id}"),
-            )),
-        },
-        pages::Action::Retry => match rescue::retry(&state.pool, id).await? {
-            Some(outbox_id) => {
-                state.hand_offs.requeued(id, outbox_id);
-                tracing::info!(
-                    ticket_id = id,
-                    by = admin.login,
-                    "ticket retried from the console"
-                );
-                Ok(back)
-            }
-            None => Ok(page_error(
-                StatusCode::CONFLICT,
-                &format!(
-                    "ticket {id} is {}: only a failed or cancelled ticket can be retried",
-                    ticket.state.as_str()
-                ),
-            )),
-        },
-        pages::Action::Delete => {
-            if !ticket.state.is_final() {
-                cancel::request_cancel(&state.pool, id).await?;
-            }
-            // Its image is the reconciler's (a cleanup is recorded with the deletion), or
-            // the user's to keep when the ticket was complete.
-            tickets::delete(&state.pool, id).await?;
-            tracing::info!(
-                ticket_id = id,
-                by = admin.login,
-                "ticket deleted from the console"
-            );
-            Ok(Redirect::to("/console/tickets").into_response())
+    let applied = match super::admin::apply(&state.pool, id, action.into()).await {
+        Ok(applied) => applied,
+        Err(ApiError::NotFound(why)) => return Ok(page_error(StatusCode::NOT_FOUND, &why)),
+        Err(ApiError::Conflict(why)) => return Ok(page_error(StatusCode::CONFLICT, &why)),
+        Err(other) => {
+            tracing::error!(ticket_id = id, error = %other, "console: the action failed");
+            let why = "the action could not be done; try again in a moment";
+            return Ok(page_error(other.status_code(), why));
         }
     };
+    if let Some(outbox_id) = applied.requeued {
+        state.hand_offs.requeued(id, outbox_id);
+    }
+    tracing::info!(
+        ticket_id = id,
+        by = admin.login,
+        ?action,
+        "administrator action from the console"
+    );
     // The next status read sees the action, before the NOTIFY arrives.
     state.live.statuses().changed(id);
-    answer
+    let back = match action {
+        pages::Action::Delete => "/console/tickets".to_string(),
+        _ => format!("/console/tickets/{id}"),
+    };
+    Ok(Redirect::to(&back).into_response())
 }
 
 async fn worker_page(State(state): State<AppState>, admin: Admin) -> PageResult {

@@ -26,6 +26,16 @@ pub enum Action {
     Delete,
 }
 
+impl From<Action> for crate::api::admin::TicketAction {
+    fn from(action: Action) -> Self {
+        match action {
+            Action::Cancel => Self::Cancel,
+            Action::Retry => Self::Retry,
+            Action::Delete => Self::Delete,
+        }
+    }
+}
+
 impl Action {
     pub fn parse(text: &str) -> Option<Action> {
         match text {
