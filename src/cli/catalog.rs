@@ -25,48 +25,37 @@ pub enum AccountsCommand {
 #[derive(Debug, Subcommand)]
 pub enum ImagesCommand {
     /// Register an image file for a user; prints the image URI to publish.
-    Register {
-        /// Owner's login.
-        #[arg(long)]
-        user: String,
-        /// The disk image file.
-        #[arg(long)]
-        file: PathBuf,
-        /// Its disk format: raw, qcow2, vmdk, vhd, vhdx, vdi, iso, ploop.
-        #[arg(long)]
-        format: String,
-        /// Image name (default: the file name).
-        #[arg(long)]
-        name: Option<String>,
-        /// Keep the file where it is instead of copying it into storage.image_dir.
-        #[arg(long)]
-        in_place: bool,
-        /// The operating system in the image, "NAME VERSION ARCH" (e.g. "CentOS 7 x86_64"):
-        /// UForge clients (hammr scan list, image info) print it.
-        #[arg(long)]
-        os: Option<String>,
-    },
+    Register(Registration),
+}
+
+/// What `pimage images register` is given.
+#[derive(Debug, clap::Args)]
+pub struct Registration {
+    /// Owner's login.
+    #[arg(long)]
+    user: String,
+    /// The disk image file.
+    #[arg(long)]
+    file: PathBuf,
+    /// Its disk format: raw, qcow2, vmdk, vhd, vhdx, vdi, iso, ploop.
+    #[arg(long)]
+    format: String,
+    /// Image name (default: the file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Keep the file where it is instead of copying it into storage.image_dir.
+    #[arg(long)]
+    in_place: bool,
+    /// The operating system in the image, "NAME VERSION ARCH" (e.g. "CentOS 7 x86_64"):
+    /// UForge clients (hammr scan list, image info) print it.
+    #[arg(long)]
+    os: Option<String>,
 }
 
 /// `pimage images …`.
 pub async fn run_images(settings: &Settings, command: ImagesCommand) -> anyhow::Result<()> {
-    let ImagesCommand::Register {
-        user,
-        file,
-        format,
-        name,
-        in_place,
-        os,
-    } = command;
+    let ImagesCommand::Register(registration) = command;
     let pool = store::connect_current(&settings.database).await?;
-    let registration = Registration {
-        user,
-        file,
-        format,
-        name,
-        in_place,
-        os,
-    };
     register_image(&pool, settings, registration).await
 }
 
@@ -75,16 +64,6 @@ pub async fn run_accounts(settings: &Settings, command: AccountsCommand) -> anyh
     let AccountsCommand::List { user, output } = command;
     let pool = store::connect_current(&settings.database).await?;
     list_accounts(&pool, user.as_deref(), &output).await
-}
-
-/// What `pimage images register` was given.
-struct Registration {
-    user: String,
-    file: PathBuf,
-    format: String,
-    name: Option<String>,
-    in_place: bool,
-    os: Option<String>,
 }
 
 /// `pimage images register`: the file checked (and copied into storage unless in place),

@@ -21,7 +21,7 @@ use crate::api::Application;
 use crate::config::Settings;
 use crate::{health, store, telemetry, worker::WorkerApp};
 
-pub use catalog::{AccountsCommand, ImagesCommand};
+pub use catalog::{AccountsCommand, ImagesCommand, Registration};
 pub use secrets::SecretsCommand;
 pub use tickets::TicketsCommand;
 pub use users::{ApiKeysCommand, UsersCommand};
