@@ -495,11 +495,6 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The effective settings as TOML-like text, with every secret masked.
-    pub fn describe(&self) -> String {
-        format!("{self:#?}")
-    }
-
     /// Every duration setting with its key and the least it may be (what the code used to
     /// clamp to); none may exceed `LONGEST`.
     fn durations(&self) -> Vec<(String, Duration, Duration)> {

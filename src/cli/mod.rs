@@ -71,8 +71,9 @@ pub enum Command {
     /// Inspect the cloud accounts users stored (never their passwords).
     #[command(subcommand)]
     Accounts(AccountsCommand),
-    /// Print the effective configuration, secrets masked; with --for-url, the cloud
-    /// profile (cloud.profiles) that applies to that Glance or Keystone URL.
+    /// Print the effective configuration as TOML, secrets masked, each value with where it
+    /// came from; with --for-url, the cloud profile (cloud.profiles) that applies to that
+    /// Glance or Keystone URL.
     Config {
         /// A Glance (or Keystone) URL: show what applies to it.
         #[arg(long, value_name = "URL")]
@@ -101,7 +102,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Accounts(command) => catalog::run_accounts(&settings, command).await?,
         Command::Tickets(command) => tickets::run(&settings, command).await?,
         Command::Secrets(command) => secrets::run(&settings, command).await?,
-        Command::Config { for_url: None } => println!("{}", settings.describe()),
+        Command::Config { for_url: None } => {
+            print!("{}", crate::config::describe_sources(&cli.config_dir)?)
+        }
         Command::Config { for_url: Some(url) } => print!(
             "{}",
             crate::cloud::describe_for_url(&settings.cloud, &url).map_err(anyhow::Error::msg)?

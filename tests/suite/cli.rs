@@ -40,15 +40,40 @@ async fn pimage_runs_from_any_directory() {
         }
         cmd.output().unwrap()
     };
-    let out = run(&[]);
+    let out = run(&[(
+        "PIMAGE__DATABASE__URL",
+        "postgres://pimage:hunter2@db.example:5432/images",
+    )]);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(shown.contains("credential_cache: 60s"), "{shown}");
-    assert!(shown.contains("allow_loopback: false"), "{shown}");
+    // `pimage config`: valid TOML, each value with its source, secrets masked, the
+    // database's host and name visible.
+    let parsed: toml::Table = toml::from_str(&shown).unwrap();
+    assert_eq!(
+        parsed["api"]["credential_cache"].as_str(),
+        Some("1m"),
+        "{shown}"
+    );
+    assert_eq!(
+        parsed["cloud"]["allow_loopback"].as_bool(),
+        Some(false),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("credential_cache = \"1m\"  # default\n"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(
+            "url = \"postgres://pimage:***@db.example:5432/images\"  # PIMAGE__DATABASE__URL\n"
+        ),
+        "{shown}"
+    );
+    assert!(!shown.contains("hunter2"), "{shown}");
     // A duration out of range stops it at load, naming the key.
     let out = run(&[("PIMAGE__WORKER__RESCUE_INTERVAL", "0s")]);
     let error = String::from_utf8_lossy(&out.stderr);
