@@ -723,7 +723,8 @@ fn mask_url(url: &str) -> String {
     if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
         return "***".into();
     }
-    let password = |k: &str| k.eq_ignore_ascii_case("password");
+    // libpq's `password` and `sslpassword` (the client key's passphrase), and their kin.
+    let password = |k: &str| k.to_ascii_lowercase().contains("password");
     if parsed.query_pairs().any(|(k, _)| password(&k)) {
         let pairs: Vec<(String, String)> = parsed
             .query_pairs()

@@ -66,10 +66,14 @@ pub async fn apply(pool: &PgPool, id: i64, action: TicketAction) -> Result<Appli
                 message: format!("ticket {id} queued again"),
                 requeued: Some(outbox_id),
             }),
-            None => Err(ApiError::Conflict(format!(
-                "ticket {id} is {}: only a failed or cancelled ticket can be retried",
-                ticket.state.as_str()
-            ))),
+            // Read again: another retry or a delete may have come in between.
+            None => match tickets::get(pool, id).await? {
+                Some(now) => Err(ApiError::Conflict(format!(
+                    "ticket {id} is {}: only a failed or cancelled ticket can be retried",
+                    now.state.as_str()
+                ))),
+                None => Err(ApiError::NotFound(format!("no ticket {id}"))),
+            },
         },
         TicketAction::Delete => {
             if !ticket.state.is_final() {

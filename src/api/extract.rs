@@ -35,7 +35,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Format {
 }
 
 /// A caller who is an administrator (`pimage users add --admin`): 401 without a login, 403
-/// for anyone else. Holds the login, for the log.
+/// for anyone else, and for any request a browser sent (it has an `Origin`). Holds the
+/// login, for the log.
 pub struct Administrator(pub String);
 
 impl FromRequestParts<AppState> for Administrator {
@@ -46,6 +47,13 @@ impl FromRequestParts<AppState> for Administrator {
         state: &AppState,
     ) -> Result<Administrator, ApiError> {
         let user = Caller::from_request_parts(parts, state).await?.0;
+        // A browser sends Origin with every POST: one that kept an administrator's Basic
+        // login must not be driven by another site's form (the console has its CSRF token).
+        if parts.headers.contains_key(axum::http::header::ORIGIN) {
+            return Err(ApiError::Forbidden(
+                "the administrators' API is not for browsers: use the console".into(),
+            ));
+        }
         if !user.is_admin {
             return Err(ApiError::Forbidden(format!(
                 "user '{}' is not an administrator: only administrators may change other users' tickets by id",

@@ -1,7 +1,7 @@
 //! How listings and shows are printed: `-f table|json|yaml|value` and `-c COLUMN`, as the
 //! `openstack` CLI prints them, so operators' scripts and habits carry over.
 
-use comfy_table::{presets::ASCII_FULL, ContentArrangement, Table};
+use comfy_table::{presets::ASCII_FULL, Table};
 use serde_json::{Map, Value};
 
 use crate::printable::escaped;
@@ -46,10 +46,14 @@ impl OutputArgs {
             .rows
             .into_iter()
             .map(|row| {
-                let mut row: Vec<Option<Value>> = row.into_iter().map(Some).collect();
                 picked
                     .iter()
-                    .map(|&i| (listing.columns[i], row[i].take().unwrap_or(Value::Null)))
+                    .map(|&i| {
+                        (
+                            listing.columns[i],
+                            row.get(i).cloned().unwrap_or(Value::Null),
+                        )
+                    })
                     .collect()
             })
             .collect();
@@ -80,8 +84,10 @@ impl OutputArgs {
     pub fn print_record(&self, record: Record) -> anyhow::Result<()> {
         let names: Vec<&'static str> = record.fields.iter().map(|(name, _)| *name).collect();
         let picked = self.pick(&names)?;
-        let mut fields: Vec<Option<(&str, Value)>> = record.fields.into_iter().map(Some).collect();
-        let fields: Vec<(&str, Value)> = picked.iter().filter_map(|&i| fields[i].take()).collect();
+        let fields: Vec<(&str, Value)> = picked
+            .iter()
+            .filter_map(|&i| record.fields.get(i).cloned())
+            .collect();
         match self.format {
             Format::Table => {
                 let mut table = new_table();
@@ -131,11 +137,10 @@ impl OutputArgs {
 }
 
 fn new_table() -> Table {
+    // ASCII borders, as the openstack CLI draws them; a cell is never wrapped (comfy-table's
+    // terminal support is left out), so `grep` sees each row whole.
     let mut table = Table::new();
-    // ASCII borders, as the openstack CLI draws them; long cells wrap at a terminal's width.
-    table
-        .load_preset(ASCII_FULL)
-        .set_content_arrangement(ContentArrangement::Dynamic);
+    table.load_preset(ASCII_FULL);
     table
 }
 
@@ -197,8 +202,8 @@ mod tests {
 
     #[test]
     fn columns_are_picked_in_the_order_asked_and_an_unknown_one_names_the_others() {
-        let a = args(Format::Json, &["state", "id"]);
-        assert_eq!(a.pick(&["id", "state", "user"]).unwrap(), vec![1, 0]);
+        let a = args(Format::Json, &["state", "id", "state"]);
+        assert_eq!(a.pick(&["id", "state", "user"]).unwrap(), vec![1, 0, 1]);
         let e = args(Format::Json, &["bogus"])
             .pick(&["id", "state"])
             .unwrap_err()

@@ -132,7 +132,7 @@ pub async fn run(settings: &Settings, command: TicketsCommand) -> anyhow::Result
         TicketsCommand::Cancel { id, via } => (id, TicketAction::Cancel, via),
         TicketsCommand::Delete { id, via } => (id, TicketAction::Delete, via),
     };
-    let message = match &via.api {
+    let message = match via.api.as_deref() {
         Some(url) => AdminApi::new(&via, url)?.apply(id, action).await?,
         None => apply_on_database(settings, id, action).await?,
     };

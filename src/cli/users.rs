@@ -39,7 +39,8 @@ pub enum ApiKeysCommand {
         /// (default: every method).
         #[arg(long, value_delimiter = ',', value_parser = parse_method)]
         methods: Vec<String>,
-        /// How long the key stays valid, e.g. `30d`, `12h`, `1d 12h` (default: until revoked).
+        /// How long the key stays valid, as humantime reads it: `30d`, `12h`, `1d 12h`,
+        /// `90min` (default: until revoked).
         #[arg(long, value_parser = parse_validity)]
         expires_in: Option<std::time::Duration>,
     },
@@ -136,12 +137,15 @@ async fn api_keys_command(
             let secrets = SecretBox::from_base64_key(&settings.secrets.key)?;
             let (public_key, secret_key) = new_api_key();
             let methods = (!methods.is_empty()).then_some(methods.as_slice());
+            let too_long = || anyhow::anyhow!("--expires-in is too long");
             let expires_at = expires_in
                 .map(|validity| {
-                    chrono::Duration::from_std(validity).map(|v| chrono::Utc::now() + v)
+                    let validity = chrono::Duration::from_std(validity).map_err(|_| too_long())?;
+                    chrono::Utc::now()
+                        .checked_add_signed(validity)
+                        .ok_or_else(too_long)
                 })
-                .transpose()
-                .map_err(|_| anyhow::anyhow!("--expires-in is too long"))?;
+                .transpose()?;
             let sealed = secrets.seal(&secret_key);
             users::add_scoped_api_key(pool, owner.id, &public_key, &sealed, methods, expires_at)
                 .await?;

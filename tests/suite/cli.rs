@@ -616,6 +616,18 @@ async fn ticket_changes_go_through_the_api_as_an_administrator() {
         text.contains(&format!("no ticket {id}")) && text.contains("404"),
         "{text}"
     );
+    // A browser that kept the administrator's login cannot be made to post a cancel by
+    // another site's form: it sends an Origin.
+    let forged = app
+        .client
+        .post(format!("{base}/api/admin/tickets/{id}/cancel"))
+        .basic_auth("root", Some(common::PASSWORD))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(forged.text().await.unwrap().contains("not for browsers"));
     // Without a password and without a terminal, it says how to give one.
     let out = env
         .command(&[

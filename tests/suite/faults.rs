@@ -69,21 +69,16 @@ async fn glance_503_twice_then_recovers_with_one_image() {
     assert!(last.complete, "{seen:#?}");
     assert_eq!(proxy.injected(), 2);
     let msgs = messages(&seen);
-    assert!(
-        msgs.iter().any(|m| m.contains("attempt 2 of 6")),
-        "{msgs:#?}"
-    );
+    // One retry per injected 503. The real Glance may fail an upload of its own on a
+    // loaded machine (CI saw it answer 500 at 99%): that retry names its own status.
+    let retries_after_503 = msgs
+        .iter()
+        .filter(|m| m.starts_with("retrying in") && m.ends_with("the cloud answered 503"))
+        .collect::<std::collections::BTreeSet<_>>() // each retry names its attempt
+        .len();
+    assert_eq!(retries_after_503, 2, "{msgs:#?}");
     assert!(
         msgs.iter().any(|m| m.contains("attempt 3 of 6")),
-        "{msgs:#?}"
-    );
-    assert!(
-        msgs.iter()
-            .any(|m| m.starts_with("retrying in") && m.contains("503")),
-        "{msgs:#?}"
-    );
-    assert!(
-        !msgs.iter().any(|m| m.contains("attempt 4 of")),
         "{msgs:#?}"
     );
     assert_percentage_never_drops(&seen);

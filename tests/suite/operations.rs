@@ -551,6 +551,40 @@ async fn logs_to_a_file_have_no_colour_codes_and_json_lines_are_flat() {
     env.drop_all().await;
 }
 
+/// SIGTERM while a process waits for PostgreSQL at start-up ends it at once, cleanly: the
+/// signal handlers are installed before anything waits (it used to kill the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_during_the_wait_for_postgresql_ends_a_process_cleanly() {
+    let mut env = Env::new().await;
+    let nothing_there = common::processes::free_port();
+    env.set(
+        "PIMAGE__DATABASE__URL",
+        format!("postgres://postgres@127.0.0.1:{nothing_there}/none"),
+    );
+    for role in ["api", "worker"] {
+        let listen = format!("127.0.0.1:{}", common::processes::free_port());
+        let child = env
+            .command(&[role])
+            .env("PIMAGE__API__LISTEN", &listen)
+            .env("PIMAGE__WORKER__LISTEN", &listen)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(env.dir.join(format!("{role}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        let log = env.dir.join(format!("{role}.log"));
+        let started = Instant::now();
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("waiting for PostgreSQL")
+        {
+            assert!(started.elapsed() < Duration::from_secs(30), "{role} waits");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sigterm_and_wait(child, role, Duration::from_secs(5)).await;
+    }
+    env.drop_all().await;
+}
+
 /// Starts a worker logging to `<dir>/<name>.log`, stops it once it has connected; its log.
 async fn worker_log_until_connected(env: &Env, name: &str) -> String {
     let worker = env.spawn(&["worker"], None, name);

@@ -509,8 +509,12 @@ async fn ticket_action(
         Err(ApiError::Conflict(why)) => return Ok(page_error(StatusCode::CONFLICT, &why)),
         Err(other) => {
             tracing::error!(ticket_id = id, error = %other, "console: the action failed");
+            let status = match other {
+                ApiError::Internal(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => other.status_code(),
+            };
             let why = "the action could not be done; try again in a moment";
-            return Ok(page_error(other.status_code(), why));
+            return Ok(page_error(status, why));
         }
     };
     if let Some(outbox_id) = applied.requeued {
