@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `bench [part] [--quick] [--out DIR]` | docs/BENCHMARKS.md: measures, compares with the baselines, writes `DIR/latest.json` and `DIR/latest.md` (default `target/bench`) |
 //! | `compose-test [images]` | the docker-compose stack run as users run it, its checks, a JSON summary of its figures |
+//! | `readme-check` | README.md's `scripts/demo up` and its curl examples run as written, isolated by environment variables; a JSON summary |
 //!
 //! The arithmetic and the assertions live here, typed; processes (docker, curl, psql, wrk)
 //! are launched as they are on the command line.
@@ -11,8 +12,10 @@
 mod bench;
 mod compose;
 mod process;
+mod readme_check;
 mod report;
 mod stats;
+mod steps;
 
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -24,7 +27,8 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("bench") => bench::main(&root, &args[1..]),
         Some("compose-test") => compose::main(&root, &args[1..]),
-        _ => bail!("usage: cargo xtask bench [all|upload|memory|api|scale|writes|machine|console] [--quick] [--out DIR]\n       cargo xtask compose-test [images]"),
+        Some("readme-check") => readme_check::main(&root, &args[1..]),
+        _ => bail!("usage: cargo xtask bench [all|upload|memory|api|scale|writes|machine|console] [--quick] [--out DIR]\n       cargo xtask compose-test [images]\n       cargo xtask readme-check"),
     }
 }
 

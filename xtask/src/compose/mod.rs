@@ -23,57 +23,13 @@ mod scenario;
 mod stack;
 
 use crate::process::{cmd, output, run};
+use crate::steps::Steps;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use stack::Stack;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-/// Steps and their durations, as they finish.
-pub struct Steps {
-    start: Instant,
-    last: Instant,
-    pub done: Vec<(String, u64)>,
-}
-
-impl Steps {
-    fn new() -> Self {
-        let now = Instant::now();
-        Steps {
-            start: now,
-            last: now,
-            done: Vec::new(),
-        }
-    }
-
-    pub fn say(&self, msg: &str) {
-        println!("[compose-test {}s] {msg}", self.start.elapsed().as_secs());
-    }
-
-    /// The step just finished.
-    pub fn step(&mut self, name: impl Into<String>) {
-        let name = name.into();
-        let secs = self.last.elapsed().as_secs();
-        self.say(&format!("done: {name} ({secs} s)"));
-        self.done.push((name, secs));
-        self.last = Instant::now();
-    }
-
-    /// Steps a script timed (PIMAGE_COMPOSE_STEPS lines: name TAB seconds).
-    fn add_from(&mut self, file: &Path) {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        for (name, secs) in text.lines().filter_map(|l| l.split_once('\t')) {
-            self.done
-                .push((name.to_string(), secs.trim().parse().unwrap_or(0)));
-        }
-        self.last = Instant::now();
-    }
-
-    pub fn total(&self) -> u64 {
-        self.start.elapsed().as_secs()
-    }
-}
 
 pub fn main(root: &Path, args: &[String]) -> Result<()> {
     let mode = match args.first().map(String::as_str) {
@@ -91,7 +47,7 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
     if mode == "images" {
         return run(cmd("scripts/compose-images", ["images"]).env("PIMAGE_COMPOSE_CACHE", &cache));
     }
-    let mut steps = Steps::new();
+    let mut steps = Steps::new("compose-test");
     std::fs::create_dir_all(&cache)?;
     // An images run started earlier (by .ci/run) finishes first; then this one reuses its work.
     let _lock = lock(&cache.join("lock"), Duration::from_secs(1800))?;
@@ -120,12 +76,15 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
         let summary = json!({
             "passed": true,
             "seconds": steps.total(),
-            "steps": steps.done.iter().map(|(n, s)| json!({"step": n, "seconds": s})).collect::<Vec<_>>(),
+            "steps": steps.json(),
             "figures": figures,
         });
         let dir = root.join("target/compose-test");
         std::fs::create_dir_all(&dir)?;
-        std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
+        std::fs::write(
+            dir.join("summary.json"),
+            serde_json::to_string_pretty(&summary)? + "\n",
+        )?;
         print_summary(&steps, &figures);
         println!("== summary: {}", dir.join("summary.json").display());
         Ok(())
@@ -136,8 +95,9 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
     result
 }
 
-/// The cache lock (flock, as scripts/compose-images takes it), waiting up to TIMEOUT.
-fn lock(path: &Path, timeout: Duration) -> Result<File> {
+/// An exclusive lock on PATH (flock, as scripts/compose-images takes the cache's), waiting up
+/// to TIMEOUT; readme-check takes one too.
+pub fn lock(path: &Path, timeout: Duration) -> Result<File> {
     let file = File::create(path).with_context(|| format!("opening {}", path.display()))?;
     let until = Instant::now() + timeout;
     loop {
@@ -146,7 +106,7 @@ fn lock(path: &Path, timeout: Duration) -> Result<File> {
             Err(std::fs::TryLockError::WouldBlock) if Instant::now() < until => {
                 std::thread::sleep(Duration::from_secs(1))
             }
-            Err(e) => bail!("another compose test holds {}: {e}", path.display()),
+            Err(e) => bail!("another run holds {}: {e}", path.display()),
         }
     }
 }
