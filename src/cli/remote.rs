@@ -87,7 +87,7 @@ impl AdminApi {
             .await
             .map_err(|e| anyhow::anyhow!("the API at {} did not answer: {e}", self.base))?;
         let status = answer.status();
-        let said = serde_json::from_slice::<Said>(&first_bytes(answer, 64 * 1024).await)
+        let said = serde_json::from_slice::<Said>(&first_bytes(answer).await)
             .ok()
             .and_then(|s| s.message.or(s.localized_error_msg.map(|e| e.message)));
         // What a server wrote is escaped: none may drive the terminal.
@@ -101,17 +101,16 @@ impl AdminApi {
     }
 }
 
-/// At most `limit` bytes of an answer: one is a sentence; a proxy's page is cut, not read whole.
-async fn first_bytes(mut answer: reqwest::Response, limit: usize) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = answer.chunk().await {
-        body.extend_from_slice(&chunk);
-        if body.len() > limit {
-            body.truncate(limit);
-            break;
-        }
-    }
-    body
+/// At most this much of an answer is read: one is a sentence; a proxy's page is cut.
+const ANSWER_LIMIT: usize = 64 * 1024;
+
+/// The first `ANSWER_LIMIT` bytes of an answer (the cloud client's bounded read); nothing
+/// when it breaks off.
+async fn first_bytes(answer: reqwest::Response) -> Vec<u8> {
+    crate::cloud::read_at_most(answer, ANSWER_LIMIT)
+        .await
+        .map(|(body, _)| body)
+        .unwrap_or_default()
 }
 
 /// The API's base URL from `--api`: https, or http to a loopback address (a password goes
@@ -150,12 +149,13 @@ fn api_base(text: &str) -> anyhow::Result<url::Url> {
 
 #[cfg(test)]
 mod tests {
-    use super::{api_base, first_bytes};
+    use super::{api_base, first_bytes, ANSWER_LIMIT};
 
     #[tokio::test]
     async fn an_answer_is_read_to_64_kib_at_most() {
         let huge = axum::http::Response::new(vec![b'x'; 1 << 20]);
-        assert_eq!(first_bytes(huge.into(), 64 * 1024).await.len(), 64 * 1024);
+        assert_eq!(ANSWER_LIMIT, 64 * 1024);
+        assert_eq!(first_bytes(huge.into()).await.len(), 64 * 1024);
     }
 
     #[test]

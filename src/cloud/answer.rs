@@ -40,7 +40,7 @@ pub(super) fn timed_out(what: &str, limit: Duration) -> CloudError {
 }
 
 /// At most `limit` bytes of the body, and whether more was left unread.
-pub(super) async fn read_at_most(
+pub async fn read_at_most(
     mut response: Response,
     limit: usize,
 ) -> Result<(Vec<u8>, bool), reqwest::Error> {

@@ -24,6 +24,7 @@ use crate::secrets::Secret;
 use address_policy::{GuardedResolver, Refusal};
 
 pub use address_policy::AddressPolicy;
+pub use answer::read_at_most;
 pub use error::{Cause, CloudError};
 pub use glance::{Glance, GlanceImage, DEPLOYMENT_PROPERTY, TICKET_PROPERTY};
 pub use keystone::Keystone;
