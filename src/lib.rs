@@ -24,6 +24,8 @@
 //! | · `params`    | path and query parameters: one struct parses and documents each route's  |
 //! | · `auth`      | who is calling (Basic, API keys), the login lock, remembered logins      |
 //! |               | (one check per credential); signatures bound to a method, writes once    |
+//! | · `filing`    | group commit: concurrent publishes stored as one statement and one commit, |
+//! |               | each answered once its batch committed; a failed batch refiled one by one |
 //! | · `publish_request` | the body of `POST …/pimages`, from XML or JSON, checked; its account |
 //! |               | given with a password or a stored one named                              |
 //! | · `wire`      | what the API sends: one struct per schema type                           |

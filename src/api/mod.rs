@@ -13,6 +13,7 @@ mod doc_parts;
 mod error;
 mod events;
 mod extract;
+mod filing;
 mod image_link;
 mod limits;
 mod observe;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub cloud_policy: AddressPolicy,
     /// Stored tickets on their way to RabbitMQ, after their request was answered.
     pub hand_offs: outbox::HandOffs,
+    /// Publishes stored together, one commit per batch (group commit).
+    pub filer: filing::Filer,
     pub max_body_bytes: usize,
     /// Live ticket events and worker heartbeats: one listener, every viewer.
     pub live: Hub,
@@ -217,13 +220,20 @@ impl Application {
         let pool = crate::store::connect_waiting(&settings.database).await?;
         let publisher = Arc::new(Publisher::new(settings.amqp.clone(), "pimage-api"));
         let listener = health::bind(settings.api.listen, "api.listen").await?;
+        let hand_offs = outbox::HandOffs::start(pool.clone(), publisher.clone());
+        let queued_tickets_per_user = settings.limits.queued_tickets_per_user.max(1);
         Ok(Application {
             reconciler: Reconciler::new(pool.clone(), secrets.clone(), &settings.cloud),
             timeouts: connection_timeouts(&settings.limits),
             listener,
             state: AppState {
                 auth: auth::Authenticator::new(pool.clone(), secrets.clone(), &settings.api),
-                hand_offs: outbox::HandOffs::start(pool.clone(), publisher.clone()),
+                filer: filing::Filer::start(
+                    pool.clone(),
+                    hand_offs.clone(),
+                    queued_tickets_per_user,
+                ),
+                hand_offs,
                 pool,
                 publisher,
                 secrets,
@@ -232,7 +242,7 @@ impl Application {
                 live: Hub::default(),
                 streams: limits::Streams::new(&settings.limits),
                 publish_rate: Arc::new(limits::PublishRate::new(&settings.limits)),
-                queued_tickets_per_user: settings.limits.queued_tickets_per_user.max(1),
+                queued_tickets_per_user,
                 uforge_version: settings.api.uforge_version.as_str().into(),
             },
             rescue: (

@@ -136,26 +136,23 @@ pub async fn publish(
             image.id, image.name
         )));
     }
-    let display_name = request
-        .display_name
-        .clone()
-        .unwrap_or_else(|| image.name.clone());
-    let (ticket, outbox_id) = create_within_quota(
+    let display_name = request.display_name.unwrap_or_else(|| image.name.clone());
+    let ticket = create_within_quota(
         &state,
         &image.owner_login,
-        &NewTicket {
+        NewTicket {
             image_id: image.id,
             user_id: caller_owner_id(&state, &caller, &image).await?,
-            display_name: &display_name,
+            display_name,
             public_image: request.public_image,
-            account_name: cloud.account_name.as_deref(),
-            keystone_url: &cloud.keystone_url,
-            keystone_version: &cloud.keystone_version,
-            keystone_domain: &request.keystone_domain,
-            keystone_project: &request.keystone_project,
-            glance_url: cloud.glance_url.as_deref(),
-            cloud_login: &cloud.login,
-            cloud_password_enc: &cloud.password_enc,
+            account_name: cloud.account_name,
+            keystone_url: cloud.keystone_url,
+            keystone_version: cloud.keystone_version,
+            keystone_domain: request.keystone_domain,
+            keystone_project: request.keystone_project,
+            glance_url: cloud.glance_url,
+            cloud_login: cloud.login,
+            cloud_password_enc: cloud.password_enc,
             bytes_total: image.size_bytes,
             cloud_account_id: cloud.account_id,
         },
@@ -163,10 +160,6 @@ pub async fn publish(
     .await?;
     tracing::info!(ticket_id = ticket.id, image_id = image.id, "ticket stored");
     metrics::counter!(metrics_catalog::PUBLISH_REQUESTS).increment(1);
-    // Handed to RabbitMQ after the answer: the outbox row already promises it (the relay
-    // publishes it if this process dies first), and the client need not wait for the
-    // broker's confirm.
-    state.hand_offs.created(ticket.id, outbox_id);
 
     let (doc, digest) = PublishImage::document(&ticket);
     let mut response = doc.render(format, StatusCode::CREATED);
@@ -179,31 +172,32 @@ pub async fn publish(
     Ok(response)
 }
 
-/// Stores the ticket unless its owner has `queued_tickets_per_user` unfinished already (429).
+/// Stores the ticket (with other requests' in one commit: `filing`) unless its owner has
+/// `queued_tickets_per_user` unfinished already (429). Once stored, it is on its way to
+/// RabbitMQ: its outbox row promises it, and the filing queued its hand-off.
 async fn create_within_quota(
     state: &AppState,
     owner: &str,
-    new: &NewTicket<'_>,
-) -> Result<(Ticket, i64), ApiError> {
-    let cap = state.queued_tickets_per_user;
-    let filed = tickets::create_within_quota(&state.pool, new, cap)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.constraint() == Some(ACCOUNT_FOREIGN_KEY) => {
-                account_deleted_meanwhile()
-            }
-            // Its image was deleted (`DELETE …/images/{itid}`) after this request found it.
-            sqlx::Error::Database(db) if db.constraint() == Some(IMAGE_FOREIGN_KEY) => {
-                ApiError::NotFound(format!("image {} was deleted meanwhile", new.image_id))
-            }
-            _ => ApiError::from(e),
-        })?;
+    new: NewTicket,
+) -> Result<Ticket, ApiError> {
+    let image_id = new.image_id;
+    let filed = state.filer.file(new).await.map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.constraint() == Some(ACCOUNT_FOREIGN_KEY) => {
+            account_deleted_meanwhile()
+        }
+        // Its image was deleted (`DELETE …/images/{itid}`) after this request found it.
+        sqlx::Error::Database(db) if db.constraint() == Some(IMAGE_FOREIGN_KEY) => {
+            ApiError::NotFound(format!("image {image_id} was deleted meanwhile"))
+        }
+        _ => ApiError::from(e),
+    })?;
     match filed {
-        tickets::Filed::Created(ticket, outbox_id) => Ok((*ticket, outbox_id)),
+        tickets::Filed::Created(ticket, _) => Ok(*ticket),
         tickets::Filed::OverQuota(unfinished) => Err(ApiError::TooManyRequests {
             message: format!(
                 "user '{owner}' has {unfinished} tickets queued or running, the most allowed is \
-                 {cap}: wait for some to end (or cancel some), then publish again"
+                 {}: wait for some to end (or cancel some), then publish again",
+                state.queued_tickets_per_user
             ),
             retry_after: QUOTA_RETRY_AFTER,
         }),

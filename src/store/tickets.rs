@@ -148,107 +148,181 @@ macro_rules! select_tickets {
     };
 }
 
-pub struct NewTicket<'a> {
+/// A ticket to store: what the request gives, checked. Owned, because it waits in the API's
+/// filing queue (`api::filing`) until its batch is stored.
+#[derive(Debug, Clone)]
+pub struct NewTicket {
     pub image_id: i64,
     pub user_id: i64,
-    pub display_name: &'a str,
+    pub display_name: String,
     pub public_image: bool,
-    pub account_name: Option<&'a str>,
-    pub keystone_url: &'a str,
-    pub keystone_version: &'a str,
-    pub keystone_domain: &'a str,
-    pub keystone_project: &'a str,
-    pub glance_url: Option<&'a str>,
-    pub cloud_login: &'a str,
-    pub cloud_password_enc: &'a [u8],
+    pub account_name: Option<String>,
+    pub keystone_url: String,
+    pub keystone_version: String,
+    pub keystone_domain: String,
+    pub keystone_project: String,
+    pub glance_url: Option<String>,
+    pub cloud_login: String,
+    pub cloud_password_enc: Vec<u8>,
     pub bytes_total: i64,
     /// The stored account it publishes with (`store::accounts`), if it names one.
     pub cloud_account_id: Option<i64>,
 }
 
-/// Stores a ticket, its outbox row and its `created` event in one transaction (the event is
-/// not announced here: `events::announce_created` announces a batch of them in one commit).
-/// Returns the ticket and the outbox row id, which the caller deletes once RabbitMQ
-/// confirmed the message.
+/// Stores one ticket (`create_many` of one).
 pub async fn create<'e>(
     executor: impl sqlx::PgExecutor<'e>,
-    new: &NewTicket<'_>,
+    new: &NewTicket,
 ) -> Result<(Ticket, i64), sqlx::Error> {
-    // One statement (one round trip, atomic by itself, as fast as the insert alone): the
-    // ticket, its outbox row, its event (the one event not written by `events`), and the
-    // ticket read back as the API shows it. Its row has one column more than `Ticket`, so it
-    // is a record, moved into a `Ticket` field by field.
-    let row = ticket_query!(
+    let mut created = create_many(executor, &[new]).await?;
+    created.pop().ok_or(sqlx::Error::RowNotFound)
+}
+
+/// The arrays one `create_many` statement reads its rows from: a column each.
+#[derive(Default)]
+struct Columns {
+    keys: Vec<Uuid>,
+    image_ids: Vec<i64>,
+    user_ids: Vec<i64>,
+    display_names: Vec<String>,
+    public_images: Vec<bool>,
+    account_names: Vec<Option<String>>,
+    keystone_urls: Vec<String>,
+    keystone_versions: Vec<String>,
+    keystone_domains: Vec<String>,
+    keystone_projects: Vec<String>,
+    glance_urls: Vec<Option<String>>,
+    cloud_logins: Vec<String>,
+    cloud_passwords_enc: Vec<Vec<u8>>,
+    bytes_totals: Vec<i64>,
+    cloud_account_ids: Vec<Option<i64>>,
+}
+
+impl Columns {
+    fn of(news: &[&NewTicket]) -> Columns {
+        let mut c = Columns::default();
+        for new in news {
+            // Made here, not by the column's default: the rows come back matched by it.
+            c.keys.push(Uuid::new_v4());
+            c.image_ids.push(new.image_id);
+            c.user_ids.push(new.user_id);
+            c.display_names.push(new.display_name.clone());
+            c.public_images.push(new.public_image);
+            c.account_names.push(new.account_name.clone());
+            c.keystone_urls.push(new.keystone_url.clone());
+            c.keystone_versions.push(new.keystone_version.clone());
+            c.keystone_domains.push(new.keystone_domain.clone());
+            c.keystone_projects.push(new.keystone_project.clone());
+            c.glance_urls.push(new.glance_url.clone());
+            c.cloud_logins.push(new.cloud_login.clone());
+            c.cloud_passwords_enc.push(new.cloud_password_enc.clone());
+            c.bytes_totals.push(new.bytes_total);
+            c.cloud_account_ids.push(new.cloud_account_id);
+        }
+        c
+    }
+}
+
+/// Stores tickets, each with its outbox row and its `created` event, in one statement (one
+/// round trip, atomic by itself; the events are not announced here:
+/// `events::announce_created` announces a batch of them in one commit). Returns each ticket
+/// as the API shows it with its outbox row's id (deleted once RabbitMQ confirmed the
+/// message), in the order given.
+pub async fn create_many<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    news: &[&NewTicket],
+) -> Result<Vec<(Ticket, i64)>, sqlx::Error> {
+    let c = Columns::of(news);
+    // The ticket's row has one column more than `Ticket`, so it is a record, moved into a
+    // `Ticket` field by field.
+    let rows = ticket_query!(
         query!()
         "WITH new_ticket AS (
-             INSERT INTO publish_tickets (image_id, user_id, display_name, public_image, account_name,
-                 keystone_url, keystone_version, keystone_domain, keystone_project, glance_url,
-                 cloud_login, cloud_password_enc, bytes_total, cloud_account_id, message)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'queued, waiting for a worker')
+             INSERT INTO publish_tickets (ticket_key, image_id, user_id, display_name, public_image,
+                 account_name, keystone_url, keystone_version, keystone_domain, keystone_project,
+                 glance_url, cloud_login, cloud_password_enc, bytes_total, cloud_account_id, message)
+             SELECT *, 'queued, waiting for a worker'
+               FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::bool[],
+                           $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                           $11::text[], $12::text[], $13::bytea[], $14::bigint[], $15::bigint[])
              RETURNING *),
-         outbox AS (INSERT INTO ticket_outbox (ticket_id) SELECT id FROM new_ticket RETURNING id),
+         outbox AS (INSERT INTO ticket_outbox (ticket_id) SELECT id FROM new_ticket
+                    RETURNING id, ticket_id),
          created AS (INSERT INTO ticket_events (ticket_id, kind, state, percentage, bytes_loaded,
                          bytes_total, message)
                      SELECT id, 'created', state, percentage, bytes_loaded, bytes_total, message
                        FROM new_ticket) ",
         ", o.id AS outbox_id",
         "new_ticket",
-        "CROSS JOIN outbox o",
-        new.image_id,
-        new.user_id,
-        new.display_name,
-        new.public_image,
-        new.account_name,
-        new.keystone_url,
-        new.keystone_version,
-        new.keystone_domain,
-        new.keystone_project,
-        new.glance_url,
-        new.cloud_login,
-        new.cloud_password_enc,
-        new.bytes_total,
-        new.cloud_account_id,
+        "JOIN outbox o ON o.ticket_id = t.id",
+        &c.keys,
+        &c.image_ids,
+        &c.user_ids,
+        &c.display_names,
+        &c.public_images,
+        &c.account_names as &[Option<String>],
+        &c.keystone_urls,
+        &c.keystone_versions,
+        &c.keystone_domains,
+        &c.keystone_projects,
+        &c.glance_urls as &[Option<String>],
+        &c.cloud_logins,
+        &c.cloud_passwords_enc,
+        &c.bytes_totals,
+        &c.cloud_account_ids as &[Option<i64>],
     )
-    .fetch_one(executor)
+    .fetch_all(executor)
     .await?;
-    let ticket = Ticket {
-        id: row.id,
-        ticket_key: row.ticket_key,
-        image_id: row.image_id,
-        scan_id: row.scan_id,
-        scanned_instance_id: row.scanned_instance_id,
-        owner_login: row.owner_login,
-        display_name: row.display_name,
-        public_image: row.public_image,
-        account_name: row.account_name,
-        keystone_url: row.keystone_url,
-        keystone_version: row.keystone_version,
-        keystone_domain: row.keystone_domain,
-        keystone_project: row.keystone_project,
-        glance_url: row.glance_url,
-        cloud_login: row.cloud_login,
-        cloud_password_enc: row.cloud_password_enc,
-        state: row.state,
-        attempts: row.attempts,
-        fencing_token: row.fencing_token,
-        cancel_requested: row.cancel_requested,
-        message: row.message,
-        percentage: row.percentage,
-        bytes_loaded: row.bytes_loaded,
-        bytes_total: row.bytes_total,
-        eta: row.eta,
-        error_message: row.error_message,
-        detailed_error_msg: row.detailed_error_msg,
-        cloud_id: row.cloud_id,
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-        started_at: row.started_at,
-        finished_at: row.finished_at,
-    };
-    Ok((ticket, row.outbox_id))
+    let mut created: Vec<Option<(Ticket, i64)>> = news.iter().map(|_| None).collect();
+    for row in rows {
+        let at = c.keys.iter().position(|k| *k == row.ticket_key);
+        let ticket = Ticket {
+            id: row.id,
+            ticket_key: row.ticket_key,
+            image_id: row.image_id,
+            scan_id: row.scan_id,
+            scanned_instance_id: row.scanned_instance_id,
+            owner_login: row.owner_login,
+            display_name: row.display_name,
+            public_image: row.public_image,
+            account_name: row.account_name,
+            keystone_url: row.keystone_url,
+            keystone_version: row.keystone_version,
+            keystone_domain: row.keystone_domain,
+            keystone_project: row.keystone_project,
+            glance_url: row.glance_url,
+            cloud_login: row.cloud_login,
+            cloud_password_enc: row.cloud_password_enc,
+            state: row.state,
+            attempts: row.attempts,
+            fencing_token: row.fencing_token,
+            cancel_requested: row.cancel_requested,
+            message: row.message,
+            percentage: row.percentage,
+            bytes_loaded: row.bytes_loaded,
+            bytes_total: row.bytes_total,
+            eta: row.eta,
+            error_message: row.error_message,
+            detailed_error_msg: row.detailed_error_msg,
+            cloud_id: row.cloud_id,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+        };
+        if let Some(slot) = at.and_then(|i| created.get_mut(i)) {
+            *slot = Some((ticket, row.outbox_id));
+        }
+    }
+    // Every row came back (the statement is atomic): a gap would be a bug of this function.
+    created
+        .into_iter()
+        .map(|c| c.ok_or(sqlx::Error::RowNotFound))
+        .collect()
 }
 
-/// What `create_within_quota` did.
+/// What `file_batch` did with one ticket.
+#[derive(Debug)]
 pub enum Filed {
     /// The ticket, and its outbox row's id (as `create` returns them).
     Created(Box<Ticket>, i64),
@@ -256,45 +330,96 @@ pub enum Filed {
     OverQuota(i64),
 }
 
-/// `create`, unless the owner already has `max_unfinished` tickets queued or running. The
-/// owner's row is locked first, so concurrent publishes of one user (through any API
-/// process) count one after another and cannot overshoot together.
-pub async fn create_within_quota(
+/// Files tickets, one outcome per ticket, in the order given: all in one transaction (one
+/// commit, `file_together`); when that fails, one by one, so that one bad ticket (its image
+/// or account deleted meanwhile) fails alone, with the error it would have had alone.
+pub async fn file_batch(
     pool: &PgPool,
-    new: &NewTicket<'_>,
+    news: &[NewTicket],
     max_unfinished: i64,
-) -> Result<Filed, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    // NO KEY UPDATE: other inserts' foreign-key checks on the row are not held up.
-    sqlx::query!(
-        "SELECT id FROM users WHERE id = $1 FOR NO KEY UPDATE",
-        new.user_id
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    // A statement of its own: its snapshot, taken after the lock, sees what the previous
-    // holder committed.
-    let unfinished = unfinished_of_user(&mut *tx, new.user_id).await?;
-    if unfinished >= max_unfinished {
-        return Ok(Filed::OverQuota(unfinished));
+) -> Vec<Result<Filed, sqlx::Error>> {
+    match file_together(pool, news, max_unfinished).await {
+        Ok(filed) => filed.into_iter().map(Ok).collect(),
+        Err(e) if news.len() == 1 => vec![Err(e)],
+        Err(e) => {
+            tracing::warn!(tickets = news.len(), error = %e, "a batch of publishes failed: filing them one by one");
+            let mut outcomes = Vec::with_capacity(news.len());
+            for new in news {
+                let alone = file_together(pool, std::slice::from_ref(new), max_unfinished);
+                outcomes.push(
+                    alone
+                        .await
+                        .and_then(|mut f| f.pop().ok_or(sqlx::Error::RowNotFound)),
+                );
+            }
+            outcomes
+        }
     }
-    let (ticket, outbox_id) = create(&mut *tx, new).await?;
-    tx.commit().await?;
-    Ok(Filed::Created(Box::new(ticket), outbox_id))
 }
 
-/// The user's tickets queued or running.
-pub async fn unfinished_of_user<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    user_id: i64,
-) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT count(*) AS "count!" FROM publish_tickets
-            WHERE user_id = $1 AND state IN ('queued', 'running')"#,
-        user_id
+/// Files tickets in one transaction (one commit for them all): each is created unless its
+/// owner already has `max_unfinished` tickets queued or running, counting those created
+/// before it in the batch. The owners' rows are locked first (in id order: batches of other
+/// API processes wait, never deadlock), so concurrent publishes of one user count one after
+/// another and cannot overshoot together. Any error fails them all.
+async fn file_together(
+    pool: &PgPool,
+    news: &[NewTicket],
+    max_unfinished: i64,
+) -> Result<Vec<Filed>, sqlx::Error> {
+    let mut owners: Vec<i64> = news.iter().map(|n| n.user_id).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    let mut tx = pool.begin().await?;
+    // NO KEY UPDATE: other inserts' foreign-key checks on the rows are not held up.
+    sqlx::query!(
+        "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+        &owners
     )
-    .fetch_one(executor)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    // A statement of its own: its snapshot, taken after the locks, sees what the previous
+    // holders committed.
+    let mut unfinished = unfinished_of_users(&mut *tx, &owners).await?;
+    let mut accepted = Vec::with_capacity(news.len());
+    // Per ticket: `Some(count)` over quota, `None` accepted.
+    let mut refused = Vec::with_capacity(news.len());
+    for new in news {
+        let count = unfinished.entry(new.user_id).or_insert(0);
+        if *count >= max_unfinished {
+            refused.push(Some(*count));
+        } else {
+            *count += 1;
+            accepted.push(new);
+            refused.push(None);
+        }
+    }
+    let mut created = create_many(&mut *tx, &accepted).await?.into_iter();
+    tx.commit().await?;
+    // `create_many` returns one row per ticket given, so every accepted ticket finds its own.
+    refused
+        .into_iter()
+        .map(|over| match over {
+            Some(count) => Some(Filed::OverQuota(count)),
+            None => created.next().map(|(t, o)| Filed::Created(Box::new(t), o)),
+        })
+        .collect::<Option<Vec<Filed>>>()
+        .ok_or(sqlx::Error::RowNotFound)
+}
+
+/// Tickets queued or running per user, of the users given (absent: none).
+async fn unfinished_of_users<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    user_ids: &[i64],
+) -> Result<std::collections::HashMap<i64, i64>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT user_id, count(*) AS "count!" FROM publish_tickets
+            WHERE user_id = ANY($1) AND state IN ('queued', 'running') GROUP BY user_id"#,
+        user_ids
+    )
+    .fetch_all(executor)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.user_id, r.count)).collect())
 }
 
 pub async fn get<'e>(

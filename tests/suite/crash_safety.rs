@@ -941,3 +941,144 @@ async fn chaos_kills_restarts_and_resets_lose_nothing() {
     }
     cluster.stop().await;
 }
+
+/// Group commit (issue 26) under a kill -9: the API dies during a flood of publishes, many of
+/// them waiting for their batch's commit. Every ticket whose `201` reached its client is
+/// stored whole and completes; no stored ticket is half-written (each has its one `created`
+/// event, and is delivered); the outbox drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_9_of_the_api_during_a_flood_of_publishes_loses_no_acknowledged_ticket() {
+    let _serial = SERIAL.lock().await;
+    let mut env = Env::new().await;
+    for limit in [
+        "PUBLISHES_PER_MINUTE",
+        "PUBLISH_BURST",
+        "QUEUED_TICKETS_PER_USER",
+    ] {
+        env.set(&format!("PIMAGE__LIMITS__{limit}"), 100_000);
+    }
+    let mut cluster = Cluster::start(env, 0).await;
+    let file = cluster.env.dir.join("flood.raw");
+    std::fs::write(&file, vec![7u8; 64 << 10]).unwrap();
+    let image = cluster.register(&file, "raw");
+
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<i64>::new()));
+    let clients: Vec<_> = (0..16)
+        .map(|n| {
+            let (url, acknowledged) = (
+                format!("{}/{image}/pimages", cluster.base),
+                acknowledged.clone(),
+            );
+            tokio::spawn(async move { flood(&url, &format!("flood {n}"), &acknowledged).await })
+        })
+        .collect();
+    let flooding = Instant::now();
+    while acknowledged.lock().unwrap().len() < 120 {
+        assert!(
+            flooding.elapsed() < Duration::from_secs(60),
+            "the flood never got 120 answers"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    signal(&cluster.apis[0].0, "-KILL");
+    let _ = cluster.apis[0].0.wait();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    // A new API (its relay hands off what the dead one left in the outbox) and two workers.
+    let port = cluster.apis[0].1;
+    cluster.apis[0].0 = cluster.env.spawn(&["api"], Some(port), "api-0-again");
+    wait_for_api(&cluster.base).await;
+    for i in 0..2 {
+        let worker = cluster.env.spawn(&["worker"], None, &format!("worker-{i}"));
+        cluster.workers.push(worker);
+    }
+    let stored = wait_all_complete(&cluster.pool, Duration::from_secs(240)).await;
+    for id in &acknowledged {
+        assert!(
+            stored.contains(id),
+            "ticket {id} was acknowledged (201) but is not stored"
+        );
+    }
+    let half_written: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT t.id, count(e.id) FROM publish_tickets t
+           LEFT JOIN ticket_events e ON e.ticket_id = t.id AND e.kind = 'created'
+          GROUP BY t.id HAVING count(e.id) <> 1",
+    )
+    .fetch_all(&cluster.pool)
+    .await
+    .unwrap();
+    assert!(
+        half_written.is_empty(),
+        "tickets without exactly one creation: {half_written:?}"
+    );
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM ticket_outbox")
+        .fetch_one(&cluster.pool)
+        .await
+        .unwrap();
+    assert_eq!(outbox, 0, "the outbox did not drain");
+    eprintln!(
+        "kill -9 during the flood: {} acknowledged, {} stored, all complete",
+        acknowledged.len(),
+        stored.len()
+    );
+    cluster.stop().await;
+}
+
+/// Publishes at `url` until the API stops answering; each ticket acknowledged (201) is noted.
+async fn flood(url: &str, name: &str, acknowledged: &std::sync::Mutex<Vec<i64>>) {
+    let client = reqwest::Client::new();
+    loop {
+        let sent = client
+            .post(url)
+            .basic_auth("alice", Some(PASSWORD))
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .body(publish_json(name, "demo", "demopass", "demo"))
+            .send()
+            .await;
+        let Ok(resp) = sent else { return };
+        if resp.status() != StatusCode::CREATED {
+            panic!(
+                "publish answered {}: {:?}",
+                resp.status(),
+                resp.text().await
+            );
+        }
+        // The answer's body may be cut by the kill: then it was not acknowledged.
+        let Ok(ticket) = resp.json::<common::PublishImage>().await else {
+            return;
+        };
+        acknowledged.lock().unwrap().push(ticket.db_id);
+    }
+}
+
+/// Waits until every stored ticket is complete (failing on one in error or cancelled, or at
+/// `limit`); returns their ids.
+async fn wait_all_complete(pool: &PgPool, limit: Duration) -> HashSet<i64> {
+    let started = Instant::now();
+    loop {
+        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, state FROM publish_tickets")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        let failed: Vec<_> = rows
+            .iter()
+            .filter(|(_, s)| s == "error" || s == "cancelled")
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "tickets ended without completing: {failed:?}"
+        );
+        if rows.iter().all(|(_, s)| s == "complete") {
+            return rows.into_iter().map(|(id, _)| id).collect();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not all complete after {limit:?}: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

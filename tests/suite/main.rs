@@ -18,6 +18,7 @@ mod conversion;
 mod crash_safety;
 mod exhaustion;
 mod faults;
+mod group_commit;
 mod hammr;
 mod harness;
 mod hostile_cloud;
