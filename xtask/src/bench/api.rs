@@ -1,4 +1,6 @@
-//! The API under load (wrk) on its two hot paths, against pgbench -S on the same PostgreSQL.
+//! The API under load (wrk) on its two hot paths, beside pgbench on the same PostgreSQL: the
+//! status GET against `pgbench -S`, the publish POST against a bare durable 1 KiB insert per
+//! transaction at the same connection count (issue 26), with each one's CPU per request.
 
 use super::{pimage::note, profile, Knobs, Paths, Pimage};
 use crate::process::{clock_ticks, cmd, cpu_seconds, output, pgrep, run as run_cmd};
@@ -52,71 +54,105 @@ pub fn run(p: &mut Pimage, _paths: &Paths, k: &Knobs, r: &mut Report) -> Result<
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null()),
     )?;
+    let insert = p.work().join("insert.sql");
+    std::fs::write(
+        &insert,
+        "INSERT INTO bare_insert (payload) VALUES (repeat('x', 1024));\n",
+    )?;
+    p.psql(
+        "pimage_pgbench",
+        "CREATE TABLE bare_insert (id bigserial PRIMARY KEY, payload text NOT NULL)",
+    )?;
     let c = k.connections;
     let mut s = Section::new(
         format!(
-            "API (wrk -t2 -c{c}, {} s each; pgbench -S -c{c} -j2)",
+            "API (wrk -t2, {} s each after a 3 s warm-up) beside pgbench on the same PostgreSQL",
             k.seconds
         ),
-        &["load", "requests/s", "p50 ms", "p99 ms", "non-2xx / errors"],
+        &[
+            "load",
+            "connections",
+            "requests/s",
+            "p50 ms",
+            "p99 ms",
+            "CPU ms per request: API / PostgreSQL",
+            "non-2xx / errors",
+        ],
     );
     let status = wrk_run(
         p,
         k,
         &mut s,
         "GET …/pimages/N/status (JSON)",
+        c,
         &format!("{}/{ticket}/status", p.api),
         &get,
     )?;
-    let publish = wrk_run(
+    let select = pgbench_run(
         p,
         k,
         &mut s,
-        "POST …/pimages (insert + queue publish)",
-        &format!("{}/{uri}/pimages", p.api),
-        &post,
+        "pgbench -S (one SELECT by primary key)",
+        c,
+        &["-S"],
     )?;
-    let out = output(&mut cmd(
-        "pgbench",
-        [
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-S",
-            &format!("-c{c}"),
-            "-j2",
-            &format!("-T{}", k.seconds),
-            "pimage_pgbench",
-        ],
-    ))?;
-    let (tps, latency) = parse_pgbench(&out)?;
-    s.rows.push(vec![
-        "pgbench -S (one SELECT by primary key)".into(),
-        thousands(tps),
-        format!("{latency:.2} (average)"),
-        "–".into(),
-        "0".into(),
-    ]);
-    let get_vs_pg = ratio(status["requests_per_s"].as_f64().unwrap_or(0.0), tps);
-    s.figures = json!({"status_get": status, "publish_post": publish,
-        "pgbench_select": {"tps": tps, "latency_avg_ms": latency}, "status_get_vs_pgbench": get_vs_pg});
-    let (post_rps, post_p99) = (
-        publish["requests_per_s"].as_f64().unwrap_or(0.0),
-        publish["p99_ms"].as_f64().unwrap_or(f64::MAX),
+    let get_vs_pg = ratio(
+        status["requests_per_s"].as_f64().unwrap_or(0.0),
+        select["tps"].as_f64().unwrap_or(0.0),
     );
-    r.target(
-        "POST …/pimages requests/s",
-        post_rps,
-        "≥ 2000 (p99 < 20 ms)",
-        post_rps >= 2000.0 && post_p99 < 20.0,
-    );
+    let mut figures =
+        json!({"status_get": status, "pgbench_select": select, "status_get_vs_pgbench": get_vs_pg});
+    let insert = insert.to_string_lossy().to_string();
+    for conns in [c, 64] {
+        let post = wrk_run(
+            p,
+            k,
+            &mut s,
+            "POST …/pimages (filed, group commit)",
+            conns,
+            &format!("{}/{uri}/pimages", p.api),
+            &post,
+        )?;
+        let bare = pgbench_run(
+            p,
+            k,
+            &mut s,
+            "pgbench: a bare durable 1 KiB insert per transaction",
+            conns,
+            &["-n", "-f", &insert],
+        )?;
+        let post_vs_insert = ratio(
+            post["requests_per_s"].as_f64().unwrap_or(0.0),
+            bare["tps"].as_f64().unwrap_or(0.0),
+        );
+        r.target(
+            format!("POST …/pimages / pgbench bare insert, -c{conns}"),
+            post_vs_insert,
+            "≥ 0.25",
+            post_vs_insert >= 0.25,
+        );
+        if conns == 64 {
+            let p99 = post["p99_ms"].as_f64().unwrap_or(f64::MAX);
+            r.target("POST …/pimages p99 ms, -c64", p99, "< 25", p99 < 25.0);
+        }
+        let api_ms = post["api_cpu_ms_per_request"].as_f64().unwrap_or(f64::MAX);
+        r.target(
+            format!("API CPU ms per POST, -c{conns}"),
+            api_ms,
+            "≤ 0.25",
+            api_ms <= 0.25,
+        );
+        figures[format!("publish_post_c{conns}")] = post;
+        figures[format!("pgbench_insert_c{conns}")] = bare;
+        figures[format!("publish_post_vs_insert_c{conns}")] = json!(post_vs_insert);
+    }
+    s.figures = figures;
     let get_p99 = status["p99_ms"].as_f64().unwrap_or(f64::MAX);
     r.target(
         "GET …/status / pgbench -S",
         get_vs_pg,
-        "≥ 0.5 (p99 < 20 ms)",
-        get_vs_pg >= 0.5 && get_p99 < 20.0,
+        "≥ 1.5 (p99 < 20 ms)",
+        get_vs_pg >= 1.5 && get_p99 < 20.0,
     );
     r.add(s);
     p.psql(
@@ -127,6 +163,49 @@ pub fn run(p: &mut Pimage, _paths: &Paths, k: &Knobs, r: &mut Report) -> Result<
     Ok(())
 }
 
+/// CPU seconds used so far by the API, PostgreSQL and RabbitMQ.
+fn cpu_now(p: &Pimage) -> [f64; 3] {
+    let hz = clock_ticks();
+    [
+        cpu_seconds(&[p.api_pid], hz),
+        cpu_seconds(&pgrep(&["-u", "postgres"]), hz),
+        cpu_seconds(&pgrep(&["beam.smp"]), hz),
+    ]
+}
+
+/// One pgbench line: `args` (a built-in script or `-f FILE`) at `conns` clients for the run's
+/// seconds, on the scratch database, with the CPU it cost PostgreSQL.
+fn pgbench_run(
+    p: &Pimage,
+    k: &Knobs,
+    s: &mut Section,
+    name: &str,
+    conns: u64,
+    args: &[&str],
+) -> Result<Value> {
+    let (c, t) = (format!("-c{conns}"), format!("-T{}", k.seconds));
+    let mut all = vec!["-h", "127.0.0.1", "-U", "postgres", &c, "-j2", &t];
+    all.extend_from_slice(args);
+    all.push("pimage_pgbench");
+    let before = cpu_now(p);
+    let out = output(&mut cmd("pgbench", all))?;
+    let pg_cpu = cpu_now(p)[1] - before[1];
+    let (tps, latency) = parse_pgbench(&out)?;
+    let pg_ms = pg_cpu * 1000.0 / (tps * k.seconds as f64).max(1.0);
+    s.rows.push(vec![
+        name.into(),
+        conns.to_string(),
+        thousands(tps),
+        format!("{latency:.2} (average)"),
+        "–".into(),
+        format!("– / {pg_ms:.3}"),
+        "0".into(),
+    ]);
+    Ok(
+        json!({"connections": conns, "tps": tps, "latency_avg_ms": latency, "postgres_cpu_ms_per_transaction": pg_ms}),
+    )
+}
+
 /// One line of the table: a 3 s warm-up (pools connect, statements get prepared, each
 /// connection's first request pays argon2), then the measured run.
 fn wrk_run(
@@ -134,10 +213,11 @@ fn wrk_run(
     k: &Knobs,
     s: &mut Section,
     name: &str,
+    connections: u64,
     url: &str,
     script: &std::path::Path,
 ) -> Result<Value> {
-    let conns = format!("-c{}", k.connections);
+    let conns = format!("-c{connections}");
     let script = script.to_string_lossy().to_string();
     let _ = output(&mut cmd("wrk", ["-t2", &conns, "-d3s", "-s", &script, url]));
     let profiling = k.profile.then(|| {
@@ -157,13 +237,7 @@ fn wrk_run(
             profile::start(&pg, p.work().join("perf-pg.data"), false, secs),
         )
     });
-    let hz = clock_ticks();
-    let cpu = |pids: &[u32]| cpu_seconds(pids, hz);
-    let (a0, p0, r0) = (
-        cpu(&[p.api_pid]),
-        cpu(&pgrep(&["-u", "postgres"])),
-        cpu(&pgrep(&["beam.smp"])),
-    );
+    let before = cpu_now(p);
     let out = output(&mut cmd(
         "wrk",
         [
@@ -176,13 +250,12 @@ fn wrk_run(
             url,
         ],
     ))?;
+    let after = cpu_now(p);
+    let used: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
     // Where the two cores went during the run (wrk takes the rest).
     note(format!(
-        "{name}: CPU s over {} s: API {:.0}, PostgreSQL {:.0}, RabbitMQ {:.0}",
-        k.seconds,
-        cpu(&[p.api_pid]) - a0,
-        cpu(&pgrep(&["-u", "postgres"])) - p0,
-        cpu(&pgrep(&["beam.smp"])) - r0
+        "{name} -c{connections}: CPU s over {} s: API {:.1}, PostgreSQL {:.1}, RabbitMQ {:.1}",
+        k.seconds, used[0], used[1], used[2]
     ));
     if let Some((api, pg)) = profiling {
         let tag: String = name
@@ -210,15 +283,21 @@ fn wrk_run(
         .socket_errors
         .as_ref()
         .map_or(String::new(), |e| format!("; {e}"));
+    let requests = (w.requests_per_s * k.seconds as f64).max(1.0);
+    let per_request = |cpu: f64| cpu * 1000.0 / requests;
     s.rows.push(vec![
         name.to_string(),
+        connections.to_string(),
         thousands(w.requests_per_s),
         format!("{:.2}", w.p50_ms),
         format!("{:.2}", w.p99_ms),
+        format!("{:.3} / {:.3}", per_request(used[0]), per_request(used[1])),
         format!("{}{errors}", w.non_2xx),
     ]);
     Ok(
-        json!({"requests_per_s": w.requests_per_s, "p50_ms": w.p50_ms, "p99_ms": w.p99_ms,
-        "non_2xx": w.non_2xx, "socket_errors": w.socket_errors}),
+        json!({"connections": connections, "requests_per_s": w.requests_per_s, "p50_ms": w.p50_ms,
+        "p99_ms": w.p99_ms, "non_2xx": w.non_2xx, "socket_errors": w.socket_errors,
+        "api_cpu_ms_per_request": per_request(used[0]), "postgres_cpu_ms_per_request": per_request(used[1]),
+        "rabbitmq_cpu_ms_per_request": per_request(used[2])}),
     )
 }
