@@ -38,8 +38,23 @@ pub fn connect_lazy(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> 
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings every connection it hands out by default: a round trip before each
+        // query. Only a connection idle for a while is checked, where a restart of PostgreSQL
+        // leaves dead ones unnoticed; a busy one that died fails its query like any other.
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= CHECK_IDLE_AFTER {
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
+
+/// A pooled connection idle this long is pinged before it is handed out.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 /// Connects and applies pending migrations.
 pub async fn connect_and_migrate(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {

@@ -1,18 +1,20 @@
 //! `cargo xtask bench`: pimage side by side with the physical limit and with the tools users
 //! would run instead (docs/BENCHMARKS.md).
 //!
-//! Parts: `all` (machine, upload, memory, api, scale, writes), or one of them, or `console`
+//! Parts: `all` (machine, upload, memory, api, scale, writes, cost), or one of them, or `console`
 //! (not in all). `--quick`: small sizes, one run, short loads (checks that it all runs; the
 //! figures are not the documented ones). Knobs (environment): BENCH_UPLOAD_SIZES_MIB
 //! ("1024 4096"), BENCH_RUNS (3), BENCH_MEMORY_MIB (2048), BENCH_SECONDS (15),
 //! BENCH_CONNECTIONS (16), BENCH_SCALE_TICKETS (200), BENCH_SCALE_CLOUD_LIMIT (16),
 //! BENCH_FAIR_TICKETS (300), BENCH_WRITES_MIB (4096), BENCH_CONSOLE_TICKETS (100000),
+//! BENCH_COST_TICKETS (1000),
 //! BENCH_PROFILE=1 (perf), BENCH_BIN (the binary; default the release build), BENCH_WORK
 //! (scratch files), BENCH_VENV (python-openstackclient), BENCH_LOG (RUST_LOG).
 
 mod api;
 mod cloud;
 mod console;
+mod cost;
 mod machine;
 mod memory;
 mod pimage;
@@ -41,6 +43,7 @@ pub struct Knobs {
     pub fair_tickets: usize,
     pub writes_mib: u64,
     pub console_tickets: u64,
+    pub cost_tickets: usize,
     pub profile: bool,
 }
 
@@ -74,6 +77,7 @@ impl Knobs {
             fair_tickets: num("BENCH_FAIR_TICKETS", 300, 30) as usize,
             writes_mib: num("BENCH_WRITES_MIB", 4096, 256),
             console_tickets: num("BENCH_CONSOLE_TICKETS", 100_000, 5_000),
+            cost_tickets: num("BENCH_COST_TICKETS", 1000, 50) as usize,
             profile: env("BENCH_PROFILE").is_some_and(|v| !v.is_empty()),
         }
     }
@@ -112,8 +116,8 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
             other => bail!("unknown option {other}"),
         }
     }
-    const PARTS: [&str; 8] = [
-        "all", "upload", "memory", "api", "scale", "writes", "machine", "console",
+    const PARTS: [&str; 9] = [
+        "all", "upload", "memory", "api", "scale", "writes", "cost", "machine", "console",
     ];
     if !PARTS.contains(&part.as_str()) {
         bail!(
@@ -160,13 +164,15 @@ fn run_parts(part: &str, p: &mut Pimage, paths: &Paths, k: &Knobs, r: &mut Repor
             memory::run(p, paths, k, r)?;
             api::run(p, paths, k, r)?;
             scale::run(p, paths, k, r)?;
-            writes::run(p, k, r)
+            writes::run(p, k, r)?;
+            cost::run(p, k, r)
         }
         "upload" => upload::run(p, paths, k, r),
         "memory" => memory::run(p, paths, k, r),
         "api" => api::run(p, paths, k, r),
         "scale" => scale::run(p, paths, k, r),
         "writes" => writes::run(p, k, r),
+        "cost" => cost::run(p, k, r),
         "machine" => machine::run(p, paths, r),
         _ => console::run(p, k, r),
     }
@@ -180,7 +186,7 @@ fn setup(part: &str, paths: &Paths, build: bool) -> Result<()> {
         if !succeeds(&mut cmd("scripts/openstack-lab", ["status"])) {
             run(&mut cmd("scripts/openstack-lab", ["up"]))?;
         }
-        if !matches!(part, "scale" | "writes") {
+        if !matches!(part, "scale" | "writes" | "cost") {
             if !succeeds(&mut cmd("sh", ["-c", "command -v wrk"])) {
                 say("installing wrk");
                 run(cmd("apt-get", ["install", "-y", "-qq", "wrk"])
