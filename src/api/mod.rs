@@ -47,8 +47,19 @@ use crate::reconciler::Reconciler;
 use crate::secrets::SecretBox;
 use crate::{health, outbox};
 
+/// What every handler shares, behind one `Arc`: axum clones the state for each request and
+/// extractor, and a clone of the fields themselves (pool, senders, keys) costs far more.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+pub struct SharedState {
     pub pool: PgPool,
     pub publisher: Arc<Publisher>,
     pub secrets: SecretBox,
@@ -226,7 +237,7 @@ impl Application {
             reconciler: Reconciler::new(pool.clone(), secrets.clone(), &settings.cloud),
             timeouts: connection_timeouts(&settings.limits),
             listener,
-            state: AppState {
+            state: AppState(Arc::new(SharedState {
                 auth: auth::Authenticator::new(pool.clone(), secrets.clone(), &settings.api),
                 filer: filing::Filer::start(
                     pool.clone(),
@@ -244,7 +255,7 @@ impl Application {
                 publish_rate: Arc::new(limits::PublishRate::new(&settings.limits)),
                 queued_tickets_per_user,
                 uforge_version: settings.api.uforge_version.as_str().into(),
-            },
+            })),
             rescue: (
                 settings.worker.max_ticket_attempts,
                 settings.worker.rescue_interval,
