@@ -380,7 +380,7 @@ async fn file_together(
     .await?;
     // A statement of its own: its snapshot, taken after the locks, sees what the previous
     // holders committed.
-    let mut unfinished = unfinished_of_users(&mut *tx, &owners).await?;
+    let mut unfinished = unfinished_of_users(&mut *tx, &owners, max_unfinished).await?;
     let mut accepted = Vec::with_capacity(news.len());
     // Per ticket: `Some(count)` over quota, `None` accepted.
     let mut refused = Vec::with_capacity(news.len());
@@ -407,15 +407,21 @@ async fn file_together(
         .ok_or(sqlx::Error::RowNotFound)
 }
 
-/// Tickets queued or running per user, of the users given (absent: none).
+/// Tickets queued or running per user, of the users given, counted up to `limit` (the
+/// quota): a user's backlog costs the count no more than the quota allows it to hold.
 async fn unfinished_of_users<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     user_ids: &[i64],
+    limit: i64,
 ) -> Result<std::collections::HashMap<i64, i64>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"SELECT user_id, count(*) AS "count!" FROM publish_tickets
-            WHERE user_id = ANY($1) AND state IN ('queued', 'running') GROUP BY user_id"#,
-        user_ids
+        r#"SELECT u.id AS "user_id!",
+                  (SELECT count(*) FROM (SELECT 1 FROM publish_tickets t
+                                          WHERE t.user_id = u.id AND t.state IN ('queued', 'running')
+                                          LIMIT $2) AS held) AS "count!"
+             FROM UNNEST($1::bigint[]) AS u(id)"#,
+        user_ids,
+        limit
     )
     .fetch_all(executor)
     .await?;

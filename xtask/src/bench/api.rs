@@ -20,13 +20,7 @@ pub fn run(p: &mut Pimage, _paths: &Paths, k: &Knobs, r: &mut Report) -> Result<
     )))?;
     let post = p.work().join("post.lua");
     let get = p.work().join("get.lua");
-    std::fs::write(
-        &post,
-        format!(
-            "wrk.method = \"POST\"\nwrk.headers[\"Authorization\"] = \"Basic {auth}\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Accept\"] = \"application/json\"\nwrk.body = [[{}]]\n",
-            p.publish_body("wrk")
-        ),
-    )?;
+    std::fs::write(&post, publishers_script(p, k.publishers)?)?;
     std::fs::write(
         &get,
         format!("wrk.headers[\"Authorization\"] = \"Basic {auth}\"\nwrk.headers[\"Accept\"] = \"application/json\"\n"),
@@ -108,9 +102,9 @@ pub fn run(p: &mut Pimage, _paths: &Paths, k: &Knobs, r: &mut Report) -> Result<
             p,
             k,
             &mut s,
-            "POST …/pimages (filed, group commit)",
+            &format!("POST …/pimages ({} users in turn)", k.publishers),
             conns,
-            &format!("{}/{uri}/pimages", p.api),
+            &format!("http://127.0.0.1:{}/", super::pimage::PORT),
             &post,
         )?;
         let bare = pgbench_run(
@@ -161,6 +155,32 @@ pub fn run(p: &mut Pimage, _paths: &Paths, k: &Knobs, r: &mut Report) -> Result<
     )?;
     p.stop_all();
     Ok(())
+}
+
+/// A wrk script publishing as `n` users in turn, each its own image: many users publish at
+/// once, as in a deployment. (One user alone meets its quota of unfinished tickets,
+/// `limits.queued_tickets_per_user`, 200 by default, within a second of such a load.)
+fn publishers_script(p: &Pimage, n: usize) -> Result<String> {
+    let mut requests = String::new();
+    for i in 1..=n {
+        let login = format!("publisher{i}");
+        p.add_user(&login, false)?;
+        let uri = p.make_image(1, &login)?;
+        let auth = output(&mut crate::process::sh(&format!(
+            "printf '%s' '{login}:benchpass' | base64"
+        )))?;
+        requests.push_str(&format!(
+            "  table.insert(requests, wrk.format(\"POST\", \"/api/{uri}/pimages\", \
+             {{[\"Authorization\"] = \"Basic {}\", [\"Content-Type\"] = \"application/json\", \
+             [\"Accept\"] = \"application/json\"}}, [[{}]]))\n",
+            auth.trim(),
+            p.publish_body(&login)
+        ));
+    }
+    Ok(format!(
+        "requests = {{}}\nnext_request = 0\ninit = function(args)\n{requests}end\n\
+         request = function()\n  next_request = next_request % #requests + 1\n  return requests[next_request]\nend\n"
+    ))
 }
 
 /// CPU seconds used so far by the API, PostgreSQL and RabbitMQ.
