@@ -7,7 +7,7 @@
 //! ("1024 4096"), BENCH_RUNS (3), BENCH_MEMORY_MIB (2048), BENCH_SECONDS (15),
 //! BENCH_CONNECTIONS (16), BENCH_SCALE_TICKETS (200), BENCH_SCALE_CLOUD_LIMIT (16),
 //! BENCH_FAIR_TICKETS (300), BENCH_WRITES_MIB (4096), BENCH_CONSOLE_TICKETS (100000),
-//! BENCH_COST_TICKETS (1000), BENCH_PUBLISHERS (64: the users whose publishes the API bench
+//! BENCH_COST_TICKETS (1000), BENCH_PUBLISHERS (256: the users whose publishes the API bench
 //! sends in turn),
 //! BENCH_PROFILE=1 (perf), BENCH_BIN (the binary; default the release build), BENCH_WORK
 //! (scratch files), BENCH_VENV (python-openstackclient), BENCH_LOG (RUST_LOG).
@@ -80,7 +80,7 @@ impl Knobs {
             writes_mib: num("BENCH_WRITES_MIB", 4096, 256),
             console_tickets: num("BENCH_CONSOLE_TICKETS", 100_000, 5_000),
             cost_tickets: num("BENCH_COST_TICKETS", 1000, 50) as usize,
-            publishers: num("BENCH_PUBLISHERS", 64, 8) as usize,
+            publishers: num("BENCH_PUBLISHERS", 256, 16) as usize,
             profile: env("BENCH_PROFILE").is_some_and(|v| !v.is_empty()),
         }
     }

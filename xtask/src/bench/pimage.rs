@@ -163,7 +163,12 @@ impl Pimage {
     }
 
     pub fn start_api(&mut self) -> Result<()> {
-        self.api_pid = self.spawn(&["api"], "api.log", &[])?;
+        self.start_api_with(&[])
+    }
+
+    /// The API with settings of its own (`PIMAGE__…` variables) over the run's.
+    pub fn start_api_with(&mut self, envs: &[(&str, String)]) -> Result<()> {
+        self.api_pid = self.spawn(&["api"], "api.log", envs)?;
         let url = format!("{}/status", self.api);
         self.wait_ready(&url, "the API", "api.log")
     }
