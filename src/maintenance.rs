@@ -1,5 +1,6 @@
 //! The background duties every process (API and worker) runs beside its own work: the
-//! outbox relay, the rescuer and the reconciler. Started in one place, joined in one place.
+//! outbox relay, the rescuer (and retention, where its settings are given) and the
+//! reconciler. Started in one place, joined in one place.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::queue::Publisher;
 use crate::reconciler::Reconciler;
 use crate::{outbox, rescuer};
+
+pub use crate::rescuer::Retention;
 
 /// What the duties need: the database, the publisher, and the rescuer's settings.
 pub struct MaintenanceContext {
@@ -30,8 +33,18 @@ pub struct Maintenance {
 }
 
 impl Maintenance {
-    /// Starts the relay, the rescuer and the reconciler; each stops at `shutdown`.
+    /// Starts the relay, the rescuer and the reconciler; each stops at `shutdown`. No
+    /// retention: see `start_retaining`.
     pub fn start(ctx: MaintenanceContext, shutdown: &CancellationToken) -> Maintenance {
+        Maintenance::start_retaining(ctx, None, shutdown)
+    }
+
+    /// `start`, the rescuer also applying `retention` (issue 26) when given.
+    pub fn start_retaining(
+        ctx: MaintenanceContext,
+        retention: Option<Retention>,
+        shutdown: &CancellationToken,
+    ) -> Maintenance {
         let relay = tokio::spawn(outbox::run_relay(
             ctx.pool.clone(),
             ctx.publisher.clone(),
@@ -42,6 +55,7 @@ impl Maintenance {
             ctx.publisher,
             ctx.max_ticket_attempts,
             ctx.interval,
+            retention,
             shutdown.clone(),
         ));
         let reconciler = tokio::spawn(ctx.reconciler.run(ctx.interval, shutdown.clone()));

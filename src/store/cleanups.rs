@@ -232,36 +232,108 @@ pub async fn count_pending(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
     Ok((row.pending, row.failing))
 }
 
-/// Every cloud account tickets (and pending cleanups) name: where the orphan sweep looks.
-pub async fn known_accounts(pool: &PgPool) -> Result<Vec<StoredAccount>, sqlx::Error> {
-    // One row per account, with its newest sealed password, not one per ticket: sealing
-    // uses a fresh nonce, so a plain DISTINCT would keep every ticket.
+/// Where a page of `accounts_after` ends: the last account's key (`glance_url` NULL as '').
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct AccountKey {
+    pub keystone_url: String,
+    pub keystone_domain: String,
+    pub keystone_project: String,
+    pub cloud_login: String,
+    pub glance_url: String,
+}
+
+impl StoredAccount {
+    /// Its place in `accounts_after`'s order.
+    pub fn key(&self) -> AccountKey {
+        AccountKey {
+            keystone_url: self.keystone_url.clone(),
+            keystone_domain: self.keystone_domain.clone(),
+            keystone_project: self.keystone_project.clone(),
+            cloud_login: self.cloud_login.clone(),
+            glance_url: self.glance_url.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The next `limit` cloud accounts tickets name after `after` (the first page: the default
+/// key), in key order, each with its newest ticket's sealed password: where the orphan sweep
+/// looks. A skip scan of `publish_tickets_account`: one index probe per account, however
+/// many tickets each has.
+pub async fn accounts_after(
+    pool: &PgPool,
+    after: &AccountKey,
+    limit: i64,
+) -> Result<Vec<StoredAccount>, sqlx::Error> {
+    sqlx::query_as!(
+        StoredAccount,
+        // Each step reads the account's newest ticket row itself: no join back to the table.
+        r#"WITH RECURSIVE acc AS (
+             (SELECT 1 AS n, t.keystone_url, t.keystone_domain, t.keystone_project,
+                     t.cloud_login, COALESCE(t.glance_url, '') AS glance, t.glance_url,
+                     t.cloud_password_enc
+                FROM publish_tickets t
+               WHERE (t.keystone_url, t.keystone_domain, t.keystone_project, t.cloud_login,
+                      COALESCE(t.glance_url, '')) > ($1, $2, $3, $4, $5)
+               ORDER BY t.keystone_url, t.keystone_domain, t.keystone_project, t.cloud_login,
+                        COALESCE(t.glance_url, ''), t.id DESC
+               LIMIT 1)
+             UNION ALL
+             SELECT nxt.* FROM acc a CROSS JOIN LATERAL
+                 (SELECT a.n + 1, t.keystone_url, t.keystone_domain, t.keystone_project,
+                         t.cloud_login, COALESCE(t.glance_url, ''), t.glance_url,
+                         t.cloud_password_enc
+                    FROM publish_tickets t
+                   WHERE (t.keystone_url, t.keystone_domain, t.keystone_project, t.cloud_login,
+                          COALESCE(t.glance_url, ''))
+                       > (a.keystone_url, a.keystone_domain, a.keystone_project, a.cloud_login,
+                          a.glance)
+                   ORDER BY t.keystone_url, t.keystone_domain, t.keystone_project,
+                            t.cloud_login, COALESCE(t.glance_url, ''), t.id DESC
+                   LIMIT 1) nxt
+              WHERE a.n < $6::bigint)
+           SELECT keystone_url AS "keystone_url!", keystone_domain AS "keystone_domain!",
+                  keystone_project AS "keystone_project!", glance_url,
+                  cloud_login AS "cloud_login!", cloud_password_enc AS "cloud_password_enc!"
+             FROM acc ORDER BY n"#,
+        after.keystone_url,
+        after.keystone_domain,
+        after.keystone_project,
+        after.cloud_login,
+        after.glance_url,
+        limit,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The accounts of pending cleanups with an id above `after_id` (`limit` of them, by id,
+/// with that id): a deleted ticket's account is known only there.
+pub async fn cleanup_accounts_after(
+    pool: &PgPool,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<(i64, StoredAccount)>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"SELECT DISTINCT ON (keystone_url, keystone_domain, keystone_project, glance_url,
-                              cloud_login)
-                keystone_url AS "keystone_url!", keystone_domain AS "keystone_domain!",
-                keystone_project AS "keystone_project!", glance_url,
-                cloud_login AS "cloud_login!", cloud_password_enc AS "cloud_password_enc!"
-           FROM (SELECT keystone_url, keystone_domain, keystone_project, glance_url, cloud_login,
-                        cloud_password_enc, created_at FROM publish_tickets
-                 UNION ALL
-                 SELECT keystone_url, keystone_domain, keystone_project, glance_url, cloud_login,
-                        cloud_password_enc, created_at FROM image_cleanups WHERE done_at IS NULL)
-                accounts
-          ORDER BY keystone_url, keystone_domain, keystone_project, glance_url, cloud_login,
-                   created_at DESC"#
+        "SELECT id, keystone_url, keystone_domain, keystone_project, glance_url, cloud_login,
+                cloud_password_enc
+           FROM image_cleanups WHERE done_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
+        after_id,
+        limit
     )
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| StoredAccount {
-            keystone_url: r.keystone_url,
-            keystone_domain: r.keystone_domain,
-            keystone_project: r.keystone_project,
-            glance_url: r.glance_url,
-            cloud_login: r.cloud_login,
-            cloud_password_enc: r.cloud_password_enc,
+        .map(|r| {
+            let account = StoredAccount {
+                keystone_url: r.keystone_url,
+                keystone_domain: r.keystone_domain,
+                keystone_project: r.keystone_project,
+                glance_url: r.glance_url,
+                cloud_login: r.cloud_login,
+                cloud_password_enc: r.cloud_password_enc,
+            };
+            (r.id, account)
         })
         .collect())
 }

@@ -26,7 +26,8 @@ impl WorkerApp {
                 settings.amqp.clone(),
                 settings.cloud.clone(),
                 secrets,
-            ),
+            )
+            .retaining(&settings.retention),
         })
     }
 

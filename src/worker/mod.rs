@@ -40,8 +40,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::cloud::{AddressPolicy, Sessions};
-use crate::config::{AmqpSettings, CloudSettings, WorkerSettings};
-use crate::maintenance::{Maintenance, MaintenanceContext};
+use crate::config::{AmqpSettings, CloudSettings, RetentionSettings, WorkerSettings};
+use crate::maintenance::{Maintenance, MaintenanceContext, Retention};
 use crate::queue::{self, Publisher};
 use crate::reconciler::Reconciler;
 use crate::retry::Backoff;
@@ -75,6 +75,8 @@ struct Worker {
     deployment: String,
     /// Deletes what ended tickets left in the cloud; run beside the rescuer.
     reconciler: Reconciler,
+    /// What the rescuer forgets, and when (`[retention]`); `None`: nothing.
+    retention: Option<Retention>,
 }
 
 impl Worker {
@@ -108,6 +110,22 @@ impl Worker {
             cancels: CancelWatch::default(),
             publisher,
             id,
+            retention: None,
+        }
+    }
+
+    /// The worker's rescuer applies `retention` (issue 26).
+    fn retaining(self, r: &RetentionSettings) -> Worker {
+        let retention = Retention {
+            finished_tickets: r.finished_tickets,
+            events: r.events,
+            batch: r.batch,
+            batches_per_round: r.batches_per_round,
+            every: r.every,
+        };
+        Worker {
+            retention: Some(retention),
+            ..self
         }
     }
 
@@ -144,7 +162,7 @@ impl Worker {
         let abort = CancellationToken::new();
         let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1) as usize));
         let background = self.start_listeners(&shutdown);
-        let maintenance = Maintenance::start(
+        let maintenance = Maintenance::start_retaining(
             MaintenanceContext {
                 pool: self.pool.clone(),
                 publisher: self.publisher.clone(),
@@ -152,6 +170,7 @@ impl Worker {
                 max_ticket_attempts: self.settings.max_ticket_attempts,
                 interval: self.settings.rescue_interval,
             },
+            self.retention.clone(),
             &shutdown,
         );
         // The heartbeat outlives the consume loop: the worker is there until its uploads end.
