@@ -195,3 +195,34 @@ pub async fn last_hour(pool: &PgPool) -> Result<LastHour, sqlx::Error> {
         bytes_sent: sent.bytes,
     })
 }
+
+/// Tickets per state for the Overview and the `pimage_tickets` gauge without counting every
+/// ticket kept (`tickets::count_by_state` reads them all): queued and running are counted
+/// (their partial indexes: the work in flight), ended states estimated from the planner's
+/// statistics of the table (its row count times each state's share, as autovacuum's last
+/// ANALYZE saw them). Returns (state, count, counted exactly).
+pub async fn tickets_per_state(pool: &PgPool) -> Result<Vec<(String, i64, bool)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT s.state AS "state!",
+                  CASE s.state
+                      WHEN 'queued' THEN (SELECT count(*) FROM publish_tickets WHERE state = 'queued')
+                      WHEN 'running' THEN (SELECT count(*) FROM publish_tickets WHERE state = 'running')
+                      ELSE (SELECT (GREATEST(c.reltuples, 0) * f.freq)::bigint
+                              FROM pg_class c, pg_stats st,
+                                   unnest(st.most_common_vals::text::text[], st.most_common_freqs)
+                                       AS f(val, freq)
+                             WHERE c.oid = 'publish_tickets'::regclass
+                               AND st.schemaname = current_schema()
+                               AND st.tablename = 'publish_tickets' AND st.attname = 'state'
+                               AND f.val = s.state)
+                  END AS "count",
+                  s.state IN ('queued', 'running') AS "exact!"
+             FROM unnest(ARRAY['queued', 'running', 'complete', 'error', 'cancelled']) AS s(state)"#
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.state, r.count.unwrap_or(0), r.exact))
+        .collect())
+}

@@ -319,6 +319,7 @@ async fn the_status_read_and_the_console_read_by_index() {
             ("console", "tickets", 0, &cloud),
             ("console", "tickets", 0, &image),
             ("console", "running_per_cloud", 0, &[]),
+            ("console", "tickets_per_state", 0, &[]),
             ("console", "last_hour", 0, &[]),
             ("console", "last_hour", 1, &[]),
             ("workers", "live", 0, &["'30'"]),
@@ -330,4 +331,24 @@ async fn the_status_read_and_the_console_read_by_index() {
         ],
     )
     .await;
+}
+
+/// What deleting a ticket (retention, an operator) makes its foreign keys run, per ticket:
+/// the statements Postgres's referential actions issue (not in `src/store`).
+#[tokio::test]
+async fn deleting_a_ticket_cascades_by_index() {
+    let (_database, mut conn) = session().await;
+    let mut failures = Vec::new();
+    for sql in [
+        "DELETE FROM ticket_attempts WHERE ticket_id = $1",
+        "DELETE FROM ticket_outbox WHERE ticket_id = $1",
+        "UPDATE image_cleanups SET ticket_id = NULL WHERE ticket_id = $1",
+    ] {
+        let mut found = Vec::new();
+        whole_reads(&plan(&mut conn, sql, &["'42'"]).await, false, &mut found);
+        if !found.is_empty() {
+            failures.push(format!("{sql}: {found:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }

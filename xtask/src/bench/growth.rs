@@ -191,9 +191,16 @@ const QUERIES: &[Query] = &[
     ),
     q("console: workers", "workers", "live", 0, &["'30'"]),
     q(
-        "console, /metrics: tickets per state",
+        "console, /metrics: tickets per state (tickets::count_by_state)",
         "tickets",
         "count_by_state",
+        0,
+        &[],
+    ),
+    q(
+        "the same, live counted, ended estimated (console::tickets_per_state)",
+        "console",
+        "tickets_per_state",
         0,
         &[],
     ),
