@@ -493,7 +493,7 @@ CREATE INDEX image_cleanups_ticket ON public.image_cleanups USING btree (ticket_
 
 CREATE INDEX images_scan_id ON public.images USING btree (scan_id);
 
-CREATE INDEX publish_tickets_account ON public.publish_tickets USING btree (keystone_url, keystone_domain, keystone_project, cloud_login, COALESCE(glance_url, ''::text), id DESC);
+CREATE INDEX publish_tickets_account ON public.publish_tickets USING btree (hashtextextended(((((((((keystone_url || ''::text) || keystone_domain) || ''::text) || keystone_project) || ''::text) || cloud_login) || ''::text) || COALESCE(glance_url, ''::text)), (0)::bigint), id DESC);
 
 CREATE INDEX publish_tickets_cloud_account ON public.publish_tickets USING btree (cloud_account_id) WHERE (cloud_account_id IS NOT NULL);
 

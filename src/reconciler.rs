@@ -194,14 +194,14 @@ impl Reconciler {
     async fn sweep_orphans(&self) -> Result<usize, sqlx::Error> {
         let mut seen = HashSet::new();
         let mut deleted = 0;
-        let mut after = AccountKey::default();
+        let mut after = cleanups::FIRST_ACCOUNT;
         loop {
-            let page = cleanups::accounts_after(&self.pool, &after, ACCOUNTS_PER_PAGE).await?;
-            for stored in &page {
+            let page = cleanups::accounts_after(&self.pool, after, ACCOUNTS_PER_PAGE).await?;
+            for (_, stored) in &page {
                 deleted += self.sweep_account(stored, &mut seen).await?;
             }
             match page.last() {
-                Some(last) if page.len() as i64 == ACCOUNTS_PER_PAGE => after = last.key(),
+                Some((hash, _)) if page.len() as i64 == ACCOUNTS_PER_PAGE => after = *hash,
                 _ => break,
             }
         }

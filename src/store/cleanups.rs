@@ -232,7 +232,7 @@ pub async fn count_pending(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
     Ok((row.pending, row.failing))
 }
 
-/// Where a page of `accounts_after` ends: the last account's key (`glance_url` NULL as '').
+/// An account as `publish_tickets_account` orders them (what it logs in as, hashed).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct AccountKey {
     pub keystone_url: String,
@@ -243,7 +243,7 @@ pub struct AccountKey {
 }
 
 impl StoredAccount {
-    /// Its place in `accounts_after`'s order.
+    /// What tells it from another account (its password aside).
     pub fn key(&self) -> AccountKey {
         AccountKey {
             keystone_url: self.keystone_url.clone(),
@@ -255,55 +255,65 @@ impl StoredAccount {
     }
 }
 
-/// The next `limit` cloud accounts tickets name after `after` (the first page: the default
-/// key), in key order, each with its newest ticket's sealed password: where the orphan sweep
-/// looks. A skip scan of `publish_tickets_account`: one index probe per account, however
-/// many tickets each has.
+/// The first page of `accounts_after`.
+pub const FIRST_ACCOUNT: i64 = i64::MIN;
+
+/// The next `limit` cloud accounts tickets name, in the order of their hash, after the hash
+/// `after` (`FIRST_ACCOUNT` to start), each with its hash (the next page's `after`) and its
+/// newest ticket's sealed password: where the orphan sweep looks. A skip scan of
+/// `publish_tickets_account`: one index probe per account, however many tickets each has.
 pub async fn accounts_after(
     pool: &PgPool,
-    after: &AccountKey,
+    after: i64,
     limit: i64,
-) -> Result<Vec<StoredAccount>, sqlx::Error> {
-    sqlx::query_as!(
-        StoredAccount,
+) -> Result<Vec<(i64, StoredAccount)>, sqlx::Error> {
+    let rows = sqlx::query!(
         // Each step reads the account's newest ticket row itself: no join back to the table.
         r#"WITH RECURSIVE acc AS (
-             (SELECT 1 AS n, t.keystone_url, t.keystone_domain, t.keystone_project,
-                     t.cloud_login, COALESCE(t.glance_url, '') AS glance, t.glance_url,
-                     t.cloud_password_enc
+             (SELECT 1 AS n, hashtextextended(t.keystone_url || E'\x1f' || t.keystone_domain || E'\x1f' || t.keystone_project
+                         || E'\x1f' || t.cloud_login || E'\x1f' || COALESCE(t.glance_url, ''), 0) AS h, t.keystone_url, t.keystone_domain,
+                     t.keystone_project, t.cloud_login, t.glance_url, t.cloud_password_enc
                 FROM publish_tickets t
-               WHERE (t.keystone_url, t.keystone_domain, t.keystone_project, t.cloud_login,
-                      COALESCE(t.glance_url, '')) > ($1, $2, $3, $4, $5)
-               ORDER BY t.keystone_url, t.keystone_domain, t.keystone_project, t.cloud_login,
-                        COALESCE(t.glance_url, ''), t.id DESC
+               WHERE hashtextextended(t.keystone_url || E'\x1f' || t.keystone_domain || E'\x1f' || t.keystone_project
+                         || E'\x1f' || t.cloud_login || E'\x1f' || COALESCE(t.glance_url, ''), 0) > $1
+               ORDER BY hashtextextended(t.keystone_url || E'\x1f' || t.keystone_domain || E'\x1f' || t.keystone_project
+                         || E'\x1f' || t.cloud_login || E'\x1f' || COALESCE(t.glance_url, ''), 0), t.id DESC
                LIMIT 1)
              UNION ALL
              SELECT nxt.* FROM acc a CROSS JOIN LATERAL
-                 (SELECT a.n + 1, t.keystone_url, t.keystone_domain, t.keystone_project,
-                         t.cloud_login, COALESCE(t.glance_url, ''), t.glance_url,
-                         t.cloud_password_enc
+                 (SELECT a.n + 1, hashtextextended(t.keystone_url || E'\x1f' || t.keystone_domain || E'\x1f' || t.keystone_project
+                         || E'\x1f' || t.cloud_login || E'\x1f' || COALESCE(t.glance_url, ''), 0), t.keystone_url, t.keystone_domain,
+                         t.keystone_project, t.cloud_login, t.glance_url, t.cloud_password_enc
                     FROM publish_tickets t
-                   WHERE (t.keystone_url, t.keystone_domain, t.keystone_project, t.cloud_login,
-                          COALESCE(t.glance_url, ''))
-                       > (a.keystone_url, a.keystone_domain, a.keystone_project, a.cloud_login,
-                          a.glance)
-                   ORDER BY t.keystone_url, t.keystone_domain, t.keystone_project,
-                            t.cloud_login, COALESCE(t.glance_url, ''), t.id DESC
+                   WHERE hashtextextended(t.keystone_url || E'\x1f' || t.keystone_domain || E'\x1f' || t.keystone_project
+                         || E'\x1f' || t.cloud_login || E'\x1f' || COALESCE(t.glance_url, ''), 0) > a.h
+                   ORDER BY hashtextextended(t.keystone_url || E'\x1f' || t.keystone_domain || E'\x1f' || t.keystone_project
+                         || E'\x1f' || t.cloud_login || E'\x1f' || COALESCE(t.glance_url, ''), 0), t.id DESC
                    LIMIT 1) nxt
-              WHERE a.n < $6::bigint)
-           SELECT keystone_url AS "keystone_url!", keystone_domain AS "keystone_domain!",
+              WHERE a.n < $2::bigint)
+           SELECT h AS "h!", keystone_url AS "keystone_url!", keystone_domain AS "keystone_domain!",
                   keystone_project AS "keystone_project!", glance_url,
                   cloud_login AS "cloud_login!", cloud_password_enc AS "cloud_password_enc!"
              FROM acc ORDER BY n"#,
-        after.keystone_url,
-        after.keystone_domain,
-        after.keystone_project,
-        after.cloud_login,
-        after.glance_url,
+        after,
         limit,
     )
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let account = StoredAccount {
+                keystone_url: r.keystone_url,
+                keystone_domain: r.keystone_domain,
+                keystone_project: r.keystone_project,
+                glance_url: r.glance_url,
+                cloud_login: r.cloud_login,
+                cloud_password_enc: r.cloud_password_enc,
+            };
+            (r.h, account)
+        })
+        .collect())
 }
 
 /// The accounts of pending cleanups with an id above `after_id` (`limit` of them, by id,

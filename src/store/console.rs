@@ -117,7 +117,10 @@ pub struct TicketLine {
     pub created_at: DateTime<Utc>,
 }
 
-/// Up to `limit` tickets matching `filter`, newest first.
+/// Up to `limit` tickets matching `filter`, newest first. A state or cloud filter starts
+/// the walk back at that state's (cloud's) newest ticket: the planner takes states to be
+/// spread evenly over ids, and would otherwise walk through a queued backlog newer than
+/// every ticket in `error` (issue 26).
 pub async fn tickets(
     pool: &PgPool,
     filter: &TicketFilter,
@@ -136,6 +139,9 @@ pub async fn tickets(
               AND ($5::timestamptz IS NULL OR t.created_at >= $5)
               AND ($6::timestamptz IS NULL OR t.created_at < $6)
               AND ($7::bigint IS NULL OR t.id < $7)
+              AND ($1::text IS NULL OR t.id <= (SELECT max(id) FROM publish_tickets WHERE state = $1))
+              AND ($3::text IS NULL
+                   OR t.id <= (SELECT max(id) FROM publish_tickets WHERE keystone_url = $3))
             ORDER BY t.id DESC
             LIMIT $8"#,
         filter.state.map(TicketState::as_str),

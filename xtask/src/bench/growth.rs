@@ -101,7 +101,7 @@ const QUERIES: &[Query] = &[
         "cleanups",
         "accounts_after",
         0,
-        &["''", "''", "''", "''", "''", "'100'"],
+        &["'-9223372036854775808'", "'100'"],
     ),
     q(
         "orphan sweep: cleanups' accounts",
