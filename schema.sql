@@ -483,11 +483,17 @@ CREATE INDEX api_keys_user_id ON public.api_keys USING btree (user_id);
 
 CREATE INDEX console_sessions_expires ON public.console_sessions USING btree (expires_at);
 
+CREATE INDEX image_cleanups_done ON public.image_cleanups USING btree (done_at) WHERE (done_at IS NOT NULL);
+
 CREATE INDEX image_cleanups_due ON public.image_cleanups USING btree (next_try_at) WHERE (done_at IS NULL);
 
-CREATE INDEX image_cleanups_ticket ON public.image_cleanups USING btree (ticket_id) WHERE (done_at IS NULL);
+CREATE INDEX image_cleanups_pending ON public.image_cleanups USING btree (id) WHERE (done_at IS NULL);
+
+CREATE INDEX image_cleanups_ticket ON public.image_cleanups USING btree (ticket_id);
 
 CREATE INDEX images_scan_id ON public.images USING btree (scan_id);
+
+CREATE INDEX publish_tickets_account ON public.publish_tickets USING btree (hashtextextended(((((((((keystone_url || ''::text) || keystone_domain) || ''::text) || keystone_project) || ''::text) || cloud_login) || ''::text) || COALESCE(glance_url, ''::text)), (0)::bigint), id DESC);
 
 CREATE INDEX publish_tickets_cloud_account ON public.publish_tickets USING btree (cloud_account_id) WHERE (cloud_account_id IS NOT NULL);
 
@@ -521,7 +527,11 @@ CREATE INDEX ticket_attempts_ended_at ON public.ticket_attempts USING btree (end
 
 CREATE INDEX ticket_attempts_open ON public.ticket_attempts USING btree (ticket_id) WHERE (ended_at IS NULL);
 
+CREATE INDEX ticket_events_at ON public.ticket_events USING btree (at);
+
 CREATE INDEX ticket_events_ticket ON public.ticket_events USING btree (ticket_id, id);
+
+CREATE INDEX ticket_outbox_ticket ON public.ticket_outbox USING btree (ticket_id);
 
 CREATE TRIGGER publish_tickets_changed AFTER UPDATE ON public.publish_tickets FOR EACH ROW WHEN (((to_jsonb(old.*) - 'lease_expires_at'::text) IS DISTINCT FROM (to_jsonb(new.*) - 'lease_expires_at'::text))) EXECUTE FUNCTION public.announce_ticket_change();
 

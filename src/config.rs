@@ -25,6 +25,8 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub limits: LimitSettings,
+    #[serde(default)]
+    pub retention: RetentionSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -313,6 +315,39 @@ impl Default for LimitSettings {
     }
 }
 
+/// How long what tickets leave is kept (issue 26): a worker's rescuer deletes it past
+/// these ages, `batch` rows per statement, each `every`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RetentionSettings {
+    /// Tickets ended (complete, error, cancelled) this long ago are deleted, with their
+    /// attempts and events; not while their image cleanup is pending.
+    #[serde(with = "humantime_serde")]
+    pub finished_tickets: Duration,
+    /// Events (charts, resumable streams) of ended tickets, this long after written.
+    #[serde(with = "humantime_serde")]
+    pub events: Duration,
+    /// Rows deleted per statement (its own transaction).
+    pub batch: i64,
+    /// Statements per round at most: past it, the next round goes on.
+    pub batches_per_round: u32,
+    /// How often a round runs.
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> RetentionSettings {
+        RetentionSettings {
+            finished_tickets: Duration::from_secs(90 * 24 * 3600),
+            events: Duration::from_secs(7 * 24 * 3600),
+            batch: 1000,
+            batches_per_round: 100,
+            every: Duration::from_secs(600),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct StorageSettings {
     pub image_dir: PathBuf,
@@ -520,6 +555,13 @@ impl Settings {
             ("limits.idle_timeout", l.idle_timeout, s(1)),
             ("limits.stream_recheck", l.stream_recheck, s(1)),
             ("limits.body_timeout", l.body_timeout, s(1)),
+            (
+                "retention.finished_tickets",
+                self.retention.finished_tickets,
+                s(3600),
+            ),
+            ("retention.events", self.retention.events, s(3600)),
+            ("retention.every", self.retention.every, s(1)),
         ]
         .into_iter()
         .map(|(key, value, least)| (key.to_string(), value, least))
@@ -1041,6 +1083,27 @@ properties = { hw_disk_bus = "scsi" }
         let s = Settings::load_from(&dir, Some("dev".into()), Some(Default::default()))
             .expect("dev loads");
         assert!(s.cloud.allow_loopback);
+    }
+
+    #[test]
+    fn retention_is_written_in_days_and_bounded() {
+        let s = load_with(None, &[]).expect("loads");
+        assert_eq!(
+            s.retention.finished_tickets,
+            Duration::from_secs(90 * 24 * 3600)
+        );
+        assert_eq!(s.retention.events, Duration::from_secs(7 * 24 * 3600));
+        let vars = [("PIMAGE__RETENTION__FINISHED_TICKETS", "30 days")];
+        let s = load_with(None, &vars).expect("loads");
+        assert_eq!(
+            s.retention.finished_tickets,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        let e = load_with(None, &[("PIMAGE__RETENTION__EVENTS", "1m")]).unwrap_err();
+        assert!(
+            e.starts_with("retention.events = \"1m\" is out of range"),
+            "{e}"
+        );
     }
 
     #[test]

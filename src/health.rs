@@ -139,9 +139,12 @@ async fn queue_ready(publisher: &Publisher) -> Option<String> {
 
 async fn metrics(State(probes): State<Probes>) -> Response {
     // Gauges read from the source of truth at scrape time.
-    if let Ok(rows) = store::tickets::count_by_state(&probes.pool).await {
+    if let Ok(rows) = store::console::tickets_per_state(&probes.pool).await {
         for state in ["queued", "running", "complete", "error", "cancelled"] {
-            let n = rows.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+            let n = rows
+                .iter()
+                .find(|(s, ..)| s == state)
+                .map_or(0, |(_, n, _)| *n);
             metrics::gauge!(metrics_catalog::TICKETS, "state" => state).set(n as f64);
         }
     }

@@ -56,7 +56,7 @@
 //! | · `slots`     | the fairest claim under per-cloud limits, and the wait for a free slot   |
 //! | [`maintenance`] | the relay, the rescuer and the reconciler: started and joined in one place |
 //! | [`rescuer`]   | re-queues tickets whose worker died (expired lease); gives up on poison; |
-//! |               | forgets stale failed-login counts                                        |
+//! |               | forgets stale failed-login counts; applies `[retention]`                 |
 //! | [`reconciler`] | deletes images left by tickets that ended without them (cleanups and    |
 //! |               | the orphan sweep), until Glance confirms                                 |
 //! | [`live`]      | Postgres NOTIFY in the process; `Hub`: ticket events, workers to viewers |
@@ -97,6 +97,7 @@
 //! | · `login_lock` | failed-login windows and locks                                          |
 //! | · `sealed`    | re-sealing stored secrets under the current key                          |
 //! | · `images`    | scanned instances, scans and images                                      |
+//! | · `retention` | finished tickets, events and done cleanups forgotten past `[retention]`  |
 //! | [`retry`]     | `Backoff`, the one backoff policy (delays, n-th delay, full jitter); retries |
 //! |               | of transient failures with attempts and a deadline                       |
 //! | [`telemetry`] | logging and shutdown signals                                             |

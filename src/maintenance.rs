@@ -1,5 +1,5 @@
 //! The background duties every process (API and worker) runs beside its own work: the
-//! outbox relay, the rescuer and the reconciler. Started in one place, joined in one place.
+//! outbox relay, the rescuer (with retention) and the reconciler. Started in one place, joined in one place.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,20 @@ use crate::queue::Publisher;
 use crate::reconciler::Reconciler;
 use crate::{outbox, rescuer};
 
+use crate::config::RetentionSettings;
+pub use crate::rescuer::Retention;
+
+/// What the rescuer's retention keeps, from `[retention]` (API and worker alike).
+pub fn retention_of(settings: &RetentionSettings) -> Retention {
+    Retention {
+        finished_tickets: settings.finished_tickets,
+        events: settings.events,
+        batch: settings.batch,
+        batches_per_round: settings.batches_per_round,
+        every: settings.every,
+    }
+}
+
 /// What the duties need: the database, the publisher, and the rescuer's settings.
 pub struct MaintenanceContext {
     pub pool: PgPool,
@@ -22,6 +36,8 @@ pub struct MaintenanceContext {
     pub max_ticket_attempts: i32,
     /// How often the rescuer and the reconciler run.
     pub interval: Duration,
+    /// What the rescuer forgets, and when (`[retention]`).
+    pub retention: Retention,
 }
 
 /// The running duties; `join` waits for them to end after the shutdown token fires.
@@ -30,7 +46,8 @@ pub struct Maintenance {
 }
 
 impl Maintenance {
-    /// Starts the relay, the rescuer and the reconciler; each stops at `shutdown`.
+    /// Starts the relay, the rescuer (with retention) and the reconciler; each stops at
+    /// `shutdown`.
     pub fn start(ctx: MaintenanceContext, shutdown: &CancellationToken) -> Maintenance {
         let relay = tokio::spawn(outbox::run_relay(
             ctx.pool.clone(),
@@ -42,6 +59,7 @@ impl Maintenance {
             ctx.publisher,
             ctx.max_ticket_attempts,
             ctx.interval,
+            ctx.retention,
             shutdown.clone(),
         ));
         let reconciler = tokio::spawn(ctx.reconciler.run(ctx.interval, shutdown.clone()));

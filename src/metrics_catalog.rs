@@ -54,7 +54,7 @@ catalog! {
     OUTBOX_OLDEST = "pimage_outbox_oldest_seconds", Gauge, Seconds,
         "Age of the oldest ticket not yet confirmed by RabbitMQ.";
     TICKETS = "pimage_tickets", Gauge, Count,
-        "Tickets in the database, by state.";
+        "Tickets in the database, by state (queued and running counted; ended states estimated from table statistics past 100,000 tickets).";
     TICKETS_FINISHED = "pimage_tickets_finished_total", Counter, Count,
         "Tickets a worker ended, by outcome.";
     TICKETS_GIVEN_UP = "pimage_tickets_given_up_total", Counter, Count,

@@ -20,11 +20,15 @@ use crate::config::CloudSettings;
 use crate::metrics_catalog;
 use crate::retry::Backoff;
 use crate::secrets::SecretBox;
-use crate::store::cleanups::{self, Cleanup, ImageOwner, StoredAccount, TakenCleanup};
+use crate::store::cleanups::{self, AccountKey, Cleanup, ImageOwner, StoredAccount, TakenCleanup};
 use crate::store::TicketState;
 
 /// Cleanups worked per pass at most: a pass stays short, the next one goes on.
 const CLEANUPS_PER_PASS: usize = 100;
+/// Accounts the orphan sweep reads at once: each page is one bounded query.
+const ACCOUNTS_PER_PAGE: i64 = 100;
+/// An account as the sweep tells it apart: its key and its opened password.
+type SweptAccount = (AccountKey, String);
 /// Backoff between two tries of one cleanup: 5 s, doubling, at most an hour.
 const CLEANUP_BACKOFF: Backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(3600));
 
@@ -184,67 +188,93 @@ impl Reconciler {
         Ok(ids)
     }
 
-    /// Images of this deployment, in every account tickets name, whose ticket is unknown or
-    /// ended without them: deleted. Returns how many.
+    /// Images of this deployment, in every account tickets (or pending cleanups) name, whose
+    /// ticket is unknown or ended without them: deleted. Returns how many. The accounts are
+    /// read a page at a time (keyset), so a pass holds no list of every ticket.
     async fn sweep_orphans(&self) -> Result<usize, sqlx::Error> {
         let mut seen = HashSet::new();
         let mut deleted = 0;
-        for stored in cleanups::known_accounts(&self.pool).await? {
-            let Ok(password) = self.secrets.open(&stored.cloud_password_enc) else {
-                continue;
-            };
-            // Each ticket seals its password anew: tell accounts apart by what they log in as.
-            let who = (
-                stored.keystone_url.clone(),
-                stored.keystone_domain.clone(),
-                stored.keystone_project.clone(),
-                stored.glance_url.clone(),
-                stored.cloud_login.clone(),
-                password.expose().to_string(),
-            );
-            if !seen.insert(who) {
-                continue;
+        let mut after = cleanups::FIRST_ACCOUNT;
+        loop {
+            let page = cleanups::accounts_after(&self.pool, after, ACCOUNTS_PER_PAGE).await?;
+            for (_, stored) in &page {
+                deleted += self.sweep_account(stored, &mut seen).await?;
             }
-            let listed = match self.login(&stored).await {
-                Ok(glance) => glance
-                    .images_of_deployment(&self.deployment)
-                    .await
-                    .map(|images| (glance, images))
-                    .map_err(|e| described(&e)),
-                Err(e) => Err(e),
+            match page.last() {
+                Some((hash, _)) if page.len() as i64 == ACCOUNTS_PER_PAGE => after = *hash,
+                _ => break,
+            }
+        }
+        let mut after_id = 0;
+        loop {
+            let page =
+                cleanups::cleanup_accounts_after(&self.pool, after_id, ACCOUNTS_PER_PAGE).await?;
+            for (_, stored) in &page {
+                deleted += self.sweep_account(stored, &mut seen).await?;
+            }
+            match page.last() {
+                Some((id, _)) if page.len() as i64 == ACCOUNTS_PER_PAGE => after_id = *id,
+                _ => break,
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// One account's leftovers, unless an account logging in as the same was swept already
+    /// (`seen`). Returns how many images were deleted.
+    async fn sweep_account(
+        &self,
+        stored: &StoredAccount,
+        seen: &mut HashSet<SweptAccount>,
+    ) -> Result<usize, sqlx::Error> {
+        let Ok(password) = self.secrets.open(&stored.cloud_password_enc) else {
+            return Ok(0);
+        };
+        // Each ticket seals its password anew: tell accounts apart by what they log in as.
+        let who = (stored.key(), password.expose().to_string());
+        if !seen.insert(who) {
+            return Ok(0);
+        }
+        let listed = match self.login(stored).await {
+            Ok(glance) => glance
+                .images_of_deployment(&self.deployment)
+                .await
+                .map(|images| (glance, images))
+                .map_err(|e| described(&e)),
+            Err(e) => Err(e),
+        };
+        let (glance, images) = match listed {
+            Ok(found) => found,
+            Err(error) => {
+                warn!(account = %stored.cloud_login, project = %stored.keystone_project, error, "orphan sweep could not list this account's images");
+                metrics::counter!(metrics_catalog::ORPHAN_SWEEP_FAILURES).increment(1);
+                return Ok(0);
+            }
+        };
+        let mut deleted = 0;
+        for image in images {
+            let Some(key) = image
+                .ticket_key
+                .as_deref()
+                .and_then(|k| Uuid::parse_str(k).ok())
+            else {
+                continue;
             };
-            let (glance, images) = match listed {
-                Ok(found) => found,
-                Err(error) => {
-                    warn!(account = %stored.cloud_login, project = %stored.keystone_project, error, "orphan sweep could not list this account's images");
-                    metrics::counter!(metrics_catalog::ORPHAN_SWEEP_FAILURES).increment(1);
-                    continue;
-                }
-            };
-            for image in images {
-                let Some(key) = image
-                    .ticket_key
-                    .as_deref()
-                    .and_then(|k| Uuid::parse_str(k).ok())
-                else {
-                    continue;
-                };
-                let mut tx = self.pool.begin().await?;
-                if cleanups::judge_image(&mut tx, key, &image.id).await? == ImageOwner::Leftover {
-                    match glance.delete_image(&image.id).await {
-                        Ok(()) => {
-                            info!(image = %image.id, ticket_key = %key, "orphan sweep deleted a leftover image");
-                            metrics::counter!(metrics_catalog::ORPHANS_DELETED).increment(1);
-                            deleted += 1;
-                        }
-                        Err(e) => {
-                            warn!(image = %image.id, error = %described(&e), "orphan sweep could not delete a leftover image");
-                            metrics::counter!(metrics_catalog::ORPHAN_SWEEP_FAILURES).increment(1);
-                        }
+            let mut tx = self.pool.begin().await?;
+            if cleanups::judge_image(&mut tx, key, &image.id).await? == ImageOwner::Leftover {
+                match glance.delete_image(&image.id).await {
+                    Ok(()) => {
+                        info!(image = %image.id, ticket_key = %key, "orphan sweep deleted a leftover image");
+                        metrics::counter!(metrics_catalog::ORPHANS_DELETED).increment(1);
+                        deleted += 1;
+                    }
+                    Err(e) => {
+                        warn!(image = %image.id, error = %described(&e), "orphan sweep could not delete a leftover image");
+                        metrics::counter!(metrics_catalog::ORPHAN_SWEEP_FAILURES).increment(1);
                     }
                 }
-                tx.commit().await?;
             }
+            tx.commit().await?;
         }
         Ok(deleted)
     }

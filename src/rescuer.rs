@@ -15,18 +15,15 @@ use tracing::{info, warn};
 use crate::metrics_catalog;
 use crate::outbox;
 use crate::queue::Publisher;
-use crate::store::{events, login_lock, rescue, workers};
+use crate::store::{events, login_lock, rescue, retention, workers};
 
 /// Lost messages re-published per pass at most (see `rescue::requeue_lost`).
 const LOST_MESSAGES_PER_PASS: i64 = 20;
 
-/// Ticket events (the console's charts and resumable streams) kept after a ticket ended.
-const ENDED_EVENTS_KEPT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// A worker heartbeat silent this long is a dead worker's.
 const SILENT_WORKER: Duration = Duration::from_secs(3600);
-/// How often the event log and the heartbeats are pruned, and how much at once.
+/// How often the heartbeats are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-const EVENTS_PER_PRUNE: i64 = 50_000;
 
 /// Failed-login windows older than this are forgotten.
 const STALE_LOGIN_FAILURES: Duration = Duration::from_secs(24 * 3600);
@@ -66,15 +63,17 @@ pub async fn rescue_once(
     Ok((rescued.requeued.len(), rescued.gave_up.len()))
 }
 
-/// Runs a pass every `interval` until `shutdown`.
+/// Runs a pass every `interval` until `shutdown`; applies `retention` every `retention.every`.
 pub async fn run(
     pool: PgPool,
     publisher: Arc<Publisher>,
     max_attempts: i32,
     interval: Duration,
+    retention: Retention,
     shutdown: CancellationToken,
 ) {
     let mut pruned_at: Option<tokio::time::Instant> = None;
+    let mut retained_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -89,22 +88,70 @@ pub async fn run(
         }
         if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             pruned_at = Some(tokio::time::Instant::now());
-            prune(&pool).await;
+            if let Err(e) = workers::purge_silent(&pool, SILENT_WORKER.as_secs_f64()).await {
+                warn!(error = %e, "could not prune silent workers' heartbeats");
+            }
+        }
+        if retained_at.is_none_or(|at| at.elapsed() >= retention.every) {
+            retained_at = Some(tokio::time::Instant::now());
+            match apply_retention(&pool, &retention).await {
+                Ok(done) if done == Retained::default() => {}
+                Ok(done) => info!(?done, "retention: forgot what is older than it keeps"),
+                Err(e) => warn!(error = %e, "retention round failed"),
+            }
         }
     }
 }
 
-/// The event log and the heartbeats would otherwise grow with every ticket and every worker.
-async fn prune(pool: &PgPool) {
-    match events::purge_old(pool, ENDED_EVENTS_KEPT.as_secs_f64(), EVENTS_PER_PRUNE).await {
-        Ok(0) => {}
-        Ok(n) => info!(
-            events = n,
-            "forgot the events of tickets ended over a week ago"
-        ),
-        Err(e) => warn!(error = %e, "could not prune old ticket events"),
+/// What retention keeps (`[retention]`, `config::RetentionSettings`, as the worker gives
+/// it): ages past which rows go, rows per statement, statements per round, rounds' interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    pub finished_tickets: Duration,
+    pub events: Duration,
+    pub batch: i64,
+    pub batches_per_round: u32,
+    pub every: Duration,
+}
+
+/// What one retention round deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Retained {
+    pub tickets: u64,
+    pub events: u64,
+    pub cleanups: u64,
+}
+
+/// One retention round: finished tickets (with their attempts and events), the events of
+/// ended tickets, and done cleanups, each older than `settings` keeps; `settings.batch`
+/// rows per statement, at most `settings.batches_per_round` statements of each kind.
+pub async fn apply_retention(pool: &PgPool, settings: &Retention) -> Result<Retained, sqlx::Error> {
+    let (tickets_age, events_age) = (
+        settings.finished_tickets.as_secs_f64(),
+        settings.events.as_secs_f64(),
+    );
+    let batch = settings.batch.max(1);
+    let mut done = Retained::default();
+    for _ in 0..settings.batches_per_round {
+        let n = retention::forget_finished(pool, tickets_age, batch).await?;
+        done.tickets += n as u64;
+        if n < batch {
+            break;
+        }
     }
-    if let Err(e) = workers::purge_silent(pool, SILENT_WORKER.as_secs_f64()).await {
-        warn!(error = %e, "could not prune silent workers' heartbeats");
+    for _ in 0..settings.batches_per_round {
+        let n = events::purge_old(pool, events_age, batch).await?;
+        done.events += n;
+        if n < batch as u64 {
+            break;
+        }
     }
+    for _ in 0..settings.batches_per_round {
+        let n = retention::forget_done_cleanups(pool, tickets_age, batch).await?;
+        done.cleanups += n;
+        if n < batch as u64 {
+            break;
+        }
+    }
+    Ok(done)
 }

@@ -209,6 +209,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     rescue: (i32, std::time::Duration),
+    retention: crate::maintenance::Retention,
     reconciler: Reconciler,
     timeouts: health::ConnectionTimeouts,
 }
@@ -260,6 +261,7 @@ impl Application {
                 settings.worker.max_ticket_attempts,
                 settings.worker.rescue_interval,
             ),
+            retention: crate::maintenance::retention_of(&settings.retention),
         })
     }
 
@@ -284,6 +286,7 @@ impl Application {
                 reconciler: self.reconciler,
                 max_ticket_attempts: self.rescue.0,
                 interval: self.rescue.1,
+                retention: self.retention,
             },
             &shutdown,
         );

@@ -232,36 +232,118 @@ pub async fn count_pending(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
     Ok((row.pending, row.failing))
 }
 
-/// Every cloud account tickets (and pending cleanups) name: where the orphan sweep looks.
-pub async fn known_accounts(pool: &PgPool) -> Result<Vec<StoredAccount>, sqlx::Error> {
-    // One row per account, with its newest sealed password, not one per ticket: sealing
-    // uses a fresh nonce, so a plain DISTINCT would keep every ticket.
+/// An account as `publish_tickets_account` orders them (what it logs in as, hashed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct AccountKey {
+    pub keystone_url: String,
+    pub keystone_domain: String,
+    pub keystone_project: String,
+    pub cloud_login: String,
+    pub glance_url: String,
+}
+
+impl StoredAccount {
+    /// What tells it from another account (its password aside).
+    pub fn key(&self) -> AccountKey {
+        AccountKey {
+            keystone_url: self.keystone_url.clone(),
+            keystone_domain: self.keystone_domain.clone(),
+            keystone_project: self.keystone_project.clone(),
+            cloud_login: self.cloud_login.clone(),
+            glance_url: self.glance_url.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The first page of `accounts_after`.
+pub const FIRST_ACCOUNT: i64 = i64::MIN;
+
+/// The next `limit` cloud accounts tickets name, in the order of their hash, after the hash
+/// `after` (`FIRST_ACCOUNT` to start), each with its hash (the next page's `after`) and its
+/// newest ticket's sealed password: where the orphan sweep looks. A skip scan of
+/// `publish_tickets_account`: one index probe per account, however many tickets each has.
+pub async fn accounts_after(
+    pool: &PgPool,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, StoredAccount)>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"SELECT DISTINCT ON (keystone_url, keystone_domain, keystone_project, glance_url,
-                              cloud_login)
-                keystone_url AS "keystone_url!", keystone_domain AS "keystone_domain!",
-                keystone_project AS "keystone_project!", glance_url,
-                cloud_login AS "cloud_login!", cloud_password_enc AS "cloud_password_enc!"
-           FROM (SELECT keystone_url, keystone_domain, keystone_project, glance_url, cloud_login,
-                        cloud_password_enc, created_at FROM publish_tickets
-                 UNION ALL
-                 SELECT keystone_url, keystone_domain, keystone_project, glance_url, cloud_login,
-                        cloud_password_enc, created_at FROM image_cleanups WHERE done_at IS NULL)
-                accounts
-          ORDER BY keystone_url, keystone_domain, keystone_project, glance_url, cloud_login,
-                   created_at DESC"#
+        // Each step reads the account's newest ticket row itself: no join back to the table.
+        r#"WITH RECURSIVE acc AS (
+             (SELECT 1 AS n, hashtextextended(t.keystone_url || E'\x1f' || t.keystone_domain || E'\x1f' || t.keystone_project
+                         || E'\x1f' || t.cloud_login || E'\x1f' || COALESCE(t.glance_url, ''), 0) AS h, t.keystone_url, t.keystone_domain,
+                     t.keystone_project, t.cloud_login, t.glance_url, t.cloud_password_enc
+                FROM publish_tickets t
+               WHERE hashtextextended(t.keystone_url || E'\x1f' || t.keystone_domain || E'\x1f' || t.keystone_project
+                         || E'\x1f' || t.cloud_login || E'\x1f' || COALESCE(t.glance_url, ''), 0) > $1
+               ORDER BY hashtextextended(t.keystone_url || E'\x1f' || t.keystone_domain || E'\x1f' || t.keystone_project
+                         || E'\x1f' || t.cloud_login || E'\x1f' || COALESCE(t.glance_url, ''), 0), t.id DESC
+               LIMIT 1)
+             UNION ALL
+             SELECT nxt.* FROM acc a CROSS JOIN LATERAL
+                 (SELECT a.n + 1, hashtextextended(t.keystone_url || E'\x1f' || t.keystone_domain || E'\x1f' || t.keystone_project
+                         || E'\x1f' || t.cloud_login || E'\x1f' || COALESCE(t.glance_url, ''), 0), t.keystone_url, t.keystone_domain,
+                         t.keystone_project, t.cloud_login, t.glance_url, t.cloud_password_enc
+                    FROM publish_tickets t
+                   WHERE hashtextextended(t.keystone_url || E'\x1f' || t.keystone_domain || E'\x1f' || t.keystone_project
+                         || E'\x1f' || t.cloud_login || E'\x1f' || COALESCE(t.glance_url, ''), 0) > a.h
+                   ORDER BY hashtextextended(t.keystone_url || E'\x1f' || t.keystone_domain || E'\x1f' || t.keystone_project
+                         || E'\x1f' || t.cloud_login || E'\x1f' || COALESCE(t.glance_url, ''), 0), t.id DESC
+                   LIMIT 1) nxt
+              WHERE a.n < $2::bigint)
+           SELECT h AS "h!", keystone_url AS "keystone_url!", keystone_domain AS "keystone_domain!",
+                  keystone_project AS "keystone_project!", glance_url,
+                  cloud_login AS "cloud_login!", cloud_password_enc AS "cloud_password_enc!"
+             FROM acc ORDER BY n"#,
+        after,
+        limit,
     )
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| StoredAccount {
-            keystone_url: r.keystone_url,
-            keystone_domain: r.keystone_domain,
-            keystone_project: r.keystone_project,
-            glance_url: r.glance_url,
-            cloud_login: r.cloud_login,
-            cloud_password_enc: r.cloud_password_enc,
+        .map(|r| {
+            let account = StoredAccount {
+                keystone_url: r.keystone_url,
+                keystone_domain: r.keystone_domain,
+                keystone_project: r.keystone_project,
+                glance_url: r.glance_url,
+                cloud_login: r.cloud_login,
+                cloud_password_enc: r.cloud_password_enc,
+            };
+            (r.h, account)
+        })
+        .collect())
+}
+
+/// The accounts of pending cleanups with an id above `after_id` (`limit` of them, by id,
+/// with that id): a deleted ticket's account is known only there.
+pub async fn cleanup_accounts_after(
+    pool: &PgPool,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<(i64, StoredAccount)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "SELECT id, keystone_url, keystone_domain, keystone_project, glance_url, cloud_login,
+                cloud_password_enc
+           FROM image_cleanups WHERE done_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
+        after_id,
+        limit
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let account = StoredAccount {
+                keystone_url: r.keystone_url,
+                keystone_domain: r.keystone_domain,
+                keystone_project: r.keystone_project,
+                glance_url: r.glance_url,
+                cloud_login: r.cloud_login,
+                cloud_password_enc: r.cloud_password_enc,
+            };
+            (r.id, account)
         })
         .collect())
 }

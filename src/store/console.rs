@@ -117,7 +117,10 @@ pub struct TicketLine {
     pub created_at: DateTime<Utc>,
 }
 
-/// Up to `limit` tickets matching `filter`, newest first.
+/// Up to `limit` tickets matching `filter`, newest first. A state or cloud filter starts
+/// the walk back at that state's (cloud's) newest ticket: the planner takes states to be
+/// spread evenly over ids, and would otherwise walk through a queued backlog newer than
+/// every ticket in `error` (issue 26).
 pub async fn tickets(
     pool: &PgPool,
     filter: &TicketFilter,
@@ -136,6 +139,9 @@ pub async fn tickets(
               AND ($5::timestamptz IS NULL OR t.created_at >= $5)
               AND ($6::timestamptz IS NULL OR t.created_at < $6)
               AND ($7::bigint IS NULL OR t.id < $7)
+              AND ($1::text IS NULL OR t.id <= (SELECT max(id) FROM publish_tickets WHERE state = $1))
+              AND ($3::text IS NULL
+                   OR t.id <= (SELECT max(id) FROM publish_tickets WHERE keystone_url = $3))
             ORDER BY t.id DESC
             LIMIT $8"#,
         filter.state.map(TicketState::as_str),
@@ -194,4 +200,45 @@ pub async fn last_hour(pool: &PgPool) -> Result<LastHour, sqlx::Error> {
         cancelled: ended.cancelled,
         bytes_sent: sent.bytes,
     })
+}
+
+/// Below this many tickets (the planner's estimate; -1 before the first ANALYZE) every state is
+/// counted: a few milliseconds at most.
+const EXACT_BELOW: f32 = 100_000.0;
+
+/// Tickets per state for the Overview and the `pimage_tickets` gauge, without counting every
+/// ticket kept: queued and running are counted (their partial indexes: the work in flight);
+/// ended states too while the table holds fewer than `EXACT_BELOW` rows, past that they are
+/// estimated from the planner's statistics of the table (its row count times each state's
+/// share, as autovacuum's last ANALYZE saw them). Returns (state, count, counted exactly).
+pub async fn tickets_per_state(pool: &PgPool) -> Result<Vec<(String, i64, bool)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT s.state AS "state!",
+                  CASE WHEN s.state = 'queued'
+                           THEN (SELECT count(*) FROM publish_tickets WHERE state = 'queued')
+                       WHEN s.state = 'running'
+                           THEN (SELECT count(*) FROM publish_tickets WHERE state = 'running')
+                       WHEN (SELECT reltuples FROM pg_class WHERE oid = 'publish_tickets'::regclass) < $1
+                           THEN (SELECT count(*) FROM publish_tickets t WHERE t.state = s.state)
+                       ELSE (SELECT (GREATEST(c.reltuples, 0) * f.freq)::bigint
+                              FROM pg_class c, pg_stats st,
+                                   unnest(st.most_common_vals::text::text[], st.most_common_freqs)
+                                       AS f(val, freq)
+                             WHERE c.oid = 'publish_tickets'::regclass
+                               AND st.schemaname = current_schema()
+                               AND st.tablename = 'publish_tickets' AND st.attname = 'state'
+                               AND f.val = s.state)
+                  END AS "count",
+                  s.state IN ('queued', 'running')
+                      OR (SELECT reltuples FROM pg_class WHERE oid = 'publish_tickets'::regclass) < $1
+                      AS "exact!"
+             FROM unnest(ARRAY['queued', 'running', 'complete', 'error', 'cancelled']) AS s(state)"#,
+        EXACT_BELOW
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.state, r.count.unwrap_or(0), r.exact))
+        .collect())
 }

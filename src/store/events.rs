@@ -206,15 +206,17 @@ pub async fn bytes_over_time(
 
 /// Forgets, at most `limit` at a time, the events older than `age_secs` of tickets that are no
 /// longer queued or running (their chart goes with them; a live ticket keeps its history).
-/// Returns how many went.
+/// Returns how many went. Oldest first, by `ticket_events_at`: no pass reads the whole log.
 pub async fn purge_old(pool: &PgPool, age_secs: f64, limit: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query!(
-        "DELETE FROM ticket_events WHERE id IN (
+        // = ANY(ARRAY(…)): the batch's ids are looked up one by one, never joined to a scan
+        // of the whole log.
+        "DELETE FROM ticket_events WHERE id = ANY(ARRAY(
              SELECT e.id FROM ticket_events e
               WHERE e.at < now() - make_interval(secs => $1)
                 AND NOT EXISTS (SELECT 1 FROM publish_tickets t
                                  WHERE t.id = e.ticket_id AND t.state IN ('queued', 'running'))
-              ORDER BY e.id LIMIT $2)",
+              ORDER BY e.at LIMIT $2))",
         age_secs,
         limit
     )

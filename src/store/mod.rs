@@ -12,6 +12,7 @@ pub mod images;
 pub mod login_lock;
 pub mod outbox;
 pub mod rescue;
+pub mod retention;
 pub mod sealed;
 pub mod tickets;
 pub mod users;

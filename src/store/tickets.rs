@@ -500,12 +500,3 @@ pub async fn delete(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
     tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
-
-/// Tickets per state, for the `pimage_tickets` gauge.
-pub async fn count_by_state(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let rows =
-        sqlx::query!(r#"SELECT state, count(*) AS "count!" FROM publish_tickets GROUP BY state"#)
-            .fetch_all(pool)
-            .await?;
-    Ok(rows.into_iter().map(|r| (r.state, r.count)).collect())
-}

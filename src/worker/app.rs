@@ -26,6 +26,7 @@ impl WorkerApp {
                 settings.amqp.clone(),
                 settings.cloud.clone(),
                 secrets,
+                crate::maintenance::retention_of(&settings.retention),
             ),
         })
     }

@@ -41,7 +41,7 @@ use tracing::{info, warn};
 
 use crate::cloud::{AddressPolicy, Sessions};
 use crate::config::{AmqpSettings, CloudSettings, WorkerSettings};
-use crate::maintenance::{Maintenance, MaintenanceContext};
+use crate::maintenance::{Maintenance, MaintenanceContext, Retention};
 use crate::queue::{self, Publisher};
 use crate::reconciler::Reconciler;
 use crate::retry::Backoff;
@@ -75,6 +75,8 @@ struct Worker {
     deployment: String,
     /// Deletes what ended tickets left in the cloud; run beside the rescuer.
     reconciler: Reconciler,
+    /// What the rescuer forgets, and when (`[retention]`).
+    retention: Retention,
 }
 
 impl Worker {
@@ -84,6 +86,7 @@ impl Worker {
         amqp: AmqpSettings,
         cloud: CloudSettings,
         secrets: SecretBox,
+        retention: Retention,
     ) -> Worker {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -108,6 +111,7 @@ impl Worker {
             cancels: CancelWatch::default(),
             publisher,
             id,
+            retention,
         }
     }
 
@@ -151,6 +155,7 @@ impl Worker {
                 reconciler: self.reconciler.clone(),
                 max_ticket_attempts: self.settings.max_ticket_attempts,
                 interval: self.settings.rescue_interval,
+                retention: self.retention.clone(),
             },
             &shutdown,
         );

@@ -64,7 +64,10 @@ const MAY_USE: &[(&str, &[&str])] = &[
             "metrics_catalog",
         ],
     ),
-    ("maintenance", &["rescuer", "reconciler", "outbox", "queue"]),
+    (
+        "maintenance",
+        &["rescuer", "reconciler", "outbox", "queue", "config"],
+    ),
     ("rescuer", &["outbox", "queue", "store", "metrics_catalog"]),
     (
         "reconciler",

@@ -317,7 +317,7 @@ async fn queue_figures(state: &AppState) -> Result<(u32, u32), String> {
 
 async fn overview(State(state): State<AppState>, admin: Admin) -> PageResult {
     let newest = events::newest_id(&state.pool).await?;
-    let counts = tickets::count_by_state(&state.pool).await?;
+    let counts = store::tickets_per_state(&state.pool).await?;
     let running = store::running_per_cloud(&state.pool).await?;
     let running: Vec<(String, i64, u32)> = running
         .into_iter()

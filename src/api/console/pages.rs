@@ -187,13 +187,18 @@ pub fn login(csrf: &str, problem: Option<&str>) -> Markup {
 pub fn overview(
     admin: &Admin,
     after: i64,
-    counts: &[(String, i64)],
+    counts: &[(String, i64, bool)],
     running: &[(String, i64, u32)],
     queue: Result<(u32, u32), String>,
     outbox: (i64, f64),
     hour: &LastHour,
 ) -> Markup {
-    let count_of = |s: &str| counts.iter().find(|(n, _)| n == s).map_or(0, |(_, c)| *c);
+    let count_of = |s: &str| {
+        counts
+            .iter()
+            .find(|(n, ..)| n == s)
+            .map_or((0, true), |(_, c, exact)| (*c, *exact))
+    };
     layout(
         "Overview",
         "overview",
@@ -208,7 +213,9 @@ pub fn overview(
                         li {
                             a href={"/console/tickets?state=" (state.as_str())} {
                                 (state_badge(state.as_str()))
-                                strong data-count=(state.as_str()) { (count_of(state.as_str())) }
+                                @let (count, exact) = count_of(state.as_str());
+                                strong data-count=(state.as_str())
+                                    title=[(!exact).then_some("about: estimated from the table's statistics")] { (count) }
                             }
                         }
                     }

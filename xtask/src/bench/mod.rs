@@ -1,8 +1,10 @@
 //! `cargo xtask bench`: pimage side by side with the physical limit and with the tools users
 //! would run instead (docs/BENCHMARKS.md).
 //!
-//! Parts: `all` (machine, upload, memory, api, scale, writes, cost), or one of them, or `console`
-//! (not in all). `--quick`: small sizes, one run, short loads (checks that it all runs; the
+//! Parts: `all` (machine, upload, memory, api, scale, writes, cost), or one of them, or
+//! `console` (not in all), or `growth` (not in all: the recurring queries at 10 thousand and
+//! 10 million tickets, BENCH_GROWTH_* knobs in growth.rs; needs only PostgreSQL). `--quick`:
+//! small sizes, one run, short loads (checks that it all runs; the
 //! figures are not the documented ones). Knobs (environment): BENCH_UPLOAD_SIZES_MIB
 //! ("1024 4096"), BENCH_RUNS (3), BENCH_MEMORY_MIB (2048), BENCH_SECONDS (15),
 //! BENCH_CONNECTIONS (16), BENCH_SCALE_TICKETS (200), BENCH_SCALE_CLOUD_LIMIT (16),
@@ -16,6 +18,7 @@ mod api;
 mod cloud;
 mod console;
 mod cost;
+mod growth;
 mod machine;
 mod memory;
 mod pimage;
@@ -119,14 +122,17 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
             other => bail!("unknown option {other}"),
         }
     }
-    const PARTS: [&str; 9] = [
-        "all", "upload", "memory", "api", "scale", "writes", "cost", "machine", "console",
+    const PARTS: [&str; 10] = [
+        "all", "upload", "memory", "api", "scale", "writes", "cost", "machine", "console", "growth",
     ];
     if !PARTS.contains(&part.as_str()) {
         bail!(
             "usage: cargo xtask bench [{}] [--quick] [--out DIR]",
             PARTS.join("|")
         );
+    }
+    if part == "growth" {
+        return growth_only(root, &out);
     }
     let knobs = Knobs::from_env(quick);
     let lab = env("PIMAGE_LAB_DIR").map_or_else(|| root.join(".lab"), PathBuf::from);
@@ -156,6 +162,20 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
         "[bench] results: {}/latest.json and latest.md",
         out.display()
     );
+    result
+}
+
+/// `growth` needs neither the lab nor the release build: PostgreSQL only.
+fn growth_only(root: &Path, out: &Path) -> Result<()> {
+    let mut report = Report::default();
+    let started = std::time::Instant::now();
+    let result = growth::run(root, &mut report);
+    let meta = json!({
+        "part": "growth",
+        "seconds": started.elapsed().as_secs_f64(),
+        "ok": result.is_ok(),
+    });
+    report.write(out, meta)?;
     result
 }
 
