@@ -503,8 +503,6 @@ CREATE INDEX publish_tickets_created_at ON public.publish_tickets USING btree (c
 
 CREATE INDEX publish_tickets_finished_at ON public.publish_tickets USING btree (finished_at) WHERE (finished_at IS NOT NULL);
 
-CREATE INDEX publish_tickets_image_id ON public.publish_tickets USING btree (image_id);
-
 CREATE INDEX publish_tickets_image_id_id ON public.publish_tickets USING btree (image_id, id);
 
 CREATE INDEX publish_tickets_lease ON public.publish_tickets USING btree (lease_expires_at) WHERE (state = 'running'::text);
@@ -518,8 +516,6 @@ CREATE INDEX publish_tickets_running_owner ON public.publish_tickets USING btree
 CREATE INDEX publish_tickets_state_id ON public.publish_tickets USING btree (state, id);
 
 CREATE INDEX publish_tickets_unfinished_user ON public.publish_tickets USING btree (user_id) WHERE (state = ANY (ARRAY['queued'::text, 'running'::text]));
-
-CREATE INDEX publish_tickets_user_id ON public.publish_tickets USING btree (user_id);
 
 CREATE INDEX publish_tickets_user_id_id ON public.publish_tickets USING btree (user_id, id);
 

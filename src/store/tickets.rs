@@ -141,6 +141,47 @@ macro_rules! ticket_query {
     };
 }
 
+/// A `Ticket` from a record of `ticket_query!` with columns beyond the ticket's (which
+/// `query_as!` cannot read into `Ticket`), field by field.
+macro_rules! ticket_of_row {
+    ($row:ident) => {
+        Ticket {
+            id: $row.id,
+            ticket_key: $row.ticket_key,
+            image_id: $row.image_id,
+            scan_id: $row.scan_id,
+            scanned_instance_id: $row.scanned_instance_id,
+            owner_login: $row.owner_login,
+            display_name: $row.display_name,
+            public_image: $row.public_image,
+            account_name: $row.account_name,
+            keystone_url: $row.keystone_url,
+            keystone_version: $row.keystone_version,
+            keystone_domain: $row.keystone_domain,
+            keystone_project: $row.keystone_project,
+            glance_url: $row.glance_url,
+            cloud_login: $row.cloud_login,
+            cloud_password_enc: $row.cloud_password_enc,
+            state: $row.state,
+            attempts: $row.attempts,
+            fencing_token: $row.fencing_token,
+            cancel_requested: $row.cancel_requested,
+            message: $row.message,
+            percentage: $row.percentage,
+            bytes_loaded: $row.bytes_loaded,
+            bytes_total: $row.bytes_total,
+            eta: $row.eta,
+            error_message: $row.error_message,
+            detailed_error_msg: $row.detailed_error_msg,
+            cloud_id: $row.cloud_id,
+            created_at: $row.created_at,
+            updated_at: $row.updated_at,
+            started_at: $row.started_at,
+            finished_at: $row.finished_at,
+        }
+    };
+}
+
 /// `Ticket` rows of the tickets table matching `$clause` (WHERE, ORDER BY ...).
 macro_rules! select_tickets {
     ($clause:tt $(, $arg:expr)* $(,)?) => {
@@ -276,40 +317,7 @@ pub async fn create_many<'e>(
     let mut created: Vec<Option<(Ticket, i64)>> = news.iter().map(|_| None).collect();
     for row in rows {
         let at = c.keys.iter().position(|k| *k == row.ticket_key);
-        let ticket = Ticket {
-            id: row.id,
-            ticket_key: row.ticket_key,
-            image_id: row.image_id,
-            scan_id: row.scan_id,
-            scanned_instance_id: row.scanned_instance_id,
-            owner_login: row.owner_login,
-            display_name: row.display_name,
-            public_image: row.public_image,
-            account_name: row.account_name,
-            keystone_url: row.keystone_url,
-            keystone_version: row.keystone_version,
-            keystone_domain: row.keystone_domain,
-            keystone_project: row.keystone_project,
-            glance_url: row.glance_url,
-            cloud_login: row.cloud_login,
-            cloud_password_enc: row.cloud_password_enc,
-            state: row.state,
-            attempts: row.attempts,
-            fencing_token: row.fencing_token,
-            cancel_requested: row.cancel_requested,
-            message: row.message,
-            percentage: row.percentage,
-            bytes_loaded: row.bytes_loaded,
-            bytes_total: row.bytes_total,
-            eta: row.eta,
-            error_message: row.error_message,
-            detailed_error_msg: row.detailed_error_msg,
-            cloud_id: row.cloud_id,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            started_at: row.started_at,
-            finished_at: row.finished_at,
-        };
+        let ticket = ticket_of_row!(row);
         if let Some(slot) = at.and_then(|i| created.get_mut(i)) {
             *slot = Some((ticket, row.outbox_id));
         }
