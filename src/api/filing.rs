@@ -1,9 +1,9 @@
 //! Group commit of publishes: concurrent `POST …/pimages` requests queue their checked
 //! tickets here; a few filing tasks each take whatever has queued up (at most `BATCH`) and
 //! store it as one statement and one commit (`store::tickets::file_batch`, which refiles a
-//! failed batch one ticket at a time). Each request is
-//! answered only once its own batch has committed: exactly as durable as a commit of its own,
-//! for a fraction of PostgreSQL's CPU and WAL flushes per ticket.
+//! failed batch one ticket at a time). Each request is answered only once its own batch has
+//! committed: exactly as durable as a commit of its own, for a fraction of PostgreSQL's CPU
+//! and WAL flushes per ticket.
 
 use std::sync::Arc;
 

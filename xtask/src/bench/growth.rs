@@ -607,7 +607,11 @@ pub fn run(root: &std::path::Path, r: &mut Report) -> Result<()> {
             format!("{:.0}", tables / 1048576.0),
             format!("{:.0}", tables / 1048576.0 / (*n as f64 / 1e6)),
             format!("{:.0}", database / 1048576.0),
-            format!("{seconds:.0}"),
+            if seconds.is_nan() {
+                "(reused)".into()
+            } else {
+                format!("{seconds:.0}")
+            },
         ]);
     }
     section.figures = json!(measured
