@@ -15,8 +15,10 @@ use crate::store::tickets::{self, Filed, NewTicket};
 
 /// Tickets stored by one statement at most.
 const BATCH: usize = 64;
-/// Batches stored at once: while one commits (its WAL flush), the next is built and sent.
-const FILING_TASKS: usize = 2;
+/// Batches stored at once. One: whatever arrives while a batch commits joins the next, so
+/// batches are as large as the load makes them (two halved them, and doubled PostgreSQL's
+/// work per ticket).
+const FILING_TASKS: usize = 1;
 /// Requests waiting for a batch at most; more wait to queue (back-pressure, not memory).
 const QUEUE: usize = 4 * BATCH;
 
