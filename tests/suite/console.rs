@@ -532,20 +532,9 @@ async fn tickets_left_to_the_outbox_relay_reach_an_open_console_feed() {
         let (ticket, _outbox_id) = pimage::store::tickets::create(
             &app.pool,
             &pimage::store::tickets::NewTicket {
-                image_id: image.id,
-                user_id: alice.id,
-                display_name: "relayed".into(),
-                public_image: false,
-                account_name: None,
-                keystone_url: "http://127.0.0.1:5000/v3".into(),
-                keystone_version: "v3".into(),
-                keystone_domain: "Default".into(),
-                keystone_project: "demo".into(),
-                glance_url: None,
-                cloud_login: "demo".into(),
                 cloud_password_enc: sealed.clone(),
                 bytes_total: image.size_bytes,
-                cloud_account_id: None,
+                ..common::new_ticket(image.id, alice.id, "relayed")
             },
         )
         .await

@@ -5,30 +5,10 @@
 
 use std::collections::HashSet;
 
-use crate::common::{self, publish_json, spawn_app_with, TestApp};
+use crate::common::{self, new_ticket, publish_json, spawn_app_with, TestApp};
 use pimage::store::tickets::{self, Filed, NewTicket};
 use pimage::store::Image;
 use reqwest::StatusCode;
-
-/// A ticket of `user_id` for `image_id`, named `name`, as the API would file it.
-fn new_ticket(image_id: i64, user_id: i64, name: &str) -> NewTicket {
-    NewTicket {
-        image_id,
-        user_id,
-        display_name: name.into(),
-        public_image: false,
-        account_name: None,
-        keystone_url: common::keystone_url(),
-        keystone_version: "v3".into(),
-        keystone_domain: "Default".into(),
-        keystone_project: "demo".into(),
-        glance_url: None,
-        cloud_login: "demo".into(),
-        cloud_password_enc: b"sealed".to_vec(),
-        bytes_total: 4096,
-        cloud_account_id: None,
-    }
-}
 
 /// An app (no worker) with alice, her image, and her user id.
 async fn app_with_image(queued_per_user: i64) -> (TestApp, Image, i64) {

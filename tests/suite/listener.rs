@@ -209,20 +209,8 @@ async fn running_ticket(app: &TestApp) -> i64 {
     let (ticket, _) = tickets::create(
         &app.pool,
         &NewTicket {
-            image_id: image.id,
-            user_id: alice.id,
-            display_name: "cancelled in the gap".into(),
-            public_image: false,
-            account_name: None,
-            keystone_url: common::keystone_url(),
-            keystone_version: "3".into(),
-            keystone_domain: "Default".into(),
-            keystone_project: "demo".into(),
-            glance_url: None,
-            cloud_login: "demo".into(),
             cloud_password_enc: b"unused".to_vec(),
-            bytes_total: 4096,
-            cloud_account_id: None,
+            ..common::new_ticket(image.id, alice.id, "cancelled in the gap")
         },
     )
     .await
@@ -233,6 +221,27 @@ async fn running_ticket(app: &TestApp) -> i64 {
         .await
         .unwrap();
     ticket.id
+}
+
+/// Waits until the backend `pid` has exited.
+async fn backend_gone(pool: &PgPool, pid: i32) {
+    let started = std::time::Instant::now();
+    loop {
+        let alive: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                .bind(pid)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if !alive {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "backend {pid} still alive"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Without the re-read on `PossiblyMissed`, only the progress writes would report this
@@ -262,6 +271,9 @@ async fn a_cancel_requested_while_the_worker_listener_reconnects_still_stops_the
         .execute(&app.pool)
         .await
         .unwrap();
+    // pg_terminate_backend only signals: a backend still alive when the cancel's NOTIFY
+    // commits would deliver it (on a loaded machine it did), and there would be no gap.
+    backend_gone(&app.pool, listening[0]).await;
     assert_eq!(
         cancel::request_cancel(&app.pool, ticket_id).await.unwrap(),
         CancelOutcome::Requested

@@ -47,20 +47,9 @@ async fn ticket(pool: &PgPool, (user, image): (i64, i64), state: &str, days_ago:
     let (ticket, _outbox) = tickets::create(
         pool,
         &NewTicket {
-            image_id: image,
-            user_id: user,
-            display_name: "disk".into(),
-            public_image: false,
-            account_name: None,
+            // No cloud: nothing here may reach the lab.
             keystone_url: "http://keystone.example:5000/v3".into(),
-            keystone_version: "v3".into(),
-            keystone_domain: "Default".into(),
-            keystone_project: "demo".into(),
-            glance_url: None,
-            cloud_login: "demo".into(),
-            cloud_password_enc: b"sealed".to_vec(),
-            bytes_total: 4096,
-            cloud_account_id: None,
+            ..crate::common::new_ticket(image, user, "disk")
         },
     )
     .await

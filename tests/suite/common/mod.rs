@@ -19,7 +19,7 @@ pub use pimage::api::wire::{AttemptDoc, OpStatus, PublishImage};
 use pimage::api::Application;
 use pimage::config::Settings;
 use pimage::secrets::{self, Secret, SecretBox};
-use pimage::store::{self, images, users, Image, NewImage};
+use pimage::store::{self, images, users, Image, NewImage, NewTicket};
 use pimage::worker::WorkerApp;
 use reqwest::StatusCode;
 use sqlx::PgPool;
@@ -491,6 +491,27 @@ fn what_a_user_reads(status: &OpStatus) -> serde_json::Value {
         value.as_object_mut().unwrap().remove(noisy);
     }
     value
+}
+
+/// A ticket of `user_id` for `image_id`, named `name`, as the API would file it (for the demo
+/// cloud; its password sealed as nothing: tests that publish it set their own).
+pub fn new_ticket(image_id: i64, user_id: i64, name: &str) -> NewTicket {
+    NewTicket {
+        image_id,
+        user_id,
+        display_name: name.into(),
+        public_image: false,
+        account_name: None,
+        keystone_url: keystone_url(),
+        keystone_version: "v3".into(),
+        keystone_domain: "Default".into(),
+        keystone_project: "demo".into(),
+        glance_url: None,
+        cloud_login: "demo".into(),
+        cloud_password_enc: b"sealed".to_vec(),
+        bytes_total: 4096,
+        cloud_account_id: None,
+    }
 }
 
 /// A JSON publish body for the demo cloud (project `demo`).
