@@ -172,6 +172,7 @@ async fn a_password_changed_while_the_listener_reconnects_is_refused_at_once() {
         .execute(&direct)
         .await
         .unwrap();
+    backend_gone(&direct, listening[0]).await;
     let new_password = "a new password, after a leak";
     let hash = secrets::hash_password(&Secret::new(new_password));
     users::upsert(
