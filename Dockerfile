@@ -16,7 +16,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 # The key comes from the environment (PIMAGE__SECRETS__KEY).
 COPY config/default.toml /etc/pimage/default.toml
 ENV PIMAGE_CONFIG_DIR=/etc/pimage \
-    PIMAGE__STORAGE__IMAGE_DIR=/var/lib/pimage/images \
+    PIMAGE__STORAGE__URL=/var/lib/pimage/images \
     PIMAGE__API__LISTEN=0.0.0.0:8080
 USER pimage
 WORKDIR /var/lib/pimage

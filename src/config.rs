@@ -38,9 +38,24 @@ pub struct DatabaseSettings {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AmqpSettings {
-    #[serde(serialize_with = "masked_url")]
+    /// One broker URL, or the nodes of a cluster separated by commas (`urls()`).
+    #[serde(serialize_with = "masked_urls")]
     pub url: Secret,
     pub queue: String,
+}
+
+impl AmqpSettings {
+    /// The brokers to connect to, in the order given: one URL, or a cluster's nodes.
+    pub fn urls(&self) -> Vec<&str> {
+        broker_urls(self.url.expose())
+    }
+}
+
+fn broker_urls(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -350,7 +365,23 @@ impl Default for RetentionSettings {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct StorageSettings {
-    pub image_dir: PathBuf,
+    /// Where image files are kept: a directory (a path or `file://` URL) or an S3 bucket
+    /// (`s3://bucket/prefix`), as `crate::image_store::ImageStore` reads it.
+    pub url: String,
+    pub s3: S3Settings,
+}
+
+/// How an `s3://` image store is reached (any S3-compatible server).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct S3Settings {
+    /// The server's URL; empty for AWS itself.
+    pub endpoint: String,
+    pub region: String,
+    pub access_key_id: String,
+    #[serde(serialize_with = "masked")]
+    pub secret_access_key: Secret,
+    /// Plain `http://` endpoints are refused unless this is true (a lab, a private network).
+    pub allow_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -378,8 +409,9 @@ pub enum LogFormat {
 /// The settings that hold secrets, which may come from a file instead: `PIMAGE__…_FILE`
 /// names it (Docker secrets, as PostgreSQL's `POSTGRES_PASSWORD_FILE`). Only these: other
 /// names end in `_FILE` of their own (`PIMAGE__CLOUD__CA_FILE` is `cloud.ca_file`).
-const SECRETS_FROM_FILES: [&str; 4] = [
+const SECRETS_FROM_FILES: [&str; 5] = [
     "PIMAGE__DATABASE__URL",
+    "PIMAGE__STORAGE__S3__SECRET_ACCESS_KEY",
     "PIMAGE__AMQP__URL",
     "PIMAGE__SECRETS__KEY",
     "PIMAGE__SECRETS__PREVIOUS_KEYS",
@@ -754,6 +786,15 @@ fn masked_all<S: serde::Serializer>(secrets: &[Secret], serializer: S) -> Result
 /// A URL with its password masked: the host and database stay readable.
 fn masked_url<S: serde::Serializer>(url: &Secret, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&mask_url(url.expose()))
+}
+
+/// `masked_url` of each URL in a comma-separated list.
+fn masked_urls<S: serde::Serializer>(list: &Secret, serializer: S) -> Result<S::Ok, S::Error> {
+    let masked: Vec<String> = broker_urls(list.expose())
+        .into_iter()
+        .map(mask_url)
+        .collect();
+    serializer.serialize_str(&masked.join(","))
 }
 
 /// `url` with its password, and any `password` query parameter (libpq takes one), as

@@ -89,7 +89,7 @@ async fn register_image(
     let owner = users::find_by_login(pool, &user)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no user '{user}': create it with `pimage users add`"))?;
-    let image_dir = settings.storage.image_dir.clone();
+    let image_dir = PathBuf::from(&settings.storage.url);
     let max_virtual_size = settings.worker.max_virtual_size_bytes;
     let prepared = tokio::task::spawn_blocking(move || {
         image_files::prepare_within(

@@ -149,7 +149,7 @@ async fn admin_commands_set_up_users_and_images() {
 
     // `config` masks secrets; without a key the service refuses to start.
     let config = env.run_ok(&["config"]);
-    assert!(config.contains("image_dir") && config.contains("***"));
+    assert!(config.contains("[storage.s3]") && config.contains("***"));
     assert!(!config.contains("ZGV2LW9ubHkta2V5"), "the key is masked");
     // `config --for-url`: the profile that applies to a cloud (none is configured here).
     let for_url = env.run_ok(&["config", "--for-url", "https://glance.example.com:9292"]);

@@ -73,7 +73,7 @@ impl Env {
             .env("PIMAGE__AMQP__QUEUE", &self.queue)
             // Tests share the lab cloud: each one's orphan sweep must see only its own images.
             .env("PIMAGE__CLOUD__DEPLOYMENT", &self.db_name)
-            .env("PIMAGE__STORAGE__IMAGE_DIR", self.dir.join("store"))
+            .env("PIMAGE__STORAGE__URL", self.dir.join("store"))
             .env("PIMAGE__WORKER__PROGRESS_INTERVAL", "200ms")
             .env("PIMAGE__WORKER__LISTEN", "127.0.0.1:0");
         for (k, v) in &self.vars {

@@ -45,7 +45,7 @@ impl Pimage {
         set("PIMAGE__AMQP__QUEUE", "pimage.bench");
         set("PIMAGE__API__LISTEN", &format!("127.0.0.1:{PORT}"));
         set(
-            "PIMAGE__STORAGE__IMAGE_DIR",
+            "PIMAGE__STORAGE__URL",
             &paths.work.join("images").to_string_lossy(),
         );
         // Benchmarks measure throughput: the per-user limits (issue 23) would cap one user.

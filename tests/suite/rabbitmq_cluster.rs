@@ -1,0 +1,1 @@
+//! RabbitMQ as a three-node cluster: a node stopped during uploads.
