@@ -101,7 +101,9 @@
 //! | [`retry`]     | `Backoff`, the one backoff policy (delays, n-th delay, full jitter); retries |
 //! |               | of transient failures with attempts and a deadline                       |
 //! | [`telemetry`] | logging and shutdown signals                                             |
-//! | [`image_files`] | image files on disk: format check, checksums, shared directory        |
+//! | [`image_store`] | where image files are kept (`storage.url`): a directory or an S3 bucket |
+//! |               | (`object_store`); put at registration, read in ranges, scratch copies    |
+//! | [`image_files`] | image files on disk: format check, checksums                          |
 //! | · `inspect`   | what a file really is, from its headers: one format, self-contained, its |
 //! |               | virtual size (as OpenStack's format inspector)                           |
 //! | [`config`]    | typed settings (all of them): compiled-in defaults, `config/`, `PIMAGE__…` |
@@ -124,6 +126,7 @@ pub mod cloud;
 pub mod config;
 pub mod health;
 pub mod image_files;
+pub mod image_store;
 pub mod live;
 pub mod maintenance;
 pub mod metrics_catalog;

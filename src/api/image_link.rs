@@ -10,7 +10,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use tokio_util::io::ReaderStream;
 
 use crate::store::{self, TicketState};
 
@@ -80,23 +79,25 @@ async fn serve(
         Ok(_) => return gone(),
         Err(e) => return unavailable(e),
     };
-    let Ok(file) = tokio::fs::File::open(&file_path).await else {
-        return gone();
-    };
-    let Ok(meta) = file.metadata().await else {
-        return gone();
+    let (size, chunks) = match state.images.chunks(&file_path).await {
+        Ok(found) => found,
+        Err(e) if e.is_missing() => return gone(),
+        Err(e) => {
+            tracing::warn!(error = %e, "image link: the image store did not answer");
+            return (StatusCode::SERVICE_UNAVAILABLE, "try again later\n").into_response();
+        }
     };
     tracing::info!(
         ticket = id,
-        bytes = meta.len(),
+        bytes = size,
         "serving an image file to web-download"
     );
     (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, meta.len().to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
         ],
-        Body::from_stream(ReaderStream::with_capacity(file, 256 * 1024)),
+        Body::from_stream(chunks),
     )
         .into_response()
 }

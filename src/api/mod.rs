@@ -40,6 +40,7 @@ pub use error::ApiError;
 
 use crate::cloud::AddressPolicy;
 use crate::config::{LimitSettings, Settings};
+use crate::image_store::ImageStore;
 use crate::live::{Hub, Listener};
 use crate::maintenance::{Maintenance, MaintenanceContext};
 use crate::queue::Publisher;
@@ -79,6 +80,9 @@ pub struct SharedState {
     pub queued_tickets_per_user: i64,
     /// What `GET /api/status` answers as `version`: the UForge version clients check.
     pub uforge_version: Arc<str>,
+    /// Where image files are (`storage.url`): checked before a publish, served to
+    /// web-download.
+    pub images: ImageStore,
 }
 
 /// The route templates, shared by the router and the handlers' OpenAPI annotations.
@@ -256,6 +260,7 @@ impl Application {
                 publish_rate: Arc::new(limits::PublishRate::new(&settings.limits)),
                 queued_tickets_per_user,
                 uforge_version: settings.api.uforge_version.as_str().into(),
+                images: ImageStore::new(&settings.storage)?,
             })),
             rescue: (
                 settings.worker.max_ticket_attempts,

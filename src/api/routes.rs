@@ -26,6 +26,7 @@ use super::wire::{
 };
 use super::AppState;
 use crate::cloud::{Keystone, OpenStackAccount};
+use crate::image_store::Location;
 use crate::live::statuses::CachedStatus;
 use crate::metrics_catalog;
 use crate::store::cancel::{self, CancelOutcome};
@@ -130,14 +131,7 @@ pub async fn publish(
     let bytes = extract::body_bytes(&state, body).await?;
     let request = parse_publish_body(&headers, &bytes)?;
     let cloud = ticket_cloud(&state, &path.uid, request.account).await?;
-    // A stat of a local file, on the runtime's thread: a hop to the blocking pool (two
-    // thread wake-ups) cost more than the call itself on every publish.
-    if std::fs::metadata(&image.file_path).is_err() {
-        return Err(ApiError::Conflict(format!(
-            "image {} ('{}') is not ready to publish: its file is missing on the server",
-            image.id, image.name
-        )));
-    }
+    file_is_there(&state, &image).await?;
     let display_name = request.display_name.unwrap_or_else(|| image.name.clone());
     let ticket = create_within_quota(
         &state,
@@ -172,6 +166,31 @@ pub async fn publish(
         response.headers_mut().insert(header::ETAG, etag);
     }
     Ok(response)
+}
+
+/// A publish of an image whose file is gone is refused at once (409), not queued to fail.
+async fn file_is_there(state: &AppState, image: &Image) -> Result<(), ApiError> {
+    let there = match Location::of(&image.file_path) {
+        // A stat of a local file, on the runtime's thread: a hop to the blocking pool (two
+        // thread wake-ups) cost more than the call itself on every publish.
+        Location::File(path) => std::fs::metadata(path).is_ok(),
+        Location::Object { .. } => match state.images.size(&image.file_path).await {
+            Ok(_) => true,
+            Err(e) if e.is_missing() => false,
+            // The workers retry a store that did not answer; the publish stands.
+            Err(e) => {
+                tracing::warn!(error = %e, "the image store did not answer a publish's check");
+                true
+            }
+        },
+    };
+    if there {
+        return Ok(());
+    }
+    Err(ApiError::Conflict(format!(
+        "image {} ('{}') is not ready to publish: its file is missing from the image store",
+        image.id, image.name
+    )))
 }
 
 /// Stores the ticket (with other requests' in one commit: `filing`) unless its owner has

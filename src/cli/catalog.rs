@@ -7,7 +7,8 @@ use serde_json::json;
 
 use super::output::{Listing, OutputArgs};
 use crate::config::Settings;
-use crate::image_files;
+use crate::image_files::{self, Examined};
+use crate::image_store::ImageStore;
 use crate::store::{self, accounts, images, users, NewImage};
 
 #[derive(Debug, Subcommand)]
@@ -34,17 +35,21 @@ pub struct Registration {
     /// Owner's login.
     #[arg(long)]
     user: String,
-    /// The disk image file.
+    /// The disk image file, put into the image store (storage.url).
+    #[arg(long, required_unless_present = "object", conflicts_with = "object")]
+    file: Option<PathBuf>,
+    /// An object already in the store's bucket (s3://bucket/key), registered where it is.
     #[arg(long)]
-    file: PathBuf,
+    object: Option<String>,
     /// Its disk format: raw, qcow2, vmdk, vhd, vhdx, vdi, iso, ploop.
     #[arg(long)]
     format: String,
     /// Image name (default: the file name).
     #[arg(long)]
     name: Option<String>,
-    /// Keep the file where it is instead of copying it into storage.image_dir.
-    #[arg(long)]
+    /// Keep the file where it is instead of putting it into the image store (only workers
+    /// on this host can then read it).
+    #[arg(long, requires = "file")]
     in_place: bool,
     /// The operating system in the image, "NAME VERSION ARCH" (e.g. "CentOS 7 x86_64"):
     /// UForge clients (hammr scan list, image info) print it.
@@ -66,61 +71,86 @@ pub async fn run_accounts(settings: &Settings, command: AccountsCommand) -> anyh
     list_accounts(&pool, user.as_deref(), &output).await
 }
 
-/// `pimage images register`: the file checked (and copied into storage unless in place),
-/// then recorded.
+/// `pimage images register`: the file checked, its checksums taken, then put into the image
+/// store (unless in place, or already an object there), then recorded.
 async fn register_image(
     pool: &sqlx::PgPool,
     settings: &Settings,
     registration: Registration,
 ) -> anyhow::Result<()> {
-    let Registration {
-        user,
-        file,
-        format,
-        name,
-        in_place,
-        os,
-    } = registration;
-    let distribution = os
+    let distribution = registration
+        .os
         .as_deref()
         .map(images::Distribution::parse)
         .transpose()
         .map_err(|why| anyhow::anyhow!("--os {why}"))?;
-    let owner = users::find_by_login(pool, &user)
+    let user = &registration.user;
+    let owner = users::find_by_login(pool, user)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no user '{user}': create it with `pimage users add`"))?;
-    let image_dir = PathBuf::from(&settings.storage.url);
-    let max_virtual_size = settings.worker.max_virtual_size_bytes;
-    let prepared = tokio::task::spawn_blocking(move || {
-        image_files::prepare_within(
-            &file,
-            &format.to_lowercase(),
-            &image_dir,
-            in_place,
-            max_virtual_size,
-        )
-        .map(|f| (f, format))
-    })
-    .await??;
-    let (prepared, format) = prepared;
+    let format = registration.format.to_lowercase();
+    let store = ImageStore::new(&settings.storage)?;
+    let (location, examined) = place(&store, settings, &registration, &format).await?;
     let image = images::register(
         pool,
         &NewImage {
             owner_id: owner.id,
             distribution: distribution.as_ref(),
-            name: name.as_deref().unwrap_or(&prepared.file_name),
-            file_path: &prepared.path.to_string_lossy(),
-            file_name: &prepared.file_name,
-            format: &format.to_lowercase(),
-            size_bytes: prepared.size as i64,
-            md5sum: &prepared.md5,
-            sha256sum: &prepared.sha256,
-            sha512sum: &prepared.sha512,
+            name: registration.name.as_deref().unwrap_or(&examined.file_name),
+            file_path: &location,
+            file_name: &examined.file_name,
+            format: &format,
+            size_bytes: examined.sums.size as i64,
+            md5sum: &examined.sums.md5,
+            sha256sum: &examined.sums.sha256,
+            sha512sum: &examined.sums.sha512,
         },
     )
     .await?;
     println!("{}", image.uri());
     Ok(())
+}
+
+/// The registered file's location and what examining it found.
+async fn place(
+    store: &ImageStore,
+    settings: &Settings,
+    registration: &Registration,
+    format: &str,
+) -> anyhow::Result<(String, Examined)> {
+    let max = settings.worker.max_virtual_size_bytes;
+    if let Some(object) = &registration.object {
+        // Examined through a copy in the scratch directory, removed after.
+        let scratch = &settings.worker.scratch_dir;
+        std::fs::create_dir_all(scratch)?;
+        store.size(object).await?;
+        let local = store.local_file(object, scratch).await?;
+        let examined = examine(local.path.clone(), object, format, max).await?;
+        let file_name = object.rsplit('/').next().unwrap_or("image").to_string();
+        return Ok((
+            object.clone(),
+            Examined {
+                file_name,
+                ..examined
+            },
+        ));
+    }
+    let file = registration
+        .file
+        .clone()
+        .expect("clap requires --file or --object");
+    let examined = examine(file.clone(), &file.display().to_string(), format, max).await?;
+    let location = if registration.in_place {
+        std::fs::canonicalize(&file)?.to_string_lossy().into_owned()
+    } else {
+        store.put(&file, &examined.file_name).await?
+    };
+    Ok((location, examined))
+}
+
+async fn examine(path: PathBuf, shown: &str, format: &str, max: u64) -> anyhow::Result<Examined> {
+    let (shown, format) = (shown.to_string(), format.to_string());
+    tokio::task::spawn_blocking(move || image_files::examine(&path, &shown, &format, max)).await?
 }
 
 /// `pimage accounts list`: no password, sealed or not, is ever printed.

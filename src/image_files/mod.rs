@@ -1,8 +1,8 @@
-//! Image files on disk: inspecting a file as its declared format (`inspect`), checksumming it, and
-//! placing it in the shared image directory that every worker reads.
+//! Image files on disk: inspecting a file as its declared format (`inspect`) and checksumming
+//! it. Where registered files are kept is `image_store`'s.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub mod inspect;
@@ -13,14 +13,11 @@ use sha2::{Digest, Sha256, Sha512};
 /// Glance v2 disk formats pimage can publish.
 pub const DISK_FORMATS: &[&str] = &["raw", "qcow2", "vmdk", "vhd", "vhdx", "vdi", "iso", "ploop"];
 
+/// A file found fit to register: its name and checksums.
 #[derive(Debug)]
-pub struct ImageFile {
-    pub path: PathBuf,
+pub struct Examined {
     pub file_name: String,
-    pub size: u64,
-    pub md5: String,
-    pub sha256: String,
-    pub sha512: String,
+    pub sums: Checksums,
 }
 
 /// A file's size and digests (hex).
@@ -32,32 +29,15 @@ pub struct Checksums {
     pub sha512: String,
 }
 
-/// `prepare_within` the default virtual size limit.
-pub fn prepare(
-    source: &Path,
-    format: &str,
-    image_dir: &Path,
-    in_place: bool,
-) -> anyhow::Result<ImageFile> {
-    prepare_within(
-        source,
-        format,
-        image_dir,
-        in_place,
-        inspect::DEFAULT_MAX_VIRTUAL_SIZE,
-    )
-}
-
 /// Inspects `source` as a self-contained `format` image of at most `max_virtual_size` bytes
-/// once expanded, copies it into `image_dir` (unless `in_place`), and returns its final path
-/// and checksums.
-pub fn prepare_within(
+/// once expanded, and takes its checksums: the only time they are taken from the file. A
+/// refusal names the file as `shown` (an object's URL, not its scratch copy).
+pub fn examine(
     source: &Path,
+    shown: &str,
     format: &str,
-    image_dir: &Path,
-    in_place: bool,
     max_virtual_size: u64,
-) -> anyhow::Result<ImageFile> {
+) -> anyhow::Result<Examined> {
     if !DISK_FORMATS.contains(&format) {
         anyhow::bail!(
             "unknown format '{format}': use one of {}",
@@ -65,28 +45,14 @@ pub fn prepare_within(
         );
     }
     inspect::inspect(source, format, max_virtual_size)
-        .map_err(|e| anyhow::anyhow!("{} is refused: {e}", source.display()))?;
+        .map_err(|e| anyhow::anyhow!("{shown} is refused: {e}"))?;
     let file_name = source
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "image".into());
-    let path = if in_place {
-        std::fs::canonicalize(source)?
-    } else {
-        std::fs::create_dir_all(image_dir)?;
-        let target =
-            std::fs::canonicalize(image_dir)?.join(format!("{}-{file_name}", uuid::Uuid::new_v4()));
-        std::fs::copy(source, &target)?;
-        target
-    };
-    let sums = checksums(&path)?;
-    Ok(ImageFile {
-        path,
+    Ok(Examined {
         file_name,
-        size: sums.size,
-        md5: sums.md5,
-        sha256: sums.sha256,
-        sha512: sums.sha512,
+        sums: checksums(source)?,
     })
 }
 
@@ -99,11 +65,8 @@ pub fn checksums(path: &Path) -> anyhow::Result<Checksums> {
 /// cancelled attempt does not keep hashing a copy of up to the virtual size limit.
 pub fn checksums_unless_stopped(path: &Path, stop: &AtomicBool) -> anyhow::Result<Checksums> {
     let mut file = std::fs::File::open(path)?;
-    let mut md5 = Md5::new();
-    let mut sha = Sha256::new();
-    let mut sha512 = Sha512::new();
+    let mut digests = Digests::default();
     let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
     loop {
         if stop.load(Ordering::Relaxed) {
             anyhow::bail!("stopped before the end of {}", path.display());
@@ -112,17 +75,36 @@ pub fn checksums_unless_stopped(path: &Path, stop: &AtomicBool) -> anyhow::Resul
         if n == 0 {
             break;
         }
-        md5.update(&buf[..n]);
-        sha.update(&buf[..n]);
-        sha512.update(&buf[..n]);
-        size += n as u64;
+        digests.update(&buf[..n]);
     }
-    Ok(Checksums {
-        size,
-        md5: hex::encode(md5.finalize()),
-        sha256: hex::encode(sha.finalize()),
-        sha512: hex::encode(sha512.finalize()),
-    })
+    Ok(digests.finish())
+}
+
+/// `Checksums` taken as the bytes come (a file read, or an object's chunks).
+#[derive(Default)]
+pub struct Digests {
+    md5: Md5,
+    sha256: Sha256,
+    sha512: Sha512,
+    size: u64,
+}
+
+impl Digests {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.md5.update(bytes);
+        self.sha256.update(bytes);
+        self.sha512.update(bytes);
+        self.size += bytes.len() as u64;
+    }
+
+    pub fn finish(self) -> Checksums {
+        Checksums {
+            size: self.size,
+            md5: hex::encode(self.md5.finalize()),
+            sha256: hex::encode(self.sha256.finalize()),
+            sha512: hex::encode(self.sha512.finalize()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -135,26 +117,23 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("x.img");
         std::fs::write(&f, b"not a qcow2 at all").unwrap();
-        assert!(prepare(&f, "exe", &dir, true)
+        let max = inspect::DEFAULT_MAX_VIRTUAL_SIZE;
+        assert!(examine(&f, "x.img", "exe", max)
             .unwrap_err()
             .to_string()
             .contains("unknown format"));
-        assert!(prepare(&f, "qcow2", &dir, true)
+        assert!(examine(&f, "x.img", "qcow2", max)
             .unwrap_err()
             .to_string()
             .contains("is not a qcow2 file"));
-        let raw = prepare(&f, "raw", &dir.join("store"), false).unwrap();
-        assert_eq!(raw.size, 18);
-        assert_eq!(raw.md5, "b12e8d2f9cab8dab0bcbe923394ae31f");
-        // sha512sum of the same 18 bytes
-        assert_eq!(raw.sha512.len(), 128);
+        let raw = examine(&f, "x.img", "raw", max).unwrap();
+        assert_eq!(raw.file_name, "x.img");
+        assert_eq!(raw.sums.size, 18);
+        assert_eq!(raw.sums.md5, "b12e8d2f9cab8dab0bcbe923394ae31f");
         assert_eq!(
-            raw.sha512,
+            raw.sums.sha512,
             hex::encode(Sha512::digest(b"not a qcow2 at all"))
         );
-        assert!(raw
-            .path
-            .starts_with(std::fs::canonicalize(dir.join("store")).unwrap()));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,6 +4,7 @@
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::image_store::ImageStore;
 use crate::secrets::SecretBox;
 
 use super::Worker;
@@ -27,6 +28,7 @@ impl WorkerApp {
                 settings.cloud.clone(),
                 secrets,
                 crate::maintenance::retention_of(&settings.retention),
+                ImageStore::new(&settings.storage)?,
             ),
         })
     }

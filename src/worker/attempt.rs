@@ -1,7 +1,6 @@
 //! One attempt at publishing a ticket (log in, settle earlier images, create, upload,
 //! verify), and `AttemptError`: why an attempt failed, as the retry loop sees it.
 
-use std::path::Path;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -9,6 +8,7 @@ use tracing::{info, warn};
 
 use crate::cloud::{Cause, CloudError, Glance, OpenStackAccount};
 use crate::config::{ImportMethod, WorkerSettings};
+use crate::image_store::{Chunks, ImageStore, StoreError};
 use crate::retry::Retryable;
 use crate::store::claims::{self, Claim, Heartbeat};
 use crate::store::tickets;
@@ -85,6 +85,11 @@ pub(super) enum AttemptError {
     /// Another worker holds the ticket now.
     Lost,
     Store(sqlx::Error),
+    /// The image store did not answer (transient: it may be back at the next attempt).
+    ImageStoreDown {
+        summary: String,
+        detail: String,
+    },
 }
 
 impl AttemptError {
@@ -108,6 +113,7 @@ impl AttemptError {
             AttemptError::ChecksumMismatch { .. } => {
                 "Glance's checksum differed, uploading again".into()
             }
+            AttemptError::ImageStoreDown { summary, .. } => summary.clone(),
             other => format!("{other:?}"),
         }
     }
@@ -123,7 +129,7 @@ impl Retryable for AttemptError {
     fn is_transient(&self) -> bool {
         match self {
             AttemptError::Cloud(e) => e.is_transient(),
-            AttemptError::ChecksumMismatch { .. } => true,
+            AttemptError::ChecksumMismatch { .. } | AttemptError::ImageStoreDown { .. } => true,
             _ => false,
         }
     }
@@ -198,7 +204,7 @@ async fn attempt_steps(
             target.account.user
         ))
         .await?;
-    let registered = open_file(target.image, Path::new(&target.image.file_path)).await?;
+    let registered = open_bytes(ctx.store, target.image, &target.image.file_path).await?;
     let glance = unless_cancelled(
         target.cancel,
         ctx.sessions.glance(target.account, ctx.cloud_policy),
@@ -206,11 +212,12 @@ async fn attempt_steps(
     .await?;
     // The file as registered, or converted for this cloud (removed when this ends).
     let wanted = glance.profile().and_then(|p| p.disk_format.as_deref());
-    let payload = convert::payload(target.image, wanted, ctx.settings, &progress).await?;
+    let payload = convert::payload(ctx, target.image, wanted, &progress).await?;
     let file = if payload.is_registered_file(target.image) {
         registered
     } else {
-        open_file(target.image, &payload.path).await?
+        drop(registered);
+        open_bytes(ctx.store, target.image, &payload.location).await?
     };
     if let Some(published) = settle_earlier(&glance, target, state, &payload).await? {
         return Ok(published);
@@ -239,6 +246,7 @@ async fn attempt_steps(
         ticket_id: target.claim.ticket.id,
         checksum_retried: state.checksum_retried,
         registered_image: target.image.id,
+        store: ctx.store,
     };
     let result = upload_created(ctx, target, &upload, file).await;
     if result.is_err() && may_delete_own_image(ctx, target.claim).await {
@@ -331,7 +339,7 @@ async fn upload_created(
     ctx: &WorkerContext<'_>,
     target: &Target<'_>,
     upload: &Upload<'_>,
-    file: tokio::fs::File,
+    file: Chunks,
 ) -> Result<(), AttemptError> {
     let claim = target.claim;
     if !claims::set_cloud_id(ctx.pool, claim.ticket.id, claim.token, upload.image_id).await? {
@@ -359,25 +367,44 @@ pub(super) async fn unless_cancelled<T>(
     }
 }
 
-async fn open_file(image: &Image, path: &Path) -> Result<tokio::fs::File, AttemptError> {
-    tokio::fs::File::open(path)
+/// The bytes at `location` (the image's file, or its converted copy), ready to stream.
+async fn open_bytes(
+    store: &ImageStore,
+    image: &Image,
+    location: &str,
+) -> Result<Chunks, AttemptError> {
+    store
+        .chunks(location)
         .await
-        .map_err(|e| AttemptError::Permanent {
-            summary: format!(
-                "the file of image {} ('{}') is missing or unreadable on the server",
-                image.id, image.name
-            ),
+        .map(|(_, chunks)| chunks)
+        .map_err(|e| unreadable(image, &e))
+}
+
+/// A store error as the ticket tells it: a missing file is permanent, a store that did not
+/// answer transient.
+pub(super) fn unreadable(image: &Image, e: &StoreError) -> AttemptError {
+    let named = format!("image {} ('{}')", image.id, image.name);
+    if e.is_missing() {
+        return AttemptError::Permanent {
+            summary: format!("the file of {named} is missing from the image store"),
             detail: Some(e.to_string()),
-        })
+        };
+    }
+    match e {
+        StoreError::Object { .. } => AttemptError::ImageStoreDown {
+            summary: format!("the image store could not be read for {named}"),
+            detail: e.to_string(),
+        },
+        _ => AttemptError::Permanent {
+            summary: format!("the file of {named} is unreadable on the server"),
+            detail: Some(e.to_string()),
+        },
+    }
 }
 
 /// Uploads (or stages) and verifies; a direct upload that Glance forbids (403, the
 /// `upload_image` policy) goes again through glance-direct when Glance offers it.
-async fn transfer(
-    upload: &Upload<'_>,
-    file: tokio::fs::File,
-    image: &Image,
-) -> Result<(), AttemptError> {
+async fn transfer(upload: &Upload<'_>, file: Chunks, image: &Image) -> Result<(), AttemptError> {
     let result = upload::upload_and_verify(upload, file).await;
     let forbidden = matches!(
         &result,
@@ -399,7 +426,7 @@ async fn transfer(
         return result;
     }
     info!("Glance forbids the direct upload; staging the image for glance-direct");
-    let file = open_file(image, &upload.payload.path).await?;
+    let file = open_bytes(upload.store, image, &upload.payload.location).await?;
     let staged = Upload {
         transfer: Transfer::Stage,
         ..upload.clone()

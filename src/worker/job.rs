@@ -118,6 +118,10 @@ impl Job {
                 "Glance's checksum of the uploaded image still differed from the file's after a re-upload".into(),
                 Some(detail),
             ),
+            Err(AttemptError::ImageStoreDown { summary, detail }) => failed(
+                format!("{summary} (it still failed after the retries)"),
+                Some(detail),
+            ),
             Err(AttemptError::Cancelled) => Outcome::Cancelled,
             Err(AttemptError::Lost) => return Ok(None),
             Err(AttemptError::Store(e)) => return Err(e),

@@ -41,6 +41,7 @@ use tracing::{info, warn};
 
 use crate::cloud::{AddressPolicy, Sessions};
 use crate::config::{AmqpSettings, CloudSettings, WorkerSettings};
+use crate::image_store::ImageStore;
 use crate::maintenance::{Maintenance, MaintenanceContext, Retention};
 use crate::queue::{self, Publisher};
 use crate::reconciler::Reconciler;
@@ -77,6 +78,8 @@ struct Worker {
     reconciler: Reconciler,
     /// What the rescuer forgets, and when (`[retention]`).
     retention: Retention,
+    /// Where the image files are read from (`storage.url`).
+    store: ImageStore,
 }
 
 impl Worker {
@@ -87,6 +90,7 @@ impl Worker {
         cloud: CloudSettings,
         secrets: SecretBox,
         retention: Retention,
+        store: ImageStore,
     ) -> Worker {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -112,6 +116,7 @@ impl Worker {
             publisher,
             id,
             retention,
+            store,
         }
     }
 
@@ -137,6 +142,7 @@ impl Worker {
             cancels: &self.cancels,
             worker_id: &self.id,
             deployment: &self.deployment,
+            store: &self.store,
         }
     }
 
@@ -251,4 +257,6 @@ struct WorkerContext<'a> {
     worker_id: &'a str,
     /// Names this deployment on the images it creates (`cloud.deployment`).
     deployment: &'a str,
+    /// Where the image files are read from.
+    store: &'a ImageStore,
 }

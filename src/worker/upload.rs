@@ -4,6 +4,8 @@
 //! sha512.
 
 use std::collections::VecDeque;
+
+use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,18 +16,12 @@ use crate::cloud::{Cause, CloudError, Glance, GlanceImage, DEFAULT_IMPORT_TIMEOU
 use crate::metrics_catalog;
 
 use crate::config::WorkerSettings;
+use crate::image_store::{Chunks, ImageStore};
 use crate::secrets::SecretBox;
 
 use super::attempt::{deadline_error, unless_cancelled, AttemptError};
 use super::convert::Payload;
 use super::progress::{upload_progress, Reporter};
-
-/// Read size for the upload stream: 1 MiB reads cost a quarter of the syscalls and wake-ups
-/// of 256 KiB ones (docs/BENCHMARKS.md), and memory stays flat whatever the file size.
-const UPLOAD_CHUNK: usize = 1024 * 1024;
-
-/// Chunks read ahead of the socket, so the disk and the network overlap.
-const READ_AHEAD: usize = 2;
 
 /// What the connection takes at a time: the grain of progress and of the stall rule.
 const SLICE: usize = 256 * 1024;
@@ -57,6 +53,8 @@ pub(super) struct Upload<'a> {
     pub(super) checksum_retried: bool,
     /// The registered image's id, for messages.
     pub(super) registered_image: i64,
+    /// Where the payload is read again when Glance's checksum differs.
+    pub(super) store: &'a ImageStore,
 }
 
 /// How the bytes go to Glance.
@@ -70,46 +68,27 @@ pub(super) enum Transfer {
     WebDownload,
 }
 
-/// The file as an upload body. One blocking thread reads it straight into each chunk's own
-/// buffer (no zeroing, no copy between buffers: tokio's `File` reads into a buffer of its own
-/// and copies out, one thread hop per read), and the chunk goes to the socket as it is.
-/// Dropping the body (a cancel, a cut connection) ends the thread at its next chunk.
-fn file_body(file: std::fs::File, sent: Arc<AtomicU64>) -> reqwest::Body {
-    let (chunks, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD);
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        loop {
-            let mut buffer = Vec::with_capacity(UPLOAD_CHUNK);
-            let chunk = match (&file).take(UPLOAD_CHUNK as u64).read_to_end(&mut buffer) {
-                Ok(0) => return,
-                Ok(_) => Ok(Bytes::from(buffer)),
-                Err(e) => Err(e),
-            };
-            let failed = chunk.is_err();
-            if chunks.blocking_send(chunk).is_err() || failed {
-                return;
-            }
-        }
-    });
+/// The file's chunks (`image_store`) as an upload body, each going to the socket as it is.
+/// Dropping the body (a cancel, a cut connection) ends the reading at its next chunk.
+fn counted_body(chunks: Chunks, sent: Arc<AtomicU64>) -> reqwest::Body {
     // Handed on in slices (no copy), counted as the connection takes them, not as read: the
     // stall rule and the progress measure Glance, at the grain they always had.
     let counter = metrics::counter!(metrics_catalog::UPLOAD_BYTES);
-    let stream =
-        futures::stream::unfold((receiver, Bytes::new()), move |(mut receiver, mut rest)| {
-            let (sent, counter) = (sent.clone(), counter.clone());
-            async move {
-                if rest.is_empty() {
-                    match receiver.recv().await? {
-                        Ok(chunk) => rest = chunk,
-                        Err(e) => return Some((Err(e), (receiver, rest))),
-                    }
+    let stream = futures::stream::unfold((chunks, Bytes::new()), move |(mut chunks, mut rest)| {
+        let (sent, counter) = (sent.clone(), counter.clone());
+        async move {
+            if rest.is_empty() {
+                match chunks.next().await? {
+                    Ok(chunk) => rest = chunk,
+                    Err(e) => return Some((Err(e), (chunks, rest))),
                 }
-                let slice = rest.split_to(rest.len().min(SLICE));
-                sent.fetch_add(slice.len() as u64, Ordering::Relaxed);
-                counter.increment(slice.len() as u64);
-                Some((Ok(slice), (receiver, rest)))
             }
-        });
+            let slice = rest.split_to(rest.len().min(SLICE));
+            sent.fetch_add(slice.len() as u64, Ordering::Relaxed);
+            counter.increment(slice.len() as u64);
+            Some((Ok(slice), (chunks, rest)))
+        }
+    });
     reqwest::Body::wrap_stream(stream)
 }
 
@@ -133,7 +112,7 @@ pub(super) fn holds_file(payload: &Payload, stored: &GlanceImage) -> bool {
 /// stored.
 pub(super) async fn upload_and_verify(
     upload: &Upload<'_>,
-    file: tokio::fs::File,
+    file: Chunks,
 ) -> Result<(), AttemptError> {
     match upload.transfer {
         Transfer::WebDownload => {
@@ -152,14 +131,14 @@ pub(super) async fn upload_and_verify(
 
 /// Sends the file's bytes (`PUT …/file` or `…/stage`), writing progress, cut by a stall,
 /// the deadline or a cancel.
-async fn send(upload: &Upload<'_>, file: tokio::fs::File) -> Result<(), AttemptError> {
+async fn send(upload: &Upload<'_>, file: Chunks) -> Result<(), AttemptError> {
     let (glance, image_id) = (upload.glance, upload.image_id);
     let total = upload.payload.size;
     let sent = Arc::new(AtomicU64::new(0));
     // No checksum here: Glance computes one as it stores, and it is compared with the file's
     // registered md5 afterwards. Hashing in the stream too cost ~15% of the upload speed on a
     // 2-core machine (docs/BENCHMARKS.md).
-    let body = file_body(file.into_std().await, sent.clone());
+    let body = counted_body(file, sent.clone());
     let put = async {
         if upload.transfer == Transfer::Stage {
             glance.stage(image_id, body, total as u64).await
@@ -277,17 +256,14 @@ async fn verify(upload: &Upload<'_>) -> Result<(), AttemptError> {
     // Rare: tell a file changed since registration (permanent) from bytes damaged on the way
     // (one more upload).
     let image_id = upload.registered_image;
-    let path = payload.path.clone();
-    let unreadable = |e: String| AttemptError::Permanent {
-        summary: format!("the file of image {image_id} could not be read back"),
-        detail: Some(e),
-    };
-    let read = tokio::task::spawn_blocking(move || {
-        crate::image_files::checksums(std::path::Path::new(&path))
-    })
-    .await
-    .map_err(|e| unreadable(e.to_string()))?
-    .map_err(|e| unreadable(e.to_string()))?;
+    let read = upload
+        .store
+        .checksums(&payload.location)
+        .await
+        .map_err(|e| AttemptError::Permanent {
+            summary: format!("the file of image {image_id} could not be read back"),
+            detail: Some(e.to_string()),
+        })?;
     let sha512_changed = payload
         .sha512
         .as_deref()

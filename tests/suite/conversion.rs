@@ -102,10 +102,10 @@ async fn assert_conversion_refused(app: &TestApp, file: &Path, format: &str, why
     );
 }
 
-/// `prepare` (what `pimage images register` calls) refuses the file, saying `why`.
+/// `examine` (what `pimage images register` calls) refuses the file, saying `why`.
 fn assert_registration_refused(file: &Path, format: &str, why: &str) {
-    let store = file.parent().unwrap().join("store");
-    let err = pimage::image_files::prepare(file, format, &store, false)
+    let max = pimage::image_files::inspect::DEFAULT_MAX_VIRTUAL_SIZE;
+    let err = pimage::image_files::examine(file, &file.display().to_string(), format, max)
         .expect_err("registration refuses it")
         .to_string();
     assert!(err.contains(why), "{err}");

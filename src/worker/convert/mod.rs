@@ -26,12 +26,14 @@ use crate::image_files::inspect::{self, Refusal};
 use crate::image_files::Checksums;
 use crate::store::Image;
 
-use super::attempt::AttemptError;
+use super::attempt::{unreadable, AttemptError};
 use super::progress::Reporter;
+use super::WorkerContext;
 
 /// The bytes an attempt sends, with their size and digests.
 pub(super) struct Payload {
-    pub(super) path: PathBuf,
+    /// Where the bytes are (`image_store`): the registered file, or the converted copy.
+    pub(super) location: String,
     pub(super) format: String,
     pub(super) size: i64,
     pub(super) md5: String,
@@ -45,7 +47,7 @@ pub(super) struct Payload {
 impl Payload {
     /// Whether these bytes are the image's registered file itself (not a converted copy).
     pub(super) fn is_registered_file(&self, image: &Image) -> bool {
-        self.path == Path::new(&image.file_path)
+        self.location == image.file_path
     }
 }
 
@@ -67,14 +69,15 @@ fn failed(summary: String, detail: impl ToString) -> AttemptError {
 /// The registered file as it is, or converted to `wanted`, the disk format the cloud's
 /// profile asks for.
 pub(super) async fn payload(
+    ctx: &WorkerContext<'_>,
     image: &Image,
     wanted: Option<&str>,
-    settings: &WorkerSettings,
     progress: &Reporter<'_>,
 ) -> Result<Payload, AttemptError> {
+    let settings = ctx.settings;
     let Some(format) = wanted.filter(|f| *f != image.format).map(str::to_string) else {
         return Ok(Payload {
-            path: PathBuf::from(&image.file_path),
+            location: image.file_path.clone(),
             format: image.format.clone(),
             size: image.size_bytes,
             md5: image.md5sum.clone(),
@@ -89,9 +92,19 @@ pub(super) async fn payload(
             image.format
         ))
         .await?;
-    let source = PathBuf::from(&image.file_path);
-    let expanded = inspected_size(image, &source, settings).await?;
     let dir = scratch_dir(&settings.scratch_dir).await?;
+    // An object is copied to the scratch directory first: qemu-img reads a file.
+    let _source_room = match ctx.store.is_bucket() {
+        true => Some(reserve(image, &dir, image.size_bytes as u64, &image.format).await?),
+        false => None,
+    };
+    let local = ctx
+        .store
+        .local_file(&image.file_path, &dir)
+        .await
+        .map_err(|e| unreadable(image, &e))?;
+    let source = local.path.clone();
+    let expanded = inspected_size(image, &source, settings).await?;
     let room = reserve(image, &dir, scratch::room_for(expanded), &format).await?;
     let target = dir.join(format!(
         "pimage-{}-{}.{format}",
@@ -100,7 +113,7 @@ pub(super) async fn payload(
     ));
     // From here the copy is the payload's: removed whatever happens next.
     let mut payload = Payload {
-        path: target.clone(),
+        location: target.to_string_lossy().into_owned(),
         format: format.clone(),
         size: 0,
         md5: String::new(),

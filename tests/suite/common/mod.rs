@@ -205,20 +205,23 @@ impl TestApp {
             .await
             .unwrap()
             .expect("user exists");
-        let f = pimage::image_files::prepare(file, format, &self.dir, true).unwrap();
+        let max = pimage::image_files::inspect::DEFAULT_MAX_VIRTUAL_SIZE;
+        let f =
+            pimage::image_files::examine(file, &file.display().to_string(), format, max).unwrap();
+        let path = std::fs::canonicalize(file).unwrap();
         images::register(
             &self.pool,
             &NewImage {
                 owner_id: user.id,
                 distribution: None,
                 name: &f.file_name,
-                file_path: &f.path.to_string_lossy(),
+                file_path: &path.to_string_lossy(),
                 file_name: &f.file_name,
                 format,
-                size_bytes: f.size as i64,
-                md5sum: &f.md5,
-                sha256sum: &f.sha256,
-                sha512sum: &f.sha512,
+                size_bytes: f.sums.size as i64,
+                md5sum: &f.sums.md5,
+                sha256sum: &f.sums.sha256,
+                sha512sum: &f.sums.sha512,
             },
         )
         .await
