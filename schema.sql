@@ -247,7 +247,9 @@ CREATE TABLE public.publish_tickets (
     finished_at timestamp with time zone,
     cloud_host text GENERATED ALWAYS AS (COALESCE(lower("substring"(COALESCE(glance_url, keystone_url), '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?(\[[^]/]*\]|[^/?#:]*)'::text)), ''::text)) STORED NOT NULL,
     cloud_account_id bigint,
+    publish_location text,
     CONSTRAINT publish_tickets_percentage_check CHECK (((percentage >= 0) AND (percentage <= 100))),
+    CONSTRAINT publish_tickets_publish_location_check CHECK (((publish_location IS NULL) OR ((length(publish_location) >= 1) AND (length(publish_location) <= 255)))),
     CONSTRAINT publish_tickets_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'complete'::text, 'error'::text, 'cancelled'::text])))
 );
 

@@ -195,7 +195,10 @@ impl ImageStore {
             Location::File(path) => {
                 let file = std::fs::File::open(path).map_err(|e| file_error(location, e))?;
                 let size = file.metadata().map_err(|e| file_error(location, e))?.len();
-                Ok((size, file_chunks(file)))
+                // Read from the first poll on: an attempt opens the file before it logs in
+                // (a missing file fails at once) and may end without reading it.
+                let lazy = futures::stream::once(async move { file_chunks(file) }).flatten();
+                Ok((size, lazy.boxed()))
             }
             Location::Object { bucket, key } => {
                 let store = self.bucket_of(location, bucket)?.clone();
@@ -338,7 +341,9 @@ enum PutError {
 async fn put_object(store: Arc<dyn ObjectStore>, key: &str, source: &Path) -> Result<(), PutError> {
     let file = std::fs::File::open(source).map_err(PutError::Read)?;
     let mut chunks = file_chunks(file);
-    let mut writer = BufWriter::with_capacity(store, ObjectPath::from(key), PART);
+    // At most 4 parts in flight: 64 MiB of memory, whatever the file's size.
+    let mut writer =
+        BufWriter::with_capacity(store, ObjectPath::from(key), PART).with_max_concurrency(4);
     while let Some(chunk) = chunks.next().await {
         let written = match chunk {
             Ok(bytes) => writer.put(bytes).await.map_err(PutError::Store),

@@ -287,6 +287,8 @@ impl Reconciler {
         let account = OpenStackAccount {
             keystone_url: stored.keystone_url.clone(),
             glance_url: stored.glance_url.clone(),
+            // A ticket that named a region recorded its Glance as glance_url.
+            region: None,
             user: stored.cloud_login.clone(),
             password,
             domain: stored.keystone_domain.clone(),

@@ -47,6 +47,11 @@ pub struct PublishRequestBody {
     display_name: String,
     #[schema(required = false)]
     public_image: bool,
+    /// The catalog region whose Glance receives the image, whatever `cloud.region` says;
+    /// when the account gives a glanceUrl, that Glance is used. A region the catalog does not
+    /// list ends the ticket in error, naming the regions it does list.
+    #[schema(required = false, max_length = 255)]
+    publish_location: String,
     /// Keystone domain of the user and project (default: Default).
     #[schema(required = false, max_length = 255)]
     keystone_domain: String,

@@ -17,6 +17,8 @@ const MAX_URL_LEN: usize = 2048;
 #[derive(Debug, Clone)]
 pub struct PublishRequest {
     pub display_name: Option<String>,
+    /// The catalog region whose Glance to use (UForge's `publishLocation`).
+    pub publish_location: Option<String>,
     pub public_image: bool,
     pub keystone_domain: String,
     pub keystone_project: String,
@@ -33,6 +35,7 @@ pub struct PublishRequest {
 #[derive(Debug, Clone)]
 pub struct PublishBody {
     pub display_name: Option<String>,
+    pub publish_location: Option<String>,
     pub public_image: bool,
     pub keystone_domain: String,
     pub keystone_project: String,
@@ -73,6 +76,7 @@ pub struct AccountRef {
 #[serde(rename_all = "camelCase", default)]
 struct RawRequest {
     display_name: Option<String>,
+    publish_location: Option<String>,
     public_image: Option<BoolField>,
     keystone_domain: Option<String>,
     keystone_project: Option<String>,
@@ -158,6 +162,7 @@ pub fn body_from_xml(body: &[u8]) -> Result<PublishBody, InvalidRequest> {
         keystone_domain: owned(&root, "keystoneDomain"),
         keystone_project: owned(&root, "keystoneProject"),
         tenant_name: owned(&root, "tenantName"),
+        publish_location: owned(&root, "publishLocation"),
         cred_account: account,
     })
 }
@@ -268,6 +273,7 @@ fn given(body: PublishBody) -> Result<PublishRequest, InvalidRequest> {
     };
     Ok(PublishRequest {
         display_name: body.display_name,
+        publish_location: body.publish_location,
         public_image: body.public_image,
         keystone_domain: body.keystone_domain,
         keystone_project: body.keystone_project,
@@ -298,6 +304,7 @@ fn check(raw: RawRequest) -> Result<PublishBody, InvalidRequest> {
     let keystone_domain = text_field("keystoneDomain", raw.keystone_domain, false)?
         .unwrap_or_else(|| "Default".into());
     let display_name = text_field("displayName", raw.display_name, false)?;
+    let publish_location = text_field("publishLocation", raw.publish_location, false)?;
     let public_image = match raw.public_image {
         None => false,
         Some(BoolField::Bool(b)) => b,
@@ -321,6 +328,7 @@ fn check(raw: RawRequest) -> Result<PublishBody, InvalidRequest> {
     };
     Ok(PublishBody {
         display_name,
+        publish_location,
         public_image,
         keystone_domain,
         keystone_project,
@@ -534,6 +542,27 @@ mod tests {
         let seed = from_xml(SEED.as_bytes()).unwrap();
         assert_eq!(seed.keystone_domain, "Keystone Domain Example");
         assert_eq!(seed.keystone_url, "http://ip:5000");
+    }
+
+    #[test]
+    fn publish_location_is_read_from_xml_and_json_and_checked() {
+        assert_eq!(
+            from_xml(CANONICAL.as_bytes()).unwrap().publish_location,
+            None
+        );
+        let xml = CANONICAL.replace(
+            "<keystoneProject>",
+            "<publishLocation>RegionTwo</publishLocation><keystoneProject>",
+        );
+        let located = from_xml(xml.as_bytes()).unwrap();
+        assert_eq!(located.publish_location.as_deref(), Some("RegionTwo"));
+        let json = serde_json::json!({"keystoneProject": "demo", "publishLocation": "RegionTwo",
+            "credAccount": {"keystoneUrl": "http://127.0.0.1:5000/v3", "login": "u", "password": "x"}});
+        let located = from_json(json.to_string().as_bytes()).unwrap();
+        assert_eq!(located.publish_location.as_deref(), Some("RegionTwo"));
+        let bad = json.to_string().replace("RegionTwo", "Region\\u0007Two");
+        let refused = from_json(bad.as_bytes()).unwrap_err();
+        assert!(refused.0.contains("publishLocation"), "{}", refused.0);
     }
 
     #[test]

@@ -140,6 +140,7 @@ pub async fn publish(
             image_id: image.id,
             user_id: caller_owner_id(&state, &caller, &image).await?,
             display_name,
+            publish_location: request.publish_location,
             public_image: request.public_image,
             account_name: cloud.account_name,
             keystone_url: cloud.keystone_url,
@@ -483,6 +484,7 @@ pub(super) fn cloud_account_of(
     OpenStackAccount {
         keystone_url: ticket.keystone_url.clone(),
         glance_url: ticket.glance_url.clone(),
+        region: ticket.publish_location.clone(),
         user: ticket.cloud_login.clone(),
         password,
         domain: ticket.keystone_domain.clone(),

@@ -317,6 +317,9 @@ pub struct PublishImage {
     #[schema(required = true)]
     pub cloud_id: Option<String>,
     pub image_uri: String,
+    /// The region asked for, when one was (UForge's field for it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_location: Option<String>,
     pub keystone_domain: String,
     pub keystone_project: String,
     pub display_name: String,
@@ -352,6 +355,7 @@ impl PublishImage {
                 .then(|| t.cloud_id.clone())
                 .flatten(),
             image_uri: t.image_uri(),
+            publish_location: t.publish_location.clone(),
             keystone_domain: t.keystone_domain.clone(),
             keystone_project: t.keystone_project.clone(),
             display_name: t.display_name.clone(),

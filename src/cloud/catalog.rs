@@ -32,11 +32,18 @@ impl CatalogEndpoint {
     }
 }
 
+/// Which region a publish asks for, and which setting chose it (named in errors).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Region<'a> {
+    pub(super) name: &'a str,
+    pub(super) chosen_by: &'a str,
+}
+
 /// The public image endpoint of `region`, or the only one when no region is set; several
 /// regions and none chosen is a permanent error naming them.
 pub(super) fn image_endpoint(
     catalog: &[CatalogService],
-    region: Option<&str>,
+    region: Option<Region<'_>>,
 ) -> Result<String, CloudError> {
     let public: Vec<&CatalogEndpoint> = catalog
         .iter()
@@ -63,11 +70,11 @@ pub(super) fn image_endpoint(
         });
     }
     let chosen = match region {
-        Some(region) => public
+        Some(Region { name, chosen_by }) => public
             .iter()
-            .find(|e| e.region() == region)
+            .find(|e| e.region() == name)
             .ok_or_else(|| config_error(format!(
-                "the Keystone catalog has no Glance in region '{region}' (cloud.region); it lists Glance in {names}"
+                "the Keystone catalog has no Glance in region '{name}' ({chosen_by}); it lists Glance in {names}"
             )))?,
         None if regions.len() > 1 => {
             return Err(config_error(format!(
@@ -104,24 +111,32 @@ mod tests {
         .unwrap()
     }
 
+    fn chosen(name: &str) -> Option<Region<'_>> {
+        Some(Region {
+            name,
+            chosen_by: "publishLocation",
+        })
+    }
+
     #[test]
     fn the_public_endpoint_of_the_chosen_region_is_used() {
         assert_eq!(
-            image_endpoint(&catalog(), Some("RegionOne")).unwrap(),
+            image_endpoint(&catalog(), chosen("RegionOne")).unwrap(),
             "http://one"
         );
         assert_eq!(
-            image_endpoint(&catalog(), Some("RegionTwo")).unwrap(),
+            image_endpoint(&catalog(), chosen("RegionTwo")).unwrap(),
             "http://two"
         );
-        let missing = image_endpoint(&catalog(), Some("RegionNine")).unwrap_err();
+        let missing = image_endpoint(&catalog(), chosen("RegionNine")).unwrap_err();
         assert!(
             missing.summary.contains("'RegionNine'"),
             "{}",
             missing.summary
         );
         assert!(
-            missing.summary.contains("'RegionOne', 'RegionTwo'"),
+            missing.summary.contains("'RegionOne', 'RegionTwo'")
+                && missing.summary.contains("(publishLocation)"),
             "{}",
             missing.summary
         );

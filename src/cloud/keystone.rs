@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::address_policy::Refusal;
 use super::answer::{json, within};
-use super::catalog::{image_endpoint, CatalogService};
+use super::catalog::{image_endpoint, CatalogService, Region};
 use super::error::{check, clip, Cause, CloudError};
 use super::glance::glance_v2;
 use super::session::Session;
@@ -124,7 +124,12 @@ pub(super) async fn log_in(
     let issued = request_token(&client, &refusal, account, limit).await?;
     let glance = match given_glance {
         Some(url) => url,
-        None => glance_from_catalog(policy, &keystone, &issued.catalog)?,
+        None => glance_from_catalog(
+            policy,
+            &keystone,
+            &issued.catalog,
+            account.region.as_deref(),
+        )?,
     };
     // Glance's own profile may trust one more CA.
     let all = super::tls::ca_files(policy, &[&keystone, &glance]);
@@ -274,17 +279,30 @@ async fn read_token(response: reqwest::Response, what: &str) -> Result<Issued, C
     })
 }
 
-/// Glance's endpoint from the catalog (in the profile's region, else `cloud.region`),
-/// checked before the first connection to it (the resolver checks names again).
+/// Glance's endpoint from the catalog (in the publish's region, else the profile's, else
+/// `cloud.region`), checked before the first connection to it (the resolver checks names
+/// again).
 fn glance_from_catalog(
     policy: &AddressPolicy,
     keystone: &url::Url,
     catalog: &[CatalogService],
+    region: Option<&str>,
 ) -> Result<url::Url, CloudError> {
     let profile = policy.profile_for(keystone);
-    let region = profile
-        .and_then(|p| p.region.as_deref())
-        .or(policy.settings().region.as_deref());
+    let configured = |name| Region {
+        name,
+        chosen_by: "cloud.region",
+    };
+    let region = match region {
+        Some(name) => Some(Region {
+            name,
+            chosen_by: "publishLocation",
+        }),
+        None => profile
+            .and_then(|p| p.region.as_deref())
+            .or(policy.settings().region.as_deref())
+            .map(configured),
+    };
     let endpoint = image_endpoint(catalog, region)?;
     let url = parse("the catalog's Glance endpoint", &endpoint)?;
     policy

@@ -36,6 +36,9 @@ pub use session::Sessions;
 pub struct OpenStackAccount {
     pub keystone_url: String,
     pub glance_url: Option<String>,
+    /// The catalog region whose Glance to use when `glance_url` is not given (a publish's
+    /// `publishLocation`); `None`: the configured one.
+    pub region: Option<String>,
     pub user: String,
     pub password: Secret,
     pub domain: String,

@@ -171,6 +171,7 @@ struct Key {
     project: String,
     user: String,
     glance_url: Option<String>,
+    region: Option<String>,
     password_digest: [u8; 32],
 }
 
@@ -209,6 +210,7 @@ impl Sessions {
             project: account.project.clone(),
             user: account.user.clone(),
             glance_url: account.glance_url.clone(),
+            region: account.region.clone(),
             password_digest: mac.finalize().into_bytes().into(),
         }
     }
@@ -304,6 +306,7 @@ mod tests {
         OpenStackAccount {
             keystone_url: "http://k:5000/v3".into(),
             glance_url: None,
+            region: None,
             user: "u".into(),
             password: Secret::new(password),
             domain: "Default".into(),

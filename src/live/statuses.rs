@@ -186,6 +186,7 @@ mod tests {
             keystone_domain: "Default".into(),
             keystone_project: "demo".into(),
             glance_url: None,
+            publish_location: None,
             cloud_login: "demo".into(),
             cloud_password_enc: vec![1, 2, 3],
             state,

@@ -459,6 +459,27 @@ pub async fn extend_lease(
 }
 
 /// Records the Glance image id as soon as it exists, so cleanup can find it (an event).
+/// Records the Glance a ticket's region resolved to (from the catalog, at its first login),
+/// while this claim holds it: its image's cleanup, the orphan sweep and a later attempt then
+/// all call that Glance, whatever the configured region. Once set, it stays.
+pub async fn record_glance(
+    pool: &PgPool,
+    id: i64,
+    token: i64,
+    glance_url: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE publish_tickets SET glance_url = $3, updated_at = now()
+          WHERE id = $1 AND fencing_token = $2 AND state = 'running' AND glance_url IS NULL",
+        id,
+        token,
+        glance_url
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 pub async fn set_cloud_id(
     pool: &PgPool,
     id: i64,

@@ -71,6 +71,8 @@ pub struct Ticket {
     pub keystone_domain: String,
     pub keystone_project: String,
     pub glance_url: Option<String>,
+    /// The catalog region asked for (`publishLocation`), if any.
+    pub publish_location: Option<String>,
     pub cloud_login: String,
     pub cloud_password_enc: Vec<u8>,
 
@@ -121,7 +123,7 @@ macro_rules! ticket_query {
                    t.display_name AS "display_name!", t.public_image AS "public_image!",
                    t.account_name, t.keystone_url AS "keystone_url!",
                    t.keystone_version AS "keystone_version!", t.keystone_domain AS "keystone_domain!",
-                   t.keystone_project AS "keystone_project!", t.glance_url,
+                   t.keystone_project AS "keystone_project!", t.glance_url, t.publish_location,
                    t.cloud_login AS "cloud_login!", t.cloud_password_enc AS "cloud_password_enc!",
                    t.state AS "state!: TicketState", t.attempts AS "attempts!",
                    t.fencing_token AS "fencing_token!", t.cancel_requested AS "cancel_requested!",
@@ -160,6 +162,7 @@ macro_rules! ticket_of_row {
             keystone_domain: $row.keystone_domain,
             keystone_project: $row.keystone_project,
             glance_url: $row.glance_url,
+            publish_location: $row.publish_location,
             cloud_login: $row.cloud_login,
             cloud_password_enc: $row.cloud_password_enc,
             state: $row.state,
@@ -203,6 +206,7 @@ pub struct NewTicket {
     pub keystone_domain: String,
     pub keystone_project: String,
     pub glance_url: Option<String>,
+    pub publish_location: Option<String>,
     pub cloud_login: String,
     pub cloud_password_enc: Vec<u8>,
     pub bytes_total: i64,
@@ -237,6 +241,7 @@ struct Columns {
     cloud_passwords_enc: Vec<Vec<u8>>,
     bytes_totals: Vec<i64>,
     cloud_account_ids: Vec<Option<i64>>,
+    publish_locations: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -259,6 +264,7 @@ impl Columns {
             c.cloud_passwords_enc.push(new.cloud_password_enc.clone());
             c.bytes_totals.push(new.bytes_total);
             c.cloud_account_ids.push(new.cloud_account_id);
+            c.publish_locations.push(new.publish_location.clone());
         }
         c
     }
@@ -281,11 +287,13 @@ pub async fn create_many<'e>(
         "WITH new_ticket AS (
              INSERT INTO publish_tickets (ticket_key, image_id, user_id, display_name, public_image,
                  account_name, keystone_url, keystone_version, keystone_domain, keystone_project,
-                 glance_url, cloud_login, cloud_password_enc, bytes_total, cloud_account_id, message)
+                 glance_url, cloud_login, cloud_password_enc, bytes_total, cloud_account_id,
+                 publish_location, message)
              SELECT *, 'queued, waiting for a worker'
                FROM UNNEST($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::bool[],
                            $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                           $11::text[], $12::text[], $13::bytea[], $14::bigint[], $15::bigint[])
+                           $11::text[], $12::text[], $13::bytea[], $14::bigint[], $15::bigint[],
+                           $16::text[])
              RETURNING *),
          outbox AS (INSERT INTO ticket_outbox (ticket_id) SELECT id FROM new_ticket
                     RETURNING id, ticket_id),
@@ -311,6 +319,7 @@ pub async fn create_many<'e>(
         &c.cloud_passwords_enc,
         &c.bytes_totals,
         &c.cloud_account_ids as &[Option<i64>],
+        &c.publish_locations as &[Option<String>],
     )
     .fetch_all(executor)
     .await?;

@@ -210,6 +210,7 @@ async fn attempt_steps(
         ctx.sessions.glance(target.account, ctx.cloud_policy),
     )
     .await?;
+    keep_regional_glance(ctx, target, &glance).await?;
     // The file as registered, or converted for this cloud (removed when this ends).
     let wanted = glance.profile().and_then(|p| p.disk_format.as_deref());
     let payload = convert::payload(ctx, target.image, wanted, &progress).await?;
@@ -257,6 +258,21 @@ async fn attempt_steps(
         }
     }
     result.map(|()| created)
+}
+
+/// A ticket that named a region (`publishLocation`) keeps the Glance the catalog gave it, before
+/// it creates anything there: its cleanup and the orphan sweep then find that Glance.
+async fn keep_regional_glance(
+    ctx: &WorkerContext<'_>,
+    target: &Target<'_>,
+    glance: &Glance,
+) -> Result<(), AttemptError> {
+    let (claim, account) = (target.claim, target.account);
+    if account.region.is_none() || account.glance_url.is_some() {
+        return Ok(());
+    }
+    let url = glance.endpoint().as_str();
+    Ok(claims::record_glance(ctx.pool, claim.ticket.id, claim.token, url).await?)
 }
 
 /// Never two images for one ticket: reuses a finished one (its id), removes unfinished ones.

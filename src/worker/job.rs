@@ -95,6 +95,7 @@ impl Job {
         let account = OpenStackAccount {
             keystone_url: ticket.keystone_url.clone(),
             glance_url: ticket.glance_url.clone(),
+            region: ticket.publish_location.clone(),
             user: ticket.cloud_login.clone(),
             password: password.clone(),
             domain: ticket.keystone_domain.clone(),

@@ -45,6 +45,7 @@ fn demo_account() -> OpenStackAccount {
     OpenStackAccount {
         keystone_url: keystone_url(),
         glance_url: Some(glance_url()),
+        region: None,
         user: "demo".into(),
         password: Secret::new("demopass"),
         domain: "Default".into(),

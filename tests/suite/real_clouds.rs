@@ -357,6 +357,49 @@ fn lab_profiles(import_timeout: Option<Duration>) -> Vec<CloudProfile> {
     ]
 }
 
+/// `publishLocation` picks the catalog region per publish, with no region configured: its
+/// Glance is recorded on the ticket (so its cleanup and the orphan sweep find it); a region
+/// the catalog lacks ends in error naming the ones it lists.
+async fn publish_location(app: &TestApp, cloud: &VariantCloud, region_two: &FaultProxy) {
+    let located = |region: &str, name: &str| {
+        let mut body: serde_json::Value =
+            serde_json::from_str(&body(VARIANT_KEYSTONE, None, name)).unwrap();
+        body["publishLocation"] = region.into();
+        body.to_string()
+    };
+    let before = region_two.seen().len();
+    let (ticket, id) = publish(app, 4096, located("RegionTwo", "located")).await;
+    completed_after_importing(app, &ticket).await;
+    let calls = &region_two.seen()[before..];
+    assert!(
+        sent(calls, "POST", "/import"),
+        "RegionTwo's Glance: {calls:?}"
+    );
+    let answer: serde_json::Value = app.get_as("alice", &ticket).await;
+    assert_eq!(answer["publishLocation"], "RegionTwo", "{answer}");
+    let glance = answer["credAccount"]["glanceUrl"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        glance.starts_with(&format!("http://{REGION_TWO}")),
+        "{answer}"
+    );
+    let images = cloud.images_of_ticket(&app.ticket_key(id).await).await;
+    assert_eq!(images.len(), 1, "{images:#?}");
+    cloud.delete(images[0]["id"].as_str().unwrap()).await;
+
+    let (ticket, _) = publish(app, 4096, located("RegionNine", "nowhere")).await;
+    let status = app
+        .wait_final("alice", &ticket, Duration::from_secs(30))
+        .await;
+    let message = status.error_message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("no Glance in region 'RegionNine' (publishLocation)")
+            && message.contains("'RegionOne', 'RegionTwo'"),
+        "{status:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_cloud_configured_as_operators_do() {
     let started = Instant::now();
@@ -380,6 +423,7 @@ async fn a_cloud_configured_as_operators_do() {
             && message.contains("cloud.region"),
         "{status:?}"
     );
+    publish_location(&no_region, &cloud, &region_two).await;
     no_region.stop().await;
 
     let app = spawn_app_with(true, |s| {

@@ -363,6 +363,7 @@ async fn the_orphan_sweep_removes_an_image_a_cancelled_create_left_unnamed() {
     let account = OpenStackAccount {
         keystone_url: keystone_url(),
         glance_url: Some(glance_url()),
+        region: None,
         user: "demo".into(),
         password: Secret::new("demopass"),
         domain: "Default".into(),

@@ -48,6 +48,11 @@ pub(super) fn glance_v2(mut url: url::Url) -> url::Url {
 }
 
 impl Glance {
+    /// Glance's v2 endpoint this session calls.
+    pub fn endpoint(&self) -> &url::Url {
+        &self.session.base
+    }
+
     pub(super) fn url(&self, segments: &[&str]) -> url::Url {
         let mut url = self.session.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {

@@ -510,6 +510,7 @@ pub fn new_ticket(image_id: i64, user_id: i64, name: &str) -> NewTicket {
         keystone_domain: "Default".into(),
         keystone_project: "demo".into(),
         glance_url: None,
+        publish_location: None,
         cloud_login: "demo".into(),
         cloud_password_enc: b"sealed".to_vec(),
         bytes_total: 4096,
