@@ -212,6 +212,15 @@ CREATE TABLE public.login_failures (
     locked_until timestamp with time zone
 );
 
+CREATE TABLE public.publish_idempotency (
+    user_id bigint NOT NULL,
+    key text NOT NULL,
+    request_digest bytea NOT NULL,
+    ticket_id bigint,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT publish_idempotency_key_check CHECK (((length(key) >= 1) AND (length(key) <= 255)))
+);
+
 CREATE TABLE public.publish_tickets (
     id bigint NOT NULL,
     ticket_key uuid DEFAULT gen_random_uuid() NOT NULL,
@@ -440,6 +449,9 @@ ALTER TABLE ONLY public.kept_images
 ALTER TABLE ONLY public.login_failures
     ADD CONSTRAINT login_failures_pkey PRIMARY KEY (login);
 
+ALTER TABLE ONLY public.publish_idempotency
+    ADD CONSTRAINT publish_idempotency_pkey PRIMARY KEY (user_id, key);
+
 ALTER TABLE ONLY public.publish_tickets
     ADD CONSTRAINT publish_tickets_pkey PRIMARY KEY (id);
 
@@ -494,6 +506,8 @@ CREATE INDEX image_cleanups_pending ON public.image_cleanups USING btree (id) WH
 CREATE INDEX image_cleanups_ticket ON public.image_cleanups USING btree (ticket_id);
 
 CREATE INDEX images_scan_id ON public.images USING btree (scan_id);
+
+CREATE INDEX publish_idempotency_ticket ON public.publish_idempotency USING btree (ticket_id) WHERE (ticket_id IS NOT NULL);
 
 CREATE INDEX publish_tickets_account ON public.publish_tickets USING btree (hashtextextended(((((((((keystone_url || ''::text) || keystone_domain) || ''::text) || keystone_project) || ''::text) || cloud_login) || ''::text) || COALESCE(glance_url, ''::text)), (0)::bigint), id DESC);
 
@@ -560,6 +574,12 @@ ALTER TABLE ONLY public.image_cleanups
 
 ALTER TABLE ONLY public.images
     ADD CONSTRAINT images_scan_id_fkey FOREIGN KEY (scan_id) REFERENCES public.scans(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.publish_idempotency
+    ADD CONSTRAINT publish_idempotency_ticket_id_fkey FOREIGN KEY (ticket_id) REFERENCES public.publish_tickets(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.publish_idempotency
+    ADD CONSTRAINT publish_idempotency_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.publish_tickets
     ADD CONSTRAINT publish_tickets_cloud_account_id_fkey FOREIGN KEY (cloud_account_id) REFERENCES public.cloud_accounts(id) ON DELETE SET NULL;

@@ -72,6 +72,9 @@ pub struct ApiSettings {
     pub credential_cache: Duration,
     /// The UForge version `GET /api/status` answers, the one UForge clients check.
     pub uforge_version: String,
+    /// How long a publish's `Idempotency-Key` answers with the ticket it first made.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -569,6 +572,7 @@ impl Settings {
         let (api, w, l) = (&self.api, &self.worker, &self.limits);
         let mut all = vec![
             ("api.login_lockout", api.login_lockout, s(1)),
+            ("api.idempotency_window", api.idempotency_window, s(60)),
             ("api.credential_cache", api.credential_cache, s(0)),
             ("worker.progress_interval", w.progress_interval, ms(100)),
             ("worker.lease", w.lease, s(1)),

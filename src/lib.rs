@@ -24,6 +24,8 @@
 //! | · `params`    | path and query parameters: one struct parses and documents each route's  |
 //! | · `auth`      | who is calling (Basic, API keys), the login lock, remembered logins      |
 //! |               | (one check per credential); signatures bound to a method, writes once    |
+//! | · `idempotency` | `Idempotency-Key` on a publish: the first ticket answered again, a key |
+//! |               | reused with another request refused (reserved in `store::idempotency`)   |
 //! | · `filing`    | group commit: concurrent publishes stored as one statement and one commit, |
 //! |               | each answered once its batch committed; a failed batch refiled one by one |
 //! | · `publish_request` | the body of `POST …/pimages`, from XML or JSON, checked; its account |
@@ -97,6 +99,7 @@
 //! | · `login_lock` | failed-login windows and locks                                          |
 //! | · `sealed`    | re-sealing stored secrets under the current key                          |
 //! | · `images`    | scanned instances, scans and images                                      |
+//! | · `idempotency` | publishes' Idempotency-Keys: reserved, settled with a ticket, released |
 //! | · `retention` | finished tickets, events and done cleanups forgotten past `[retention]`  |
 //! | [`retry`]     | `Backoff`, the one backoff policy (delays, n-th delay, full jitter); retries |
 //! |               | of transient failures with attempts and a deadline                       |

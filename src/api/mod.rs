@@ -14,6 +14,7 @@ mod error;
 mod events;
 mod extract;
 mod filing;
+mod idempotency;
 mod image_link;
 mod limits;
 mod observe;
@@ -83,6 +84,8 @@ pub struct SharedState {
     /// Where image files are (`storage.url`): checked before a publish, served to
     /// web-download.
     pub images: ImageStore,
+    /// How long a publish's Idempotency-Key answers with its first ticket.
+    pub idempotency_window: std::time::Duration,
 }
 
 /// The route templates, shared by the router and the handlers' OpenAPI annotations.
@@ -261,6 +264,7 @@ impl Application {
                 queued_tickets_per_user,
                 uforge_version: settings.api.uforge_version.as_str().into(),
                 images: ImageStore::new(&settings.storage)?,
+                idempotency_window: settings.api.idempotency_window,
             })),
             rescue: (
                 settings.worker.max_ticket_attempts,

@@ -17,6 +17,7 @@ use super::doc_parts::{
 };
 use super::error::ApiError;
 use super::extract::{self, ApiQuery, OwnedImage, OwnedTicket, PublishToken, UserScope};
+use super::idempotency::{Claim, IdempotencyKey};
 use super::params::{DeleteQuery, ImageFilter, ImagePath, ScanPath, TicketPath, UserPath};
 use super::paths;
 use super::publish_request::{self, BodyAccount, BodyError, PublishBody};
@@ -108,11 +109,15 @@ pub async fn get_image(
     path = paths::TICKETS,
     operation_id = "publish",
     summary = "Publish the image to a cloud: stores a ticket and answers at once",
-    params(ImagePath),
+    params(ImagePath, ("Idempotency-Key" = Option<String>, Header,
+        description = "1 to 255 visible ASCII characters: a publish sent again with its key within api.idempotency_window answers 200 with the ticket the first one made; the key with another request is a 409")),
     request_body(content(
         (PublishRequestBody = "application/json"), (PublishRequestBody = "application/xml"))),
     responses(
         (status = 201, description = "The ticket, queued",
+            headers(("Location" = String), ("ETag" = String, description = "The object's digest, quoted")),
+            content((PublishImage = "application/json"), (PublishImage = "application/xml"))),
+        (status = 200, description = "The ticket an earlier request with this Idempotency-Key made, as it is now",
             headers(("Location" = String), ("ETag" = String, description = "The object's digest, quoted")),
             content((PublishImage = "application/json"), (PublishImage = "application/xml"))),
         PublishErrors,
@@ -130,11 +135,13 @@ pub async fn publish(
     let image = extract::image_at(&state, &path).await?;
     let bytes = extract::body_bytes(&state, body).await?;
     let request = parse_publish_body(&headers, &bytes)?;
+    let key = IdempotencyKey::of(&headers, caller.0.id, image.id, &bytes)?;
     let cloud = ticket_cloud(&state, &path.uid, request.account).await?;
     file_is_there(&state, &image).await?;
     let display_name = request.display_name.unwrap_or_else(|| image.name.clone());
-    let ticket = create_within_quota(
+    let (ticket, status) = file_once(
         &state,
+        key,
         &image.owner_login,
         NewTicket {
             image_id: image.id,
@@ -159,7 +166,7 @@ pub async fn publish(
     metrics::counter!(metrics_catalog::PUBLISH_REQUESTS).increment(1);
 
     let (doc, digest) = PublishImage::document(&ticket);
-    let mut response = doc.render(format, StatusCode::CREATED);
+    let mut response = doc.render(format, status);
     if let Ok(location) = HeaderValue::from_str(&format!("/api/{}", ticket.uri())) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -197,6 +204,36 @@ async fn file_is_there(state: &AppState, image: &Image) -> Result<(), ApiError> 
 /// Stores the ticket (with other requests' in one commit: `filing`) unless its owner has
 /// `queued_tickets_per_user` unfinished already (429). Once stored, it is on its way to
 /// RabbitMQ: its outbox row promises it, and the filing queued its hand-off.
+/// Files the ticket (`201`), or with an Idempotency-Key its earlier request filed, answers
+/// with that ticket as it is now (`200`).
+async fn file_once(
+    state: &AppState,
+    key: Option<IdempotencyKey>,
+    owner: &str,
+    new: NewTicket,
+) -> Result<(Ticket, StatusCode), ApiError> {
+    let key = match key.map(|k| k.claim(state)) {
+        None => None,
+        Some(claim) => match claim.await? {
+            Claim::File(key) => Some(key),
+            Claim::Earlier(id) => {
+                let earlier = tickets::get(&state.pool, id).await?;
+                let earlier = earlier.ok_or_else(|| {
+                    ApiError::NotFound(format!("ticket {id} was deleted meanwhile"))
+                })?;
+                return Ok((earlier, StatusCode::OK));
+            }
+        },
+    };
+    let filed = create_within_quota(state, owner, new).await;
+    match (&key, &filed) {
+        (Some(key), Ok(ticket)) => key.settle(state, ticket.id).await?,
+        (Some(key), Err(_)) => key.release(state).await,
+        (None, _) => {}
+    }
+    Ok((filed?, StatusCode::CREATED))
+}
+
 async fn create_within_quota(
     state: &AppState,
     owner: &str,

@@ -22,6 +22,7 @@ mod group_commit;
 mod hammr;
 mod harness;
 mod hostile_cloud;
+mod idempotency;
 mod image_store;
 mod listener;
 mod many_hosts;
