@@ -68,6 +68,13 @@ async fn glance_503_twice_then_recovers_with_one_image() {
     let last = seen.last().unwrap();
     assert!(last.complete, "{seen:#?}");
     assert_eq!(proxy.injected(), 2);
+    // Every upload (the failed ones too) announced its size to Glance.
+    let size = std::fs::metadata(&file).unwrap().len().to_string();
+    let sizes = proxy.header_of("PUT", "/file", "x-openstack-image-size");
+    assert!(
+        sizes.len() >= 3 && sizes.iter().all(|s| s.as_deref() == Some(&size)),
+        "{sizes:?}"
+    );
     let msgs = messages(&seen);
     // One retry per injected 503, read from the attempts' records: a "retrying in …" status
     // lasts only the jittered wait (full jitter: it may be a few milliseconds), which a

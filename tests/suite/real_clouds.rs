@@ -441,6 +441,12 @@ async fn a_cloud_configured_as_operators_do() {
     assert!(sent(&calls, "PUT", "/file"), "{calls:?}");
     assert!(sent(&calls, "PUT", "/stage"), "{calls:?}");
     assert!(sent(&calls, "POST", "/import"), "{calls:?}");
+    let staged = region_two.header_of("PUT", "/stage", "x-openstack-image-size");
+    let size = (256 * 1024).to_string();
+    assert!(
+        staged.iter().any(|s| s.as_deref() == Some(&size)),
+        "{staged:?}"
+    );
     let key = app.ticket_key(id).await;
     let images = cloud.images_of_ticket(&key).await;
     assert_eq!(images.len(), 1, "{images:#?}");

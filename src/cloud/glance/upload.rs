@@ -58,6 +58,9 @@ impl Glance {
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, length)
+            // Glance's own size header: the size is known before a byte arrives, even where
+            // a proxy between re-chunks the body and drops Content-Length.
+            .header("x-openstack-image-size", length)
             .body(body)
             .send()
             .await

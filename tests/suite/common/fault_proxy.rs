@@ -46,6 +46,8 @@ struct State {
     seen: Vec<String>,
     /// The `X-Auth-Token` of each request seen ("" without one), in the order of `seen`.
     tokens: Vec<String>,
+    /// Each request's head without its token, in the order of `seen`.
+    heads: Vec<String>,
     injected: u32,
     /// PUT requests (uploads) being forwarded right now.
     uploads: u32,
@@ -135,6 +137,25 @@ impl FaultProxy {
         self.state.lock().unwrap().seen.clone()
     }
 
+    /// The value of header `name` in each request seen whose path ends with `path_end`.
+    pub fn header_of(&self, method: &str, path_end: &str, name: &str) -> Vec<Option<String>> {
+        let state = self.state.lock().unwrap();
+        state
+            .seen
+            .iter()
+            .zip(&state.heads)
+            .filter(|(seen, _)| seen.starts_with(method) && seen.ends_with(path_end))
+            .map(|(_, head)| {
+                head.lines().find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.trim()
+                        .eq_ignore_ascii_case(name)
+                        .then(|| v.trim().to_string())
+                })
+            })
+            .collect()
+    }
+
     /// Every request seen with the `X-Auth-Token` it carried ("" without one): the tests'
     /// own proxy reads it to revoke it or to tell tokens apart; pimage never shows it.
     pub fn seen_with_tokens(&self) -> Vec<(String, String)> {
@@ -169,10 +190,14 @@ enum Action {
     },
 }
 
-fn decide(state: &Mutex<State>, method: &str, path: &str, token: String) -> Action {
+fn decide(state: &Mutex<State>, method: &str, path: &str, token: String, head: &str) -> Action {
     let mut s = state.lock().unwrap();
     s.seen.push(format!("{method} {path}"));
     s.tokens.push(token);
+    let untokened = head
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("x-auth-token"));
+    s.heads.push(untokened.collect::<Vec<_>>().join("\n"));
     let throttle = s.throttle;
     let mut action = Action::Forward {
         reset_after: None,
@@ -274,7 +299,7 @@ async fn handle(
                 .then(|| value.trim().to_string())
         })
         .unwrap_or_default();
-    match decide(&state, &method, &path, token) {
+    match decide(&state, &method, &path, token, &text) {
         Action::Hang => {
             // Read (and drop) whatever comes, answer nothing, until the client gives up.
             while client.read(&mut buf).await? > 0 {}
