@@ -281,7 +281,9 @@ impl Publisher {
             if link.connection.status().connected() && ch.status().connected() {
                 return Ok((ch.clone(), link.node.clone()));
             }
-            link.lost();
+            if !link.connection.status().connected() {
+                link.lost();
+            }
         }
         *slot = None;
         let link = open(&self.settings, &self.connection_name).await?;
