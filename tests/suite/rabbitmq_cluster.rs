@@ -90,9 +90,14 @@ impl RabbitCluster {
     /// Each connection's name (as pimage names it: `pimage-worker@host:pid`, `pimage-api`…)
     /// and its node (1-3).
     async fn connections(&self) -> Vec<(String, usize)> {
+        self.connections_on(1).await
+    }
+
+    /// `connections`, asked on `node`.
+    async fn connections_on(&self, node: usize) -> Vec<(String, usize)> {
         // The name is in the client properties: [{"connection_name","pimage-worker@…"},…]
         let rows = self
-            .ctl_rows(1, &["list_connections", "client_properties", "port"])
+            .ctl_rows(node, &["list_connections", "client_properties", "port"])
             .await;
         rows.iter()
             .filter_map(|row| {
@@ -117,10 +122,14 @@ impl RabbitCluster {
         (workers, all)
     }
 
-    /// The queue's leader node (1-3) and its members' node numbers, asked on `node`.
-    async fn quorum(&self, node: usize, queue: &str) -> (usize, Vec<usize>) {
+    /// The queue's leader node (1-3), its members' and its online members' node numbers
+    /// (sorted), asked on `node`.
+    async fn quorum(&self, node: usize, queue: &str) -> (usize, Vec<usize>, Vec<usize>) {
         let rows = self
-            .ctl_rows(node, &["list_queues", "name", "leader", "members"])
+            .ctl_rows(
+                node,
+                &["list_queues", "name", "leader", "members", "online"],
+            )
             .await;
         let row = rows
             .iter()
@@ -130,12 +139,32 @@ impl RabbitCluster {
             let n = node.trim().strip_prefix(NAME).unwrap();
             n.split('@').next().unwrap().parse().unwrap()
         };
-        let members = row[2]
-            .trim_matches(|c| c == '[' || c == ']')
-            .split(',')
-            .map(number)
-            .collect();
-        (number(&row[1]), members)
+        let numbers = |list: &str| -> Vec<usize> {
+            let mut all: Vec<usize> = list
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(',')
+                .map(number)
+                .collect();
+            all.sort();
+            all
+        };
+        (number(&row[1]), numbers(&row[2]), numbers(&row[3]))
+    }
+
+    /// Waits until the queue's three members are online (a node back has rejoined).
+    async fn wait_all_online(&self, queue: &str) {
+        let started = Instant::now();
+        loop {
+            let (_, _, online) = self.quorum(1, queue).await;
+            if online == [1, 2, 3] {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "online members: {online:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 
@@ -291,8 +320,7 @@ async fn a_node_stopped_during_uploads_loses_and_duplicates_no_ticket() {
     }
 
     // The queue is replicated on the three nodes (declared with one replica per node).
-    let (leader, mut members) = rabbit.quorum(1, &env.queue).await;
-    members.sort();
+    let (leader, members, _) = rabbit.quorum(1, &env.queue).await;
     assert_eq!(members, [1, 2, 3], "the quorum queue's members");
     // The victim: the node holding the most worker connections; on a tie the leader's, then
     // the API's.
@@ -344,7 +372,7 @@ async fn a_node_stopped_during_uploads_loses_and_duplicates_no_ticket() {
     let all_final = stop.elapsed();
     let tickets = (TICKETS_BEFORE + TICKETS_AFTER) as i64;
     assert_eq!(states.get("complete"), Some(&tickets), "{states:?}");
-    let (new_leader, _) = rabbit.quorum(victim % 3 + 1, &env.queue).await;
+    let (new_leader, _, _) = rabbit.quorum(victim % 3 + 1, &env.queue).await;
     assert_ne!(new_leader, victim, "a surviving node leads the queue");
 
     check_each_ticket_once(&pool, &ids).await;
@@ -371,15 +399,19 @@ async fn a_node_stopped_during_uploads_loses_and_duplicates_no_ticket() {
     // The node comes back and rejoins: the queue's three members are online again.
     let restart = Instant::now();
     rabbit.script(&["start-node", &victim.to_string()]).await;
+    rabbit.wait_all_online(&env.queue).await;
     let rejoined = restart.elapsed();
     rabbit.script(&["status"]).await;
+    let (api_killed, api_after) =
+        kill_the_apis_node(&rabbit, &env, &pool, &base, &image, &body).await;
     println!(
         "cluster figures: cluster up in {:.1} s; {tickets} tickets ({TICKETS_BEFORE} before the \
          stop, {TICKETS_AFTER} after); node {victim} killed (leader was node {leader}, now \
          node {new_leader}) with {} of 2 workers on it (the API's publisher on node {}), {uploads_at_stop} uploads running and \
          {queued_at_stop} tickets queued; \
          {claimed_after} tickets claimed after the stop; all complete {:.1} s after the stop; \
-         node back in the cluster in {:.1} s; test {:.1} s",
+         node back in the cluster in {:.1} s; then the API's node {api_killed} killed: the API \
+         moved to node {api_after}, {API_TICKETS} more tickets complete; test {:.1} s",
         cluster_up.as_secs_f64(),
         moved.len(),
         api_node.map_or("-".into(), |n| n.to_string()),
@@ -400,6 +432,52 @@ async fn a_node_stopped_during_uploads_loses_and_duplicates_no_ticket() {
     pool.close().await;
     env.drop_all().await;
     drop(rabbit);
+}
+
+const API_TICKETS: usize = 4;
+
+/// Kills the node of the API's publisher (the cluster whole again), publishes through the
+/// API: the tickets complete, each once, and the API's publisher is on another node. Then
+/// starts the node again. Returns the node killed and the API's new one.
+async fn kill_the_apis_node(
+    rabbit: &RabbitCluster,
+    env: &Env,
+    pool: &PgPool,
+    base: &str,
+    image: &str,
+    body: &dyn Fn(usize) -> String,
+) -> (usize, usize) {
+    let api_node = |connections: &[(String, usize)]| {
+        connections
+            .iter()
+            .find(|(name, _)| name == "pimage-api")
+            .map(|(_, node)| *node)
+    };
+    let (_, connections) = rabbit.worker_nodes().await;
+    let killed = api_node(&connections).expect("the API's publisher is connected");
+    rabbit
+        .script(&["stop-node", &killed.to_string(), "--kill"])
+        .await;
+    let mut ids = vec![];
+    for n in 0..API_TICKETS {
+        ids.push(publish(base, image, body(100 + n)).await);
+    }
+    let states = wait_all_final(pool, Duration::from_secs(120)).await;
+    let all = (TICKETS_BEFORE + TICKETS_AFTER + API_TICKETS) as i64;
+    assert_eq!(states.get("complete"), Some(&all), "{states:?}");
+    check_each_ticket_once(pool, &ids).await;
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM ticket_outbox")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(outbox, 0, "every ticket handed to RabbitMQ");
+    let ask = if killed == 1 { 2 } else { 1 };
+    let now = rabbit.connections_on(ask).await;
+    let moved = api_node(&now).expect("the API's publisher connected again");
+    assert_ne!(moved, killed, "the API's publisher moved: {now:?}");
+    rabbit.script(&["start-node", &killed.to_string()]).await;
+    rabbit.wait_all_online(&env.queue).await;
+    (killed, moved)
 }
 
 /// The "worker connected" lines of worker `w`'s log.
