@@ -152,7 +152,10 @@ async fn a_huge_401_and_a_gzip_bomb_leave_a_worker_process_under_128_mib() {
         .env("PIMAGE_ENV", "dev")
         .env("PIMAGE__DATABASE__URL", app.settings.database.url.expose())
         .env("PIMAGE__AMQP__QUEUE", &app.settings.amqp.queue)
-        .env("PIMAGE__STORAGE__URL", &app.settings.storage.url)
+        .env(
+            "PIMAGE__STORAGE__URL",
+            &app.settings.storage.url,
+        )
         .env("PIMAGE__WORKER__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
