@@ -115,9 +115,15 @@ impl Worker {
         slots: Slots<'_>,
     ) -> anyhow::Result<()> {
         let tag = format!("pimage-worker@{}", self.id);
-        let conn = queue::connect(&self.amqp, &tag).await?;
-        let channel = queue::channel(&conn, &self.amqp.queue, 1).await?;
-        info!(queue = %self.amqp.queue, concurrency = self.settings.concurrency, "worker connected");
+        let link = queue::open(&self.amqp, &tag).await?;
+        let channel = match queue::channel(&link, &self.amqp, 1).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                link.lost();
+                return Err(e.into());
+            }
+        };
+        info!(queue = %self.amqp.queue, node = %link.node, concurrency = self.settings.concurrency, "worker connected");
         let mut feed = Feed {
             channel,
             tag,
@@ -127,7 +133,11 @@ impl Worker {
         };
         let ended = self.consume(&mut feed, shutdown, &slots).await;
         feed.close().await;
-        ended
+        // Lost: the next connection starts at the next node, and the error names this one.
+        ended.map_err(|e| {
+            link.lost();
+            anyhow::anyhow!("lost RabbitMQ at {}: {e}", link.node)
+        })
     }
 
     /// The loop; returns at shutdown (`Ok`) or when RabbitMQ is lost.
