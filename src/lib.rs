@@ -67,7 +67,8 @@
 //! | [`outbox`]    | hands stored tickets to RabbitMQ (in batches, one, or later by the relay) |
 //! | [`health`]    | `/healthz`, `/readyz`, `/metrics` (API and worker)                       |
 //! |               | `serve_http`: all listeners: header, idle, body timeouts, connection cap  |
-//! | [`queue`]     | RabbitMQ: queue declaration, confirmed publishing, consuming             |
+//! | [`queue`]     | RabbitMQ: a cluster's nodes tried in turn, queue declaration, confirmed  |
+//! |               | publishing, consuming                                                    |
 //! | [`cloud`]     | the OpenStack account and the one HTTP client, in sub-modules:           |
 //! | · `keystone`  | `Keystone::login`: Keystone v3, wrong password told from unreachable project; |
 //! |               | `Keystone::check_password`: one unscoped login (a stored account's check) |
