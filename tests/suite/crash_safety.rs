@@ -440,18 +440,8 @@ impl Cluster {
 
     /// Publishes through API process `api`.
     async fn publish_via(&self, api: usize, image_uri: &str, body: String) -> (i64, String) {
-        let resp = reqwest::Client::new()
-            .post(format!("{}/{image_uri}/pimages", self.api_base(api)))
-            .basic_auth("alice", Some(PASSWORD))
-            .header("Content-Type", "application/json")
-            .header("Accept", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        let t: common::PublishImage = resp.json().await.unwrap();
-        (t.db_id, t.uri.clone())
+        let t = common::processes::publish_at(&self.api_base(api), image_uri, body).await;
+        (t.db_id, t.uri)
     }
 
     /// Asks API `api` to cancel the ticket at `uri`: true when accepted (204), false when

@@ -193,17 +193,7 @@ impl Drop for Processes {
 }
 
 async fn publish(base: &str, image: &str, body: String) -> i64 {
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/{image}/pimages"))
-        .basic_auth("alice", Some(PASSWORD))
-        .header("Content-Type", "application/json")
-        .header("Accept", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    resp.json::<common::PublishImage>().await.unwrap().db_id
+    common::processes::publish_at(base, image, body).await.db_id
 }
 
 /// Waits until every ticket has ended; their states counted.

@@ -202,6 +202,21 @@ pub async fn wait_for_api(base: &str) {
     }
 }
 
+/// Publishes `image_uri` through the API at `base` as alice (JSON); the ticket it filed.
+pub async fn publish_at(base: &str, image_uri: &str, body: String) -> super::PublishImage {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/{image_uri}/pimages"))
+        .basic_auth("alice", Some(super::PASSWORD))
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
+    resp.json().await.unwrap()
+}
+
 /// GETs `{base}/{path}` as JSON with Basic `login`, read as `T` (a wire type).
 pub async fn get_json_at<T: serde::de::DeserializeOwned>(
     base: &str,
