@@ -231,7 +231,7 @@ async fn an_operator_inspects_and_retries_a_failed_ticket() {
     assert_eq!(String::from_utf8(list.stdout).unwrap(), format!("{id}\n"));
     let show = String::from_utf8(cli(&app, &["tickets", "show", &id]).stdout).unwrap();
     assert!(
-        show.contains("is missing or unreadable")
+        show.contains("is missing from the image store")
             && show.contains("| cloud_login ")
             && show.contains("| demo "),
         "{show}"

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use common::fault_proxy::FaultProxy;
 use common::processes::{free_port, sigterm_and_wait, wait_for_api, Env};
 use common::{publish_json_via, DemoCloud, PASSWORD};
-use reqwest::StatusCode;
 use sqlx::PgPool;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-cluster");
