@@ -3,7 +3,8 @@
 //! host name and its link to the cloud shaped by tc), and a lab cloud of this test's own that
 //! listens on the bridge (Glance at 4 processes, its database on PostgreSQL). The hosts share
 //! nothing with the API but the network: PostgreSQL and RabbitMQ through the bridge, images
-//! from the store (`store_settings`: the one place that says where images are kept).
+//! from an S3 store on the bridge (`scripts/s3-lab`; `store_settings` is the one place that
+//! says where images are kept).
 
 #![allow(clippy::unwrap_used)] // a failed unwrap fails the test, naming its place
 
@@ -25,6 +26,8 @@ const NET: &str = "10.231.28";
 const BRIDGE: &str = "10.231.28.1";
 const KEYSTONE_PORT: u16 = 5127;
 const GLANCE_PORT: u16 = 9127;
+/// The S3 lab's API port (its other servers take the next three).
+const S3_PORT: u16 = 9140;
 const HOSTS: usize = 2;
 const TICKETS: usize = 8;
 const IMAGE_BYTES: usize = 8 << 20;
@@ -114,11 +117,49 @@ impl Drop for Lab {
     }
 }
 
-/// Where images are kept, as every host reads them: this Env's directory store for now.
-/// An s3:// store (reached over the bridge) replaces it here, and nowhere else.
-fn store_settings(env: &Env) -> Vec<(String, String)> {
-    let dir = env.dir.join("store");
-    vec![("PIMAGE__STORAGE__URL".into(), dir.to_string_lossy().into())]
+/// The S3 server of this test (`scripts/s3-lab`), bound to the bridge address so that every
+/// host reaches it; `down` on drop.
+struct S3Lab {
+    dir: PathBuf,
+}
+
+impl S3Lab {
+    fn command(dir: &Path, arg: &str) -> Command {
+        let venv =
+            std::env::var("PIMAGE_S3_LAB_VENV").unwrap_or_else(|_| format!("{ROOT}/.s3-lab/venv"));
+        let mut c = Command::new(format!("{ROOT}/scripts/s3-lab"));
+        c.arg(arg)
+            .env("PIMAGE_S3_LAB_DIR", dir)
+            .env("PIMAGE_S3_LAB_VENV", venv)
+            .env("PIMAGE_S3_LAB_PORT", S3_PORT.to_string())
+            .env("PIMAGE_S3_LAB_LISTEN_HOST", BRIDGE);
+        c
+    }
+
+    fn up() -> S3Lab {
+        let lab = S3Lab {
+            dir: PathBuf::from(concat!(env!("CARGO_TARGET_TMPDIR"), "/s3-many-hosts")),
+        };
+        run_ok(S3Lab::command(&lab.dir, "up"), "s3-lab up (many hosts)");
+        lab
+    }
+
+    /// Where images are kept, as every host reads them (`scripts/s3-lab env`): the one
+    /// place to change for another store.
+    fn store_settings(&self) -> Vec<(String, String)> {
+        run_ok(S3Lab::command(&self.dir, "env"), "s3-lab env")
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+impl Drop for S3Lab {
+    fn drop(&mut self) {
+        let _ = S3Lab::command(&self.dir, "down").output();
+        let _ = std::fs::remove_dir_all(self.dir.join("state"));
+    }
 }
 
 /// The processes of the test: killed on drop (also when it fails), before the hosts and
@@ -131,6 +172,7 @@ struct Site {
     env: Option<Env>,
     hosts: Hosts,
     _lab: Lab,
+    _s3: S3Lab,
 }
 
 impl Site {
@@ -174,8 +216,9 @@ fn spawn_worker(env: &Env, i: usize) -> Child {
 async fn start_site() -> Site {
     let hosts = Hosts::up(HOSTS);
     let lab = Lab::up();
+    let s3 = S3Lab::up();
     let mut env = Env::new().await;
-    for (k, v) in store_settings(&env) {
+    for (k, v) in s3.store_settings() {
         env.set(&k, v);
     }
     env.run_ok(&["migrate"]);
@@ -196,6 +239,7 @@ async fn start_site() -> Site {
         env: Some(env),
         hosts,
         _lab: lab,
+        _s3: s3,
     };
     wait_for_api(&site.base).await;
     site
@@ -310,6 +354,13 @@ async fn workers_on_two_hosts_publish_over_their_own_shaped_links() {
         "--format",
         "raw",
     ]);
+    // The image is in the bucket only: no host can read it from a disk.
+    std::fs::remove_file(&file).unwrap();
+    let location: String = sqlx::query_scalar("SELECT file_path FROM images")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(location.starts_with("s3://"), "{location}");
     let sent_before: Vec<u64> = (1..=HOSTS).map(|i| site.hosts.sent(i)).collect();
     let mut tickets = vec![];
     for n in 0..TICKETS {
