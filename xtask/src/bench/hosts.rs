@@ -3,7 +3,9 @@
 //! shaped by tc: BENCH_HOSTS_RATE, default 20MiBps), against a lab cloud of the bench's own,
 //! sized as a cloud is (Glance at BENCH_HOSTS_GLANCE_PROCESSES uwsgi processes, default 8,
 //! its database on PostgreSQL) and listening on the bridge. The API runs here, in the root
-//! namespace. Each host publishes the same bytes (BENCH_HOSTS_TICKETS tickets of
+//! namespace. Images come from an S3 server on the bridge (`scripts/s3-lab`), so the hosts
+//! read them over the network, none from a disk (BENCH_HOSTS_STORE=dir: a directory of this
+//! machine instead, every host reading the same page cache). Each host publishes the same bytes (BENCH_HOSTS_TICKETS tickets of
 //! BENCH_HOSTS_MIB MiB, BENCH_HOSTS_CONCURRENCY uploads at once); a run's rate is the bytes
 //! published over the time from the first POST to the last ticket complete, after a warm-up
 //! ticket; each host's link rate is its tc counter over the same time, and its worker's CPU
@@ -23,6 +25,7 @@ const NET: &str = "10.231.27";
 const BRIDGE: &str = "10.231.27.1";
 const KEYSTONE_PORT: &str = "5227";
 const GLANCE_PORT: &str = "9227";
+const S3_PORT: &str = "9240";
 const MIB: f64 = (1u64 << 20) as f64;
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -44,7 +47,36 @@ fn lab(paths: &Paths, args: &[&str]) -> Command {
     c
 }
 
-/// The hosts and the lab; the lab's variables stay set, so that `lab_urls` (Pimage::new)
+fn s3_store() -> bool {
+    knob("BENCH_HOSTS_STORE", "s3") == "s3"
+}
+
+/// The bench's S3 server, on the bridge.
+fn s3_lab(paths: &Paths, arg: &str) -> Command {
+    let mut c = cmd("scripts/s3-lab", [arg]);
+    c.env("PIMAGE_S3_LAB_DIR", paths.lab.join("bench-s3"))
+        .env("PIMAGE_S3_LAB_PORT", S3_PORT)
+        .env("PIMAGE_S3_LAB_LISTEN_HOST", BRIDGE);
+    c
+}
+
+/// The image store's variables for every pimage process from here on (Pimage::new set a
+/// directory): the S3 lab's, or that directory kept.
+fn use_store(paths: &Paths) -> Result<()> {
+    if !s3_store() {
+        return Ok(());
+    }
+    let env = output(&mut s3_lab(paths, "env"))?;
+    for (k, v) in env
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+    {
+        std::env::set_var(k, v);
+    }
+    Ok(())
+}
+
+/// The hosts and the labs; the lab's variables stay set, so that `lab_urls` (Pimage::new)
 /// gives its Keystone and Glance.
 pub fn prepare(paths: &Paths) -> Result<()> {
     let venv = super::env("PIMAGE_LAB_VENV")
@@ -71,12 +103,19 @@ pub fn prepare(paths: &Paths) -> Result<()> {
         &knob("BENCH_HOSTS_RATE", "20MiBps"),
     ]))?;
     say("the bench's lab cloud on the hosts' bridge");
-    process::run(&mut lab(paths, &["up"]))
+    process::run(&mut lab(paths, &["up"]))?;
+    if s3_store() {
+        say("the bench's S3 server on the hosts' bridge");
+        process::run(&mut s3_lab(paths, "up"))?;
+    }
+    Ok(())
 }
 
 /// Stops the lab (its databases dropped) and removes the hosts (best effort).
 pub fn teardown(paths: &Paths) {
     let _ = output(&mut lab(paths, &["down", "--purge"]));
+    let _ = output(&mut s3_lab(paths, "down"));
+    let _ = std::fs::remove_dir_all(paths.lab.join("bench-s3/state"));
     let _ = output(&mut hosts(&["down"]));
 }
 
@@ -144,15 +183,17 @@ const HEADER: [&str; 7] = [
     "worker CPU s / GiB, per host",
 ];
 
-pub fn run(p: &mut Pimage, k: &Knobs, r: &mut Report) -> Result<()> {
+pub fn run(p: &mut Pimage, paths: &Paths, k: &Knobs, r: &mut Report) -> Result<()> {
+    use_store(paths)?;
     let (tickets, mib) = (k.hosts_tickets, k.hosts_mib);
     let concurrency = knob("BENCH_HOSTS_CONCURRENCY", "2");
     std::env::set_var("PIMAGE__CLOUD__MAX_UPLOADS_PER_CLOUD", "64");
     let mut s = Section::new(
         format!(
-            "Hosts: {tickets} tickets of {mib} MiB per host, each host's link {}, Glance {} processes on PostgreSQL, {concurrency} uploads per worker",
+            "Hosts: {tickets} tickets of {mib} MiB per host, each host's link {}, Glance {} processes on PostgreSQL, {concurrency} uploads per worker, images from {}",
             knob("BENCH_HOSTS_RATE", "20MiBps"),
-            knob("BENCH_HOSTS_GLANCE_PROCESSES", "8")
+            knob("BENCH_HOSTS_GLANCE_PROCESSES", "8"),
+            if s3_store() { "S3 (scripts/s3-lab)" } else { "a directory" }
         ),
         &HEADER,
     );
@@ -206,11 +247,34 @@ fn row(fig: &Value, x: f64) -> Vec<String> {
     ]
 }
 
+/// The run's image: registered into the S3 bucket (a copy of the local file), or in place
+/// in the directory store.
+fn image(p: &Pimage, mib: u64) -> Result<String> {
+    if !s3_store() {
+        return p.make_image(mib, "bench");
+    }
+    let file = p.disk(mib);
+    if std::fs::metadata(&file).map_or(true, |m| m.len() != mib << 20) {
+        process::run(&mut process::sh(&format!(
+            "head -c {} /dev/urandom > '{}'",
+            mib << 20,
+            file.display()
+        )))?;
+    }
+    let f = file.to_string_lossy();
+    output(&mut cmd(
+        &p.bin.to_string_lossy(),
+        [
+            "images", "register", "--user", "bench", "--file", &f, "--format", "raw",
+        ],
+    ))
+}
+
 /// N hosts, one worker each, TICKETS publishes of a MIB MiB image per host.
 fn one_run(p: &mut Pimage, n: usize, tickets: usize, mib: u64, conc: &str) -> Result<Value> {
     p.fresh_db()?;
     p.start_api()?;
-    let uri = p.make_image(mib, "bench")?;
+    let uri = image(p, mib)?;
     let mut workers = (1..=n)
         .map(|i| start_worker(p, i, conc))
         .collect::<Result<Vec<_>>>()?;

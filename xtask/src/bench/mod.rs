@@ -220,7 +220,7 @@ fn run_parts(part: &str, p: &mut Pimage, paths: &Paths, k: &Knobs, r: &mut Repor
         "writes" => writes::run(p, k, r),
         "cost" => cost::run(p, k, r),
         "machine" => machine::run(p, paths, r),
-        "hosts" => hosts::run(p, k, r),
+        "hosts" => hosts::run(p, paths, k, r),
         _ => console::run(p, k, r),
     }
 }
