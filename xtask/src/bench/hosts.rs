@@ -173,7 +173,31 @@ fn bytes_per_host(p: &Pimage) -> Result<Vec<(String, f64)>> {
         .collect())
 }
 
-const HEADER: [&str; 7] = [
+/// The machine's CPU time so far, busy and in all (jiffies of every core, /proc/stat).
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: f64 = f.iter().sum();
+    // idle and iowait are the 4th and 5th
+    let idle = f.get(3).unwrap_or(&0.0) + f.get(4).unwrap_or(&0.0);
+    (total - idle, total)
+}
+
+/// CPU seconds of the bench's Glance and S3 server processes so far.
+fn cloud_cpu(hz: f64) -> (f64, f64) {
+    let glance = crate::process::pgrep(&["-f", "uwsgi --ini .*bench-hosts/openstack/glance"]);
+    let s3 = crate::process::pgrep(&["-f", "swift-.*-server .*bench-s3/"]);
+    (cpu_seconds(&glance, hz), cpu_seconds(&s3, hz))
+}
+
+const HEADER: [&str; 9] = [
     "hosts",
     "published",
     "seconds",
@@ -181,6 +205,8 @@ const HEADER: [&str; 7] = [
     "× one host",
     "each link, MiB/s",
     "worker CPU s / GiB, per host",
+    "CPU s: Glance / S3 server",
+    "machine CPU busy",
 ];
 
 pub fn run(p: &mut Pimage, paths: &Paths, k: &Knobs, r: &mut Report) -> Result<()> {
@@ -244,6 +270,8 @@ fn row(fig: &Value, x: f64) -> Vec<String> {
         format!("{x:.2}"),
         list("per_host", "link_mib_per_s"),
         list("per_host", "worker_cpu_s_per_gib"),
+        format!("{:.1} / {:.1}", f("glance_cpu_s"), f("s3_cpu_s")),
+        format!("{:.0} %", 100.0 * f("machine_busy")),
     ]
 }
 
@@ -294,6 +322,7 @@ fn measure(p: &Pimage, n: usize, tickets: usize, uri: &str, workers: &[Child]) -
     let cpu = |w: &Child| cpu_seconds(&[w.id()], hz);
     let cpu0: Vec<f64> = workers.iter().map(cpu).collect();
     let sent0 = (1..=n).map(sent).collect::<Result<Vec<_>>>()?;
+    let (m0, c0) = (machine_cpu(), cloud_cpu(hz));
     let t0 = Instant::now();
     let ids = (0..n * tickets)
         .map(|i| p.publish(uri, &format!("hosts-{n}-{i}")))
@@ -302,6 +331,7 @@ fn measure(p: &Pimage, n: usize, tickets: usize, uri: &str, workers: &[Child]) -
         p.wait_complete(t)?;
     }
     let secs = t0.elapsed().as_secs_f64();
+    let (m1, c1) = (machine_cpu(), cloud_cpu(hz));
     let published = bytes_per_host(p)?;
     let mut per_host = vec![];
     for (i, w) in workers.iter().enumerate() {
@@ -317,7 +347,9 @@ fn measure(p: &Pimage, n: usize, tickets: usize, uri: &str, workers: &[Child]) -
     }
     let bytes: f64 = published.iter().map(|(_, b)| b).sum();
     let fig = json!({"hosts": n, "tickets": ids.len(), "bytes": bytes, "seconds": secs,
-        "mib_per_s": bytes / MIB / secs, "per_host": per_host});
+        "mib_per_s": bytes / MIB / secs, "per_host": per_host,
+        "glance_cpu_s": c1.0 - c0.0, "s3_cpu_s": c1.1 - c0.1,
+        "machine_busy": ratio(m1.0 - m0.0, m1.1 - m0.1)});
     say(&format!("{n} host(s): {fig}"));
     Ok(fig)
 }
