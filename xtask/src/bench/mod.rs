@@ -3,7 +3,10 @@
 //!
 //! Parts: `all` (machine, upload, memory, api, scale, writes, cost), or one of them, or
 //! `console` (not in all), or `growth` (not in all: the recurring queries at 10 thousand and
-//! 10 million tickets, BENCH_GROWTH_* knobs in growth.rs; needs only PostgreSQL). `--quick`:
+//! 10 million tickets, BENCH_GROWTH_* knobs in growth.rs; needs only PostgreSQL), or `hosts`
+//! (not in all: workers on 1, 2 and 4 network-namespace hosts with shaped links, a lab of its
+//! own; BENCH_HOSTS_TICKETS (8 per host), BENCH_HOSTS_MIB (64), BENCH_HOSTS_* in hosts.rs;
+//! needs root and the machine to itself). `--quick`:
 //! small sizes, one run, short loads (checks that it all runs; the
 //! figures are not the documented ones). Knobs (environment): BENCH_UPLOAD_SIZES_MIB
 //! ("1024 4096"), BENCH_RUNS (3), BENCH_MEMORY_MIB (2048), BENCH_SECONDS (15),
@@ -19,6 +22,7 @@ mod cloud;
 mod console;
 mod cost;
 mod growth;
+mod hosts;
 mod machine;
 mod memory;
 mod pimage;
@@ -49,6 +53,8 @@ pub struct Knobs {
     pub console_tickets: u64,
     pub cost_tickets: usize,
     pub publishers: usize,
+    pub hosts_tickets: usize,
+    pub hosts_mib: u64,
     pub profile: bool,
 }
 
@@ -84,6 +90,8 @@ impl Knobs {
             console_tickets: num("BENCH_CONSOLE_TICKETS", 100_000, 5_000),
             cost_tickets: num("BENCH_COST_TICKETS", 1000, 50) as usize,
             publishers: num("BENCH_PUBLISHERS", 256, 16) as usize,
+            hosts_tickets: num("BENCH_HOSTS_TICKETS", 8, 2) as usize,
+            hosts_mib: num("BENCH_HOSTS_MIB", 64, 16),
             profile: env("BENCH_PROFILE").is_some_and(|v| !v.is_empty()),
         }
     }
@@ -122,8 +130,9 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
             other => bail!("unknown option {other}"),
         }
     }
-    const PARTS: [&str; 10] = [
-        "all", "upload", "memory", "api", "scale", "writes", "cost", "machine", "console", "growth",
+    const PARTS: [&str; 11] = [
+        "all", "upload", "memory", "api", "scale", "writes", "cost", "machine", "console",
+        "growth", "hosts",
     ];
     if !PARTS.contains(&part.as_str()) {
         bail!(
@@ -142,12 +151,19 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
         lab,
     };
     let bin = env("BENCH_BIN").map_or_else(|| root.join("target/release/pimage"), PathBuf::from);
-    setup(&part, &paths, env("BENCH_BIN").is_none())?;
-    let mut pimage = Pimage::new(bin, &paths)?;
+    let set_up = setup(&part, &paths, env("BENCH_BIN").is_none());
+    let mut pimage = match set_up.and_then(|()| Pimage::new(bin, &paths)) {
+        Ok(p) => p,
+        Err(e) => {
+            hosts_teardown(&part, &paths);
+            return Err(e);
+        }
+    };
     let mut report = Report::default();
     let started = std::time::Instant::now();
     let result = run_parts(&part, &mut pimage, &paths, &knobs, &mut report);
     pimage.drop_database();
+    hosts_teardown(&part, &paths);
     let meta = json!({
         "part": part,
         "quick": quick,
@@ -163,6 +179,13 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
         out.display()
     );
     result
+}
+
+/// `hosts` brings its own hosts and lab up (`setup`), and down after the run.
+fn hosts_teardown(part: &str, paths: &Paths) {
+    if part == "hosts" {
+        hosts::teardown(paths);
+    }
 }
 
 /// `growth` needs neither the lab nor the release build: PostgreSQL only.
@@ -197,6 +220,7 @@ fn run_parts(part: &str, p: &mut Pimage, paths: &Paths, k: &Knobs, r: &mut Repor
         "writes" => writes::run(p, k, r),
         "cost" => cost::run(p, k, r),
         "machine" => machine::run(p, paths, r),
+        "hosts" => hosts::run(p, paths, k, r),
         _ => console::run(p, k, r),
     }
 }
@@ -205,7 +229,9 @@ fn run_parts(part: &str, p: &mut Pimage, paths: &Paths, k: &Knobs, r: &mut Repor
 /// release build.
 fn setup(part: &str, paths: &Paths, build: bool) -> Result<()> {
     run(cmd("scripts/services", [] as [&str; 0]).stdout(std::process::Stdio::null()))?;
-    if part != "console" {
+    if part == "hosts" {
+        hosts::prepare(paths)?;
+    } else if part != "console" {
         if !succeeds(&mut cmd("scripts/openstack-lab", ["status"])) {
             run(&mut cmd("scripts/openstack-lab", ["up"]))?;
         }
