@@ -169,4 +169,5 @@ fn print_summary(steps: &Steps, f: &serde_json::Value) {
         text_of(&f["swarm"]["ticket"]),
         f["swarm"]["migrate_tries"]
     );
+    println!("swarm: the API by {}", f["swarm"]["api_paths"]);
 }

@@ -119,7 +119,38 @@ fn deploy_and_publish(st: &Stack, steps: &mut Steps, name: &str) -> Result<Value
     let secs = started.elapsed().as_secs_f64();
     steps.say(&format!("swarm publish complete in {secs:.1} s: {state}"));
     steps.step("swarm: a publish through the stack, complete");
-    Ok(json!({"publish_seconds": secs, "ticket": state, "migrate_tries": tries}))
+    let paths = paths_to_the_api(st, name)?;
+    steps.say(&format!("swarm: the API by {paths}"));
+    Ok(
+        json!({"publish_seconds": secs, "ticket": state, "migrate_tries": tries, "api_paths": paths}),
+    )
+}
+
+/// What answers on this engine, recorded, not required: the API by its task's address, by
+/// its service's virtual IP, and by its published (ingress) port on the host. The last two
+/// need IPVS and dockerd's iptables rules, which this machine has not (README, "On a Swarm").
+fn paths_to_the_api(st: &Stack, stack: &str) -> Result<Value> {
+    let worker = task(stack, "worker").context("worker task")?;
+    let curl = ["curl", "-sS", "-m", "5", "-o", "/dev/null"];
+    let from_worker = |url: &str| reached(cmd("docker", ["exec", &worker]).args(curl).arg(url));
+    let task_address = from_worker("http://tasks.api:8080/healthz");
+    if task_address != "answers" {
+        bail!("the API's task address (tasks.api:8080) from a worker: {task_address}");
+    }
+    let published = format!("http://127.0.0.1:{}/healthz", st.ports.api);
+    Ok(json!({
+        "task_address (tasks.api:8080, from a worker)": task_address,
+        "virtual_ip (api:8080, from a worker)": from_worker("http://api:8080/healthz"),
+        "published_port (127.0.0.1, from the host)": reached(cmd("curl", curl.iter().skip(1)).arg(published)),
+    }))
+}
+
+/// "answers", or the last words of the command's error (curl's reason).
+fn reached(c: &mut std::process::Command) -> String {
+    match output(c) {
+        Ok(_) => "answers".into(),
+        Err(e) => e.to_string().rsplit(": ").next().unwrap_or_default().into(),
+    }
 }
 
 /// The running container of the stack's SERVICE (one replica each here).
