@@ -145,11 +145,15 @@ fn paths_to_the_api(st: &Stack, stack: &str) -> Result<Value> {
     }))
 }
 
-/// "answers", or the last words of the command's error (curl's reason).
+/// "answers", or curl's exit status and message.
 fn reached(c: &mut std::process::Command) -> String {
     match output(c) {
         Ok(_) => "answers".into(),
-        Err(e) => e.to_string().rsplit(": ").next().unwrap_or_default().into(),
+        Err(e) => {
+            let e = e.to_string();
+            e.split_once("exit status: ")
+                .map_or(e.clone(), |(_, why)| why.to_string())
+        }
     }
 }
 
