@@ -34,6 +34,8 @@ RUN mkdir -p src xtask/src && echo 'fn main() {}' >src/main.rs && cp src/main.rs
     && cargo build --release --locked -p pimage && rm -rf src
 COPY src src
 COPY migrations migrations
+# Compiled in (config.rs: the defaults).
+COPY config/default.toml config/default.toml
 # The offline cache of the compile-time checked SQL: this build has no database.
 COPY .sqlx .sqlx
 # touch: COPY keeps the files' times, which may be older than the empty main's build.
