@@ -26,12 +26,20 @@ CMD ["api"]
 
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
+# The dependencies in a layer of their own, from the manifests and empty mains (xtask is a
+# workspace member, so its manifest too): a change in src/ leaves this layer cached.
 COPY Cargo.toml Cargo.lock ./
+COPY xtask/Cargo.toml xtask/Cargo.toml
+RUN mkdir -p src xtask/src && echo 'fn main() {}' >src/main.rs && cp src/main.rs xtask/src/main.rs \
+    && cargo build --release --locked -p pimage && rm -rf src
 COPY src src
 COPY migrations migrations
+# Compiled in (config.rs: the defaults).
+COPY config/default.toml config/default.toml
 # The offline cache of the compile-time checked SQL: this build has no database.
 COPY .sqlx .sqlx
-RUN cargo build --release --locked && strip target/release/pimage
+# touch: COPY keeps the files' times, which may be older than the empty main's build.
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked -p pimage && strip target/release/pimage
 
 FROM runtime
 COPY --from=build /src/target/release/pimage /usr/local/bin/pimage

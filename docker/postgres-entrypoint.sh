@@ -1,8 +1,13 @@
 #!/bin/sh
 # First start on an empty $PGDATA: initdb with POSTGRES_USER (default postgres) as superuser,
-# password POSTGRES_PASSWORD (required), database POSTGRES_DB; then postgres as PID 1.
+# password POSTGRES_PASSWORD or the content of the file POSTGRES_PASSWORD_FILE (a secret; one is
+# required), database POSTGRES_DB; then postgres as PID 1.
 set -eu
-: "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+  [ -z "${POSTGRES_PASSWORD:-}" ] || { echo "set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE, not both" >&2; exit 1; }
+  POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+fi
+: "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE}"
 user=${POSTGRES_USER:-postgres}
 db=${POSTGRES_DB:-$user}
 if [ ! -s "$PGDATA/PG_VERSION" ]; then

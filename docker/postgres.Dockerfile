@@ -1,5 +1,5 @@
 # Test stand-in for the official `postgres` image, from Debian's postgresql package, honouring
-# the part of its contract docker-compose.yml uses: POSTGRES_USER, POSTGRES_PASSWORD,
+# the part of its contract docker-compose.yml uses: POSTGRES_USER, POSTGRES_PASSWORD(_FILE),
 # POSTGRES_DB, data in /var/lib/postgresql/data, pg_isready on the PATH. For
 # scripts/compose-test only (no registry there); users run the official image.
 ARG BASE=debian:bookworm-slim

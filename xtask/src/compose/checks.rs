@@ -113,6 +113,10 @@ pub fn run(st: &Stack, steps: &mut Steps) -> Result<End> {
         .filter(|l| l.starts_with("local/debian") || l.starts_with("local/pimage-test"))
         .collect();
     sizes.sort();
+    let members = cluster(st)?;
+    steps.step(format!(
+        "cluster profile: 3 RabbitMQ nodes, the queues on each ({members})"
+    ));
     let _ = output(&mut st.compose(&["down", "-v", "--remove-orphans", "-t", "30"]));
     for kind in ["container", "volume", "network"] {
         let mut c = cmd(
@@ -140,6 +144,43 @@ pub fn run(st: &Stack, steps: &mut Steps) -> Result<End> {
         consumers,
         queries,
     })
+}
+
+/// The `cluster` profile's two nodes join the running one, and both quorum queues (made
+/// before they joined) get a replica on each: the queues' members.
+fn cluster(st: &Stack) -> Result<String> {
+    // From here on every compose call (down -v too) includes the profile's services.
+    std::env::set_var("COMPOSE_PROFILES", "demo,monitoring,cluster");
+    st.up(
+        &["--no-deps", "rabbitmq-2", "rabbitmq-3"],
+        "cluster profile up",
+    )?;
+    for node in ["rabbitmq-2", "rabbitmq-3"] {
+        wait_for(180, &format!("{node} healthy (joined)"), || {
+            st.all_healthy(node, 1)
+        })?;
+    }
+    let mut seen = String::new();
+    for queue in ["pimage.publish", "pimage.publish.dead"] {
+        let url = format!(
+            "http://127.0.0.1:{}/api/queues/%2f/{queue}",
+            st.ports.management
+        );
+        let login = format!("pimage:{}", st.rabbit_password);
+        wait_for(60, &format!("{queue} on the three nodes"), || {
+            let mut members: Vec<String> = get_json(&url, &["-u", &login])
+                .and_then(|q| q["members"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .map(|m| str_of(m).to_string())
+                .collect();
+            members.sort();
+            seen = format!("{queue}: {}", members.join(" "));
+            members == ["rabbit@rabbitmq", "rabbit@rabbitmq-2", "rabbit@rabbitmq-3"]
+        })
+        .with_context(|| seen.clone())?;
+    }
+    Ok(seen)
 }
 
 /// Exactly one active image per ticket in the demo cloud's Glance, with the ticket's cloud
@@ -224,7 +265,7 @@ fn consumers_are_the_workers(st: &Stack) -> Result<String> {
     let url = format!("http://127.0.0.1:{}/api/consumers", st.ports.management);
     let mut seen = Vec::new();
     wait_for(30, "consumers = the worker containers", || {
-        seen = get_json(&url, &["-u", "pimage:pimage"])
+        seen = get_json(&url, &["-u", &format!("pimage:{}", st.rabbit_password)])
             .and_then(|v| v.as_array().cloned())
             .unwrap_or_default()
             .iter()

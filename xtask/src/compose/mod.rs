@@ -3,14 +3,17 @@
 //!
 //! 1-2. scripts/compose-images: docker, dockerd, the base image from debootstrap, the images
 //!      (the release binary built here first, on the Dockerfile's runtime stage)
-//! 3. docker-compose.yml + docker/compose-test.override.yml (the images swapped, nothing
-//!    else) with the monitoring profile: up with 3 workers, 30 publishes of 128 MiB, a worker
+//! 3. docker-compose.yml + docker-compose.override.yml + docker/compose-test.override.yml
+//!    (the images swapped, nothing else) with the demo and monitoring profiles, its secrets
+//!    from scripts/compose-secrets: up with 3 workers, 30 publishes of 128 MiB, a worker
 //!    killed mid-upload, scaled to 5 then 1 (hand-back within the grace), RabbitMQ
 //!    restarted; then every ticket complete with one Glance image each, consumers named after
 //!    the worker containers, every worker's /metrics, Prometheus' targets, every dashboard
 //!    query
 //! 4. the scale-out figure: tickets/s of 1 MiB images with 1 and 3 worker containers
 //! 5. docker-compose down -v, and a check that nothing of the project is left
+//! 6. Swarm (swarm.rs): the same docker-compose.yml by `docker stack deploy` on a single-node
+//!    swarm of this dockerd, a publish through it, stack rm and swarm leave
 //!
 //! Host ports (127.0.0.1, first free from): API 18080, RabbitMQ management 18672, Keystone
 //! 15000, Glance 19292, Prometheus 19090. Project: PIMAGE_COMPOSE_PROJECT (pimagect). Cache:
@@ -21,6 +24,7 @@
 mod checks;
 mod scenario;
 mod stack;
+mod swarm;
 
 use crate::process::{cmd, output, run};
 use crate::steps::Steps;
@@ -70,7 +74,10 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
     let _ = std::fs::remove_file(cache.join("dockerd.pid"));
     let result = images.and_then(|()| {
         let mut stack = Stack::new(root)?;
-        let outcome = scenario::run(&mut stack, &mut steps);
+        let outcome = scenario::run(&mut stack, &mut steps).and_then(|mut figures| {
+            figures["swarm"] = swarm::run(&stack, &mut steps)?;
+            Ok(figures)
+        });
         stack.tear_down(outcome.is_err());
         let figures = outcome?;
         let summary = json!({
@@ -109,6 +116,10 @@ pub fn lock(path: &Path, timeout: Duration) -> Result<File> {
             Err(e) => bail!("another run holds {}: {e}", path.display()),
         }
     }
+}
+
+fn text_of(v: &serde_json::Value) -> &str {
+    v.as_str().unwrap_or_default()
 }
 
 fn print_summary(steps: &Steps, f: &serde_json::Value) {
@@ -152,4 +163,11 @@ fn print_summary(steps: &Steps, f: &serde_json::Value) {
         "Glance images: {} for {} tickets",
         f["glance_images"], f["tickets"]
     );
+    println!(
+        "swarm: a publish through the stack in {:.1} s ({}), migrate tries {}",
+        f["swarm"]["publish_seconds"].as_f64().unwrap_or(0.0),
+        text_of(&f["swarm"]["ticket"]),
+        f["swarm"]["migrate_tries"]
+    );
+    println!("swarm: the API by {}", f["swarm"]["api_paths"]);
 }

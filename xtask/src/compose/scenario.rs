@@ -87,10 +87,11 @@ fn up(st: &Stack, steps: &mut Steps) -> Result<()> {
         })?;
     }
     st.wait_workers(3)?;
+    // restart: on-failure; it must end exited 0, and stay so.
     let migrate = st.ids("migrate").join(" ");
-    if st.inspect("{{.State.ExitCode}}", &migrate) != "0" {
-        bail!("migrate did not exit 0");
-    }
+    wait_for(60, "migrate exited 0", || {
+        st.inspect("{{.State.Status}} {{.State.ExitCode}}", &migrate) == "exited 0"
+    })?;
     steps.step("up, 3 workers, every healthcheck healthy");
     Ok(())
 }
@@ -150,7 +151,7 @@ fn register_images(st: &Stack, steps: &Steps) -> Result<(String, String)> {
     Ok((uris[0].clone(), uris[1].clone()))
 }
 
-fn publish_body() -> String {
+pub(super) fn publish_body() -> String {
     json!({"displayName": "compose-test", "publicImage": false, "keystoneDomain": "Default",
         "keystoneProject": "demo", "credAccount": {"targetPlatform": {"name": "openstack"},
         "keystoneUrl": "http://demo-cloud:5000/v3", "glanceUrl": "http://demo-cloud:9292",

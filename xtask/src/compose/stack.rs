@@ -19,6 +19,8 @@ pub struct Stack {
     pub project: String,
     pub ports: Ports,
     pub work: PathBuf,
+    /// The RabbitMQ user pimage's password (the management API's login), from the secrets.
+    pub rabbit_password: String,
     /// Followers (docker events, compose logs -f) to stop at the end.
     pub followers: Vec<Child>,
 }
@@ -45,7 +47,14 @@ impl Stack {
             glance: free_port(19292),
             prometheus: free_port(19090),
         };
-        let key = output(&mut cmd("openssl", ["rand", "-base64", "32"]))?;
+        let work = std::env::temp_dir().join(format!("pimage-compose-test.{}", std::process::id()));
+        std::fs::create_dir_all(&work)?;
+        // The secret files as users make them (scripts/compose-secrets), in the work directory.
+        let secrets = work.join("secrets");
+        output(&mut cmd("scripts/compose-secrets", [&secrets]))?;
+        let rabbit_password = std::fs::read_to_string(secrets.join("rabbitmq_password"))?
+            .trim()
+            .to_string();
         for (k, v) in [
             ("PIMAGE_API_PORT", ports.api.to_string()),
             (
@@ -55,21 +64,20 @@ impl Stack {
             ("PIMAGE_DEMO_KEYSTONE_PORT", ports.keystone.to_string()),
             ("PIMAGE_DEMO_GLANCE_PORT", ports.glance.to_string()),
             ("PIMAGE_PROMETHEUS_PORT", ports.prometheus.to_string()),
-            ("PIMAGE_SECRETS_KEY", key),
+            ("PIMAGE_SECRETS_DIR", secrets.display().to_string()),
             // A short grace, so that scaling down hands running uploads back; Docker waits longer.
             ("PIMAGE_WORKER_GRACE_SECS", "5".into()),
             ("PIMAGE_WORKER_STOP_GRACE", "60s".into()),
-            ("COMPOSE_PROFILES", "monitoring".into()),
+            ("COMPOSE_PROFILES", "demo,monitoring".into()),
         ] {
             std::env::set_var(k, v);
         }
-        let work = std::env::temp_dir().join(format!("pimage-compose-test.{}", std::process::id()));
-        std::fs::create_dir_all(&work)?;
         let _ = root;
         Ok(Stack {
             project: std::env::var("PIMAGE_COMPOSE_PROJECT").unwrap_or_else(|_| "pimagect".into()),
             ports,
             work,
+            rabbit_password,
             followers: Vec::new(),
         })
     }
@@ -82,6 +90,8 @@ impl Stack {
                 &self.project,
                 "-f",
                 "docker-compose.yml",
+                "-f",
+                "docker-compose.override.yml",
                 "-f",
                 "docker/compose-test.override.yml",
             ],
