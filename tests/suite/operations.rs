@@ -394,31 +394,63 @@ async fn a_worker_process_serves_health_and_metrics_on_its_own_port() {
     env.drop_all().await;
 }
 
+/// docker-compose.yml with docker-compose.override.yml is valid once scripts/compose-secrets
+/// made the secret files; no secret's value is in the effective file (the `*_FILE` variables
+/// name the mounted files); the profiles' services are there; and the main file alone has no
+/// `profiles:` nor `depends_on` conditions, which `docker stack deploy` refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_compose_file_is_valid_and_needs_a_secret_key() {
+async fn the_compose_file_is_valid_and_reads_its_secrets_from_files() {
     let _serial = SERIAL.lock().await;
     let root = env!("CARGO_MANIFEST_DIR");
-    let ok = Command::new("docker-compose")
-        .args(["config", "--quiet"])
-        .current_dir(root)
-        .env(
-            "PIMAGE_SECRETS_KEY",
-            "ZGV2LW9ubHkta2V5LWRvLW5vdC11c2UtaW4tcHJvZCE=",
-        )
-        .output()
-        .expect("docker-compose is installed (scripts/services installs it)");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    let services = Command::new("docker-compose")
-        .args(["config", "--services"])
-        .current_dir(root)
-        .env("PIMAGE_SECRETS_KEY", "x")
+    let secrets = std::env::temp_dir().join(format!(
+        "pimage-compose-secrets-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let made = Command::new(format!("{root}/scripts/compose-secrets"))
+        .arg(&secrets)
         .output()
         .unwrap();
-    let services = String::from_utf8(services.stdout).unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let compose = |args: &[&str]| {
+        Command::new("docker-compose")
+            .args(args)
+            .current_dir(root)
+            .env("PIMAGE_SECRETS_DIR", &secrets)
+            .output()
+            .expect("docker-compose is installed (scripts/services installs it)")
+    };
+    let config = compose(&["config"]);
+    assert!(
+        config.status.success(),
+        "{}",
+        String::from_utf8_lossy(&config.stderr)
+    );
+    let text = String::from_utf8(config.stdout).unwrap();
+    for file in [
+        "postgres_password",
+        "rabbitmq_password",
+        "rabbitmq_cookie",
+        "secrets_key",
+    ] {
+        let value = std::fs::read_to_string(secrets.join(file)).unwrap();
+        assert!(
+            !text.contains(value.trim()),
+            "{file}'s value is in the compose file"
+        );
+    }
+    for variable in [
+        "PIMAGE__DATABASE__URL_FILE: /run/secrets/pimage_database_url",
+        "PIMAGE__AMQP__URL_FILE: /run/secrets/pimage_amqp_url",
+        "PIMAGE__SECRETS__KEY_FILE: /run/secrets/pimage_secrets_key",
+        "POSTGRES_PASSWORD_FILE: /run/secrets/postgres_password",
+    ] {
+        assert!(text.contains(variable), "{variable}: {text}");
+    }
+    let services = String::from_utf8(compose(&["config", "--services"]).stdout).unwrap();
     for s in [
         "postgres",
         "rabbitmq",
@@ -426,22 +458,27 @@ async fn the_compose_file_is_valid_and_needs_a_secret_key() {
         "api",
         "worker",
         "demo-cloud",
+        "prometheus",
+        "rabbitmq-2",
+        "rabbitmq-3",
     ] {
         assert!(
             services.lines().any(|l| l == s),
             "compose names {s}: {services}"
         );
     }
-    let missing = Command::new("docker-compose")
-        .args(["config", "--quiet"])
-        .current_dir(root)
-        .env_remove("PIMAGE_SECRETS_KEY")
-        .output()
-        .unwrap();
+    let main = std::fs::read_to_string(format!("{root}/docker-compose.yml")).unwrap();
     assert!(
-        !missing.status.success(),
-        "without a secret key the stack does not start"
+        !main
+            .lines()
+            .any(|l| l.trim_start().starts_with("profiles:")),
+        "docker-compose.yml has profiles"
     );
+    assert!(
+        !main.contains("condition: service_"),
+        "depends_on conditions"
+    );
+    std::fs::remove_dir_all(&secrets).unwrap();
 }
 
 /// The demo-cloud container's command, `scripts/openstack-lab up --foreground`, as a plain
