@@ -15,7 +15,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::processes::{free_port, sigterm_and_wait, wait_final_at, wait_for_api, Env, BIN};
-use common::PASSWORD;
+use common::{DemoCloud, PASSWORD};
 use sqlx::PgPool;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -295,32 +295,12 @@ async fn publish(base: &str, image: &str, name: &str) -> String {
 
 /// The demo project's images of a ticket in this test's Glance.
 async fn images_of_ticket(key: &str) -> Vec<serde_json::Value> {
-    let client = reqwest::Client::new();
-    let body = serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
-        "name": "demo", "domain": {"name": "Default"}, "password": "demopass"}}},
-        "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}}}});
-    let login = client
-        .post(format!("http://{BRIDGE}:{KEYSTONE_PORT}/v3/auth/tokens"))
-        .json(&body)
-        .send()
+    let keystone = format!("http://{BRIDGE}:{KEYSTONE_PORT}/v3");
+    let glance = format!("http://{BRIDGE}:{GLANCE_PORT}");
+    DemoCloud::login_at(&keystone, &glance)
         .await
-        .unwrap();
-    assert_eq!(login.status(), 201);
-    let token = login.headers()["x-subject-token"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let page: serde_json::Value = client
-        .get(format!("http://{BRIDGE}:{GLANCE_PORT}/v2/images"))
-        .query(&[(pimage::cloud::TICKET_PROPERTY, key)])
-        .header("X-Auth-Token", token)
-        .send()
+        .images_of_ticket(key)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    page["images"].as_array().cloned().unwrap_or_default()
 }
 
 /// Bytes each host's workers sent in published attempts (the attempt names its worker,

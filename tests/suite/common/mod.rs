@@ -569,15 +569,22 @@ pub fn assert_valid_xml(xml: &str) {
 pub struct DemoCloud {
     token: String,
     client: reqwest::Client,
+    /// The Glance it reads (the lab's, or another lab's).
+    glance: String,
 }
 
 impl DemoCloud {
     pub async fn login() -> DemoCloud {
+        DemoCloud::login_at(&keystone_url(), &glance_url()).await
+    }
+
+    /// The demo user of the lab whose Keystone and Glance are at these URLs.
+    pub async fn login_at(keystone: &str, glance: &str) -> DemoCloud {
         let client = reqwest::Client::new();
         let body = serde_json::json!({"auth": {"identity": {"methods": ["password"], "password": {"user": {
             "name": "demo", "domain": {"name": "Default"}, "password": "demopass"}}},
             "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}}}});
-        let url = format!("{}/auth/tokens", keystone_url().trim_end_matches('/'));
+        let url = format!("{}/auth/tokens", keystone.trim_end_matches('/'));
         let resp = client
             .post(url)
             .json(&body)
@@ -589,13 +596,17 @@ impl DemoCloud {
             .to_str()
             .unwrap()
             .to_string();
-        DemoCloud { token, client }
+        DemoCloud {
+            token,
+            client,
+            glance: glance.trim_end_matches('/').to_string(),
+        }
     }
 
     pub async fn image(&self, id: &str) -> Option<serde_json::Value> {
         let resp = self
             .client
-            .get(format!("{}/v2/images/{id}", glance_url()))
+            .get(format!("{}/v2/images/{id}", self.glance))
             .header("X-Auth-Token", &self.token)
             .send()
             .await
@@ -610,7 +621,7 @@ impl DemoCloud {
     pub async fn images_of_ticket(&self, ticket_key: &str) -> Vec<serde_json::Value> {
         let resp: serde_json::Value = self
             .client
-            .get(format!("{}/v2/images", glance_url()))
+            .get(format!("{}/v2/images", self.glance))
             .query(&[(pimage::cloud::TICKET_PROPERTY, ticket_key)])
             .header("X-Auth-Token", &self.token)
             .send()
@@ -646,7 +657,7 @@ impl DemoCloud {
         while let Some(path) = next {
             let page: serde_json::Value = self
                 .client
-                .get(format!("{}{path}", glance_url()))
+                .get(format!("{}{path}", self.glance))
                 .header("X-Auth-Token", &self.token)
                 .send()
                 .await
@@ -667,7 +678,7 @@ impl DemoCloud {
     pub async fn delete(&self, id: &str) {
         let _ = self
             .client
-            .delete(format!("{}/v2/images/{id}", glance_url()))
+            .delete(format!("{}/v2/images/{id}", self.glance))
             .header("X-Auth-Token", &self.token)
             .send()
             .await;
