@@ -162,7 +162,8 @@ CREATE TABLE public.image_cleanups (
     last_error text,
     next_try_at timestamp with time zone DEFAULT now() NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    done_at timestamp with time zone
+    done_at timestamp with time zone,
+    glance_store text
 );
 
 CREATE SEQUENCE public.image_cleanups_id_seq
@@ -212,6 +213,24 @@ CREATE TABLE public.login_failures (
     locked_until timestamp with time zone
 );
 
+CREATE TABLE public.publish_groups (
+    id bigint NOT NULL,
+    user_id bigint NOT NULL,
+    image_id bigint NOT NULL,
+    policy text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT publish_groups_policy_check CHECK ((policy = ANY (ARRAY['all'::text, 'each'::text])))
+);
+
+CREATE SEQUENCE public.publish_groups_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE public.publish_groups_id_seq OWNED BY public.publish_groups.id;
+
 CREATE TABLE public.publish_idempotency (
     user_id bigint NOT NULL,
     key text NOT NULL,
@@ -257,6 +276,12 @@ CREATE TABLE public.publish_tickets (
     cloud_host text GENERATED ALWAYS AS (COALESCE(lower("substring"(COALESCE(glance_url, keystone_url), '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?(\[[^]/]*\]|[^/?#:]*)'::text)), ''::text)) STORED NOT NULL,
     cloud_account_id bigint,
     publish_location text,
+    group_id bigint,
+    glance_store text,
+    copies_from bigint,
+    glance_region text,
+    CONSTRAINT publish_tickets_glance_region_check CHECK (((glance_region IS NULL) OR ((length(glance_region) >= 1) AND (length(glance_region) <= 255)))),
+    CONSTRAINT publish_tickets_glance_store_check CHECK (((glance_store IS NULL) OR (glance_store ~ '^[A-Za-z0-9_.-]{1,255}$'::text))),
     CONSTRAINT publish_tickets_percentage_check CHECK (((percentage >= 0) AND (percentage <= 100))),
     CONSTRAINT publish_tickets_publish_location_check CHECK (((publish_location IS NULL) OR ((length(publish_location) >= 1) AND (length(publish_location) <= 255)))),
     CONSTRAINT publish_tickets_state_check CHECK ((state = ANY (ARRAY['queued'::text, 'running'::text, 'complete'::text, 'error'::text, 'cancelled'::text])))
@@ -405,6 +430,8 @@ ALTER TABLE ONLY public.image_cleanups ALTER COLUMN id SET DEFAULT nextval('publ
 
 ALTER TABLE ONLY public.images ALTER COLUMN id SET DEFAULT nextval('public.images_id_seq'::regclass);
 
+ALTER TABLE ONLY public.publish_groups ALTER COLUMN id SET DEFAULT nextval('public.publish_groups_id_seq'::regclass);
+
 ALTER TABLE ONLY public.publish_tickets ALTER COLUMN id SET DEFAULT nextval('public.publish_tickets_id_seq'::regclass);
 
 ALTER TABLE ONLY public.scanned_instances ALTER COLUMN id SET DEFAULT nextval('public.scanned_instances_id_seq'::regclass);
@@ -448,6 +475,9 @@ ALTER TABLE ONLY public.kept_images
 
 ALTER TABLE ONLY public.login_failures
     ADD CONSTRAINT login_failures_pkey PRIMARY KEY (login);
+
+ALTER TABLE ONLY public.publish_groups
+    ADD CONSTRAINT publish_groups_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.publish_idempotency
     ADD CONSTRAINT publish_idempotency_pkey PRIMARY KEY (user_id, key);
@@ -507,6 +537,10 @@ CREATE INDEX image_cleanups_ticket ON public.image_cleanups USING btree (ticket_
 
 CREATE INDEX images_scan_id ON public.images USING btree (scan_id);
 
+CREATE INDEX publish_groups_image_id_idx ON public.publish_groups USING btree (image_id);
+
+CREATE INDEX publish_groups_user_id_idx ON public.publish_groups USING btree (user_id);
+
 CREATE INDEX publish_idempotency_ticket ON public.publish_idempotency USING btree (ticket_id) WHERE (ticket_id IS NOT NULL);
 
 CREATE INDEX publish_tickets_account ON public.publish_tickets USING btree (hashtextextended(((((((((keystone_url || ''::text) || keystone_domain) || ''::text) || keystone_project) || ''::text) || cloud_login) || ''::text) || COALESCE(glance_url, ''::text)), (0)::bigint), id DESC);
@@ -515,9 +549,13 @@ CREATE INDEX publish_tickets_cloud_account ON public.publish_tickets USING btree
 
 CREATE INDEX publish_tickets_cloud_id ON public.publish_tickets USING btree (keystone_url, id);
 
+CREATE INDEX publish_tickets_copies_from_idx ON public.publish_tickets USING btree (copies_from) WHERE (copies_from IS NOT NULL);
+
 CREATE INDEX publish_tickets_created_at ON public.publish_tickets USING btree (created_at);
 
 CREATE INDEX publish_tickets_finished_at ON public.publish_tickets USING btree (finished_at) WHERE (finished_at IS NOT NULL);
+
+CREATE INDEX publish_tickets_group_id_idx ON public.publish_tickets USING btree (group_id) WHERE (group_id IS NOT NULL);
 
 CREATE INDEX publish_tickets_image_id_id ON public.publish_tickets USING btree (image_id, id);
 
@@ -575,6 +613,12 @@ ALTER TABLE ONLY public.image_cleanups
 ALTER TABLE ONLY public.images
     ADD CONSTRAINT images_scan_id_fkey FOREIGN KEY (scan_id) REFERENCES public.scans(id) ON DELETE CASCADE;
 
+ALTER TABLE ONLY public.publish_groups
+    ADD CONSTRAINT publish_groups_image_id_fkey FOREIGN KEY (image_id) REFERENCES public.images(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.publish_groups
+    ADD CONSTRAINT publish_groups_user_id_fkey FOREIGN KEY (user_id) REFERENCES public.users(id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY public.publish_idempotency
     ADD CONSTRAINT publish_idempotency_ticket_id_fkey FOREIGN KEY (ticket_id) REFERENCES public.publish_tickets(id) ON DELETE CASCADE;
 
@@ -583,6 +627,12 @@ ALTER TABLE ONLY public.publish_idempotency
 
 ALTER TABLE ONLY public.publish_tickets
     ADD CONSTRAINT publish_tickets_cloud_account_id_fkey FOREIGN KEY (cloud_account_id) REFERENCES public.cloud_accounts(id) ON DELETE SET NULL;
+
+ALTER TABLE ONLY public.publish_tickets
+    ADD CONSTRAINT publish_tickets_copies_from_fkey FOREIGN KEY (copies_from) REFERENCES public.publish_tickets(id) ON DELETE SET NULL;
+
+ALTER TABLE ONLY public.publish_tickets
+    ADD CONSTRAINT publish_tickets_group_id_fkey FOREIGN KEY (group_id) REFERENCES public.publish_groups(id) ON DELETE SET NULL;
 
 ALTER TABLE ONLY public.publish_tickets
     ADD CONSTRAINT publish_tickets_image_id_fkey FOREIGN KEY (image_id) REFERENCES public.images(id) ON DELETE CASCADE;

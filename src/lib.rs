@@ -26,6 +26,9 @@
 //! |               | (one check per credential); signatures bound to a method, writes once    |
 //! | · `idempotency` | `Idempotency-Key` on a publish: the first ticket answered again, a key |
 //! |               | reused with another request refused (reserved in `store::idempotency`)   |
+//! | · `groups`    | publication groups (`…/pimagegroups`): one request, several targets as   |
+//! |               | ordinary tickets; the aggregate status; cancel; targets added later      |
+//! | · `group_request` | the body of `POST …/pimagegroups`: a policy and publish bodies      |
 //! | · `filing`    | group commit: concurrent publishes stored as one statement and one commit, |
 //! |               | each answered once its batch committed; a failed batch refiled one by one |
 //! | · `publish_request` | the body of `POST …/pimages`, from XML or JSON, checked; its account |
@@ -101,6 +104,8 @@
 //! | · `sealed`    | re-sealing stored secrets under the current key                          |
 //! | · `images`    | scanned instances, scans and images                                      |
 //! | · `idempotency` | publishes' Idempotency-Keys: reserved, settled with a ticket, released |
+//! | · `groups`    | publication groups: filed whole; held copies released as their source    |
+//! |               | ends; under `all`, one target failing ends (withdraws) the others        |
 //! | · `retention` | finished tickets, events and done cleanups forgotten past `[retention]`  |
 //! | [`retry`]     | `Backoff`, the one backoff policy (delays, n-th delay, full jitter); retries |
 //! |               | of transient failures with attempts and a deadline                       |

@@ -61,6 +61,29 @@ pub struct PublishRequestBody {
     cred_account: CredAccountBody,
 }
 
+/// The body of `POST …/pimagegroups` and `…/pimagegroups/{gid}/targets` (a pimage extension,
+/// JSON only): each target is a publish body (`PublishRequestBody`).
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({
+    "policy": "all",
+    "targets": [
+        {"keystoneProject": "demo", "publishLocation": "RegionOne", "credAccount": {"name": "lab"}},
+        {"keystoneProject": "demo", "publishLocation": "RegionTwo", "credAccount": {"name": "lab"}}
+    ]
+}))]
+#[allow(dead_code)] // Never built: it exists for its schema.
+pub struct PublishGroupRequestBody {
+    /// `all` (default; the group completes only when every target does, and one failing for
+    /// good ends the others, complete ones withdrawn) or `each` (targets stand alone). Not
+    /// allowed when adding targets: they take the group's.
+    #[schema(required = false, pattern = "^(all|each)$")]
+    policy: String,
+    /// Each an ordinary publish body; two in the same Keystone project and region are refused.
+    #[schema(min_items = 1, max_items = 16)]
+    targets: Vec<PublishRequestBody>,
+}
+
 /// A cloud URL as `publish_request` accepts it.
 fn cloud_url(example: &str) -> Schema {
     schema(json!({

@@ -14,6 +14,8 @@ mod error;
 mod events;
 mod extract;
 mod filing;
+mod group_request;
+mod groups;
 mod idempotency;
 mod image_link;
 mod limits;
@@ -113,6 +115,11 @@ pub(crate) mod paths {
     pub const ACCOUNTS: &str = "/api/users/{uid}/accounts";
     pub const ACCOUNT: &str = "/api/users/{uid}/accounts/{caid}";
     pub const TARGET_PLATFORMS: &str = "/api/users/{uid}/targetplatforms";
+    pub const GROUPS: &str =
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimagegroups";
+    pub const GROUP: &str = "/api/users/{uid}/pimagegroups/{gid}";
+    pub const GROUP_TARGETS: &str = "/api/users/{uid}/pimagegroups/{gid}/targets";
+    pub const GROUP_CANCEL: &str = "/api/users/{uid}/pimagegroups/{gid}/cancel";
     pub const ADMIN_TICKET: &str = "/api/admin/tickets/{id}";
     pub const ADMIN_TICKET_CANCEL: &str = "/api/admin/tickets/{id}/cancel";
     pub const ADMIN_TICKET_RETRY: &str = "/api/admin/tickets/{id}/retry";
@@ -166,6 +173,10 @@ pub(crate) fn api_routes() -> Vec<ApiRoute> {
         route(Method::GET, TICKET_EVENTS, events::ticket_events),
         route(Method::GET, USER_TICKETS, routes::list_user_tickets),
         route(Method::GET, USER_STATUSES, routes::list_user_statuses),
+        route(Method::POST, GROUPS, groups::publish_group),
+        route(Method::GET, GROUP, groups::get_group),
+        route(Method::POST, GROUP_TARGETS, groups::add_group_targets),
+        route(Method::DELETE, GROUP_CANCEL, groups::cancel_group),
         route(Method::GET, ACCOUNTS, accounts::list_accounts),
         route(Method::POST, ACCOUNTS, accounts::create_account),
         route(Method::GET, ACCOUNT, accounts::get_account),

@@ -14,14 +14,15 @@ use utoipa::OpenApi;
 
 use super::admin::{self, ActionDone};
 use super::doc_parts::{
-    DocumentErrors, ErrorsAndSecuritySchemes, NewAccountBody, PublishRequestBody,
+    DocumentErrors, ErrorsAndSecuritySchemes, NewAccountBody, PublishGroupRequestBody,
+    PublishRequestBody,
 };
 use super::wire::{
-    CredAccount, CredAccounts, ImageDoc, Images, OpStatus, OpStatuses, PublishImage, PublishImages,
-    ScanDoc, ScannedInstanceDoc, ScannedInstances, ServiceStatus, StoredAccount, TargetPlatforms,
-    UForgeError,
+    CredAccount, CredAccounts, ImageDoc, Images, OpStatus, OpStatuses, PublishGroup, PublishImage,
+    PublishImages, ScanDoc, ScannedInstanceDoc, ScannedInstances, ServiceStatus, StoredAccount,
+    TargetPlatforms, UForgeError,
 };
-use super::{accounts, catalog, events, routes};
+use super::{accounts, catalog, events, groups, routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -49,6 +50,10 @@ use super::{accounts, catalog, events, routes};
         events::ticket_events,
         routes::list_user_tickets,
         routes::list_user_statuses,
+        groups::publish_group,
+        groups::get_group,
+        groups::add_group_targets,
+        groups::cancel_group,
         accounts::list_accounts,
         accounts::create_account,
         accounts::get_account,
@@ -72,6 +77,8 @@ use super::{accounts, catalog, events, routes};
         ServiceStatus,
         UForgeError,
         PublishRequestBody,
+        PublishGroupRequestBody,
+        PublishGroup,
         StoredAccount,
         CredAccounts,
         TargetPlatforms,

@@ -102,6 +102,19 @@ pub struct ImagePath {
     pub itid: i64,
 }
 
+/// `users/{uid}/pimagegroups/{gid}…`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct GroupPath {
+    /// The user's login
+    #[param(pattern = "^[A-Za-z0-9._-]{1,64}$", example = "demo")]
+    pub uid: String,
+    /// The publication group's id (`dbId`)
+    #[serde(deserialize_with = "positive_id")]
+    #[param(minimum = 1, example = 1)]
+    pub gid: i64,
+}
+
 /// `/api/admin/tickets/{id}…`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]

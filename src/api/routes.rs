@@ -136,32 +136,9 @@ pub async fn publish(
     let bytes = extract::body_bytes(&state, body).await?;
     let request = parse_publish_body(&headers, &bytes)?;
     let key = IdempotencyKey::of(&headers, caller.0.id, image.id, &bytes)?;
-    let cloud = ticket_cloud(&state, &path.uid, request.account).await?;
+    let new = new_ticket(&state, &caller, &image, request).await?;
     file_is_there(&state, &image).await?;
-    let display_name = request.display_name.unwrap_or_else(|| image.name.clone());
-    let (ticket, status) = file_once(
-        &state,
-        key,
-        &image.owner_login,
-        NewTicket {
-            image_id: image.id,
-            user_id: caller_owner_id(&state, &caller, &image).await?,
-            display_name,
-            publish_location: request.publish_location,
-            public_image: request.public_image,
-            account_name: cloud.account_name,
-            keystone_url: cloud.keystone_url,
-            keystone_version: cloud.keystone_version,
-            keystone_domain: request.keystone_domain,
-            keystone_project: request.keystone_project,
-            glance_url: cloud.glance_url,
-            cloud_login: cloud.login,
-            cloud_password_enc: cloud.password_enc,
-            bytes_total: image.size_bytes,
-            cloud_account_id: cloud.account_id,
-        },
-    )
-    .await?;
+    let (ticket, status) = file_once(&state, key, &image.owner_login, new).await?;
     tracing::info!(ticket_id = ticket.id, image_id = image.id, "ticket stored");
     metrics::counter!(metrics_catalog::PUBLISH_REQUESTS).increment(1);
 
@@ -176,8 +153,36 @@ pub async fn publish(
     Ok(response)
 }
 
+/// The ticket a checked publish body asks for: its cloud (a stored account of the image's
+/// owner, or the account given, its password sealed now), owned by the image's owner.
+pub(super) async fn new_ticket(
+    state: &AppState,
+    caller: &Caller,
+    image: &Image,
+    request: PublishBody,
+) -> Result<NewTicket, ApiError> {
+    let cloud = ticket_cloud(state, &image.owner_login, request.account).await?;
+    Ok(NewTicket {
+        image_id: image.id,
+        user_id: caller_owner_id(state, caller, image).await?,
+        display_name: request.display_name.unwrap_or_else(|| image.name.clone()),
+        publish_location: request.publish_location,
+        public_image: request.public_image,
+        account_name: cloud.account_name,
+        keystone_url: cloud.keystone_url,
+        keystone_version: cloud.keystone_version,
+        keystone_domain: request.keystone_domain,
+        keystone_project: request.keystone_project,
+        glance_url: cloud.glance_url,
+        cloud_login: cloud.login,
+        cloud_password_enc: cloud.password_enc,
+        bytes_total: image.size_bytes,
+        cloud_account_id: cloud.account_id,
+    })
+}
+
 /// A publish of an image whose file is gone is refused at once (409), not queued to fail.
-async fn file_is_there(state: &AppState, image: &Image) -> Result<(), ApiError> {
+pub(super) async fn file_is_there(state: &AppState, image: &Image) -> Result<(), ApiError> {
     let there = match Location::of(&image.file_path) {
         // A stat of a local file, on the runtime's thread: a hop to the blocking pool (two
         // thread wake-ups) cost more than the call itself on every publish.
@@ -252,14 +257,29 @@ async fn create_within_quota(
     })?;
     match filed {
         tickets::Filed::Created(ticket, _) => Ok(*ticket),
-        tickets::Filed::OverQuota(unfinished) => Err(ApiError::TooManyRequests {
-            message: format!(
-                "user '{owner}' has {unfinished} tickets queued or running, the most allowed is \
-                 {}: wait for some to end (or cancel some), then publish again",
-                state.queued_tickets_per_user
-            ),
-            retry_after: QUOTA_RETRY_AFTER,
-        }),
+        tickets::Filed::OverQuota(unfinished) => Err(over_quota(state, owner, unfinished, 1)),
+    }
+}
+
+/// The 429 of a publish of `adding` tickets that would take `owner` past the quota.
+pub(super) fn over_quota(
+    state: &AppState,
+    owner: &str,
+    unfinished: i64,
+    adding: usize,
+) -> ApiError {
+    let asked = if adding == 1 {
+        String::new()
+    } else {
+        format!(" (this request adds {adding})")
+    };
+    ApiError::TooManyRequests {
+        message: format!(
+            "user '{owner}' has {unfinished} tickets queued or running, the most allowed is \
+             {}{asked}: wait for some to end (or cancel some), then publish again",
+            state.queued_tickets_per_user
+        ),
+        retry_after: QUOTA_RETRY_AFTER,
     }
 }
 
@@ -342,7 +362,10 @@ async fn ticket_cloud(
     Ok(cloud)
 }
 
-fn parse_publish_body(headers: &HeaderMap, body: &[u8]) -> Result<PublishBody, ApiError> {
+pub(super) fn parse_publish_body(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<PublishBody, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());

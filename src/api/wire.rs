@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 use super::xml;
 use crate::store::accounts::CloudAccount;
 use crate::store::attempts::Attempt;
+use crate::store::groups::{Group, GroupPolicy};
 use crate::store::images::{Scan, ScannedInstance};
 use crate::store::{Image, Ticket, TicketState};
 
@@ -368,6 +369,113 @@ impl PublishImage {
             Document::new("publishImage", PublishImage::of(t)),
             ticket_digest(t),
         )
+    }
+}
+
+/// A publication group (a pimage extension): its targets' tickets, each an ordinary
+/// `publishImage`, and their aggregate.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishGroup {
+    pub db_id: i64,
+    pub uri: String,
+    pub image_uri: String,
+    pub created: DateTime<Utc>,
+    /// `all` or `each`.
+    pub policy: String,
+    /// queued, running, complete, partial (`each`: some targets failed), error or cancelled.
+    pub state: String,
+    #[schema(minimum = 0, maximum = 100)]
+    pub percentage: i32,
+    pub bytes_loaded: i64,
+    pub bytes_total: i64,
+    pub total: usize,
+    pub complete: usize,
+    #[schema(inline)]
+    pub targets: GroupTargetList,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GroupTargetList {
+    pub target: Vec<GroupTarget>,
+}
+
+/// One target of a group.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupTarget {
+    /// queued, running, complete, error or cancelled.
+    pub state: String,
+    /// The Glance store asked for (none: the Glance's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// The target whose image this one copies server-side (`dbId`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copies_from: Option<i64>,
+    #[schema(required = true)]
+    pub cloud_id: Option<String>,
+    pub publish_image: PublishImage,
+}
+
+impl PublishGroup {
+    pub fn document(group: &Group, children: &[Ticket]) -> (Document<PublishGroup>, String) {
+        let digest = digest_of_each(children, ticket_digest);
+        let count = |state| children.iter().filter(|t| t.state == state).count();
+        let sum = |f: fn(&Ticket) -> i64| children.iter().map(f).sum::<i64>();
+        let percentage = match children.len() {
+            0 => 0,
+            n => children.iter().map(|t| t.percentage).sum::<i32>() / n as i32,
+        };
+        let body = PublishGroup {
+            db_id: group.id,
+            uri: format!("users/{}/pimagegroups/{}", group.owner_login, group.id),
+            image_uri: children.first().map(Ticket::image_uri).unwrap_or_default(),
+            created: group.created_at,
+            policy: group.policy.as_str().into(),
+            state: group_state(group.policy, children).into(),
+            percentage,
+            bytes_loaded: sum(|t| t.bytes_loaded),
+            bytes_total: sum(|t| t.bytes_total),
+            total: children.len(),
+            complete: count(TicketState::Complete),
+            targets: GroupTargetList {
+                target: children.iter().map(GroupTarget::of).collect(),
+            },
+        };
+        (Document::new("publishGroup", body), digest)
+    }
+}
+
+impl GroupTarget {
+    fn of(t: &Ticket) -> GroupTarget {
+        let publish_image = PublishImage::of(t);
+        GroupTarget {
+            state: t.state.as_str().into(),
+            store: t.glance_store.clone(),
+            copies_from: t.copies_from,
+            cloud_id: publish_image.cloud_id.clone(),
+            publish_image,
+        }
+    }
+}
+
+/// A group's state from its targets': unfinished while any is; `complete` when all are;
+/// under `each`, `partial` when some completed and others did not.
+fn group_state(policy: GroupPolicy, children: &[Ticket]) -> &'static str {
+    let has = |state| children.iter().any(|t| t.state == state);
+    let all = |state| children.iter().all(|t| t.state == state);
+    if has(TicketState::Running) || (has(TicketState::Queued) && !all(TicketState::Queued)) {
+        "running"
+    } else if all(TicketState::Queued) && !children.is_empty() {
+        "queued"
+    } else if all(TicketState::Complete) {
+        "complete"
+    } else if policy == GroupPolicy::Each && has(TicketState::Complete) {
+        "partial"
+    } else if has(TicketState::Error) {
+        "error"
+    } else {
+        "cancelled"
     }
 }
 

@@ -205,6 +205,10 @@ mod tests {
             updated_at: now,
             started_at: None,
             finished_at: None,
+            group_id: None,
+            glance_store: None,
+            copies_from: None,
+            glance_region: None,
         };
         Arc::new(CachedStatus::new(ticket, vec![]))
     }

@@ -3,9 +3,9 @@
 use sqlx::types::Json;
 use sqlx::PgPool;
 
-use super::cleanups;
 use super::events::{self, Before};
 use super::tickets::{self, TicketState};
+use super::{cleanups, groups};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -47,6 +47,8 @@ pub async fn request_cancel(pool: &PgPool, id: i64) -> Result<CancelOutcome, sql
         let changed = [row.before.0.clone()];
         events::record_changes(&mut tx, &changed).await?;
         cleanups::record_for_ended(&mut tx, &changed).await?;
+        // Its held targets are released for the relay to queue (or, under `all`, cancelled).
+        groups::on_ended(&mut tx, &changed).await?;
     }
     tx.commit().await?;
     Ok(match row.map(|r| r.before_state) {

@@ -13,7 +13,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::events::{self, Before};
 use super::tickets::{self, Ticket, TicketState};
-use super::{attempts, cleanups, outbox};
+use super::{attempts, cleanups, groups, outbox};
 
 /// What a worker holds after a successful claim: the ticket and its fencing token.
 #[derive(Debug, Clone)]
@@ -289,6 +289,7 @@ async fn give_up_queued(pool: &PgPool, max_attempts: i32) -> Result<(), sqlx::Er
     let gave_up = events::unwrap_before(gave_up);
     events::record_changes(&mut tx, &gave_up).await?;
     cleanups::record_for_ended(&mut tx, &gave_up).await?;
+    groups::on_ended(&mut tx, &gave_up).await?;
     for before in &gave_up {
         attempts::end_abandoned_in(&mut tx, before.id).await?;
     }
@@ -360,6 +361,7 @@ async fn give_up_in(
         let gave_up = [before];
         events::record_changes(tx, &gave_up).await?;
         cleanups::record_for_ended(tx, &gave_up).await?;
+        groups::on_ended(tx, &gave_up).await?;
         attempts::end_abandoned_in(tx, id).await?;
     }
     Ok(())
@@ -520,18 +522,27 @@ pub enum Outcome {
     Cancelled,
 }
 
+/// How `finish` ended a ticket.
+#[derive(Debug)]
+pub struct Finished {
+    pub state: TicketState,
+    /// Tickets held until this one ended (`groups`), now queued: (ticket id, outbox id),
+    /// for the caller to hand to RabbitMQ (the relay does, should it not).
+    pub released: Vec<(i64, i64)>,
+}
+
 /// Writes the final state, and returns it; `None`: the claim was lost and nothing was
 /// written. A cancel requested before the end wins over a publication: the ticket ends
 /// `cancelled`, and (like every end but `complete`) its image is left to the reconciler. In
 /// one transaction: the final state, its event (`events::record_changes`), the image
-/// cleanup of an end in `error` or `cancelled` (`cleanups::record_for_ended`), and the end
-/// of the attempt.
+/// cleanup of an end in `error` or `cancelled` (`cleanups::record_for_ended`), what it means
+/// for its group's other tickets (`groups::on_ended`), and the end of the attempt.
 pub async fn finish(
     pool: &PgPool,
     id: i64,
     token: i64,
     outcome: &Outcome,
-) -> Result<Option<TicketState>, sqlx::Error> {
+) -> Result<Option<Finished>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let Some((state, before)) = write_outcome(&mut tx, id, token, outcome).await? else {
         tx.commit().await?;
@@ -540,6 +551,7 @@ pub async fn finish(
     let ended = [before];
     events::record_changes(&mut tx, &ended).await?;
     cleanups::record_for_ended(&mut tx, &ended).await?;
+    let released = groups::on_ended(&mut tx, &ended).await?;
     let (how, error) = match outcome {
         Outcome::Published { .. } => (attempts::AttemptEnd::Published, None),
         Outcome::Failed { error_message, .. } => {
@@ -549,7 +561,7 @@ pub async fn finish(
     };
     attempts::end(&mut *tx, id, token, how, error).await?;
     tx.commit().await?;
-    Ok(Some(state))
+    Ok(Some(Finished { state, released }))
 }
 
 /// `finish`'s statement: the final state of a ticket still held under `token`, and the

@@ -24,11 +24,13 @@ pub(crate) async fn record_for_ended(
     }
     let recorded = sqlx::query!(
         "INSERT INTO image_cleanups (ticket_id, ticket_key, cloud_id, keystone_url, keystone_domain,
-             keystone_project, glance_url, cloud_login, cloud_password_enc)
+             keystone_project, glance_url, cloud_login, cloud_password_enc, glance_store)
          SELECT t.id, t.ticket_key, t.cloud_id, t.keystone_url, t.keystone_domain, t.keystone_project,
-                t.glance_url, t.cloud_login, t.cloud_password_enc
+                t.glance_url, t.cloud_login, t.cloud_password_enc,
+                CASE WHEN t.cloud_id = s.cloud_id THEN t.glance_store END
            FROM jsonb_to_recordset($1::jsonb) AS o(id bigint, state text)
            JOIN publish_tickets t ON t.id = o.id
+           LEFT JOIN publish_tickets s ON s.id = t.copies_from
           WHERE t.state IN ('error', 'cancelled') AND o.state IS DISTINCT FROM t.state
             AND t.started_at IS NOT NULL
           ORDER BY t.id",
@@ -55,10 +57,12 @@ pub(crate) async fn record_for_deleted(
                         WHERE state = 'complete' AND cloud_id IS NOT NULL
                        ON CONFLICT (ticket_key) DO NOTHING)
          INSERT INTO image_cleanups (ticket_id, ticket_key, cloud_id, keystone_url, keystone_domain,
-             keystone_project, glance_url, cloud_login, cloud_password_enc)
-         SELECT NULL, ticket_key, cloud_id, keystone_url, keystone_domain, keystone_project,
-                glance_url, cloud_login, cloud_password_enc
-           FROM t WHERE state <> 'complete' AND started_at IS NOT NULL",
+             keystone_project, glance_url, cloud_login, cloud_password_enc, glance_store)
+         SELECT NULL, t.ticket_key, t.cloud_id, t.keystone_url, t.keystone_domain, t.keystone_project,
+                t.glance_url, t.cloud_login, t.cloud_password_enc,
+                CASE WHEN t.cloud_id = s.cloud_id THEN t.glance_store END
+           FROM t LEFT JOIN publish_tickets s ON s.id = t.copies_from
+          WHERE t.state <> 'complete' AND t.started_at IS NOT NULL",
         ticket_id,
     )
     .execute(&mut **tx)
@@ -85,6 +89,9 @@ pub struct Cleanup {
     pub ticket_id: Option<i64>,
     pub ticket_key: Uuid,
     pub cloud_id: Option<String>,
+    /// Set when the image is a sibling's, copied into this store (copy-image): only this
+    /// store's copy goes, unless it is the image's last.
+    pub glance_store: Option<String>,
     pub attempts: i32,
     pub account: StoredAccount,
 }
@@ -114,8 +121,8 @@ pub struct TakenCleanup {
 pub async fn take_due(pool: &PgPool) -> Result<Option<TakenCleanup>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let row = sqlx::query!(
-        "SELECT id, ticket_id, ticket_key, cloud_id, attempts, keystone_url, keystone_domain,
-                keystone_project, glance_url, cloud_login, cloud_password_enc
+        "SELECT id, ticket_id, ticket_key, cloud_id, glance_store, attempts, keystone_url,
+                keystone_domain, keystone_project, glance_url, cloud_login, cloud_password_enc
            FROM image_cleanups
           WHERE done_at IS NULL AND next_try_at <= now()
           ORDER BY next_try_at
@@ -142,6 +149,7 @@ pub async fn take_due(pool: &PgPool) -> Result<Option<TakenCleanup>, sqlx::Error
             ticket_id: row.ticket_id,
             ticket_key: row.ticket_key,
             cloud_id: row.cloud_id,
+            glance_store: row.glance_store,
             attempts: row.attempts,
             account: StoredAccount {
                 keystone_url: row.keystone_url,

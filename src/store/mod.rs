@@ -8,6 +8,7 @@ pub mod claims;
 pub mod cleanups;
 pub mod console;
 pub mod events;
+pub mod groups;
 pub mod idempotency;
 pub mod images;
 pub mod login_lock;

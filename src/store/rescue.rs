@@ -5,7 +5,7 @@ use sqlx::types::Json;
 use sqlx::PgPool;
 
 use super::events::{self, Before};
-use super::{cleanups, outbox};
+use super::{cleanups, groups, outbox};
 
 /// A queued ticket untouched this long may have lost its message (see `requeue_lost`).
 const STALE_QUEUED_SECS: f64 = 600.0;
@@ -76,6 +76,7 @@ pub async fn rescue_expired(pool: &PgPool, max_attempts: i32) -> Result<Rescued,
     changed.extend(lost.iter().map(|r| r.before.0.clone()));
     events::record_changes(&mut tx, &changed).await?;
     cleanups::record_for_ended(&mut tx, &changed).await?;
+    groups::on_ended(&mut tx, &changed).await?;
     tx.commit().await?;
     let requeued = lost.into_iter().map(|r| (r.ticket_id, r.id)).collect();
     let gave_up = gave_up.into_iter().map(|before| before.id).collect();
@@ -97,7 +98,9 @@ pub async fn requeue_lost(
     let waiting = sqlx::query_scalar!(
         r#"SELECT count(*) AS "waiting!" FROM publish_tickets t
             WHERE t.state = 'queued' AND NOT t.cancel_requested
-              AND NOT EXISTS (SELECT 1 FROM ticket_outbox o WHERE o.ticket_id = t.id)"#
+              AND NOT EXISTS (SELECT 1 FROM ticket_outbox o WHERE o.ticket_id = t.id)
+              AND NOT EXISTS (SELECT 1 FROM publish_tickets s
+                               WHERE s.id = t.copies_from AND s.state IN ('queued', 'running'))"#
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -111,6 +114,9 @@ pub async fn requeue_lost(
               WHERE t.state = 'queued' AND NOT t.cancel_requested
                 AND t.updated_at < now() - make_interval(secs => $1)
                 AND NOT EXISTS (SELECT 1 FROM ticket_outbox o WHERE o.ticket_id = t.id)
+                -- Held until its source ends (`groups`): not lost.
+                AND NOT EXISTS (SELECT 1 FROM publish_tickets s
+                                 WHERE s.id = t.copies_from AND s.state IN ('queued', 'running'))
               ORDER BY t.updated_at, t.id LIMIT $2
               FOR UPDATE OF t SKIP LOCKED),
          touched AS (

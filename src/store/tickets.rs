@@ -94,6 +94,15 @@ pub struct Ticket {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+
+    /// The publication group it is a target of (`store::groups`), if any.
+    pub group_id: Option<i64>,
+    /// The Glance store it publishes to (None: the Glance's default store).
+    pub glance_store: Option<String>,
+    /// The sibling whose image it copies server-side once that one is complete.
+    pub copies_from: Option<i64>,
+    /// The catalog region of the Glance the worker resolved, once it did.
+    pub glance_region: Option<String>,
 }
 
 impl Ticket {
@@ -131,7 +140,7 @@ macro_rules! ticket_query {
                    t.bytes_loaded AS "bytes_loaded!", t.bytes_total AS "bytes_total!", t.eta,
                    t.error_message, t.detailed_error_msg, t.cloud_id,
                    t.created_at AS "created_at!", t.updated_at AS "updated_at!", t.started_at,
-                   t.finished_at"#
+                   t.finished_at, t.group_id, t.glance_store, t.copies_from, t.glance_region"#
             + $extra
             + " FROM " + $from + " t
                JOIN images i ON i.id = t.image_id
@@ -181,6 +190,10 @@ macro_rules! ticket_of_row {
             updated_at: $row.updated_at,
             started_at: $row.started_at,
             finished_at: $row.finished_at,
+            group_id: $row.group_id,
+            glance_store: $row.glance_store,
+            copies_from: $row.copies_from,
+            glance_region: $row.glance_region,
         }
     };
 }
@@ -426,7 +439,7 @@ async fn file_together(
 
 /// Tickets queued or running per user, of the users given, counted up to `limit` (the
 /// quota): a user's backlog costs the count no more than the quota allows it to hold.
-async fn unfinished_of_users<'e>(
+pub(super) async fn unfinished_of_users<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     user_ids: &[i64],
     limit: i64,
@@ -495,6 +508,13 @@ pub async fn list_of_user(
     .await
 }
 
+/// A publication group's tickets, in the order they were filed.
+pub async fn of_group(pool: &PgPool, group_id: i64) -> Result<Vec<Ticket>, sqlx::Error> {
+    select_tickets!("WHERE t.group_id = $1 ORDER BY t.id", group_id)
+        .fetch_all(pool)
+        .await
+}
+
 /// Deletes a ticket record. In one transaction, before the row goes: what becomes of its
 /// image (`cleanups::record_for_deleted`) and its `deleted` event, announced
 /// (`events::record_deleted`). `false`: no such ticket.
@@ -510,6 +530,7 @@ pub async fn delete(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
         return Ok(false);
     }
     cleanups::record_for_deleted(&mut tx, id).await?;
+    super::groups::release_held_by(&mut tx, id).await?;
     events::record_deleted(&mut tx, id).await?;
     let done = sqlx::query!("DELETE FROM publish_tickets WHERE id = $1", id)
         .execute(&mut *tx)

@@ -177,12 +177,16 @@ async fn finish(
     claim: &Claim,
     outcome: Outcome,
 ) -> Result<(), sqlx::Error> {
-    let Some(state) = claims::finish(ctx.pool, claim.ticket.id, claim.token, &outcome).await?
+    let Some(finished) = claims::finish(ctx.pool, claim.ticket.id, claim.token, &outcome).await?
     else {
         // Nothing deleted here: the image may be the one its new owner adopted.
         warn!("lost the ticket before finishing; another worker owns it (or it was deleted)");
         return Ok(());
     };
+    for (ticket_id, outbox_id) in finished.released {
+        outbox::hand_off(ctx.pool, ctx.publisher, ticket_id, outbox_id).await;
+    }
+    let state = finished.state;
     match (&outcome, state) {
         (Outcome::Published { cloud_id, .. }, TicketState::Complete) => {
             info!(cloud_id, "published")

@@ -149,7 +149,8 @@ async fn a_worker_that_lost_its_lease_spares_the_image_its_successor_adopted() {
     assert_eq!(
         claims::finish(&app.pool, id, successor.token, &adopted)
             .await
-            .unwrap(),
+            .unwrap()
+            .map(|f| f.state),
         Some(TicketState::Complete)
     );
     // The old worker's upload ends, its read-back fails, and it finds its claim lost.
@@ -225,7 +226,8 @@ async fn a_delete_with_the_cloud_image_that_meets_the_publication_removes_the_im
     assert_eq!(
         claims::finish(&app.pool, id, token, &published)
             .await
-            .unwrap(),
+            .unwrap()
+            .map(|f| f.state),
         None,
         "the record is gone"
     );
@@ -256,7 +258,8 @@ async fn a_cancel_that_meets_the_publication_wins_and_removes_the_image() {
     assert_eq!(
         claims::finish(&app.pool, id, token, &published)
             .await
-            .unwrap(),
+            .unwrap()
+            .map(|f| f.state),
         Some(TicketState::Cancelled)
     );
     wait_until(
@@ -362,7 +365,8 @@ async fn a_cleanup_whose_credentials_stopped_working_shows_its_error() {
     assert_eq!(
         claims::finish(&app.pool, id, claim.token, &failed)
             .await
-            .unwrap(),
+            .unwrap()
+            .map(|f| f.state),
         Some(TicketState::Error)
     );
     let reconciler = Reconciler::new(app.pool.clone(), secrets, &app.settings.cloud);

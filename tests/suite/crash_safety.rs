@@ -105,7 +105,8 @@ async fn fencing_refuses_a_stale_workers_writes() {
     assert_eq!(
         claims::finish(&app.pool, id, first.token, &outcome)
             .await
-            .unwrap(),
+            .unwrap()
+            .map(|f| f.state),
         None
     );
     assert!(!claims::set_cloud_id(&app.pool, id, first.token, "stale")

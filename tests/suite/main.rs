@@ -19,6 +19,7 @@ mod crash_safety;
 mod exhaustion;
 mod faults;
 mod group_commit;
+mod groups;
 mod hammr;
 mod harness;
 mod hostile_cloud;
