@@ -44,7 +44,7 @@ pub(super) struct Region<'a> {
 pub(super) fn image_endpoint(
     catalog: &[CatalogService],
     region: Option<Region<'_>>,
-) -> Result<String, CloudError> {
+) -> Result<CatalogGlance, CloudError> {
     let public: Vec<&CatalogEndpoint> = catalog
         .iter()
         .filter(|s| s.kind == "image")
@@ -84,7 +84,17 @@ pub(super) fn image_endpoint(
         }
         None => public[0],
     };
-    Ok(chosen.url.clone())
+    Ok(CatalogGlance {
+        url: chosen.url.clone(),
+        region: chosen.region().to_string(),
+    })
+}
+
+/// The Glance the catalog gives, and its region (a sibling's glance-download names it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct CatalogGlance {
+    pub(super) url: String,
+    pub(super) region: String,
 }
 
 fn config_error(summary: String) -> CloudError {
@@ -121,11 +131,11 @@ mod tests {
     #[test]
     fn the_public_endpoint_of_the_chosen_region_is_used() {
         assert_eq!(
-            image_endpoint(&catalog(), chosen("RegionOne")).unwrap(),
+            image_endpoint(&catalog(), chosen("RegionOne")).unwrap().url,
             "http://one"
         );
         assert_eq!(
-            image_endpoint(&catalog(), chosen("RegionTwo")).unwrap(),
+            image_endpoint(&catalog(), chosen("RegionTwo")).unwrap().url,
             "http://two"
         );
         let missing = image_endpoint(&catalog(), chosen("RegionNine")).unwrap_err();
@@ -157,7 +167,7 @@ mod tests {
             {"type": "image", "endpoints": [{"interface": "public", "url": "http://only", "region_id": "R"}]}
         ]))
         .unwrap();
-        assert_eq!(image_endpoint(&one, None).unwrap(), "http://only");
+        assert_eq!(image_endpoint(&one, None).unwrap().url, "http://only");
         assert!(image_endpoint(&[], None).is_err());
     }
 }

@@ -41,6 +41,8 @@ pub(super) struct Login {
     pub(super) token: Secret,
     /// Glance's v2 base URL (checked).
     pub(super) glance: url::Url,
+    /// Its catalog region; None when the account gave Glance's URL.
+    pub(super) glance_region: Option<String>,
     /// `expires_at - issued_at`, both by Keystone's clock, so a skewed local clock is harmless.
     pub(super) lifetime: Duration,
 }
@@ -122,14 +124,17 @@ pub(super) async fn log_in(
     let (client, refusal) = http_client(policy, &ca_files)?;
     let limit = policy.call_timeout_for(&keystone);
     let issued = request_token(&client, &refusal, account, limit).await?;
-    let glance = match given_glance {
-        Some(url) => url,
-        None => glance_from_catalog(
-            policy,
-            &keystone,
-            &issued.catalog,
-            account.region.as_deref(),
-        )?,
+    let (glance, glance_region) = match given_glance {
+        Some(url) => (url, None),
+        None => {
+            let (url, region) = glance_from_catalog(
+                policy,
+                &keystone,
+                &issued.catalog,
+                account.region.as_deref(),
+            )?;
+            (url, Some(region))
+        }
     };
     // Glance's own profile may trust one more CA.
     let all = super::tls::ca_files(policy, &[&keystone, &glance]);
@@ -142,6 +147,7 @@ pub(super) async fn log_in(
         client,
         token: issued.token,
         glance: glance_v2(glance),
+        glance_region,
         lifetime: issued.lifetime,
     })
 }
@@ -287,7 +293,7 @@ fn glance_from_catalog(
     keystone: &url::Url,
     catalog: &[CatalogService],
     region: Option<&str>,
-) -> Result<url::Url, CloudError> {
+) -> Result<(url::Url, String), CloudError> {
     let profile = policy.profile_for(keystone);
     let configured = |name| Region {
         name,
@@ -304,11 +310,11 @@ fn glance_from_catalog(
             .map(configured),
     };
     let endpoint = image_endpoint(catalog, region)?;
-    let url = parse("the catalog's Glance endpoint", &endpoint)?;
+    let url = parse("the catalog's Glance endpoint", &endpoint.url)?;
     policy
         .check_url(&url)
         .map_err(|why| refused("the catalog's Glance endpoint", why))?;
-    Ok(url)
+    Ok((url, endpoint.region))
 }
 
 /// Keystone answers 401 both to a wrong password and to a project the user cannot reach.

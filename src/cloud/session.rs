@@ -30,6 +30,8 @@ const RENEW_BEFORE: Duration = Duration::from_secs(120);
 pub(super) struct Session {
     pub(super) client: reqwest::Client,
     pub(super) base: url::Url,
+    /// The catalog region of `base`, when the catalog gave it.
+    pub(super) region: Option<String>,
     /// Shared with the renewal under way, which records the token it gets.
     token: Arc<Mutex<TokenState>>,
     account: OpenStackAccount,
@@ -77,6 +79,7 @@ impl Session {
             })),
             client: login.client,
             base: login.glance,
+            region: login.glance_region,
             account: account.clone(),
             policy: policy.clone(),
         }
@@ -331,6 +334,7 @@ mod tests {
             client: reqwest::Client::new(),
             token: Secret::new("t"),
             glance: url::Url::parse("http://g/v2/").unwrap(),
+            glance_region: None,
             lifetime: Duration::from_secs(secs),
         };
         let early = |secs| {
@@ -414,6 +418,7 @@ mod tests {
             client: reqwest::Client::new(),
             token: Secret::new("expired"),
             glance: url::Url::parse("http://g/v2/").unwrap(),
+            glance_region: None,
             lifetime: Duration::ZERO,
         };
         let session = Session::from_login(expired, &silent, &policy);
