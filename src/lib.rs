@@ -80,6 +80,7 @@
 //! |               | (create, read back, delete, find by ticket); `upload`; `import` (methods |
 //! |               | offered, stage, glance-direct); `quota` (refusals made permanent, the    |
 //! |               | pre-check on `/v2/info/usage`)                                           |
+//! |               | `copies`: server-side copies (copy-image, glance-download), stores       |
 //! | · `tls`       | CA files trusted beside the system roots; certificate errors in words    |
 //! | · `profile`   | per-cloud profiles by host pattern, upload limits; `pimage config --for-url` |
 //! | · `session`   | Keystone tokens renewed before expiry; `Sessions`, kept per account      |

@@ -26,7 +26,9 @@ use address_policy::{GuardedResolver, Refusal};
 pub use address_policy::AddressPolicy;
 pub use answer::read_at_most;
 pub use error::{Cause, CloudError};
-pub use glance::{Glance, GlanceImage, DEPLOYMENT_PROPERTY, TICKET_PROPERTY};
+pub use glance::{
+    Glance, GlanceImage, GlanceStore, StoreDelete, DEPLOYMENT_PROPERTY, TICKET_PROPERTY,
+};
 pub use keystone::Keystone;
 pub use profile::{describe_for_url, upload_limit_for, DEFAULT_IMPORT_TIMEOUT};
 pub use session::Sessions;

@@ -143,7 +143,7 @@ async fn send(upload: &Upload<'_>, file: Chunks) -> Result<(), AttemptError> {
         if upload.transfer == Transfer::Stage {
             glance.stage(image_id, body, total as u64).await
         } else {
-            glance.upload(image_id, body, total as u64).await
+            glance.upload(image_id, body, total as u64, None).await
         }
     };
     tokio::pin!(put);
@@ -348,7 +348,7 @@ async fn import(upload: &Upload<'_>, link: Option<&str>) -> Result<(), AttemptEr
     step.percentage = 99;
     upload.progress.report(&step).await?;
     let import = async {
-        glance.start_import(image_id, link).await?;
+        glance.start_import(image_id, link, None).await?;
         loop {
             if imported(glance, image_id).await? {
                 return Ok(());

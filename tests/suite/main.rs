@@ -37,6 +37,7 @@ mod retention;
 mod scale_out;
 mod schema;
 mod security;
+mod server_side_copies;
 mod signed_requests;
 mod slots;
 mod state_changes;

@@ -5,6 +5,7 @@
 use reqwest::header::ACCEPT;
 use serde::Deserialize;
 
+use super::copies::unknown_store;
 use super::quota::quota_refusal;
 use super::Glance;
 use crate::cloud::answer::{json, within};
@@ -67,8 +68,8 @@ impl Glance {
             .put_bytes(
                 image_id,
                 "stage",
-                body,
-                length,
+                (body, length),
+                None,
                 "staging the image in Glance was cut off",
             )
             .await?;
@@ -85,17 +86,21 @@ impl Glance {
     }
 
     /// Asks Glance to import the staged bytes (`glance-direct`), or, given a link, to fetch
-    /// them from it (`web-download`).
+    /// them from it (`web-download`); into `store` if named, else Glance's default store.
     pub async fn start_import(
         &self,
         image_id: &str,
         web_download: Option<&str>,
+        store: Option<&str>,
     ) -> Result<(), CloudError> {
         let url = self.url(&["images", image_id, "import"]);
-        let body = match web_download {
+        let mut body = match web_download {
             None => serde_json::json!({"method": {"name": "glance-direct"}}),
             Some(uri) => serde_json::json!({"method": {"name": "web-download", "uri": uri}}),
         };
+        if let Some(store) = store {
+            body["stores"] = serde_json::json!([store]);
+        }
         within(self.timeout(), "Glance, starting the import", async {
             let response = self
                 .send("could not reach Glance to start the import", |c, token| {
@@ -116,6 +121,7 @@ impl Glance {
             })
             .await
             .map_err(quota_refusal)
+            .map_err(|e| unknown_store(e, store))
             .map(|_| ())
         })
         .await

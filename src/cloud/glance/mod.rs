@@ -1,11 +1,13 @@
 //! Glance v2, with a token from `keystone`; every call but the upload within the call
 //! timeout, answers read within the bounds of `answer`. One concern per file:
 //! `images` (create, read back, delete, find a ticket's images), `upload` (the bytes),
-//! `import` (interoperable import), `quota` (refusals and the pre-check).
+//! `import` (interoperable import), `quota` (refusals and the pre-check), `copies`
+//! (server-side copies: between stores, from another region; the stores offered).
 //!
 //! This file: the `Glance` session, how its requests are sent, and the image Glance
 //! describes.
 
+mod copies;
 mod images;
 mod import;
 mod quota;
@@ -19,6 +21,8 @@ use serde::Deserialize;
 use super::error::CloudError;
 use super::session::Session;
 use crate::secrets::Secret;
+
+pub use copies::{GlanceStore, StoreDelete};
 
 /// Glance property naming the ticket an image belongs to: a retried job finds its image by it.
 pub const TICKET_PROPERTY: &str = "pimage_ticket";
@@ -108,6 +112,20 @@ pub struct GlanceImage {
     /// The import task holding the image (set when the import is accepted, removed at its end).
     #[serde(default)]
     pub os_glance_import_task: Option<String>,
+    /// The stores holding the image's data, comma-separated (a Glance with several stores).
+    #[serde(default)]
+    pub stores: Option<String>,
+}
+
+impl GlanceImage {
+    /// Whether Glance lists `store` among the stores holding the image's data.
+    pub fn in_store(&self, store: &str) -> bool {
+        !store.is_empty()
+            && self
+                .stores
+                .as_deref()
+                .is_some_and(|stores| stores.split(',').any(|s| s.trim() == store))
+    }
 }
 
 impl Glance {
@@ -132,5 +150,20 @@ mod tests {
         assert_eq!(v2("http://g:9292/"), "http://g:9292/v2/");
         assert_eq!(v2("http://g/image/v2"), "http://g/image/v2/");
         assert_eq!(v2("http://g/image/v2.0/"), "http://g/image/v2.0/");
+    }
+
+    #[test]
+    fn an_image_is_in_the_stores_glance_lists_and_no_other() {
+        let image = |stores: Option<&str>| -> GlanceImage {
+            serde_json::from_value(serde_json::json!({
+                "id": "i", "status": "active", "checksum": null, "size": null, "stores": stores,
+            }))
+            .unwrap()
+        };
+        let both = image(Some("fast,cold"));
+        assert!(both.in_store("fast") && both.in_store("cold"));
+        assert!(!both.in_store("col") && !both.in_store("fast,cold"));
+        assert!(!image(None).in_store("fast"));
+        assert!(!image(Some("")).in_store(""));
     }
 }

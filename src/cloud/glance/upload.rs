@@ -3,6 +3,7 @@
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::Response;
 
+use super::copies::unknown_store;
 use super::quota::quota_refusal;
 use super::Glance;
 use crate::cloud::error::{check, CloudError};
@@ -10,19 +11,21 @@ use crate::cloud::error::{check, CloudError};
 impl Glance {
     /// Streams `body` (exactly `length` bytes) into the image. Sent with a Content-Length and
     /// no `Expect: 100-continue`: Glance behind uwsgi refuses large chunks and never answers 100.
-    /// No time limit here: the upload's own watchdog (worker::upload) bounds it.
+    /// No time limit here: the upload's own watchdog (worker::upload) bounds it. `store`: the
+    /// Glance store to write to (`x-image-meta-store`); `None`, Glance's default one.
     pub async fn upload(
         &self,
         image_id: &str,
         body: reqwest::Body,
         length: u64,
+        store: Option<&str>,
     ) -> Result<(), CloudError> {
         let response = self
             .put_bytes(
                 image_id,
                 "file",
-                body,
-                length,
+                (body, length),
+                store,
                 "the upload to Glance was cut off",
             )
             .await?;
@@ -37,23 +40,30 @@ impl Glance {
         })
         .await
         .map_err(quota_refusal)
+        .map_err(|e| unknown_store(e, store))
         .map(|_| ())
     }
 
     /// Streams `body` (exactly `length` bytes) to `…/images/{id}/{target}` (`file` or
-    /// `stage`) with the session's current token; the answer is the caller's to check.
+    /// `stage`), into `store` if named, with the session's current token; the answer is the
+    /// caller's to check.
     pub(super) async fn put_bytes(
         &self,
         image_id: &str,
         target: &str,
-        body: reqwest::Body,
-        length: u64,
+        (body, length): (reqwest::Body, u64),
+        store: Option<&str>,
         cut_off: &str,
     ) -> Result<Response, CloudError> {
         let token = self.session.token().await?;
-        self.session
+        let mut request = self
+            .session
             .client
-            .put(self.url(&["images", image_id, target]))
+            .put(self.url(&["images", image_id, target]));
+        if let Some(store) = store {
+            request = request.header("x-image-meta-store", store);
+        }
+        request
             .header("x-auth-token", token.expose())
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, "application/octet-stream")
