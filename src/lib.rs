@@ -53,6 +53,8 @@
 //! |               | and `AttemptError`                                                       |
 //! | · `convert`   | the bytes sent: the file, or a copy converted for the cloud's profile    |
 //! |               | (qemu-img confined by Landlock and prlimit; scratch space reserved)      |
+//! | · `copy`      | a group's target copying a sibling's image server-side (copy-image into  |
+//! |               | its store, glance-download from another region), else an upload          |
 //! | · `upload`    | the file streamed to Glance, stalls cut, the stored checksum checked     |
 //! | · `progress`  | progress values and their writes (heartbeats that report cancels)        |
 //! | · `lease`     | the lease keeper                                                         |

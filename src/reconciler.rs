@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::cloud::{AddressPolicy, CloudError, Glance, OpenStackAccount, Sessions};
+use crate::cloud::{AddressPolicy, CloudError, Glance, OpenStackAccount, Sessions, StoreDelete};
 use crate::config::CloudSettings;
 use crate::metrics_catalog;
 use crate::retry::Backoff;
@@ -183,7 +183,12 @@ impl Reconciler {
             .map_err(|e| format!("could not read the kept images: {e}"))?;
         ids.retain(|id| Some(id) != kept.as_ref());
         for id in &ids {
-            glance.delete_image(id).await.map_err(|e| described(&e))?;
+            match (&cleanup.glance_store, &cleanup.cloud_id) {
+                (Some(store), Some(shared)) if id == shared => {
+                    remove_copy(&glance, id, store).await?
+                }
+                _ => glance.delete_image(id).await.map_err(|e| described(&e))?,
+            }
         }
         Ok(ids)
     }
@@ -303,6 +308,15 @@ impl Reconciler {
 
 /// The error as operators read it: the summary only (the cloud's detail could echo what
 /// was sent, the password included).
+/// A sibling's image holding this ticket's copy in `store` (copy-image): that copy goes;
+/// the image itself only when the copy was its last location.
+async fn remove_copy(glance: &Glance, id: &str, store: &str) -> Result<(), String> {
+    match glance.delete_from_store(id, store).await.map_err(|e| described(&e))? {
+        StoreDelete::LastLocation => glance.delete_image(id).await.map_err(|e| described(&e)),
+        StoreDelete::Deleted | StoreDelete::Gone => Ok(()),
+    }
+}
+
 fn described(e: &CloudError) -> String {
     e.summary.clone()
 }

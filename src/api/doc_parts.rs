@@ -62,13 +62,15 @@ pub struct PublishRequestBody {
 }
 
 /// The body of `POST …/pimagegroups` and `…/pimagegroups/{gid}/targets` (a pimage extension,
-/// JSON only): each target is a publish body (`PublishRequestBody`).
+/// JSON only): each target is a publish body (`PublishRequestBody`) with an optional `store`.
 #[derive(ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(example = json!({
     "policy": "all",
     "targets": [
         {"keystoneProject": "demo", "publishLocation": "RegionOne", "credAccount": {"name": "lab"}},
+        {"keystoneProject": "demo", "publishLocation": "RegionOne", "store": "cold",
+         "credAccount": {"name": "lab"}},
         {"keystoneProject": "demo", "publishLocation": "RegionTwo", "credAccount": {"name": "lab"}}
     ]
 }))]
@@ -79,9 +81,24 @@ pub struct PublishGroupRequestBody {
     /// allowed when adding targets: they take the group's.
     #[schema(required = false, pattern = "^(all|each)$")]
     policy: String,
-    /// Each an ordinary publish body; two in the same Keystone project and region are refused.
+    /// Each an ordinary publish body and a Glance store; two to the same place are refused.
     #[schema(min_items = 1, max_items = 16)]
-    targets: Vec<PublishRequestBody>,
+    targets: Vec<GroupTargetBody>,
+}
+
+/// One target of a group: a publish body and the Glance store it goes to.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // Never built: it exists for its schema.
+pub struct GroupTargetBody {
+    #[serde(flatten)]
+    publish: PublishRequestBody,
+    /// The Glance store (`GET /v2/info/stores`) the image goes to; default: the Glance's
+    /// default store. A target in the same Keystone project as an earlier one gets its image
+    /// by a server-side copy once that one is complete (copy-image within one Glance,
+    /// glance-download between regions), where the cloud offers it.
+    #[schema(required = false, pattern = "^[A-Za-z0-9_.-]{1,255}$")]
+    store: String,
 }
 
 /// A cloud URL as `publish_request` accepts it.

@@ -1,5 +1,6 @@
 //! The body of `POST …/pimagegroups` (a pimage extension UForge clients never send): a
-//! policy and targets, each an ordinary publish body (`publish_request`, JSON). Also the body of `POST …/pimagegroups/{gid}/targets` (targets
+//! policy and targets, each an ordinary publish body (`publish_request`, JSON) with an
+//! optional Glance `store`. Also the body of `POST …/pimagegroups/{gid}/targets` (targets
 //! only).
 
 use serde::Deserialize;
@@ -76,13 +77,12 @@ fn target_of(target: Value) -> Result<TargetRequest, InvalidRequest> {
     let Value::Object(mut fields) = target else {
         return Err(InvalidRequest("a target must be a JSON object".into()));
     };
-    // Glance stores come with the server-side copies that fill them (issue 28, item 4):
-    // refused in words until then, never ignored.
     let store = match fields.remove("store") {
         None | Some(Value::Null) => None,
+        Some(Value::String(store)) if is_store_id(&store) => Some(store),
         Some(_) => {
             return Err(InvalidRequest(
-                "store is not offered yet: each target goes to its Glance's default store".into(),
+                "store must be a Glance store id: 1 to 255 letters, digits, '_', '.' or '-'".into(),
             ))
         }
     };
@@ -90,6 +90,14 @@ fn target_of(target: Value) -> Result<TargetRequest, InvalidRequest> {
         .map_err(|e| InvalidRequest(format!("the target could not be read: {e}")))?;
     let body = publish_request::body_from_json(&bytes)?;
     Ok(TargetRequest { body, store })
+}
+
+/// Glance store ids as `enabled_backends` names them (and as the schema's check allows).
+fn is_store_id(store: &str) -> bool {
+    (1..=255).contains(&store.len())
+        && store
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 #[cfg(test)]
@@ -104,11 +112,13 @@ mod tests {
     }
 
     #[test]
-    fn a_group_body_gives_its_policy_and_its_targets() {
-        let body = group(r#""policy": "each", "#, &[TARGET, TARGET]);
+    fn a_group_body_gives_its_policy_and_each_target_its_store() {
+        let with_store = TARGET.replacen('{', r#"{"store": "cold", "#, 1);
+        let body = group(r#""policy": "each", "#, &[TARGET, &with_store]);
         let request = parse(body.as_bytes(), true).unwrap();
         assert_eq!(request.policy, GroupPolicy::Each);
-        assert_eq!(request.targets.len(), 2);
+        let stores: Vec<_> = request.targets.iter().map(|t| t.store.clone()).collect();
+        assert_eq!(stores, [None, Some("cold".to_string())]);
         assert_eq!(
             parse(group("", &[TARGET]).as_bytes(), true).unwrap().policy,
             GroupPolicy::All

@@ -2,6 +2,10 @@
 //! targets, each an ordinary ticket the UForge clients poll, cancel and delete as any other.
 //! `POST …/images/{itid}/pimagegroups` files them; `…/pimagegroups/{gid}` aggregates them;
 //! `…/targets` adds targets; `…/cancel` cancels the unfinished ones.
+//!
+//! Where targets share one Keystone project, the first of them uploads and the others copy
+//! its image server-side once it is complete (`copies_from`, `worker::copy`): the bytes go
+//! once per cloud.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -175,11 +179,10 @@ async fn image_of(state: &AppState, group: &Group, children: &[Ticket]) -> Resul
     extract::image_at(state, &path).await.map_err(|_| gone())
 }
 
-/// The tickets a request's targets make. Two targets of one Keystone project in the same
-/// region (of this request, or unfinished or complete siblings) would be the same publish
-/// twice: refused. Each target uploads the file itself (`Source::None`): server-side copies
-/// between targets (`store::groups` holds a copying target) come with the worker's copy
-/// path.
+/// The tickets a request's targets make. Two targets publishing to the same place (of this
+/// request, or live siblings) would be the same publish twice: refused. A target that may
+/// copy an earlier one's image server-side (`copy_candidate`) copies the first such target
+/// that uploads itself: the bytes go once per cloud.
 async fn targets_of(
     state: &AppState,
     caller: &Caller,
@@ -190,33 +193,66 @@ async fn targets_of(
     let mut targets: Vec<NewTarget> = Vec::with_capacity(request.targets.len());
     for (at, target) in request.targets.into_iter().enumerate() {
         let ticket = new_ticket(state, caller, image, target.body).await?;
-        if let Some(other) = same_place(&ticket, &targets, siblings) {
+        let store = target.store;
+        if let Some(other) = same_place(&ticket, store.as_deref(), &targets, siblings) {
             return Err(ApiError::BadRequest(format!(
-                "target {} publishes where {other} already does (same cloud project and \
-                 region): name another publishLocation",
+                "target {} publishes where {other} already does (same cloud project, region \
+                 and store): name another publishLocation or store",
                 at + 1
             )));
         }
+        let copies_from = source_of(&ticket, &targets, siblings);
         targets.push(NewTarget {
             ticket,
-            store: target.store,
-            copies_from: Source::None,
+            store,
+            copies_from,
         });
     }
     Ok(targets)
 }
 
 /// The earlier target (or live sibling) publishing to `ticket`'s place, named.
-fn same_place(ticket: &NewTicket, earlier: &[NewTarget], siblings: &[Ticket]) -> Option<String> {
-    let here = place_of_new(ticket);
-    if let Some(at) = earlier.iter().position(|o| place_of_new(&o.ticket) == here) {
+fn same_place(
+    ticket: &NewTicket,
+    store: Option<&str>,
+    earlier: &[NewTarget],
+    siblings: &[Ticket],
+) -> Option<String> {
+    let here = (place_of_new(ticket), store);
+    if let Some(at) = earlier
+        .iter()
+        .position(|o| (place_of_new(&o.ticket), o.store.as_deref()) == here)
+    {
         return Some(format!("target {}", at + 1));
     }
     siblings
         .iter()
         .filter(|s| !matches!(s.state, TicketState::Error | TicketState::Cancelled))
-        .find(|s| place_of(s) == here)
+        .find(|s| (place_of(s), s.glance_store.as_deref()) == here)
         .map(|s| format!("ticket {} of the group", s.id))
+}
+
+/// The first earlier target (else live sibling) that uploads and whose image `ticket` may
+/// copy server-side.
+fn source_of(ticket: &NewTicket, earlier: &[NewTarget], siblings: &[Ticket]) -> Source {
+    let mine = place_of_new(ticket);
+    if let Some(at) = earlier.iter().position(|o| {
+        o.copies_from == Source::None && copy_candidate(&mine, &place_of_new(&o.ticket))
+    }) {
+        return Source::Filed(at);
+    }
+    siblings
+        .iter()
+        .filter(|s| !matches!(s.state, TicketState::Error | TicketState::Cancelled))
+        .find(|s| s.copies_from.is_none() && copy_candidate(&mine, &place_of(s)))
+        .map_or(Source::None, |s| Source::Ticket(s.id))
+}
+
+/// Whether one place may copy the other's image: the same Keystone project as the same user,
+/// and either both Glances from the catalog (copy-image in one region, glance-download
+/// between two) or the same given Glance (copy-image between its stores).
+fn copy_candidate(a: &Place, b: &Place) -> bool {
+    a[..4] == b[..4] && a[4] == b[4]
 }
 
 /// Where a ticket publishes: a Keystone project as one user, through one Glance (given, or

@@ -469,13 +469,35 @@ pub async fn record_glance(
     id: i64,
     token: i64,
     glance_url: &str,
+    region: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
-        "UPDATE publish_tickets SET glance_url = $3, updated_at = now()
+        "UPDATE publish_tickets SET glance_url = $3, glance_region = $4, updated_at = now()
           WHERE id = $1 AND fencing_token = $2 AND state = 'running' AND glance_url IS NULL",
         id,
         token,
-        glance_url
+        glance_url,
+        region
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records the Glance store a copying ticket writes to (its own, or the Glance's default it
+/// resolved), before the copy: its cleanup then removes that store's copy only.
+pub async fn record_store(
+    pool: &PgPool,
+    id: i64,
+    token: i64,
+    store: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE publish_tickets SET glance_store = $3, updated_at = now()
+          WHERE id = $1 AND fencing_token = $2 AND state = 'running'",
+        id,
+        token,
+        store
     )
     .execute(pool)
     .await?;

@@ -15,6 +15,7 @@ use crate::store::tickets;
 use crate::store::Image;
 
 use super::convert::{self, Payload};
+use super::copy;
 use super::progress::Reporter;
 use super::upload::{self, holds_file, Transfer, Upload};
 use super::WorkerContext;
@@ -210,7 +211,7 @@ async fn attempt_steps(
         ctx.sessions.glance(target.account, ctx.cloud_policy),
     )
     .await?;
-    keep_regional_glance(ctx, target, &glance).await?;
+    keep_glance(ctx, target, &glance).await?;
     // The file as registered, or converted for this cloud (removed when this ends).
     let wanted = glance.profile().and_then(|p| p.disk_format.as_deref());
     let payload = convert::payload(ctx, target.image, wanted, &progress).await?;
@@ -220,6 +221,9 @@ async fn attempt_steps(
         drop(registered);
         open_bytes(ctx.store, target.image, &payload.location).await?
     };
+    if let Some(copied) = copy::server_side(ctx, target, &glance, &payload, &progress).await? {
+        return Ok(copied);
+    }
     if let Some(published) = settle_earlier(&glance, target, state, &payload).await? {
         return Ok(published);
     }
@@ -248,6 +252,7 @@ async fn attempt_steps(
         checksum_retried: state.checksum_retried,
         registered_image: target.image.id,
         store: ctx.store,
+        glance_store: target.claim.ticket.glance_store.as_deref(),
     };
     let result = upload_created(ctx, target, &upload, file).await;
     if result.is_err() && may_delete_own_image(ctx, target.claim).await {
@@ -260,19 +265,21 @@ async fn attempt_steps(
     result.map(|()| created)
 }
 
-/// A ticket that named a region (`publishLocation`) keeps the Glance the catalog gave it, before
-/// it creates anything there: its cleanup and the orphan sweep then find that Glance.
-async fn keep_regional_glance(
+/// A ticket that named a region (`publishLocation`), or a group's, keeps the Glance the
+/// catalog gave it (and its region) before it creates anything there: its cleanup and the
+/// orphan sweep then find that Glance, and a sibling copying its image knows where it is.
+async fn keep_glance(
     ctx: &WorkerContext<'_>,
     target: &Target<'_>,
     glance: &Glance,
 ) -> Result<(), AttemptError> {
     let (claim, account) = (target.claim, target.account);
-    if account.region.is_none() || account.glance_url.is_some() {
+    let wanted = account.region.is_some() || claim.ticket.group_id.is_some();
+    if !wanted || account.glance_url.is_some() {
         return Ok(());
     }
-    let url = glance.endpoint().as_str();
-    Ok(claims::record_glance(ctx.pool, claim.ticket.id, claim.token, url).await?)
+    let (url, region) = (glance.endpoint().as_str(), glance.region());
+    Ok(claims::record_glance(ctx.pool, claim.ticket.id, claim.token, url, region).await?)
 }
 
 /// Never two images for one ticket: reuses a finished one (its id), removes unfinished ones.
@@ -322,7 +329,7 @@ fn transfer_for(
 }
 
 /// Creates the ticket's image in Glance; its id.
-async fn create_image(
+pub(super) async fn create_image(
     ctx: &WorkerContext<'_>,
     glance: &Glance,
     target: &Target<'_>,

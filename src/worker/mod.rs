@@ -21,6 +21,7 @@ mod attempt;
 pub mod cancel;
 mod consume;
 mod convert;
+mod copy;
 mod heartbeat;
 mod job;
 mod lease;

@@ -55,6 +55,8 @@ pub(super) struct Upload<'a> {
     pub(super) registered_image: i64,
     /// Where the payload is read again when Glance's checksum differs.
     pub(super) store: &'a ImageStore,
+    /// The Glance store the image goes to (the ticket's; None: Glance's default).
+    pub(super) glance_store: Option<&'a str>,
 }
 
 /// How the bytes go to Glance.
@@ -143,7 +145,9 @@ async fn send(upload: &Upload<'_>, file: Chunks) -> Result<(), AttemptError> {
         if upload.transfer == Transfer::Stage {
             glance.stage(image_id, body, total as u64).await
         } else {
-            glance.upload(image_id, body, total as u64, None).await
+            glance
+                .upload(image_id, body, total as u64, upload.glance_store)
+                .await
         }
     };
     tokio::pin!(put);
@@ -348,7 +352,9 @@ async fn import(upload: &Upload<'_>, link: Option<&str>) -> Result<(), AttemptEr
     step.percentage = 99;
     upload.progress.report(&step).await?;
     let import = async {
-        glance.start_import(image_id, link, None).await?;
+        glance
+            .start_import(image_id, link, upload.glance_store)
+            .await?;
         loop {
             if imported(glance, image_id).await? {
                 return Ok(());
@@ -376,7 +382,7 @@ async fn import(upload: &Upload<'_>, link: Option<&str>) -> Result<(), AttemptEr
 }
 
 /// Whether the import has ended (`active`); an error when it failed or the image left it.
-async fn imported(glance: &Glance, image_id: &str) -> Result<bool, AttemptError> {
+pub(super) async fn imported(glance: &Glance, image_id: &str) -> Result<bool, AttemptError> {
     let image = glance.image(image_id).await?;
     if image.status == "active" {
         return Ok(true);

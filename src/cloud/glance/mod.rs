@@ -57,6 +57,11 @@ impl Glance {
         &self.session.base
     }
 
+    /// The catalog region of this Glance, when the catalog gave it (not a given URL).
+    pub fn region(&self) -> Option<&str> {
+        self.session.region.as_deref()
+    }
+
     pub(super) fn url(&self, segments: &[&str]) -> url::Url {
         let mut url = self.session.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
