@@ -145,7 +145,15 @@ fn refused(result: Result<impl std::fmt::Debug, CloudError>, words: &str) {
 
 #[tokio::test]
 async fn glance_copies_between_stores_and_regions_and_removes_one_copy() {
+    let started = Instant::now();
     let lab = CopiesLab::up();
+    println!("copies lab up in {:.1} s", started.elapsed().as_secs_f64());
+    let status = CopiesLab::command(&lab.dir, &["status"]).output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).to_string();
+    assert!(
+        status.contains("glance2: up (http://127.0.0.1:9502/"),
+        "{status}"
+    );
     let one = login(&demo(KEYSTONE, None, Some("RegionOne"))).await;
     assert_eq!(one.endpoint().as_str(), "http://127.0.0.1:9501/v2/");
     let stores = vec![("cold".to_string(), false), ("fast".to_string(), true)];
@@ -180,7 +188,15 @@ async fn glance_copies_between_stores_and_regions_and_removes_one_copy() {
         "it is already in one of them",
     );
 
+    println!(
+        "copied between stores at {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     region_two_downloads_from_region_one(&lab, &id, &data).await;
+    println!(
+        "downloaded to RegionTwo at {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     // One store's copy removed: the image stays active in the other only.
     assert_eq!(
@@ -252,10 +268,20 @@ async fn region_two_downloads_from_region_one(lab: &CopiesLab, source: &str, dat
     two.delete_image(&id).await.unwrap();
 }
 
-/// The default lab has one named store, `fs`, its default.
+/// The default lab has one named store, `fs`, its default; a Glance without named stores
+/// (it answers 404) has none.
 #[tokio::test]
 async fn the_default_lab_offers_its_one_store() {
     let glance = login(&demo(&keystone_url(), Some(glance_url()), None)).await;
     let stores = sorted(glance.stores().await.unwrap());
     assert_eq!(stores, vec![("fs".to_string(), true)]);
+
+    let upstream = glance_url().trim_start_matches("http://").to_string();
+    let proxy = FaultProxy::start(&upstream).await;
+    proxy.fail_with_status("GET", "/info/stores", 404, 1);
+    let single = login(&demo(&keystone_url(), Some(proxy.url.clone()), None)).await;
+    assert_eq!(single.stores().await.unwrap(), vec![]);
+    assert_eq!(proxy.injected(), 1);
+    proxy.fail_with_status("GET", "/info/stores", 503, 1);
+    assert!(single.stores().await.unwrap_err().is_transient());
 }
