@@ -311,7 +311,11 @@ impl Reconciler {
 /// A sibling's image holding this ticket's copy in `store` (copy-image): that copy goes;
 /// the image itself only when the copy was its last location.
 async fn remove_copy(glance: &Glance, id: &str, store: &str) -> Result<(), String> {
-    match glance.delete_from_store(id, store).await.map_err(|e| described(&e))? {
+    match glance
+        .delete_from_store(id, store)
+        .await
+        .map_err(|e| described(&e))?
+    {
         StoreDelete::LastLocation => glance.delete_image(id).await.map_err(|e| described(&e)),
         StoreDelete::Deleted | StoreDelete::Gone => Ok(()),
     }

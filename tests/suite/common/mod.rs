@@ -1,6 +1,7 @@
 //! Test harness: a real API (and optionally worker) on port 0, a fresh Postgres database
 //! and a fresh RabbitMQ queue per test, against the real services on 127.0.0.1.
 
+pub mod copies_lab;
 pub mod database;
 mod exclusive;
 pub mod fault_proxy;

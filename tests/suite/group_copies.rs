@@ -1,0 +1,116 @@
+//! A group's bytes go once per cloud (issue 28, item 4), on real Glance 33: three targets
+//! in two regions and two stores of one Keystone; the first uploads, the second gets the
+//! image by copy-image into its store, the third by glance-download into RegionTwo. The
+//! uploads are counted in the lab's own request logs.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::common::copies_lab::CopiesLab;
+use crate::common::{self, spawn_app, DemoCloud, TestApp, PASSWORD};
+
+/// Keystone, Glance (RegionOne) and RegionTwo's Glance of this module's lab.
+const PORTS: (u16, u16, u16) = (5311, 9511, 9512);
+
+fn target(lab: &CopiesLab, name: &str, region: &str, store: Option<&str>) -> Value {
+    let mut body = json!({
+        "displayName": name, "publicImage": false, "publishLocation": region,
+        "keystoneDomain": "Default", "keystoneProject": "demo",
+        "credAccount": {"targetPlatform": {"name": "openstack"}, "keystoneUrl": lab.keystone(),
+            "keystoneVersion": "v3", "login": "demo", "password": "demopass"}});
+    if let Some(store) = store {
+        body["store"] = store.into();
+    }
+    body
+}
+
+async fn file_group(app: &TestApp, image_uri: &str, body: Value) -> String {
+    let resp = app
+        .client
+        .post(app.url(&format!("{image_uri}/pimagegroups")))
+        .basic_auth("alice", Some(PASSWORD))
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{answer:#}");
+    answer["uri"].as_str().unwrap().to_string()
+}
+
+async fn wait_final(app: &TestApp, uri: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let g: Value = app.get_as("alice", uri).await;
+        if ["complete", "partial", "error", "cancelled"]
+            .iter()
+            .any(|s| g["state"] == *s)
+        {
+            return g;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "group not final: {g:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn three_targets_in_two_regions_and_two_stores_get_the_file_sent_once() {
+    let lab = CopiesLab::up(PORTS);
+    let app = spawn_app(true).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let file = app.raw_file("disk.raw", 1024 * 1024);
+    let md5 = common::md5_of(&file);
+    for policy in ["all", "each"] {
+        let image = app.register_image("alice", &file, "raw").await.uri();
+        let before = lab.uploads();
+        let body = json!({"policy": policy, "targets": [
+            target(&lab, "one", "RegionOne", None),
+            target(&lab, "cold", "RegionOne", Some("cold")),
+            target(&lab, "two", "RegionTwo", None)]});
+        let uri = file_group(&app, &image, body).await;
+        let done = wait_final(&app, &uri).await;
+        assert_eq!(done["state"], "complete", "{policy}: {done:#}");
+        assert_eq!(
+            lab.uploads() - before,
+            1,
+            "{policy}: one upload for three targets"
+        );
+
+        let targets = done["targets"]["target"].as_array().unwrap().clone();
+        let ids: Vec<String> = targets
+            .iter()
+            .map(|t| t["cloudId"].as_str().unwrap().into())
+            .collect();
+        assert_eq!(targets[1]["copiesFrom"], targets[0]["publishImage"]["dbId"]);
+        assert_eq!(targets[2]["copiesFrom"], targets[0]["publishImage"]["dbId"]);
+        // copy-image: the same image, now in both stores of RegionOne's Glance.
+        assert_eq!(ids[0], ids[1], "{policy}");
+        let one = DemoCloud::login_at(&lab.keystone(), &lab.glance("glance")).await;
+        let image_one = one.image(&ids[0]).await.unwrap();
+        let stores: Vec<&str> = image_one["stores"].as_str().unwrap().split(',').collect();
+        assert!(
+            stores.contains(&"fast") && stores.contains(&"cold"),
+            "{image_one:#}"
+        );
+        assert_eq!(
+            lab.stored("glance", "cold", &ids[0]).map(|b| b.len()),
+            Some(1024 * 1024)
+        );
+        // glance-download: RegionTwo's own image, the same bytes.
+        let two = DemoCloud::login_at(&lab.keystone(), &lab.glance("glance2")).await;
+        let image_two = two.image(&ids[2]).await.unwrap();
+        assert_eq!(image_two["status"], "active");
+        assert_eq!(image_two["checksum"], md5.as_str());
+        two.delete(&ids[2]).await;
+        one.delete(&ids[0]).await;
+    }
+    app.stop().await;
+}
