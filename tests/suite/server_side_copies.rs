@@ -198,36 +198,62 @@ async fn glance_copies_between_stores_and_regions_and_removes_one_copy() {
         started.elapsed().as_secs_f64()
     );
 
-    // One store's copy removed: the image stays active in the other only.
-    assert_eq!(
-        one.delete_from_store(&id, "cold").await.unwrap(),
-        StoreDelete::Deleted
-    );
-    let image = one.image(&id).await.unwrap();
-    assert_eq!(image.status, "active");
-    assert_eq!(image.stores.as_deref(), Some("fast"));
-    assert_eq!(lab.stored("glance", "cold", &id), None);
-    assert_eq!(lab.stored("glance", "fast", &id), Some(data.clone()));
-    // Its last store: Glance keeps it (the caller deletes the image instead); a store it is
-    // not in, or a missing image: nothing to remove.
-    let last = one.delete_from_store(&id, "fast").await.unwrap();
-    assert_eq!(last, StoreDelete::LastLocation);
-    assert_eq!(
-        one.image(&id).await.unwrap().stores.as_deref(),
-        Some("fast")
-    );
-    let missing = uuid::Uuid::new_v4().to_string();
-    let gone = one.delete_from_store(&missing, "fast").await.unwrap();
-    assert_eq!(gone, StoreDelete::Gone);
+    removed_from_one_store(&lab, &one, &id, &data).await;
 
-    // Uploads into a store Glance lacks are refused naming it.
+    // Uploads into a store Glance lacks are refused naming it; a queued image is not copied.
     let other = new_image(&one, "unknown store").await;
     let body = data.clone().into();
     refused(
         one.upload(&other, body, len, Some("nope")).await,
         "Glance has no store named 'nope'",
     );
+    refused(
+        one.copy_to_stores(&other, &["fast"], true).await,
+        "it is not active",
+    );
     one.delete_image(&other).await.unwrap();
+    one.delete_image(&id).await.unwrap();
+    imported_into_a_named_store(&lab, &one, &data).await;
+}
+
+/// One store's copy removed: the image stays active in the other only.
+async fn removed_from_one_store(lab: &CopiesLab, one: &Glance, id: &str, data: &[u8]) {
+    assert_eq!(
+        one.delete_from_store(id, "cold").await.unwrap(),
+        StoreDelete::Deleted
+    );
+    let image = one.image(id).await.unwrap();
+    assert_eq!(image.status, "active");
+    assert_eq!(image.stores.as_deref(), Some("fast"));
+    assert_eq!(lab.stored("glance", "cold", id), None);
+    assert_eq!(lab.stored("glance", "fast", id), Some(data.to_vec()));
+    // Its last store: Glance keeps it (the caller deletes the image instead); a store it is
+    // not in (Glance answers as for the last store), or a missing image: nothing to remove.
+    let last = one.delete_from_store(id, "fast").await.unwrap();
+    assert_eq!(last, StoreDelete::LastLocation);
+    assert_eq!(one.image(id).await.unwrap().stores.as_deref(), Some("fast"));
+    let not_there = one.delete_from_store(id, "cold").await.unwrap();
+    assert_eq!(not_there, StoreDelete::Gone);
+    assert_eq!(one.image(id).await.unwrap().stores.as_deref(), Some("fast"));
+    let missing = uuid::Uuid::new_v4().to_string();
+    let gone = one.delete_from_store(&missing, "fast").await.unwrap();
+    assert_eq!(gone, StoreDelete::Gone);
+}
+
+/// glance-direct into a named store: staged, then imported into `cold`, not the default.
+async fn imported_into_a_named_store(lab: &CopiesLab, one: &Glance, data: &[u8]) {
+    let id = new_image(one, "imported into cold").await;
+    let len = data.len() as u64;
+    one.stage(&id, data.to_vec().into(), len).await.unwrap();
+    refused(
+        one.start_import(&id, None, Some("nope")).await,
+        "Glance has no store named 'nope'",
+    );
+    one.start_import(&id, None, Some("cold")).await.unwrap();
+    let image = wait_for(one, &id, "glance-direct", |i| i.status == "active").await;
+    assert_eq!(image.stores.as_deref(), Some("cold"));
+    assert_eq!(lab.stored("glance", "cold", &id).as_deref(), Some(data));
+    assert_eq!(lab.stored("glance", "fast", &id), None);
     one.delete_image(&id).await.unwrap();
 }
 
