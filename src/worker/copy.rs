@@ -132,7 +132,8 @@ struct Origin<'a> {
 }
 
 /// `glance-download` of the source's image (in `from.region`) into an image of this ticket,
-/// created here; an earlier attempt's image is reused when it holds the file or still imports.
+/// created here; an earlier attempt's image is kept when it holds the file, or waited for
+/// while its import runs on.
 async fn from_region(
     ctx: &WorkerContext<'_>,
     target: &Target<'_>,
@@ -141,15 +142,17 @@ async fn from_region(
     payload: &Payload,
     progress: &Reporter<'_>,
 ) -> Result<String, AttemptError> {
-    let (image_id, importing) = match earlier_image(glance, target, payload).await? {
-        Some(earlier) => earlier,
-        None => (create_image(ctx, glance, target, payload).await?, false),
+    let earlier = earlier_image(glance, target, payload).await?;
+    let image_id = match &earlier {
+        Earlier::Holds(id) => return Ok(id.clone()),
+        Earlier::Importing(id) => id.clone(),
+        Earlier::None => create_image(ctx, glance, target, payload).await?,
     };
     let claim = target.claim;
     if !claims::set_cloud_id(ctx.pool, claim.ticket.id, claim.token, &image_id).await? {
         return Err(AttemptError::Lost);
     }
-    if !importing {
+    if matches!(earlier, Earlier::None) {
         let store = claim.ticket.glance_store.as_deref();
         let call = glance.import_from_region(&image_id, from.region, from.image_id, store);
         unless_cancelled(target.cancel, call).await?;
@@ -169,22 +172,31 @@ async fn from_region(
     Ok(image_id)
 }
 
-/// This ticket's image left by an earlier attempt: (id, still importing) when it holds the
-/// file or its import runs on; others are deleted.
+/// What an earlier attempt left of this ticket's image.
+enum Earlier {
+    None,
+    /// Active, holding the file.
+    Holds(String),
+    /// Its import still runs.
+    Importing(String),
+}
+
+/// This ticket's image left by an earlier attempt, when it holds the file or its import
+/// runs on; others are deleted.
 async fn earlier_image(
     glance: &Glance,
     target: &Target<'_>,
     payload: &Payload,
-) -> Result<Option<(String, bool)>, AttemptError> {
+) -> Result<Earlier, AttemptError> {
     let key = target.claim.ticket.ticket_key.to_string();
     let earlier = unless_cancelled(target.cancel, glance.images_of_ticket(&key)).await?;
-    let mut kept = None;
+    let mut kept = Earlier::None;
     for image in earlier {
         let importing = image.os_glance_import_task.is_some() && image.status != "active";
-        if kept.is_none() && (holds_file(payload, &image) || importing) {
-            kept = Some((image.id, importing));
-        } else {
-            unless_cancelled(target.cancel, glance.delete_image(&image.id)).await?;
+        match kept {
+            Earlier::None if holds_file(payload, &image) => kept = Earlier::Holds(image.id),
+            Earlier::None if importing => kept = Earlier::Importing(image.id),
+            _ => unless_cancelled(target.cancel, glance.delete_image(&image.id)).await?,
         }
     }
     Ok(kept)

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::copies_lab::CopiesLab;
 use common::fault_proxy::FaultProxy;
 use common::processes::{
     free_port, kill_a_glance_worker, restart_postgres, restart_rabbitmq_node, signal,
@@ -667,6 +668,97 @@ async fn a_ticket_given_up_after_its_worker_died_leaves_no_image() {
         "{}",
         t.message
     );
+    cluster.stop().await;
+}
+
+/// A worker killed (-9) while Glance copies a group's target server-side (glance-download
+/// into RegionTwo): the next worker adopts the copy under way (or done), so the file still
+/// crossed the worker's link once and each target holds one image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_during_a_server_side_copy_leaves_one_image_and_one_upload() {
+    let _serial = SERIAL.lock().await;
+    let lab = CopiesLab::up((5331, 9531, 9532));
+    // The lab's own smoke test uploaded one image at start.
+    let smoke = lab.uploads();
+    let mut env = Env::new().await;
+    env.set("PIMAGE__WORKER__LEASE", "2s");
+    let mut cluster = Cluster::start(env, 1).await;
+    let file = cluster.env.dir.join("copied.raw");
+    std::fs::write(&file, vec![7u8; 64 << 20]).unwrap();
+    let image = cluster.register(&file, "raw");
+    let body = serde_json::json!({"policy": "all", "targets": [
+        lab.target("one", "RegionOne", None), lab.target("two", "RegionTwo", None)]});
+    let resp = reqwest::Client::new()
+        .post(format!("{}/{image}/pimagegroups", cluster.base))
+        .basic_auth("alice", Some(PASSWORD))
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let group: serde_json::Value = resp.json().await.unwrap();
+    let copy = group["targets"]["target"][1]["publishImage"]["dbId"]
+        .as_i64()
+        .unwrap();
+    let started = Instant::now();
+    while !tickets::get(&cluster.pool, copy)
+        .await
+        .unwrap()
+        .unwrap()
+        .message
+        .contains("glance-download")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the copy starts"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut worker = cluster.workers.remove(0);
+    signal(&worker, "-KILL");
+    worker.wait().unwrap();
+    cluster
+        .workers
+        .push(cluster.env.spawn(&["worker"], None, "worker-1"));
+    let uri = group["uri"].as_str().unwrap();
+    let done = loop {
+        let g: serde_json::Value =
+            common::processes::get_json_at(&cluster.base, ("alice", PASSWORD), uri).await;
+        if g["state"] != "running" && g["state"] != "queued" {
+            break g;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "group not final: {g:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(done["state"], "complete", "{done:#}");
+    assert_eq!(
+        lab.uploads() - smoke,
+        1,
+        "the file crossed once: {:#?}",
+        lab.upload_lines()
+    );
+    let claims: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ticket_attempts WHERE ticket_id = $1")
+            .bind(copy)
+            .fetch_one(&cluster.pool)
+            .await
+            .unwrap();
+    assert_eq!(claims, 2, "the copy was taken over by the second worker");
+    let key = tickets::get(&cluster.pool, copy)
+        .await
+        .unwrap()
+        .unwrap()
+        .ticket_key
+        .to_string();
+    let two = DemoCloud::login_at(&lab.keystone(), &lab.glance("glance2")).await;
+    let images = two.images_of_ticket(&key).await;
+    assert_eq!(images.len(), 1, "{images:#?}");
+    assert_eq!(images[0]["status"], "active");
     cluster.stop().await;
 }
 

@@ -14,18 +14,6 @@ use crate::common::{self, spawn_app, DemoCloud, TestApp, PASSWORD};
 /// Keystone, Glance (RegionOne) and RegionTwo's Glance of this module's lab.
 const PORTS: (u16, u16, u16) = (5311, 9511, 9512);
 
-fn target(lab: &CopiesLab, name: &str, region: &str, store: Option<&str>) -> Value {
-    let mut body = json!({
-        "displayName": name, "publicImage": false, "publishLocation": region,
-        "keystoneDomain": "Default", "keystoneProject": "demo",
-        "credAccount": {"targetPlatform": {"name": "openstack"}, "keystoneUrl": lab.keystone(),
-            "keystoneVersion": "v3", "login": "demo", "password": "demopass"}});
-    if let Some(store) = store {
-        body["store"] = store.into();
-    }
-    body
-}
-
 async fn file_group(app: &TestApp, image_uri: &str, body: Value) -> String {
     let resp = app
         .client
@@ -72,9 +60,9 @@ async fn three_targets_in_two_regions_and_two_stores_get_the_file_sent_once() {
         let image = app.register_image("alice", &file, "raw").await.uri();
         let before = lab.uploads();
         let body = json!({"policy": policy, "targets": [
-            target(&lab, "one", "RegionOne", None),
-            target(&lab, "cold", "RegionOne", Some("cold")),
-            target(&lab, "two", "RegionTwo", None)]});
+            lab.target("one", "RegionOne", None),
+            lab.target("cold", "RegionOne", Some("cold")),
+            lab.target("two", "RegionTwo", None)]});
         let uri = file_group(&app, &image, body).await;
         let done = wait_final(&app, &uri).await;
         assert_eq!(done["state"], "complete", "{policy}: {done:#}");

@@ -49,6 +49,19 @@ impl CopiesLab {
         format!("http://127.0.0.1:{}/v3", self.ports.0)
     }
 
+    /// A group's target: the demo project in `region`, into `store` if given.
+    pub fn target(&self, name: &str, region: &str, store: Option<&str>) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "displayName": name, "publicImage": false, "publishLocation": region,
+            "keystoneDomain": "Default", "keystoneProject": "demo",
+            "credAccount": {"targetPlatform": {"name": "openstack"}, "keystoneUrl": self.keystone(),
+                "keystoneVersion": "v3", "login": "demo", "password": "demopass"}});
+        if let Some(store) = store {
+            body["store"] = store.into();
+        }
+        body
+    }
+
     /// `glance` (RegionOne) or `glance2` (RegionTwo).
     pub fn glance(&self, which: &str) -> String {
         let port = if which == "glance2" {
@@ -74,24 +87,29 @@ impl CopiesLab {
     /// Image data requests (`PUT …/file` or `…/stage`) both Glances received, as their uwsgi
     /// logged them: the uploads of the file, whoever sent them.
     pub fn uploads(&self) -> usize {
-        ["glance", "glance2"]
-            .iter()
-            .map(|g| {
-                let log = self
-                    .dir
-                    .join("openstack")
-                    .join("log")
-                    .join(format!("{g}-uwsgi.log"));
-                std::fs::read_to_string(log)
-                    .unwrap_or_default()
-                    .lines()
+        self.upload_lines().len()
+    }
+
+    /// Those requests' log lines (`glance: …` or `glance2: …`).
+    pub fn upload_lines(&self) -> Vec<String> {
+        let mut lines = vec![];
+        for g in ["glance", "glance2"] {
+            let log = self
+                .dir
+                .join("openstack")
+                .join("log")
+                .join(format!("{g}-uwsgi.log"));
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            lines.extend(
+                text.lines()
                     .filter(|l| {
                         l.contains("PUT /v2/images/")
                             && (l.contains("/file ") || l.contains("/stage "))
                     })
-                    .count()
-            })
-            .sum()
+                    .map(|l| format!("{g}: {l}")),
+            );
+        }
+        lines
     }
 }
 
