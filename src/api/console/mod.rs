@@ -25,7 +25,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use super::events::Feed;
+use super::events::{Feed, Scope};
 use super::extract::LastEventId;
 use super::limits::Access;
 use super::{observe, AppState};
@@ -565,7 +565,7 @@ async fn live_feed(
         Ok(pass) => pass,
         Err(e) => return page_error(e.status_code(), &e.to_string()),
     };
-    let feed = Feed::new(state.pool.clone(), &state.live, None, true).held_by(pass);
+    let feed = Feed::new(state.pool.clone(), &state.live, Scope::All, true).held_by(pass);
     let after = last_event_id.or(query.after);
     match after {
         Some(id) => feed.resume_after(id).into_response(),
