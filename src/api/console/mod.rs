@@ -5,8 +5,10 @@
 //! `Secure` behind TLS, expiring), only its SHA-256 stored. Every form carries the session's
 //! CSRF token (the login form a cookie-bound one), and every answer a strict
 //! Content-Security-Policy: scripts and styles only from `/console/assets`, served by pimage.
-//! Actions (cancel, retry, delete) ask for confirmation on a page of their own.
+//! Actions (cancel, retry, delete; a group's cancel) ask for confirmation on a page of their
+//! own.
 
+mod group_page;
 mod pages;
 
 use std::time::Duration;
@@ -56,6 +58,9 @@ pub fn routes(state: AppState) -> Router {
         .route("/tickets/{id}", get(ticket_page))
         .route("/tickets/{id}/glance", get(glance_state))
         .route("/tickets/{id}/{action}", post(ticket_action))
+        .route("/groups/{id}", get(group_page::group_page))
+        .route("/groups/{id}/summary", get(group_page::group_summary))
+        .route("/groups/{id}/cancel", post(group_page::group_cancel))
         .route("/workers", get(worker_page))
         .route("/accounts", get(account_page))
         .route("/events", get(live_feed))
