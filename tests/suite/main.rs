@@ -19,6 +19,7 @@ mod crash_safety;
 mod exhaustion;
 mod faults;
 mod group_commit;
+mod group_views;
 mod groups;
 mod hammr;
 mod harness;
