@@ -479,6 +479,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_group_feed_sends_its_tickets_only_and_ends_after_a_last_read() {
+        let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let mut group = GroupScope::new(7, &[]);
+        group.members.extend([(1, false), (2, true)]);
+        let mut feed = Feed::new(pool, &Hub::default(), Scope::Group(group), false);
+        feed.push_ticket(&event(10, 1));
+        feed.push_ticket(&event(11, 3)); // not of the group
+        assert_eq!(feed.queued.len(), 1);
+        assert!(!feed.catch_up);
+        let mut ended = event(12, 1);
+        ended.state = "complete".into();
+        feed.push_ticket(&ended);
+        // The last unfinished target ended: one more read, from the oldest member's last
+        // event (ticket 2 sent nothing: from the start), before the end.
+        assert_eq!(feed.queued.len(), 2);
+        assert!(feed.catch_up && feed.done_after_replay && !feed.done);
+        assert_eq!(feed.read_from, Some(0));
+    }
+
+    #[tokio::test]
     async fn a_resumed_feed_skips_what_the_client_saw() {
         let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
         let mut feed = Feed::new(pool, &Hub::default(), Scope::All, false).resume_after(20);
