@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::groups::target;
 use common::fault_proxy::FaultProxy;
 use common::processes::{free_port, sigterm_and_wait, wait_for_api, Env};
 use common::publish_json_via;
@@ -68,16 +69,8 @@ async fn publish(base: &str, image_uri: &str, glance: &str) -> i64 {
 /// A publication group of two targets straight to the lab's Glance (the account's region
 /// and RegionOne): its id and its tickets' ids, comma-separated.
 async fn publish_group(base: &str, image_uri: &str) -> (i64, String) {
-    let target = |name: &str, region: Option<&str>| {
-        let json = publish_json_via(name, "demo", "demopass", "demo", &common::glance_url());
-        let mut body: serde_json::Value = serde_json::from_str(&json).unwrap();
-        if let Some(region) = region {
-            body["publishLocation"] = region.into();
-        }
-        body
-    };
-    let body = serde_json::json!({"policy": "all",
-        "targets": [target("group-1", None), target("group-2", Some("RegionOne"))]});
+    let body = serde_json::json!({"policy": "all", "targets": [
+        target("group-1", None, "demopass"), target("group-2", Some("RegionOne"), "demopass")]});
     let answer = reqwest::Client::new()
         .post(format!("{base}/api/{}/pimagegroups", image_uri.trim()))
         .basic_auth("alice", Some(ALICE_PASSWORD))

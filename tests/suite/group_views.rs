@@ -13,18 +13,9 @@ use serde_json::{json, Value};
 
 use crate::common::{self, spawn_app, DemoCloud, TestApp, PASSWORD};
 use crate::console::{read_stream, Console};
+use crate::groups::target;
+use pimage::store::claims;
 use pimage::store::events::TicketEvent;
-
-/// The lab's demo project as a group target named `name`, published to `region` (None: the
-/// account's).
-fn demo_target(name: &str, region: Option<&str>) -> Value {
-    let mut body: Value =
-        serde_json::from_str(&common::publish_json(name, "demo", "demopass", "demo")).unwrap();
-    if let Some(region) = region {
-        body["publishLocation"] = region.into();
-    }
-    body
-}
 
 /// Files a group of alice's (`path`: the image's `…/pimagegroups` or a group's `…/targets`):
 /// the group answered.
@@ -52,6 +43,13 @@ fn ticket_ids(group: &Value) -> Vec<i64> {
         .collect()
 }
 
+/// The group's stream opened by alice again, after event `last`.
+async fn resume(app: &TestApp, events_path: &str, last: i64) -> reqwest::Response {
+    let request = app.get(events_path, "alice");
+    let request = request.header("Last-Event-ID", last.to_string());
+    request.send().await.unwrap()
+}
+
 /// The state of each ticket's last event in `events`.
 fn last_states(events: &[(i64, String, TicketEvent)]) -> Vec<(i64, String)> {
     let ids: BTreeSet<i64> = events.iter().map(|(_, _, e)| e.ticket_id).collect();
@@ -73,7 +71,7 @@ async fn a_group_stream_carries_every_target_to_its_end_and_resumes() {
     let file = app.raw_file("disk.raw", 256 * 1024);
     let image = app.register_image("alice", &file, "raw").await;
     let body = json!({"policy": "each", "targets": [
-        demo_target("v-1", None), demo_target("v-2", Some("RegionOne"))]});
+        target("v-1", None, "demopass"), target("v-2", Some("RegionOne"), "demopass")]});
     let group = file_as_alice(&app, &format!("{}/pimagegroups", image.uri()), body).await;
     let uri = group["uri"].as_str().unwrap().to_string();
     let ids = ticket_ids(&group);
@@ -102,12 +100,7 @@ async fn a_group_stream_carries_every_target_to_its_end_and_resumes() {
 
     // Resumed after the first event: what followed it (of both targets), then the end.
     let first = seen[0].0;
-    let resumed = app
-        .get(&events_path, "alice")
-        .header("Last-Event-ID", first.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resumed = resume(&app, &events_path, first).await;
     assert_eq!(resumed.status(), StatusCode::OK);
     let (replayed, ended) = read_stream(resumed, Duration::from_secs(10)).await;
     assert!(ended);
@@ -123,12 +116,7 @@ async fn a_group_stream_carries_every_target_to_its_end_and_resumes() {
     );
     assert_eq!(last_states(&replayed), ends);
     let last = seen.iter().map(|e| e.0).max().unwrap();
-    let done = app
-        .get(&events_path, "alice")
-        .header("Last-Event-ID", last.to_string())
-        .send()
-        .await
-        .unwrap();
+    let done = resume(&app, &events_path, last).await;
     assert_eq!(done.status(), StatusCode::NO_CONTENT);
 
     let finished: Value = app.get_as("alice", &uri).await;
@@ -149,7 +137,7 @@ async fn the_console_cancels_a_group_whose_stream_follows_a_target_added_later()
     let file = app.raw_file("disk.raw", 4096);
     let image = app.register_image("alice", &file, "raw").await;
     let body = json!({"policy": "all", "targets": [
-        demo_target("c-1", None), demo_target("c-2", Some("RegionOne"))]});
+        target("c-1", None, "demopass"), target("c-2", Some("RegionOne"), "demopass")]});
     let group = file_as_alice(&app, &format!("{}/pimagegroups", image.uri()), body).await;
     let uri = group["uri"].as_str().unwrap().to_string();
     let gid = group["dbId"].as_i64().unwrap();
@@ -167,7 +155,7 @@ async fn the_console_cancels_a_group_whose_stream_follows_a_target_added_later()
         .publish_created("alice", &image.uri(), single)
         .await
         .db_id;
-    let more = json!({"targets": [demo_target("c-3", Some("RegionTwo"))]});
+    let more = json!({"targets": [target("c-3", Some("RegionTwo"), "demopass")]});
     let grown = file_as_alice(&app, &format!("{uri}/targets"), more).await;
     let ids = ticket_ids(&grown);
     assert_eq!(ids.len(), 1, "{grown:#}");
@@ -229,5 +217,64 @@ async fn the_console_cancels_a_group_whose_stream_follows_a_target_added_later()
         .post(&cancel, &[("csrf", &console.csrf), ("confirm", "yes")])
         .await;
     assert_eq!(again.status(), StatusCode::CONFLICT);
+    app.stop().await;
+}
+
+/// Under `all`, the target that fails for good withdraws its complete sibling in the same
+/// commit: the stream, open meanwhile, sends that withdrawal too before it ends (the
+/// sibling was final already, so the group looked final at the failure's event).
+#[tokio::test]
+async fn a_group_stream_sends_the_withdrawal_that_ends_an_all_group() {
+    let app = spawn_app(false).await;
+    app.add_user("alice", &["migration_publish"], false).await;
+    let file = app.raw_file("disk.raw", 4096);
+    let image = app.register_image("alice", &file, "raw").await;
+    let body = json!({"policy": "all", "targets": [
+        target("w-1", None, "demopass"), target("w-2", Some("RegionOne"), "demopass")]});
+    let group = file_as_alice(&app, &format!("{}/pimagegroups", image.uri()), body).await;
+    let uri = group["uri"].as_str().unwrap().to_string();
+    let [done, failing] = ticket_ids(&group)[..] else {
+        panic!("two targets: {group:#}")
+    };
+    let stream = app.get(&format!("{uri}/events"), "alice").send().await;
+    let reading = tokio::spawn(read_stream(stream.unwrap(), Duration::from_secs(30)));
+
+    let outcomes = [
+        (
+            done,
+            claims::Outcome::Published {
+                cloud_id: "img-w-1".into(),
+                bytes: 4096,
+            },
+        ),
+        (
+            failing,
+            claims::Outcome::Failed {
+                error_message: "refused".into(),
+                detail: None,
+            },
+        ),
+    ];
+    for (id, outcome) in outcomes {
+        let lease = Duration::from_secs(30);
+        let claim = claims::claim(&app.pool, id, "host:1", lease, 5)
+            .await
+            .unwrap();
+        let token = claim.unwrap().token;
+        claims::finish(&app.pool, id, token, &outcome)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    let (seen, ended) = reading.await.unwrap();
+    assert!(ended, "{seen:?}");
+    let ends = vec![
+        (done, "cancelled".to_string()),
+        (failing, "error".to_string()),
+    ];
+    assert_eq!(last_states(&seen), ends, "{seen:?}");
+    let withdrawn = &seen.iter().rev().find(|e| e.2.ticket_id == done).unwrap().2;
+    assert!(withdrawn.message.starts_with("withdrawn"), "{seen:?}");
     app.stop().await;
 }

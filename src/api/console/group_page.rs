@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Redirect};
 use axum::Form;
 use maud::{html, Markup};
 
-use super::pages::{bytes, layout, state_badge};
+use super::pages::{bytes, confirm_page, layout, state_badge};
 use super::{csrf_refused, page_error, same_token, ticket_id, ActionForm, Admin, PageResult};
 use crate::api::wire::PublishGroup;
 use crate::api::AppState;
@@ -161,22 +161,24 @@ fn summary(admin: &Admin, group: &Group, children: &[Ticket]) -> Markup {
 }
 
 fn confirm(admin: &Admin, group: &Group, unfinished: usize) -> Markup {
-    layout(
-        "Confirm",
-        "confirm",
-        Some(admin),
-        None,
-        html! {
-            h1 { "Please confirm" }
-            p.message { "Cancel group " (group.id) "? Its " (unfinished) " unfinished target(s) stop and their partial images are deleted"
-                @if group.policy == groups::GroupPolicy::All { "; under policy all, its complete targets are withdrawn too" } "." }
-            form method="post" action={"/console/groups/" (group.id) "/cancel"} {
-                input type="hidden" name="csrf" value=(admin.csrf);
-                input type="hidden" name="confirm" value="yes";
-                button type="submit" #confirm { "Yes, cancel the group" }
-                " "
-                a href={"/console/groups/" (group.id)} { "No, back" }
-            }
-        },
+    let withdrawn = match group.policy {
+        groups::GroupPolicy::All => "; under policy all, its complete targets are withdrawn too",
+        groups::GroupPolicy::Each => "",
+    };
+    let question = format!(
+        "Cancel group {}? Its {unfinished} unfinished target(s) stop and their partial \
+         images are deleted{withdrawn}.",
+        group.id
+    );
+    let subject = html! { "Policy " (group.policy.as_str()) ", owner " (group.owner_login) };
+    let at = format!("/console/groups/{}", group.id);
+    let action = format!("{at}/cancel");
+    confirm_page(
+        admin,
+        &question,
+        subject,
+        &action,
+        "Yes, cancel the group",
+        &at,
     )
 }

@@ -477,6 +477,30 @@ pub fn glance_fragment(cloud_id: Option<&str>, status: &str) -> Markup {
 }
 
 pub fn confirm(admin: &Admin, t: &Ticket, action: Action) -> Markup {
+    let subject = html! { "The ticket is " (state_badge(t.state.as_str())) ": " (t.display_name) };
+    let at = format!("/console/tickets/{}", t.id);
+    let yes = format!("Yes, {}", action.name());
+    let action_url = format!("{at}/{}", action.name());
+    confirm_page(
+        admin,
+        &action.question(t.id),
+        subject,
+        &action_url,
+        &yes,
+        &at,
+    )
+}
+
+/// An action's confirmation: `question`, what it acts on, and a form posting `confirm=yes`
+/// (with the session's CSRF token) to `action`; `back` leads away without acting.
+pub(super) fn confirm_page(
+    admin: &Admin,
+    question: &str,
+    subject: Markup,
+    action: &str,
+    yes: &str,
+    back: &str,
+) -> Markup {
     layout(
         "Confirm",
         "confirm",
@@ -484,14 +508,14 @@ pub fn confirm(admin: &Admin, t: &Ticket, action: Action) -> Markup {
         None,
         html! {
             h1 { "Please confirm" }
-            p.message { (action.question(t.id)) }
-            p { "The ticket is " (state_badge(t.state.as_str())) ": " (t.display_name) }
-            form method="post" action={"/console/tickets/" (t.id) "/" (action.name())} {
+            p.message { (question) }
+            p { (subject) }
+            form method="post" action=(action) {
                 input type="hidden" name="csrf" value=(admin.csrf);
                 input type="hidden" name="confirm" value="yes";
-                button type="submit" #confirm { "Yes, " (action.name()) }
+                button type="submit" #confirm { (yes) }
                 " "
-                a href={"/console/tickets/" (t.id)} { "No, back" }
+                a href=(back) { "No, back" }
             }
         },
     )
