@@ -235,7 +235,8 @@ pub async fn group_of_ticket(pool: &PgPool, ticket_id: i64) -> Result<Option<i64
 }
 
 /// Events after `after`, oldest first, of the group's tickets and of `known` ones (tickets
-/// of it the stream saw, deleted since: their rows are gone, their events are not).
+/// of it the stream saw, deleted since: their rows are gone, their events are not). Read
+/// per ticket through `ticket_events (ticket_id, id)`, never by a range of all events.
 pub async fn events_after(
     pool: &PgPool,
     after: i64,
@@ -247,9 +248,9 @@ pub async fn events_after(
         "SELECT id, ticket_id, kind, state, old_state, percentage, bytes_loaded, bytes_total,
                 message, at
            FROM ticket_events
-          WHERE id > $1
-            AND (ticket_id IN (SELECT id FROM publish_tickets WHERE group_id = $2)
-                 OR ticket_id = ANY($3))
+          WHERE ticket_id = ANY(ARRAY(SELECT id FROM publish_tickets WHERE group_id = $2)
+                                || $3::bigint[])
+            AND id > $1
           ORDER BY id LIMIT $4",
         after,
         group_id,

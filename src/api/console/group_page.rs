@@ -4,7 +4,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use maud::{html, Markup};
 
@@ -15,22 +15,23 @@ use crate::api::AppState;
 use crate::store::groups::{self, Group};
 use crate::store::{events, Ticket};
 
-/// The group `raw` names and its tickets, or the page saying there is none.
-async fn group_of(state: &AppState, raw: &str) -> Result<(Group, Vec<Ticket>), PageResult> {
-    let missing = || Err(Ok(page_error(StatusCode::NOT_FOUND, "no such group")));
+/// The group `raw` names and its tickets (None: no such group).
+async fn group_of(
+    state: &AppState,
+    raw: &str,
+) -> Result<Option<(Group, Vec<Ticket>)>, sqlx::Error> {
     let Some(id) = ticket_id(raw) else {
-        return missing();
+        return Ok(None);
     };
-    let found = groups::get(&state.pool, id)
-        .await
-        .map_err(|e| Err(e.into()))?;
-    let Some(group) = found else {
-        return missing();
+    let Some(group) = groups::get(&state.pool, id).await? else {
+        return Ok(None);
     };
-    let children = groups::children(&state.pool, id)
-        .await
-        .map_err(|e| Err(e.into()))?;
-    Ok((group, children))
+    let children = groups::children(&state.pool, id).await?;
+    Ok(Some((group, children)))
+}
+
+fn no_group() -> Response {
+    page_error(StatusCode::NOT_FOUND, "no such group")
 }
 
 pub(super) async fn group_page(
@@ -40,9 +41,8 @@ pub(super) async fn group_page(
 ) -> PageResult {
     // The feed resumes from before the read, so no change falls between the two.
     let newest = events::newest_id(&state.pool).await?;
-    let (group, children) = match group_of(&state, &id).await {
-        Ok(found) => found,
-        Err(page) => return page,
+    let Some((group, children)) = group_of(&state, &id).await? else {
+        return Ok(no_group());
     };
     Ok(page(&admin, newest, &group, &children).into_response())
 }
@@ -53,9 +53,8 @@ pub(super) async fn group_summary(
     admin: Admin,
     Path(id): Path<String>,
 ) -> PageResult {
-    let (group, children) = match group_of(&state, &id).await {
-        Ok(found) => found,
-        Err(page) => return page,
+    let Some((group, children)) = group_of(&state, &id).await? else {
+        return Ok(no_group());
     };
     Ok(summary(&admin, &group, &children).into_response())
 }
@@ -70,9 +69,8 @@ pub(super) async fn group_cancel(
     if !same_token(&admin.csrf, &form.csrf) {
         return Ok(csrf_refused());
     }
-    let (group, children) = match group_of(&state, &id).await {
-        Ok(found) => found,
-        Err(page) => return page,
+    let Some((group, children)) = group_of(&state, &id).await? else {
+        return Ok(no_group());
     };
     let unfinished: Vec<i64> = children
         .iter()
