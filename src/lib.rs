@@ -44,6 +44,7 @@
 //! | · `events`    | Server-Sent Events: a client's `…/pimages/{pitid}/events`, the console feed |
 //! | · `limits`    | per user: publishes per minute, open event streams and their access re-check |
 //! | · `console`   | the operator console `/console`: sessions, CSRF, pages (maud), assets    |
+//! | · `group_page` | the console's page of a publication group: aggregate, targets, cancel   |
 //! | [`worker`]    | the worker and its `WorkerContext`, its life (background tasks, drain), in: |
 //! | · `app`       | `WorkerApp::build(&Settings)`: the worker as the CLI and the tests make it |
 //! | · `consume`   | the consume loop: a delivery per free slot, its claim, one shutdown point |

@@ -1,8 +1,8 @@
-//! Server-Sent Events: a client's `GET …/pimages/{pitid}/events` and the console's live feed.
-//! Both read the process's one listener (`live::Hub`) and, on `Last-Event-ID` (or after
+//! Server-Sent Events: a client's `GET …/pimages/{pitid}/events`, a publication group's
+//! `GET …/pimagegroups/{gid}/events` and the console's live feed. All read the process's one listener (`live::Hub`) and, on `Last-Event-ID` (or after
 //! falling behind), the event log: never a query per viewer per second.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -16,14 +16,16 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::Caller;
 use super::doc_parts::ReadErrors;
 use super::error::ApiError;
-use super::extract::{LastEventId, OwnedTicket};
+use super::extract::{LastEventId, OwnedTicket, UserScope};
 use super::limits::{Access, StreamPass};
-use super::params::TicketPath;
+use super::params::{GroupPath, TicketPath};
 use super::{paths, AppState};
 use crate::live::{Hub, Live};
 use crate::store::events::{self, TicketEvent};
+use crate::store::{groups, Ticket};
 
 /// Comment lines this often keep proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -37,13 +39,57 @@ fn signing_key(query: Option<&str>) -> Option<String> {
         .map(|(_, key)| key.into_owned())
 }
 
+/// Which tickets' events a feed sends.
+pub(super) enum Scope {
+    /// Every ticket's (the console's feed).
+    All,
+    /// One ticket's; the stream ends at its final state.
+    Ticket(i64),
+    /// A publication group's tickets', those added while the stream is open too; the
+    /// stream ends when none is unfinished.
+    Group(GroupScope),
+}
+
+/// What a group's feed knows of the group.
+pub(super) struct GroupScope {
+    id: i64,
+    /// Its tickets seen, and whether each is final.
+    members: HashMap<i64, bool>,
+    /// Tickets seen that are not of the group (asked once each).
+    others: HashSet<i64>,
+}
+
+impl GroupScope {
+    /// The group's tickets as read (after the feed subscribed).
+    pub(super) fn new(id: i64, children: &[Ticket]) -> GroupScope {
+        GroupScope {
+            id,
+            members: children
+                .iter()
+                .map(|t| (t.id, t.state.is_final()))
+                .collect(),
+            others: HashSet::new(),
+        }
+    }
+
+    fn unfinished(&self) -> bool {
+        self.members.values().any(|finished| !finished)
+    }
+
+    /// Records a member's event: whether the group has just become final.
+    fn track(&mut self, event: &TicketEvent) -> bool {
+        let was_unfinished = self.unfinished();
+        self.members.insert(event.ticket_id, event.is_final());
+        was_unfinished && !self.unfinished()
+    }
+}
+
 /// What one stream sends, and where it is in the event log.
 pub(super) struct Feed {
     pool: PgPool,
     live: Receiver<Live>,
     stopped: CancellationToken,
-    /// Events of this ticket only; the stream ends at its final state.
-    ticket: Option<i64>,
+    scope: Scope,
     /// The console's feed also carries worker heartbeats.
     workers: bool,
     /// The highest event id sent (where a catch-up read resumes).
@@ -54,8 +100,13 @@ pub(super) struct Feed {
     /// announced) out of id order; those of one ticket never do (its row lock orders them).
     sent: HashMap<i64, i64>,
     catch_up: bool,
+    /// Where the next catch-up read starts, when not after `last_id`.
+    read_from: Option<i64>,
     queued: VecDeque<Event>,
     done: bool,
+    /// A group's feed ends once the catch-up read under way is over, if the group is
+    /// still final then.
+    done_after_replay: bool,
     /// Registered with `AppState::streams`: it ends the stream when access is lost.
     pass: Option<StreamPass>,
     revoked: CancellationToken,
@@ -64,19 +115,21 @@ pub(super) struct Feed {
 impl Feed {
     /// `live` must be subscribed before anything is read from the log, so nothing falls
     /// between the two.
-    pub(super) fn new(pool: PgPool, hub: &Hub, ticket: Option<i64>, workers: bool) -> Feed {
+    pub(super) fn new(pool: PgPool, hub: &Hub, scope: Scope, workers: bool) -> Feed {
         Feed {
             pool,
             live: hub.subscribe(),
             stopped: hub.stopped(),
-            ticket,
+            scope,
             workers,
             last_id: 0,
             resumed_after: 0,
             sent: HashMap::new(),
             catch_up: false,
+            read_from: None,
             queued: VecDeque::new(),
             done: false,
+            done_after_replay: false,
             pass: None,
             revoked: CancellationToken::new(),
         }
@@ -97,8 +150,74 @@ impl Feed {
         self
     }
 
+    /// Starts from the current status of each ticket (`current`: its newest event), then
+    /// replays what followed each from the log.
+    pub(super) fn start_at(mut self, current: &[TicketEvent]) -> Feed {
+        if let Scope::Group(group) = &self.scope {
+            // A group final already ends after the replay.
+            self.done_after_replay = !group.unfinished();
+        }
+        for event in current {
+            self.push_ticket(event);
+        }
+        self.read_from = current.iter().map(|e| e.id).min();
+        self.catch_up = !self.done;
+        self
+    }
+
+    /// Replays from the oldest event this feed may lack of a member of its group: events
+    /// of different tickets commit out of id order (a sibling withdrawn with the ticket
+    /// that failed may have the lower id), those of one ticket never do.
+    fn start_catch_up(&mut self) {
+        self.catch_up = true;
+        if let Scope::Group(group) = &self.scope {
+            let sent = |id: &i64| self.sent.get(id).copied().unwrap_or(self.resumed_after);
+            self.read_from = group.members.keys().map(sent).min();
+        }
+    }
+
+    fn admits(&self, event: &TicketEvent) -> bool {
+        match &self.scope {
+            Scope::All => true,
+            Scope::Ticket(id) => *id == event.ticket_id,
+            Scope::Group(group) => group.members.contains_key(&event.ticket_id),
+        }
+    }
+
+    /// A group's feed asks, once, whether a ticket it has not seen is of the group.
+    async fn learn(&mut self, event: &TicketEvent) -> Result<(), sqlx::Error> {
+        let Scope::Group(group) = &mut self.scope else {
+            return Ok(());
+        };
+        let id = event.ticket_id;
+        if group.members.contains_key(&id) || group.others.contains(&id) {
+            return Ok(());
+        }
+        if groups::group_of_ticket(&self.pool, id).await? == Some(group.id) {
+            group.members.insert(id, false);
+        } else {
+            group.others.insert(id);
+        }
+        Ok(())
+    }
+
+    async fn read_log(&mut self, from: i64) -> Result<Vec<TicketEvent>, sqlx::Error> {
+        match &mut self.scope {
+            Scope::All => events::after(&self.pool, from, None).await,
+            Scope::Ticket(id) => events::after(&self.pool, from, Some(*id)).await,
+            Scope::Group(group) => {
+                let known: Vec<i64> = group.members.keys().copied().collect();
+                let batch = groups::events_after(&self.pool, from, group.id, &known).await?;
+                for event in &batch {
+                    group.members.entry(event.ticket_id).or_insert(false);
+                }
+                Ok(batch)
+            }
+        }
+    }
+
     fn push_ticket(&mut self, event: &TicketEvent) {
-        if self.ticket.is_some_and(|t| t != event.ticket_id) {
+        if !self.admits(event) {
             return;
         }
         let sent = self
@@ -110,10 +229,9 @@ impl Feed {
         }
         *sent = event.id;
         self.last_id = self.last_id.max(event.id);
-        let name = if self.ticket.is_some() {
-            "status"
-        } else {
-            "ticket"
+        let name = match self.scope {
+            Scope::All => "ticket",
+            Scope::Ticket(_) | Scope::Group(_) => "status",
         };
         if let Ok(sse) = Event::default()
             .id(event.id.to_string())
@@ -122,8 +240,16 @@ impl Feed {
         {
             self.queued.push_back(sse);
         }
-        if self.ticket.is_some() && event.is_final() {
-            self.done = true;
+        match &mut self.scope {
+            Scope::Ticket(_) => self.done |= event.is_final(),
+            Scope::Group(group) => {
+                if group.track(event) {
+                    // One last read: what ended with it (a withdrawn sibling) is sent too.
+                    self.done_after_replay = true;
+                    self.start_catch_up();
+                }
+            }
+            Scope::All => {}
         }
     }
 
@@ -140,12 +266,18 @@ impl Feed {
             }
             if self.catch_up {
                 // A failed read ends the stream: the client resumes with its Last-Event-ID.
-                let batch = events::after(&self.pool, self.last_id, self.ticket)
-                    .await
-                    .ok()?;
+                let from = self.read_from.take().unwrap_or(self.last_id);
+                let batch = self.read_log(from).await.ok()?;
                 self.catch_up = batch.len() as i64 == events::REPLAY_BATCH;
+                if self.catch_up {
+                    self.read_from = batch.last().map(|e| e.id);
+                }
                 for event in &batch {
                     self.push_ticket(event);
+                }
+                if !self.catch_up && self.done_after_replay {
+                    self.done_after_replay = false;
+                    self.done = matches!(&self.scope, Scope::Group(g) if !g.unfinished());
                 }
                 continue;
             }
@@ -155,14 +287,17 @@ impl Feed {
                 _ = self.revoked.cancelled() => return None,
             };
             match received {
-                Ok(Live::Ticket(event)) => self.push_ticket(&event),
+                Ok(Live::Ticket(event)) => {
+                    self.learn(&event).await.ok()?;
+                    self.push_ticket(&event);
+                }
                 Ok(Live::Worker(worker)) if self.workers => {
                     if let Ok(sse) = Event::default().event("worker").json_data(&*worker) {
                         self.queued.push_back(sse);
                     }
                 }
                 Ok(Live::Worker(_)) => {}
-                Ok(Live::CatchUp) | Err(RecvError::Lagged(_)) => self.catch_up = true,
+                Ok(Live::CatchUp) | Err(RecvError::Lagged(_)) => self.start_catch_up(),
                 Err(RecvError::Closed) => return None,
             }
         }
@@ -201,15 +336,10 @@ pub async fn ticket_events(
     RawQuery(query): RawQuery,
     LastEventId(last_event_id): LastEventId,
 ) -> Result<Response, ApiError> {
-    let user = &caller.0;
-    let access = Access::User {
-        login: user.login.clone(),
-        password_hash: user.password_hash.clone(),
-        owner: ticket.owner_login.clone(),
-        api_key: signing_key(query.as_deref()),
-    };
-    let pass = state.streams.open(access, Some(&user.login))?;
-    let feed = Feed::new(state.pool.clone(), &state.live, Some(ticket.id), false).held_by(pass);
+    let access = access_of(&caller, &ticket.owner_login, query.as_deref());
+    let pass = state.streams.open(access, Some(&caller.0.login))?;
+    let scope = Scope::Ticket(ticket.id);
+    let feed = Feed::new(state.pool.clone(), &state.live, scope, false).held_by(pass);
     let latest = events::latest_of(&state.pool, ticket.id).await?;
     if let Some(id) = last_event_id {
         // The client saw the end already: 204 tells an EventSource to stop reconnecting.
@@ -218,29 +348,103 @@ pub async fn ticket_events(
         }
         return Ok(feed.resume_after(id).into_response());
     }
-    // Start from the current status: its newest event (or, for a ticket older than the
-    // event log, the row itself).
-    let current = match latest {
-        Some(event) => event,
-        None => TicketEvent {
-            id: events::newest_id(&state.pool).await?,
-            ticket_id: ticket.id,
-            kind: "changed".into(),
-            state: ticket.state.as_str().into(),
-            old_state: None,
-            percentage: ticket.percentage,
-            bytes_loaded: ticket.bytes_loaded,
-            bytes_total: ticket.bytes_total,
-            message: ticket.message.clone(),
-            at: ticket.updated_at,
-        },
+    let current = current_status(&state.pool, &ticket, latest).await?;
+    Ok(feed.start_at(&[current]).into_response())
+}
+
+/// `GET /api/users/{uid}/pimagegroups/{gid}/events`: every ticket of a publication group.
+#[utoipa::path(
+    get,
+    path = paths::GROUP_EVENTS,
+    operation_id = "groupEvents",
+    summary = "The status changes of every target of a publication group, live (Server-Sent Events); ends when none is unfinished",
+    description = "Each event is `status`, as a ticket's stream sends it (ticketId tells the target), with the event id. Targets added to the group while the stream is open are followed too. Without Last-Event-ID the first events are each target's current status; with it, every change after that event is sent first. The stream ends after the last target reaches its final state (complete, error, cancelled, or deleted).",
+    params(GroupPath, LastEventId),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 204, description = "Every target has ended and Last-Event-ID names the group's last event: nothing more will come"),
+        ReadErrors,
+    )
+)]
+pub async fn group_events(
+    State(state): State<AppState>,
+    UserScope { caller, path }: UserScope<GroupPath>,
+    RawQuery(query): RawQuery,
+    LastEventId(last_event_id): LastEventId,
+) -> Result<Response, ApiError> {
+    let missing = || {
+        let (gid, uid) = (path.gid, &path.uid);
+        ApiError::NotFound(format!("no publication group {gid} for user '{uid}'"))
     };
-    let mut feed = feed.resume_after(current.id - 1);
-    feed.catch_up = false;
-    feed.push_ticket(&current);
-    // What happened since that event is replayed before live events.
-    feed.catch_up = !feed.done;
+    let group = groups::get(&state.pool, path.gid)
+        .await?
+        .filter(|g| g.owner_login == path.uid)
+        .ok_or_else(missing)?;
+    let access = access_of(&caller, &group.owner_login, query.as_deref());
+    let pass = state.streams.open(access, Some(&caller.0.login))?;
+    // Subscribed before the children are read: a target added meanwhile is announced.
+    let mut feed = Feed::new(state.pool.clone(), &state.live, Scope::All, false).held_by(pass);
+    let children = groups::children(&state.pool, group.id).await?;
+    feed.scope = Scope::Group(GroupScope::new(group.id, &children));
+    let mut latest = Vec::with_capacity(children.len());
+    for child in &children {
+        latest.push((child, events::latest_of(&state.pool, child.id).await?));
+    }
+    let Some(id) = last_event_id else {
+        let mut current = Vec::with_capacity(latest.len());
+        for (child, event) in latest {
+            current.push(current_status(&state.pool, child, event).await?);
+        }
+        current.sort_by_key(|e| e.id);
+        return Ok(feed.start_at(&current).into_response());
+    };
+    let ended = children.iter().all(|t| t.state.is_final());
+    if ended
+        && latest
+            .iter()
+            .all(|(_, e)| e.as_ref().is_none_or(|e| e.id <= id))
+    {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let mut feed = feed.resume_after(id);
+    feed.done_after_replay = ended;
     Ok(feed.into_response())
+}
+
+/// What a user's stream needs to stay allowed: the caller's credentials, the owner, and the
+/// API key of a signed URL.
+fn access_of(caller: &Caller, owner: &str, query: Option<&str>) -> Access {
+    let user = &caller.0;
+    Access::User {
+        login: user.login.clone(),
+        password_hash: user.password_hash.clone(),
+        owner: owner.to_string(),
+        api_key: signing_key(query),
+    }
+}
+
+/// A ticket's current status: its newest event (`latest`) or, for a ticket older than the
+/// event log (or whose events were forgotten), the row itself.
+async fn current_status(
+    pool: &PgPool,
+    ticket: &Ticket,
+    latest: Option<TicketEvent>,
+) -> Result<TicketEvent, sqlx::Error> {
+    if let Some(event) = latest {
+        return Ok(event);
+    }
+    Ok(TicketEvent {
+        id: events::newest_id(pool).await?,
+        ticket_id: ticket.id,
+        kind: "changed".into(),
+        state: ticket.state.as_str().into(),
+        old_state: None,
+        percentage: ticket.percentage,
+        bytes_loaded: ticket.bytes_loaded,
+        bytes_total: ticket.bytes_total,
+        message: ticket.message.clone(),
+        at: ticket.updated_at,
+    })
 }
 
 #[cfg(test)]
@@ -265,7 +469,7 @@ mod tests {
     #[tokio::test]
     async fn events_of_two_tickets_committed_out_of_id_order_are_both_sent() {
         let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
-        let mut feed = Feed::new(pool, &Hub::default(), None, false);
+        let mut feed = Feed::new(pool, &Hub::default(), Scope::All, false);
         feed.push_ticket(&event(11, 2));
         feed.push_ticket(&event(10, 1)); // committed after 11
         feed.push_ticket(&event(11, 2)); // the same event again (a catch-up read)
@@ -275,9 +479,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_group_feed_sends_its_tickets_only_and_ends_after_a_last_read() {
+        let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let mut group = GroupScope::new(7, &[]);
+        group.members.extend([(1, false), (2, true)]);
+        let mut feed = Feed::new(pool, &Hub::default(), Scope::Group(group), false);
+        feed.push_ticket(&event(10, 1));
+        feed.push_ticket(&event(11, 3)); // not of the group
+        assert_eq!(feed.queued.len(), 1);
+        assert!(!feed.catch_up);
+        let mut ended = event(12, 1);
+        ended.state = "complete".into();
+        feed.push_ticket(&ended);
+        // The last unfinished target ended: one more read, from the oldest member's last
+        // event (ticket 2 sent nothing: from the start), before the end.
+        assert_eq!(feed.queued.len(), 2);
+        assert!(feed.catch_up && feed.done_after_replay && !feed.done);
+        assert_eq!(feed.read_from, Some(0));
+    }
+
+    #[tokio::test]
     async fn a_resumed_feed_skips_what_the_client_saw() {
         let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
-        let mut feed = Feed::new(pool, &Hub::default(), None, false).resume_after(20);
+        let mut feed = Feed::new(pool, &Hub::default(), Scope::All, false).resume_after(20);
         feed.push_ticket(&event(20, 1));
         feed.push_ticket(&event(21, 1));
         assert_eq!(feed.queued.len(), 1);

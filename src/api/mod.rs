@@ -120,6 +120,7 @@ pub(crate) mod paths {
     pub const GROUP: &str = "/api/users/{uid}/pimagegroups/{gid}";
     pub const GROUP_TARGETS: &str = "/api/users/{uid}/pimagegroups/{gid}/targets";
     pub const GROUP_CANCEL: &str = "/api/users/{uid}/pimagegroups/{gid}/cancel";
+    pub const GROUP_EVENTS: &str = "/api/users/{uid}/pimagegroups/{gid}/events";
     pub const ADMIN_TICKET: &str = "/api/admin/tickets/{id}";
     pub const ADMIN_TICKET_CANCEL: &str = "/api/admin/tickets/{id}/cancel";
     pub const ADMIN_TICKET_RETRY: &str = "/api/admin/tickets/{id}/retry";
@@ -177,6 +178,7 @@ pub(crate) fn api_routes() -> Vec<ApiRoute> {
         route(Method::GET, GROUP, groups::get_group),
         route(Method::POST, GROUP_TARGETS, groups::add_group_targets),
         route(Method::DELETE, GROUP_CANCEL, groups::cancel_group),
+        route(Method::GET, GROUP_EVENTS, events::group_events),
         route(Method::GET, ACCOUNTS, accounts::list_accounts),
         route(Method::POST, ACCOUNTS, accounts::create_account),
         route(Method::GET, ACCOUNT, accounts::get_account),

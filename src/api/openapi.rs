@@ -54,6 +54,7 @@ use super::{accounts, catalog, events, groups, routes};
         groups::get_group,
         groups::add_group_targets,
         groups::cancel_group,
+        events::group_events,
         accounts::list_accounts,
         accounts::create_account,
         accounts::get_account,

@@ -222,6 +222,45 @@ pub async fn children(pool: &PgPool, group_id: i64) -> Result<Vec<Ticket>, sqlx:
     tickets::of_group(pool, group_id).await
 }
 
+/// The group ticket `ticket_id` is a target of, if any (a group's event stream asks it of
+/// a ticket it has not seen yet: one added to the group while the stream is open).
+pub async fn group_of_ticket(pool: &PgPool, ticket_id: i64) -> Result<Option<i64>, sqlx::Error> {
+    let group = sqlx::query_scalar!(
+        "SELECT group_id FROM publish_tickets WHERE id = $1",
+        ticket_id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(group.flatten())
+}
+
+/// Events after `after`, oldest first, of the group's tickets and of `known` ones (tickets
+/// of it the stream saw, deleted since: their rows are gone, their events are not). Read
+/// per ticket through `ticket_events (ticket_id, id)`, never by a range of all events.
+pub async fn events_after(
+    pool: &PgPool,
+    after: i64,
+    group_id: i64,
+    known: &[i64],
+) -> Result<Vec<events::TicketEvent>, sqlx::Error> {
+    sqlx::query_as!(
+        events::TicketEvent,
+        "SELECT id, ticket_id, kind, state, old_state, percentage, bytes_loaded, bytes_total,
+                message, at
+           FROM ticket_events
+          WHERE ticket_id = ANY(ARRAY(SELECT id FROM publish_tickets WHERE group_id = $2)
+                                || $3::bigint[])
+            AND id > $1
+          ORDER BY id LIMIT $4",
+        after,
+        group_id,
+        known,
+        events::REPLAY_BATCH,
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// After a change that may have ended tickets (`before`: them as they were), in its
 /// transaction: under `all`, a target ended in `error` or `cancelled` ends its siblings
 /// (`withdraw_siblings`); then every held ticket whose source has ended is released (an

@@ -1,7 +1,8 @@
 // The console in a real browser (Debian's chromium driven by playwright-core), run by
 // tests/suite/console_browser.rs, which owns the services. It asks the test for actions with lines
 // "@action" on stdout and waits for "ok" on stdin. Env: BASE, ADMIN, PASSWORD, TICKET_A
-// (queued, no worker yet), TICKET_B (a slow upload), TICKET_C (fails once), SHOTS (folder).
+// (queued, no worker yet), TICKET_B (a slow upload), TICKET_C (fails once), GROUP (a
+// publication group, queued) and GROUP_TICKETS (its tickets, comma-separated), SHOTS (folder).
 "use strict";
 const { chromium } = require(process.env.PLAYWRIGHT_DIR + "/node_modules/playwright-core");
 const readline = require("readline");
@@ -66,6 +67,16 @@ async function act(page, ticket, action) {
   await workers.goto(`${BASE}/console/workers`);
   await workers.locator("#live[data-live=on]").waitFor();
   if ((await workers.locator("#workers tbody tr").count()) !== 0) throw new Error("a worker before any started");
+  // The group's page, its targets queued, in a third tab.
+  const group = await context.newPage();
+  const groupTickets = env("GROUP_TICKETS").split(",");
+  await group.goto(`${BASE}/console/groups/${env("GROUP")}`);
+  await group.locator("#live[data-live=on]").waitFor();
+  const targetStates = () => group.locator("#targets tbody tr").evaluateAll((rows) =>
+    rows.map((r) => [r.dataset.ticket, r.querySelector('[data-field="state"]').dataset.state]));
+  const queued = JSON.stringify(groupTickets.map((t) => [t, "queued"]));
+  if (JSON.stringify(await targetStates()) !== queued) throw new Error(`group: ${JSON.stringify(await targetStates())}`);
+  await group.evaluate(() => { window.__notReloaded = true; });
 
   await ask("start-worker");
   await workers.locator("#workers tbody tr").first().waitFor({ timeout: 30000 });
@@ -73,6 +84,15 @@ async function act(page, ticket, action) {
   await waitState(page, ["complete"], 120000);
   if (!(await page.evaluate(() => window.__notReloaded))) throw new Error("the ticket page was reloaded");
   log("A went queued -> complete without a reload");
+  // The group's targets and its aggregate follow the feed too.
+  await group.waitForFunction(() => {
+    const states = [...document.querySelectorAll('#targets [data-field="state"]')].map((s) => s.dataset.state);
+    const aggregate = document.querySelector('#group-summary [data-field="state"]');
+    return states.length === 2 && states.every((s) => s === "complete") && aggregate.dataset.state === "complete";
+  }, null, { timeout: 120000 });
+  if (!(await group.evaluate(() => window.__notReloaded))) throw new Error("the group page was reloaded");
+  if ((await group.locator("#cancel-group").count()) !== 0) throw new Error("Cancel group offered for a complete group");
+  log("the group's targets went queued -> complete without a reload");
   // Shown afresh: attempts, chart, and the Glance image's state asked of the cloud.
   await page.reload();
   await page.locator("#glance-state").waitFor({ timeout: 30000 });
@@ -111,7 +131,8 @@ async function act(page, ticket, action) {
   await page.click('form.filters button[type="submit"]');
   await page.waitForURL("**/console/tickets?state=complete**");
   const complete = await page.locator("#tickets tbody tr").evaluateAll((rows) => rows.map((r) => r.dataset.ticket));
-  if (JSON.stringify(complete) !== JSON.stringify([c, a])) throw new Error(`complete filter: ${complete}`);
+  const newestFirst = [...groupTickets].reverse();
+  if (JSON.stringify(complete) !== JSON.stringify([...newestFirst, c, a])) throw new Error(`complete filter: ${complete}`);
   log("filters work");
 
   await page.goto(`${BASE}/console`);
@@ -127,6 +148,9 @@ async function act(page, ticket, action) {
   const width = await small.evaluate(() => document.documentElement.scrollWidth);
   if (width > 392) throw new Error(`the ticket page is ${width} px wide on a 390 px phone`);
   await small.screenshot({ path: `${env("SHOTS")}/ticket-phone.png`, fullPage: true });
+  await small.goto(`${BASE}/console/groups/${env("GROUP")}`);
+  const groupWidth = await small.evaluate(() => document.documentElement.scrollWidth);
+  if (groupWidth > 392) throw new Error(`the group page is ${groupWidth} px wide on a 390 px phone`);
   await phone.close();
 
   // The worker stops: its row goes.

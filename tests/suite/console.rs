@@ -21,7 +21,7 @@ fn no_redirects() -> reqwest::Client {
 }
 
 /// The value of `name="csrf"` in a page.
-fn csrf_of(html: &str) -> String {
+pub(crate) fn csrf_of(html: &str) -> String {
     let at = html.find(r#"name="csrf" value=""#).expect("a CSRF field");
     let rest = &html[at + r#"name="csrf" value=""#.len()..];
     rest[..rest.find('"').unwrap()].to_string()
@@ -33,17 +33,17 @@ fn cookie_value(set_cookie: &str) -> (String, String) {
     (n.to_string(), v.to_string())
 }
 
-struct Console {
+pub(crate) struct Console {
     base: String,
     http: reqwest::Client,
     cookie: String,
-    csrf: String,
+    pub(crate) csrf: String,
     session_token: String,
 }
 
 impl Console {
     /// Logs in through the form; `Err(status)` when refused.
-    async fn login(
+    pub(crate) async fn login(
         base: &str,
         login: &str,
         password: &str,
@@ -97,7 +97,7 @@ impl Console {
         })
     }
 
-    async fn get(&self, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("{}{path}", self.base))
             .header("Cookie", &self.cookie)
@@ -106,7 +106,7 @@ impl Console {
             .unwrap()
     }
 
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    pub(crate) async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
         self.http
             .post(format!("{}{path}", self.base))
             .header("Cookie", &self.cookie)
@@ -563,7 +563,7 @@ async fn tickets_left_to_the_outbox_relay_reach_an_open_console_feed() {
 
 /// Reads a Server-Sent Events body until it ends (or `within`): (id, event name, data) of
 /// each event with an id: the ticket events (a worker's heartbeats have none).
-async fn read_stream(
+pub(crate) async fn read_stream(
     mut answer: reqwest::Response,
     within: Duration,
 ) -> (Vec<(i64, String, TicketEvent)>, bool) {

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::groups::target;
 use common::fault_proxy::FaultProxy;
 use common::processes::{free_port, sigterm_and_wait, wait_for_api, Env};
 use common::publish_json_via;
@@ -65,6 +66,31 @@ async fn publish(base: &str, image_uri: &str, glance: &str) -> i64 {
     answer.json::<common::PublishImage>().await.unwrap().db_id
 }
 
+/// A publication group of two targets straight to the lab's Glance (the account's region
+/// and RegionOne): its id and its tickets' ids, comma-separated.
+async fn publish_group(base: &str, image_uri: &str) -> (i64, String) {
+    let body = serde_json::json!({"policy": "all", "targets": [
+        target("group-1", None, "demopass"), target("group-2", Some("RegionOne"), "demopass")]});
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/api/{}/pimagegroups", image_uri.trim()))
+        .basic_auth("alice", Some(ALICE_PASSWORD))
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 201);
+    let group: serde_json::Value = answer.json().await.unwrap();
+    let tickets: Vec<String> = group["targets"]["target"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["publishImage"]["dbId"].to_string())
+        .collect();
+    (group["dbId"].as_i64().unwrap(), tickets.join(","))
+}
+
 #[tokio::test]
 async fn an_administrator_watches_and_steers_tickets_in_a_browser() {
     let playwright = playwright_dir();
@@ -106,6 +132,7 @@ async fn an_administrator_watches_and_steers_tickets_in_a_browser() {
     let a = publish(&base, &image_uri, &common::glance_url()).await;
     let b = publish(&base, &image_uri, &slow.url).await;
     let c = publish(&base, &image_uri, &refusing.url).await;
+    let (group, group_tickets) = publish_group(&base, &image_uri).await;
 
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/console");
     std::fs::create_dir_all(&shots).unwrap();
@@ -121,6 +148,8 @@ async fn an_administrator_watches_and_steers_tickets_in_a_browser() {
         .env("TICKET_A", a.to_string())
         .env("TICKET_B", b.to_string())
         .env("TICKET_C", c.to_string())
+        .env("GROUP", group.to_string())
+        .env("GROUP_TICKETS", &group_tickets)
         .env("SHOTS", &shots)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

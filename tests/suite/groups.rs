@@ -14,7 +14,7 @@ use pimage::store::groups::{self, FiledGroup, GroupPolicy, NewTarget, Source};
 use pimage::store::{users, TicketState};
 
 /// A target: the lab's demo project, in `region` (None: the configured one), as `password`.
-fn target(name: &str, region: Option<&str>, password: &str) -> Value {
+pub(crate) fn target(name: &str, region: Option<&str>, password: &str) -> Value {
     let mut body: Value =
         serde_json::from_str(&common::publish_json(name, "demo", password, "demo")).unwrap();
     if let Some(region) = region {

@@ -20,6 +20,7 @@ mod exhaustion;
 mod faults;
 mod group_commit;
 mod group_copies;
+mod group_views;
 mod groups;
 mod hammr;
 mod harness;

@@ -58,8 +58,29 @@
     } else if (page === "ticket") {
       const t = document.getElementById("ticket");
       if (t && t.dataset.ticket === String(ev.ticketId)) updateTicket(t, ev);
+    } else if (page === "group") {
+      const row = document.querySelector('#targets tr[data-ticket="' + ev.ticketId + '"]');
+      if (row) updateTicket(row, ev);
+      // The aggregate, cloud ids and targets added later come from the server's summary.
+      if (row || ev.kind === "created") refreshGroup();
     }
   });
+
+  let refreshing = null;
+  function refreshGroup() {
+    if (refreshing) return;
+    refreshing = setTimeout(() => {
+      const g = document.getElementById("group-summary");
+      fetch(g.dataset.src, { credentials: "same-origin" })
+        .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
+        .then((html) => {
+          const s = new DOMParser().parseFromString(html, "text/html").getElementById("group-summary");
+          if (s) g.replaceWith(s);
+        })
+        .catch(() => {})
+        .finally(() => { refreshing = null; });
+    }, 300);
+  }
 
   if (page === "workers") {
     const tbody = document.querySelector("#workers tbody");

@@ -5,8 +5,10 @@
 //! `Secure` behind TLS, expiring), only its SHA-256 stored. Every form carries the session's
 //! CSRF token (the login form a cookie-bound one), and every answer a strict
 //! Content-Security-Policy: scripts and styles only from `/console/assets`, served by pimage.
-//! Actions (cancel, retry, delete) ask for confirmation on a page of their own.
+//! Actions (cancel, retry, delete; a group's cancel) ask for confirmation on a page of their
+//! own.
 
+mod group_page;
 mod pages;
 
 use std::time::Duration;
@@ -25,7 +27,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use super::events::Feed;
+use super::events::{Feed, Scope};
 use super::extract::LastEventId;
 use super::limits::Access;
 use super::{observe, AppState};
@@ -56,6 +58,9 @@ pub fn routes(state: AppState) -> Router {
         .route("/tickets/{id}", get(ticket_page))
         .route("/tickets/{id}/glance", get(glance_state))
         .route("/tickets/{id}/{action}", post(ticket_action))
+        .route("/groups/{id}", get(group_page::group_page))
+        .route("/groups/{id}/summary", get(group_page::group_summary))
+        .route("/groups/{id}/cancel", post(group_page::group_cancel))
         .route("/workers", get(worker_page))
         .route("/accounts", get(account_page))
         .route("/events", get(live_feed))
@@ -565,7 +570,7 @@ async fn live_feed(
         Ok(pass) => pass,
         Err(e) => return page_error(e.status_code(), &e.to_string()),
     };
-    let feed = Feed::new(state.pool.clone(), &state.live, None, true).held_by(pass);
+    let feed = Feed::new(state.pool.clone(), &state.live, Scope::All, true).held_by(pass);
     let after = last_event_id.or(query.after);
     match after {
         Some(id) => feed.resume_after(id).into_response(),

@@ -76,11 +76,12 @@ fn symbol(state: &str) -> &'static str {
         "complete" => "✔",
         "error" => "✖",
         "cancelled" => "⊘",
+        "partial" => "◐",
         _ => "?",
     }
 }
 
-fn state_badge(state: &str) -> Markup {
+pub(super) fn state_badge(state: &str) -> Markup {
     html! {
         span class={"state state-" (state)} data-field="state" data-state=(state) {
             span aria-hidden="true" { (symbol(state)) } " " (state)
@@ -92,7 +93,7 @@ fn time(t: &DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-fn bytes(n: i64) -> String {
+pub(super) fn bytes(n: i64) -> String {
     let n = n as f64;
     if n >= 1024.0 * 1024.0 * 1024.0 {
         format!("{:.2} GiB", n / 1024f64.powi(3))
@@ -106,7 +107,7 @@ fn bytes(n: i64) -> String {
 }
 
 /// A page of the console; `after` is the event id the live feed resumes from.
-fn layout(
+pub(super) fn layout(
     title: &str,
     page: &str,
     admin: Option<&Admin>,
@@ -130,7 +131,7 @@ fn layout(
                     @if let Some(admin) = admin {
                         nav {
                             a href="/console" aria-current=[(page == "overview").then_some("page")] { "Overview" }
-                            a href="/console/tickets" aria-current=[(page == "tickets" || page == "ticket").then_some("page")] { "Tickets" }
+                            a href="/console/tickets" aria-current=[matches!(page, "tickets" | "ticket" | "group").then_some("page")] { "Tickets" }
                             a href="/console/workers" aria-current=[(page == "workers").then_some("page")] { "Workers" }
                             a href="/console/accounts" aria-current=[(page == "accounts").then_some("page")] { "Accounts" }
                         }
@@ -425,6 +426,9 @@ pub fn ticket(
                     dt { "Name" } dd { (t.display_name) }
                     dt { "Owner" } dd { (t.owner_login) }
                     dt { "Image" } dd { (t.image_uri()) }
+                    @if let Some(group) = t.group_id {
+                        dt { "Group" } dd { a #group-link href={"/console/groups/" (group)} { "publication group " (group) } }
+                    }
                     dt { "Cloud" } dd { (t.keystone_url) " · domain " (t.keystone_domain) " · project " (t.keystone_project) " · user " (t.cloud_login) }
                     dt { "Glance" } dd { (t.glance_url.as_deref().unwrap_or("(from the Keystone catalogue)")) }
                     dt { "Public" } dd { (if t.public_image { "yes" } else { "no" }) }
@@ -473,6 +477,30 @@ pub fn glance_fragment(cloud_id: Option<&str>, status: &str) -> Markup {
 }
 
 pub fn confirm(admin: &Admin, t: &Ticket, action: Action) -> Markup {
+    let subject = html! { "The ticket is " (state_badge(t.state.as_str())) ": " (t.display_name) };
+    let at = format!("/console/tickets/{}", t.id);
+    let yes = format!("Yes, {}", action.name());
+    let action_url = format!("{at}/{}", action.name());
+    confirm_page(
+        admin,
+        &action.question(t.id),
+        subject,
+        &action_url,
+        &yes,
+        &at,
+    )
+}
+
+/// An action's confirmation: `question`, what it acts on, and a form posting `confirm=yes`
+/// (with the session's CSRF token) to `action`; `back` leads away without acting.
+pub(super) fn confirm_page(
+    admin: &Admin,
+    question: &str,
+    subject: Markup,
+    action: &str,
+    yes: &str,
+    back: &str,
+) -> Markup {
     layout(
         "Confirm",
         "confirm",
@@ -480,14 +508,14 @@ pub fn confirm(admin: &Admin, t: &Ticket, action: Action) -> Markup {
         None,
         html! {
             h1 { "Please confirm" }
-            p.message { (action.question(t.id)) }
-            p { "The ticket is " (state_badge(t.state.as_str())) ": " (t.display_name) }
-            form method="post" action={"/console/tickets/" (t.id) "/" (action.name())} {
+            p.message { (question) }
+            p { (subject) }
+            form method="post" action=(action) {
                 input type="hidden" name="csrf" value=(admin.csrf);
                 input type="hidden" name="confirm" value="yes";
-                button type="submit" #confirm { "Yes, " (action.name()) }
+                button type="submit" #confirm { (yes) }
                 " "
-                a href={"/console/tickets/" (t.id)} { "No, back" }
+                a href=(back) { "No, back" }
             }
         },
     )
