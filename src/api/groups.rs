@@ -260,25 +260,36 @@ fn copy_candidate(a: &Place, b: &Place) -> bool {
 type Place<'a> = [Option<&'a str>; 6];
 
 fn place_of_new(t: &NewTicket) -> Place<'_> {
-    [
-        Some(&t.keystone_url),
-        Some(&t.keystone_domain),
-        Some(&t.keystone_project),
-        Some(&t.cloud_login),
+    place(
+        [
+            &t.keystone_url,
+            &t.keystone_domain,
+            &t.keystone_project,
+            &t.cloud_login,
+        ],
         t.glance_url.as_deref(),
         t.publish_location.as_deref(),
-    ]
+    )
 }
 
 fn place_of(t: &Ticket) -> Place<'_> {
-    [
-        Some(&t.keystone_url),
-        Some(&t.keystone_domain),
-        Some(&t.keystone_project),
-        Some(&t.cloud_login),
+    place(
+        [
+            &t.keystone_url,
+            &t.keystone_domain,
+            &t.keystone_project,
+            &t.cloud_login,
+        ],
         t.glance_url.as_deref(),
         t.publish_location.as_deref(),
-    ]
+    )
+}
+
+/// A given Glance URL is the Glance, whatever region is named (as the worker resolves it).
+fn place<'a>(who: [&'a String; 4], glance: Option<&'a str>, region: Option<&'a str>) -> Place<'a> {
+    let [keystone, domain, project, login] = who.map(|s| Some(s.as_str()));
+    let region = if glance.is_some() { None } else { region };
+    [keystone, domain, project, login, glance, region]
 }
 
 /// The 201 of a filed group (its tickets handed to RabbitMQ first), or the quota's 429.

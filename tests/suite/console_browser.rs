@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::groups::target;
+use crate::groups::{target, target_via};
 use common::fault_proxy::FaultProxy;
 use common::processes::{free_port, sigterm_and_wait, wait_for_api, Env};
 use common::publish_json_via;
@@ -66,11 +66,11 @@ async fn publish(base: &str, image_uri: &str, glance: &str) -> i64 {
     answer.json::<common::PublishImage>().await.unwrap().db_id
 }
 
-/// A publication group of two targets straight to the lab's Glance (the account's region
-/// and RegionOne): its id and its tickets' ids, comma-separated.
-async fn publish_group(base: &str, image_uri: &str) -> (i64, String) {
+/// A publication group of two targets, straight to the lab's Glance and through `proxy` to
+/// it (two given Glances: each uploads): its id and its tickets' ids, comma-separated.
+async fn publish_group(base: &str, image_uri: &str, proxy: &FaultProxy) -> (i64, String) {
     let body = serde_json::json!({"policy": "all", "targets": [
-        target("group-1", None, "demopass"), target("group-2", Some("RegionOne"), "demopass")]});
+        target("group-1", None, "demopass"), target_via("group-2", &proxy.url)]});
     let answer = reqwest::Client::new()
         .post(format!("{base}/api/{}/pimagegroups", image_uri.trim()))
         .basic_auth("alice", Some(ALICE_PASSWORD))
@@ -132,7 +132,8 @@ async fn an_administrator_watches_and_steers_tickets_in_a_browser() {
     let a = publish(&base, &image_uri, &common::glance_url()).await;
     let b = publish(&base, &image_uri, &slow.url).await;
     let c = publish(&base, &image_uri, &refusing.url).await;
-    let (group, group_tickets) = publish_group(&base, &image_uri).await;
+    let elsewhere = FaultProxy::start("127.0.0.1:9292").await;
+    let (group, group_tickets) = publish_group(&base, &image_uri, &elsewhere).await;
 
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/console");
     std::fs::create_dir_all(&shots).unwrap();

@@ -11,9 +11,10 @@ use reqwest::header::LOCATION;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use crate::common::fault_proxy::FaultProxy;
 use crate::common::{self, spawn_app, DemoCloud, TestApp, PASSWORD};
 use crate::console::{read_stream, Console};
-use crate::groups::target;
+use crate::groups::{catalog_target, target, target_via};
 use pimage::store::claims;
 use pimage::store::events::TicketEvent;
 
@@ -70,8 +71,9 @@ async fn a_group_stream_carries_every_target_to_its_end_and_resumes() {
     app.add_user("bob", &["migration_publish"], false).await;
     let file = app.raw_file("disk.raw", 256 * 1024);
     let image = app.register_image("alice", &file, "raw").await;
+    let proxy = FaultProxy::start("127.0.0.1:9292").await;
     let body = json!({"policy": "each", "targets": [
-        target("v-1", None, "demopass"), target("v-2", Some("RegionOne"), "demopass")]});
+        target("v-1", None, "demopass"), target_via("v-2", &proxy.url)]});
     let group = file_as_alice(&app, &format!("{}/pimagegroups", image.uri()), body).await;
     let uri = group["uri"].as_str().unwrap().to_string();
     let ids = ticket_ids(&group);
@@ -137,7 +139,7 @@ async fn the_console_cancels_a_group_whose_stream_follows_a_target_added_later()
     let file = app.raw_file("disk.raw", 4096);
     let image = app.register_image("alice", &file, "raw").await;
     let body = json!({"policy": "all", "targets": [
-        target("c-1", None, "demopass"), target("c-2", Some("RegionOne"), "demopass")]});
+        catalog_target("c-1", "R1"), catalog_target("c-2", "R2")]});
     let group = file_as_alice(&app, &format!("{}/pimagegroups", image.uri()), body).await;
     let uri = group["uri"].as_str().unwrap().to_string();
     let gid = group["dbId"].as_i64().unwrap();
@@ -155,7 +157,7 @@ async fn the_console_cancels_a_group_whose_stream_follows_a_target_added_later()
         .publish_created("alice", &image.uri(), single)
         .await
         .db_id;
-    let more = json!({"targets": [target("c-3", Some("RegionTwo"), "demopass")]});
+    let more = json!({"targets": [catalog_target("c-3", "R3")]});
     let grown = file_as_alice(&app, &format!("{uri}/targets"), more).await;
     let ids = ticket_ids(&grown);
     assert_eq!(ids.len(), 1, "{grown:#}");
@@ -173,7 +175,7 @@ async fn the_console_cancels_a_group_whose_stream_follows_a_target_added_later()
         assert!(html.contains(&link), "target {id} linked: {html}");
     }
     assert!(
-        html.contains("RegionTwo") && html.contains(">all<"),
+        html.contains("R3") && html.contains(">all<"),
         "{html}"
     );
     assert!(html.contains("Cancel group"), "{html}");
@@ -230,7 +232,7 @@ async fn a_group_stream_sends_the_withdrawal_that_ends_an_all_group() {
     let file = app.raw_file("disk.raw", 4096);
     let image = app.register_image("alice", &file, "raw").await;
     let body = json!({"policy": "all", "targets": [
-        target("w-1", None, "demopass"), target("w-2", Some("RegionOne"), "demopass")]});
+        catalog_target("w-1", "R1"), catalog_target("w-2", "R2")]});
     let group = file_as_alice(&app, &format!("{}/pimagegroups", image.uri()), body).await;
     let uri = group["uri"].as_str().unwrap().to_string();
     let [done, failing] = ticket_ids(&group)[..] else {

@@ -124,6 +124,20 @@ pub const ACCOUNT_ROUTES: [(&str, u16, &str); 5] = [
     ("GET", 200, "/api/users/{uid}/targetplatforms"),
 ];
 
+/// The publication-group routes (method, success status, template): their access rules are
+/// checked in `groups::every_group_route_against_the_access_rules`.
+pub const GROUP_ROUTES: [(&str, u16, &str); 5] = [
+    (
+        "POST",
+        201,
+        "/api/users/{uid}/scannedinstances/{siid}/scans/{sid}/images/{itid}/pimagegroups",
+    ),
+    ("GET", 200, "/api/users/{uid}/pimagegroups/{gid}"),
+    ("POST", 201, "/api/users/{uid}/pimagegroups/{gid}/targets"),
+    ("DELETE", 204, "/api/users/{uid}/pimagegroups/{gid}/cancel"),
+    ("GET", 200, "/api/users/{uid}/pimagegroups/{gid}/events"),
+];
+
 /// An administrator's routes (method, success status, template): their access rules are
 /// checked in `cli::ticket_changes_go_through_the_api_as_an_administrator`.
 pub const ADMIN_ROUTES: [(&str, u16, &str); 3] = [
@@ -328,6 +342,7 @@ async fn the_openapi_document_is_served_and_lists_exactly_the_routes() {
         .iter()
         .map(|(m, _, ok, p)| (*m, *ok, *p))
         .chain(ACCOUNT_ROUTES)
+        .chain(GROUP_ROUTES)
         .chain(ADMIN_ROUTES);
     let mut routes: Vec<(String, String)> = all_routes
         .clone()
