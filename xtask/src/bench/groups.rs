@@ -348,3 +348,33 @@ fn delete_images(p: &Pimage) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines as the lab's uwsgi writes them: an upload, a glance-download's fetch, a read of
+    /// the image's record (neither).
+    #[test]
+    fn counts_uploads_and_the_bytes_served_to_the_other_region() {
+        let dir = std::env::temp_dir().join(format!("bench-groups-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let line = |method: &str, path: &str, bytes: u64| {
+            format!("[pid: 1|app: 0|req: 1/1] 127.0.0.1 () {{30 vars in 634 bytes}} [Tue Dec  8 02:32:34 2026] {method} /v2/images/c281582e/{path} => generated {bytes} bytes in 24 msecs (HTTP/1.1 200) 4 headers in 171 bytes (1 switches on core 0)\n")
+        };
+        std::fs::write(
+            dir.join("glance-uwsgi.log"),
+            line("PUT", "file", 0) + &line("GET", "file", 67_108_864),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("glance2-uwsgi.log"),
+            line("PUT", "stage", 0) + &line("GET", "members", 20),
+        )
+        .unwrap();
+        let r = requests(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(r.uploads, 2);
+        assert_eq!(r.served, 67_108_864.0);
+    }
+}
