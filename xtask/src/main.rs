@@ -28,7 +28,7 @@ fn main() -> Result<()> {
         Some("bench") => bench::main(&root, &args[1..]),
         Some("compose-test") => compose::main(&root, &args[1..]),
         Some("readme-check") => readme_check::main(&root, &args[1..]),
-        _ => bail!("usage: cargo xtask bench [all|upload|memory|api|scale|writes|machine|console|growth|hosts] [--quick] [--out DIR]\n       cargo xtask compose-test [images]\n       cargo xtask readme-check"),
+        _ => bail!("usage: cargo xtask bench [all|upload|memory|api|scale|writes|machine|console|growth|hosts|groups] [--quick] [--out DIR]\n       cargo xtask compose-test [images]\n       cargo xtask readme-check"),
     }
 }
 

@@ -6,7 +6,9 @@
 //! 10 million tickets, BENCH_GROWTH_* knobs in growth.rs; needs only PostgreSQL), or `hosts`
 //! (not in all: workers on 1, 2 and 4 network-namespace hosts with shaped links, a lab of its
 //! own; BENCH_HOSTS_TICKETS (8 per host), BENCH_HOSTS_MIB (64), BENCH_HOSTS_* in hosts.rs;
-//! needs root and the machine to itself). `--quick`:
+//! needs root and the machine to itself), or `groups` (not in all: one image to three targets
+//! as a publication group against three separate publishes, a lab of its own;
+//! BENCH_GROUPS_MIB (1024), BENCH_GROUPS_ROUNDS (2), BENCH_GROUPS_GLANCE_PROCESSES (4)). `--quick`:
 //! small sizes, one run, short loads (checks that it all runs; the
 //! figures are not the documented ones). Knobs (environment): BENCH_UPLOAD_SIZES_MIB
 //! ("1024 4096"), BENCH_RUNS (3), BENCH_MEMORY_MIB (2048), BENCH_SECONDS (15),
@@ -21,6 +23,7 @@ mod api;
 mod cloud;
 mod console;
 mod cost;
+mod groups;
 mod growth;
 mod hosts;
 mod machine;
@@ -55,6 +58,8 @@ pub struct Knobs {
     pub publishers: usize,
     pub hosts_tickets: usize,
     pub hosts_mib: u64,
+    pub groups_mib: u64,
+    pub groups_rounds: usize,
     pub profile: bool,
 }
 
@@ -92,6 +97,8 @@ impl Knobs {
             publishers: num("BENCH_PUBLISHERS", 256, 16) as usize,
             hosts_tickets: num("BENCH_HOSTS_TICKETS", 8, 2) as usize,
             hosts_mib: num("BENCH_HOSTS_MIB", 64, 16),
+            groups_mib: num("BENCH_GROUPS_MIB", 1024, 64),
+            groups_rounds: num("BENCH_GROUPS_ROUNDS", 2, 1) as usize,
             profile: env("BENCH_PROFILE").is_some_and(|v| !v.is_empty()),
         }
     }
@@ -130,9 +137,9 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
             other => bail!("unknown option {other}"),
         }
     }
-    const PARTS: [&str; 11] = [
+    const PARTS: [&str; 12] = [
         "all", "upload", "memory", "api", "scale", "writes", "cost", "machine", "console",
-        "growth", "hosts",
+        "growth", "hosts", "groups",
     ];
     if !PARTS.contains(&part.as_str()) {
         bail!(
@@ -181,10 +188,12 @@ pub fn main(root: &Path, args: &[String]) -> Result<()> {
     result
 }
 
-/// `hosts` brings its own hosts and lab up (`setup`), and down after the run.
+/// `hosts` and `groups` bring their own labs up (`setup`), and down after the run.
 fn hosts_teardown(part: &str, paths: &Paths) {
-    if part == "hosts" {
-        hosts::teardown(paths);
+    match part {
+        "hosts" => hosts::teardown(paths),
+        "groups" => groups::teardown(paths),
+        _ => {}
     }
 }
 
@@ -221,6 +230,7 @@ fn run_parts(part: &str, p: &mut Pimage, paths: &Paths, k: &Knobs, r: &mut Repor
         "cost" => cost::run(p, k, r),
         "machine" => machine::run(p, paths, r),
         "hosts" => hosts::run(p, paths, k, r),
+        "groups" => groups::run(p, paths, k, r),
         _ => console::run(p, k, r),
     }
 }
@@ -231,6 +241,8 @@ fn setup(part: &str, paths: &Paths, build: bool) -> Result<()> {
     run(cmd("scripts/services", [] as [&str; 0]).stdout(std::process::Stdio::null()))?;
     if part == "hosts" {
         hosts::prepare(paths)?;
+    } else if part == "groups" {
+        groups::prepare(paths)?;
     } else if part != "console" {
         if !succeeds(&mut cmd("scripts/openstack-lab", ["status"])) {
             run(&mut cmd("scripts/openstack-lab", ["up"]))?;
