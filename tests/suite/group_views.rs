@@ -174,10 +174,7 @@ async fn the_console_cancels_a_group_whose_stream_follows_a_target_added_later()
         let link = format!(r#"href="/console/tickets/{id}""#);
         assert!(html.contains(&link), "target {id} linked: {html}");
     }
-    assert!(
-        html.contains("R3") && html.contains(">all<"),
-        "{html}"
-    );
+    assert!(html.contains("R3") && html.contains(">all<"), "{html}");
     assert!(html.contains("Cancel group"), "{html}");
     let ticket_page = console.get(&format!("/console/tickets/{}", ids[0])).await;
     let ticket_html = ticket_page.text().await.unwrap();
