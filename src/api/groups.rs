@@ -272,7 +272,13 @@ fn place_of_new(t: &NewTicket) -> Place<'_> {
     )
 }
 
+/// A stored ticket's place as its request gave it: a Glance the worker found in the catalog
+/// (recorded with its region) was not given.
 fn place_of(t: &Ticket) -> Place<'_> {
+    let given = t
+        .glance_url
+        .as_deref()
+        .filter(|_| t.glance_region.is_none());
     place(
         [
             &t.keystone_url,
@@ -280,7 +286,7 @@ fn place_of(t: &Ticket) -> Place<'_> {
             &t.keystone_project,
             &t.cloud_login,
         ],
-        t.glance_url.as_deref(),
+        given,
         t.publish_location.as_deref(),
     )
 }

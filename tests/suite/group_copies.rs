@@ -3,6 +3,7 @@
 //! image by copy-image into its store, the third by glance-download into RegionTwo. The
 //! uploads are counted in the lab's own request logs.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -100,5 +101,73 @@ async fn three_targets_in_two_regions_and_two_stores_get_the_file_sent_once() {
         two.delete(&ids[2]).await;
         one.delete(&ids[0]).await;
     }
+    a_target_added_to_a_finished_group_is_copied_alone(&lab, &app, &file).await;
+    under_all_a_target_failing_for_good_leaves_nothing_in_either_region(&lab, &app, &file).await;
     app.stop().await;
+}
+
+/// A target added to a complete group publishes only itself, copied from the group's upload.
+async fn a_target_added_to_a_finished_group_is_copied_alone(
+    lab: &CopiesLab,
+    app: &TestApp,
+    file: &Path,
+) {
+    let image = app.register_image("alice", file, "raw").await.uri();
+    let body = json!({"policy": "each", "targets": [lab.target("first", "RegionOne", None)]});
+    let uri = file_group(app, &image, body).await;
+    let first = wait_final(app, &uri).await;
+    assert_eq!(first["state"], "complete", "{first:#}");
+    let uploads = lab.uploads();
+    let more = json!({"targets": [lab.target("later", "RegionTwo", Some("cold"))]});
+    let resp = app
+        .client
+        .post(app.url(&format!("{uri}/targets")))
+        .basic_auth("alice", Some(PASSWORD))
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(more.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let done = wait_final(app, &uri).await;
+    assert_eq!(done["state"], "complete", "{done:#}");
+    assert_eq!(done["total"], 2);
+    assert_eq!(lab.uploads(), uploads, "the added target sent no byte");
+    let targets = done["targets"]["target"].as_array().unwrap().clone();
+    assert_eq!(targets[1]["copiesFrom"], targets[0]["publishImage"]["dbId"]);
+    let later = targets[1]["cloudId"].as_str().unwrap();
+    let two = DemoCloud::login_at(&lab.keystone(), &lab.glance("glance2")).await;
+    assert_eq!(two.image(later).await.unwrap()["stores"], "cold");
+    two.delete(later).await;
+    let one = DemoCloud::login_at(&lab.keystone(), &lab.glance("glance")).await;
+    one.delete(targets[0]["cloudId"].as_str().unwrap()).await;
+}
+
+/// Under `all`, a copying target that fails for good (its account's password is wrong)
+/// withdraws the upload it copied and the other region's copy: nothing stays in either Glance.
+async fn under_all_a_target_failing_for_good_leaves_nothing_in_either_region(
+    lab: &CopiesLab,
+    app: &TestApp,
+    file: &Path,
+) {
+    let image = app.register_image("alice", file, "raw").await.uri();
+    let mut failing = lab.target("failing", "RegionOne", Some("cold"));
+    failing["credAccount"]["password"] = "not-the-password".into();
+    let body = json!({"policy": "all", "targets": [
+        lab.target("one", "RegionOne", None), lab.target("two", "RegionTwo", None), failing]});
+    let uri = file_group(app, &image, body).await;
+    let done = wait_final(app, &uri).await;
+    assert_eq!(done["state"], "error", "{done:#}");
+    let one = DemoCloud::login_at(&lab.keystone(), &lab.glance("glance")).await;
+    let two = DemoCloud::login_at(&lab.keystone(), &lab.glance("glance2")).await;
+    for t in done["targets"]["target"].as_array().unwrap() {
+        let key = app
+            .ticket_key(t["publishImage"]["dbId"].as_i64().unwrap())
+            .await;
+        one.wait_no_image_of_ticket(&key, "RegionOne, a failed `all` group")
+            .await;
+        two.wait_no_image_of_ticket(&key, "RegionTwo, a failed `all` group")
+            .await;
+    }
 }
