@@ -4,50 +4,25 @@
 //! uploads are counted in the lab's own request logs.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::common::copies_lab::CopiesLab;
-use crate::common::{self, spawn_app, DemoCloud, TestApp, PASSWORD};
+use crate::common::{self, spawn_app, DemoCloud, TestApp};
+use crate::groups::{post_as_alice, post_group, wait_group};
 
 /// Keystone, Glance (RegionOne) and RegionTwo's Glance of this module's lab.
 const PORTS: (u16, u16, u16) = (5311, 9511, 9512);
 
 async fn file_group(app: &TestApp, image_uri: &str, body: Value) -> String {
-    let resp = app
-        .client
-        .post(app.url(&format!("{image_uri}/pimagegroups")))
-        .basic_auth("alice", Some(PASSWORD))
-        .header("content-type", "application/json")
-        .header("accept", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let answer: Value = resp.json().await.unwrap();
+    let (status, answer) = post_group(app, image_uri, body).await;
     assert_eq!(status, StatusCode::CREATED, "{answer:#}");
     answer["uri"].as_str().unwrap().to_string()
 }
 
 async fn wait_final(app: &TestApp, uri: &str) -> Value {
-    let started = Instant::now();
-    loop {
-        let g: Value = app.get_as("alice", uri).await;
-        if ["complete", "partial", "error", "cancelled"]
-            .iter()
-            .any(|s| g["state"] == *s)
-        {
-            return g;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "group not final: {g:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_group(app, uri, &["complete", "partial", "error", "cancelled"]).await
 }
 
 #[tokio::test]
@@ -119,17 +94,8 @@ async fn a_target_added_to_a_finished_group_is_copied_alone(
     assert_eq!(first["state"], "complete", "{first:#}");
     let uploads = lab.uploads();
     let more = json!({"targets": [lab.target("later", "RegionTwo", Some("cold"))]});
-    let resp = app
-        .client
-        .post(app.url(&format!("{uri}/targets")))
-        .basic_auth("alice", Some(PASSWORD))
-        .header("content-type", "application/json")
-        .header("accept", "application/json")
-        .body(more.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
+    let (status, answer) = post_as_alice(app, &format!("{uri}/targets"), more).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer:#}");
     let done = wait_final(app, &uri).await;
     assert_eq!(done["state"], "complete", "{done:#}");
     assert_eq!(done["total"], 2);

@@ -14,25 +14,16 @@ use serde_json::{json, Value};
 use crate::common::fault_proxy::FaultProxy;
 use crate::common::{self, spawn_app, DemoCloud, TestApp, PASSWORD};
 use crate::console::{read_stream, Console};
-use crate::groups::{catalog_target, target, target_via};
+use crate::groups::{catalog_target, post_as_alice, target, target_via};
 use pimage::store::claims;
 use pimage::store::events::TicketEvent;
 
 /// Files a group of alice's (`path`: the image's `…/pimagegroups` or a group's `…/targets`):
 /// the group answered.
 async fn file_as_alice(app: &TestApp, path: &str, body: Value) -> Value {
-    let answer = app
-        .client
-        .post(app.url(path))
-        .basic_auth("alice", Some(PASSWORD))
-        .header("content-type", "application/json")
-        .header("accept", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), StatusCode::CREATED);
-    answer.json().await.unwrap()
+    let (status, answer) = post_as_alice(app, path, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer:#}");
+    answer
 }
 
 fn ticket_ids(group: &Value) -> Vec<i64> {

@@ -42,10 +42,11 @@ pub(crate) fn catalog_target(name: &str, region: &str) -> Value {
     t
 }
 
-async fn post_group(app: &TestApp, image_uri: &str, body: Value) -> (StatusCode, Value) {
+/// POSTs `body` (JSON) as alice to `path`: the status and the answer.
+pub(crate) async fn post_as_alice(app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
     let resp = app
         .client
-        .post(app.url(&format!("{image_uri}/pimagegroups")))
+        .post(app.url(path))
         .basic_auth("alice", Some(PASSWORD))
         .header("content-type", "application/json")
         .header("accept", "application/json")
@@ -61,12 +62,17 @@ async fn post_group(app: &TestApp, image_uri: &str, body: Value) -> (StatusCode,
     )
 }
 
+/// Files a group of the image at `image_uri`.
+pub(crate) async fn post_group(app: &TestApp, image_uri: &str, body: Value) -> (StatusCode, Value) {
+    post_as_alice(app, &format!("{image_uri}/pimagegroups"), body).await
+}
+
 async fn group(app: &TestApp, uri: &str) -> Value {
     app.get_as("alice", uri).await
 }
 
 /// Polls the group until its state is one of `states`.
-async fn wait_group(app: &TestApp, uri: &str, states: &[&str]) -> Value {
+pub(crate) async fn wait_group(app: &TestApp, uri: &str, states: &[&str]) -> Value {
     let started = Instant::now();
     loop {
         let g = group(app, uri).await;

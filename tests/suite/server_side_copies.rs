@@ -5,8 +5,6 @@
 //! The lab variant here (its own ports: Keystone 5301, Glance 9501, RegionTwo's Glance 9502,
 //! stores `fast` and `cold` in each) is started and purged by the test.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pimage::cloud::{
@@ -15,68 +13,14 @@ use pimage::cloud::{
 };
 use pimage::secrets::Secret;
 
+use crate::common::copies_lab::CopiesLab;
 use crate::common::fault_proxy::FaultProxy;
 use crate::common::{glance_url, keystone_url, settings_for_test};
 
+/// Keystone, Glance (RegionOne) and RegionTwo's Glance of this module's lab.
+const PORTS: (u16, u16, u16) = (5301, 9501, 9502);
 const KEYSTONE: &str = "http://127.0.0.1:5301/v3";
 const REGION_TWO_GLANCE: &str = "127.0.0.1:9502";
-
-/// The lab variant with two stores and a second Glance, purged when dropped.
-struct CopiesLab {
-    dir: PathBuf,
-}
-
-impl CopiesLab {
-    fn command(dir: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/scripts/openstack-lab"
-        ));
-        c.args(args)
-            .env("PIMAGE_LAB_DIR", dir)
-            .env(
-                "PIMAGE_LAB_VENV",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/.lab/venv"),
-            )
-            .env("PIMAGE_LAB_KEYSTONE_PORT", "5301")
-            .env("PIMAGE_LAB_GLANCE_PORT", "9501")
-            .env("PIMAGE_LAB_SECOND_GLANCE", "RegionTwo=9502")
-            .env("PIMAGE_LAB_STORES", "fast,cold");
-        c
-    }
-
-    fn up() -> CopiesLab {
-        let dir = std::env::temp_dir().join(format!("pimage-lab-copies-{}", uuid::Uuid::new_v4()));
-        let lab = CopiesLab { dir };
-        let out = CopiesLab::command(&lab.dir, &["up"]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "copies lab up: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        lab
-    }
-
-    /// The bytes a Glance (`glance` or `glance2`) keeps of an image in a store, if any.
-    fn stored(&self, glance: &str, store: &str, image_id: &str) -> Option<Vec<u8>> {
-        let path = self
-            .dir
-            .join("openstack")
-            .join(glance)
-            .join("images")
-            .join(store)
-            .join(image_id);
-        std::fs::read(path).ok()
-    }
-}
-
-impl Drop for CopiesLab {
-    fn drop(&mut self) {
-        let _ = CopiesLab::command(&self.dir, &["down", "--purge"]).output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn demo(keystone_url: &str, glance_url: Option<String>, region: Option<&str>) -> OpenStackAccount {
     OpenStackAccount {
@@ -146,9 +90,11 @@ fn refused(result: Result<impl std::fmt::Debug, CloudError>, words: &str) {
 #[tokio::test]
 async fn glance_copies_between_stores_and_regions_and_removes_one_copy() {
     let started = Instant::now();
-    let lab = CopiesLab::up();
+    let lab = CopiesLab::up(PORTS);
     println!("copies lab up in {:.1} s", started.elapsed().as_secs_f64());
-    let status = CopiesLab::command(&lab.dir, &["status"]).output().unwrap();
+    let status = CopiesLab::command(&lab.dir, PORTS, &["status"])
+        .output()
+        .unwrap();
     let status = String::from_utf8_lossy(&status.stdout).to_string();
     assert!(
         status.contains("glance2: up (http://127.0.0.1:9502/"),

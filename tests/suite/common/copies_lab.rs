@@ -12,7 +12,8 @@ pub struct CopiesLab {
 }
 
 impl CopiesLab {
-    fn command(dir: &Path, ports: (u16, u16, u16), args: &[&str]) -> Command {
+    /// The lab script with this variant's environment.
+    pub fn command(dir: &Path, ports: (u16, u16, u16), args: &[&str]) -> Command {
         let mut c = Command::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/scripts/openstack-lab"
