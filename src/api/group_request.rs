@@ -134,9 +134,8 @@ mod tests {
         );
         assert!(refused(group("", &[]), true).contains("1 to 16"));
         assert!(refused(group(r#""policy": "all", "#, &[TARGET]), false).contains("group's policy"));
-        let store = TARGET.replacen('{', r#"{"store": "cold", "#, 1);
-        assert!(refused(group("", &[TARGET, &store]), true)
-            .starts_with("target 2: store is not offered"));
+        let bad_store = TARGET.replacen('{', r#"{"store": "../x", "#, 1);
+        assert!(refused(group("", &[TARGET, &bad_store]), true).starts_with("target 2: store"));
         let no_project = r#"{"keystoneDomain": "Default", "credAccount": {"name": "lab"}}"#;
         assert!(refused(group("", &[no_project]), true).starts_with("target 1: "));
         assert!(refused(r#"{"targets": [], "extra": 1}"#.into(), true).contains("extra"));
