@@ -677,6 +677,8 @@ async fn a_ticket_given_up_after_its_worker_died_leaves_no_image() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_during_a_server_side_copy_leaves_one_image_and_one_upload() {
     let _serial = SERIAL.lock().await;
+    // Alone: see `group_copies`.
+    let _alone = common::alone().await;
     let lab = CopiesLab::up((5331, 9531, 9532));
     // The lab's own smoke test uploaded one image at start.
     let smoke = lab.uploads();

@@ -27,6 +27,9 @@ async fn wait_final(app: &TestApp, uri: &str) -> Value {
 
 #[tokio::test]
 async fn three_targets_in_two_regions_and_two_stores_get_the_file_sent_once() {
+    // A lab of three servers starting and copying shares the 2 cores: alone, so that it never
+    // starves another test's upload into its stall rule.
+    let _alone = common::alone().await;
     let lab = CopiesLab::up(PORTS);
     let app = spawn_app(true).await;
     app.add_user("alice", &["migration_publish"], false).await;

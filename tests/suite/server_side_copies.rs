@@ -89,6 +89,8 @@ fn refused(result: Result<impl std::fmt::Debug, CloudError>, words: &str) {
 
 #[tokio::test]
 async fn glance_copies_between_stores_and_regions_and_removes_one_copy() {
+    // Alone: see `group_copies`.
+    let _alone = crate::common::alone().await;
     let started = Instant::now();
     let lab = CopiesLab::up(PORTS);
     println!("copies lab up in {:.1} s", started.elapsed().as_secs_f64());
